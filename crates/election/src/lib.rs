@@ -1,0 +1,1 @@
+//! understudy election (in progress).

@@ -1,0 +1,25 @@
+//! The shared vocabulary of understudy.
+//!
+//! Every service speaks in these types: names that cannot hold a character a
+//! NATS subject would choke on, scores that cannot leave 0–255 (DESIGN.md B3),
+//! MAC addresses ordered as 48-bit numbers (B4), terms that only grow (S1),
+//! and the JSON messages that travel on the bus, each with a schema version.
+//!
+//! Validation happens at the edge — `FromStr`, `TryFrom` and `Deserialize` —
+//! so code further in can trust a value once it has the type.
+
+mod error;
+mod ids;
+mod mac;
+pub mod messages;
+mod score;
+mod status;
+mod term;
+
+pub use error::ProtocolError;
+pub use ids::{DeviceId, GroupName, InstanceId};
+pub use mac::Mac;
+pub use messages::SCHEMA_VERSION;
+pub use score::Score;
+pub use status::{Problem, Role, StatusColour};
+pub use term::Term;

@@ -1,0 +1,334 @@
+//! The JSON messages that travel on the bus, and the lease record kept in
+//! JetStream KV.
+//!
+//! Every message carries `schema` ([`SCHEMA_VERSION`]). Decoding is tolerant of
+//! fields it does not know (a newer peer may add some) and strict about fields
+//! it needs: a missing one is refused with an error that names it. Use
+//! [`decode`] rather than `serde_json` directly so the version is checked first.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    DeviceId, GroupName, InstanceId, Mac, Problem, ProtocolError, Role, Score, StatusColour, Term,
+};
+
+/// The schema version this build writes, and the only one it reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A message type that can travel on the bus.
+pub trait BusMessage: Serialize + DeserializeOwned {
+    /// A short name for error messages ("heartbeat", "election event", …).
+    const KIND: &'static str;
+}
+
+/// Encodes a message as JSON.
+pub fn encode<M: BusMessage>(message: &M) -> Vec<u8> {
+    // Serialising these plain structs cannot fail: no maps with non-string
+    // keys, no custom serialisers that error.
+    serde_json::to_vec(message).unwrap_or_default()
+}
+
+#[derive(Deserialize)]
+struct SchemaProbe {
+    schema: Option<u32>,
+}
+
+/// Decodes a message, checking its schema version before its fields.
+pub fn decode<M: BusMessage>(bytes: &[u8]) -> Result<M, ProtocolError> {
+    let malformed = |e: serde_json::Error| ProtocolError::Malformed {
+        kind: M::KIND,
+        detail: e.to_string(),
+    };
+    let probe: SchemaProbe = serde_json::from_slice(bytes).map_err(malformed)?;
+    match probe.schema {
+        Some(SCHEMA_VERSION) => {}
+        Some(found) => {
+            return Err(ProtocolError::UnsupportedSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        None => {
+            return Err(ProtocolError::Malformed {
+                kind: M::KIND,
+                detail: "missing field `schema`".into(),
+            });
+        }
+    }
+    serde_json::from_slice(bytes).map_err(malformed)
+}
+
+/// A device's periodic "I am alive" on `understudy.<group>.heartbeat.<device>`.
+///
+/// It carries everything a peer needs to rank the sender (B4) and to tell a
+/// restart from a duplicate id (instance).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// The sender's project group.
+    pub group: GroupName,
+    /// The sender.
+    pub device: DeviceId,
+    /// The sender's process instance.
+    pub instance: InstanceId,
+    /// The sender's MAC, the election tie-breaker.
+    pub mac: Mac,
+    /// The sender's current score.
+    pub score: Score,
+    /// Whether the sender is online (B1). Offline devices still beat so counts stay true (B10).
+    pub online: bool,
+    /// Whether the sender acts as server.
+    pub role: Role,
+    /// The newest term the sender knows; its own when it is server.
+    pub term: Term,
+    /// Whether the sender is still in its start-up grace (B6).
+    pub in_grace: bool,
+    /// The colour the sender shows (B2).
+    #[serde(default = "grey")]
+    pub colour: StatusColour,
+    /// The sender's problems, if it is red (B2).
+    #[serde(default)]
+    pub problems: Vec<Problem>,
+    /// Counts up by one per heartbeat of this instance.
+    pub seq: u64,
+    /// How often the sender beats, in milliseconds.
+    pub interval_ms: u32,
+    /// The sender's wall clock, Unix milliseconds; for display only.
+    pub sent_at_ms: u64,
+}
+
+fn grey() -> StatusColour {
+    StatusColour::Grey
+}
+
+impl BusMessage for Heartbeat {
+    const KIND: &'static str = "heartbeat";
+}
+
+/// What kind of instance announces itself on `understudy.presence.<instance>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceKind {
+    /// A device running the understudy services.
+    Device,
+    /// A GUI (dashboard) session.
+    Gui,
+    /// A control session (JSON over HTTP, WebSocket or TCP).
+    Control,
+}
+
+/// Network-wide presence of any instance, for counts (B10).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// The announcing process.
+    pub instance: InstanceId,
+    /// Device, GUI or control session.
+    pub kind: InstanceKind,
+    /// The device id, for devices.
+    #[serde(default)]
+    pub device: Option<DeviceId>,
+    /// The group the instance belongs to or looks at.
+    #[serde(default)]
+    pub group: Option<GroupName>,
+    /// Whether a device is online (B1); true for sessions.
+    pub online: bool,
+    /// A device's role.
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// How often presence is announced, in milliseconds.
+    pub interval_ms: u32,
+    /// The sender's wall clock, Unix milliseconds; for display only.
+    pub sent_at_ms: u64,
+}
+
+impl BusMessage for Presence {
+    const KIND: &'static str = "presence";
+}
+
+/// A clean goodbye on `understudy.<group>.leave.<device>`, so peers need not
+/// wait for the failure detector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leave {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// The group being left.
+    pub group: GroupName,
+    /// The leaving device.
+    pub device: DeviceId,
+    /// The leaving process instance.
+    pub instance: InstanceId,
+    /// Why, in words.
+    pub reason: String,
+}
+
+impl BusMessage for Leave {
+    const KIND: &'static str = "leave";
+}
+
+/// Why an election was held (B5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ElectionReason {
+    /// Devices came up and their grace ended with no server.
+    Startup,
+    /// The server stopped being heard.
+    ServerLost,
+    /// The server left or stepped down and nobody holds the lease.
+    NoServer,
+    /// A score changed.
+    ScoreChanged,
+    /// A better device joined or came online (preemption).
+    Preemption,
+    /// The previous server handed the lease over.
+    HandOver,
+    /// An operator asked for one.
+    Operator,
+    /// A reason this build does not know.
+    #[serde(other)]
+    Other,
+}
+
+/// Why a server stopped serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepDownReason {
+    /// It handed over to a better or remaining device.
+    HandOver,
+    /// It could not renew its lease in time (bus or store unreachable).
+    LeaseLost,
+    /// Another device holds a newer term.
+    Deposed,
+    /// It was taken offline.
+    Offline,
+    /// Its score became 0.
+    ScoreZero,
+    /// It is shutting down.
+    Shutdown,
+    /// A reason this build does not know.
+    #[serde(other)]
+    Other,
+}
+
+/// What happened, in an [`ElectionEvent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ElectionEventKind {
+    /// The reporter starts an election: it tries to claim the lease.
+    ElectionStarted {
+        /// Why.
+        reason: ElectionReason,
+    },
+    /// The reporter won the lease.
+    ServerElected {
+        /// The new server.
+        device: DeviceId,
+        /// Its MAC.
+        mac: Mac,
+        /// Its score.
+        score: Score,
+        /// Its term.
+        term: Term,
+        /// Why the election was held.
+        reason: ElectionReason,
+    },
+    /// The server is no longer heard.
+    ServerLost {
+        /// The lost server.
+        device: DeviceId,
+        /// Its term.
+        term: Term,
+    },
+    /// The reporter stopped serving.
+    SteppedDown {
+        /// The former server.
+        device: DeviceId,
+        /// Its term.
+        term: Term,
+        /// Why.
+        reason: StepDownReason,
+    },
+    /// The reporter released the lease to a named successor.
+    HandedOver {
+        /// The former server.
+        from: DeviceId,
+        /// The successor.
+        to: DeviceId,
+        /// The term handed over.
+        term: Term,
+    },
+    /// Every online score is 0: no election runs (B7).
+    NoViableCandidate,
+    /// An event type this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// An election event on `understudy.<group>.events.election` (B9).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionEvent {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// The group.
+    pub group: GroupName,
+    /// The device that saw it happen and published it.
+    pub reporter: DeviceId,
+    /// The reporter's wall clock, Unix milliseconds.
+    pub at_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: ElectionEventKind,
+}
+
+impl BusMessage for ElectionEvent {
+    const KIND: &'static str = "election event";
+}
+
+/// Who holds the server lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseHolder {
+    /// The server device.
+    pub device: DeviceId,
+    /// Its process instance.
+    pub instance: InstanceId,
+    /// Its MAC.
+    pub mac: Mac,
+    /// Its score when it wrote the record.
+    pub score: Score,
+}
+
+/// The value of the lease entry in JetStream KV (key `lease`, bucket per group).
+///
+/// The entry is only ever changed by compare-and-set on its revision. The write
+/// that claims the lease leaves `term` empty: its own revision is the term
+/// (DESIGN.md: "the revision is the term"). Renewals keep the term they hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// The group.
+    pub group: GroupName,
+    /// The holder; `None` when the lease was released.
+    #[serde(default)]
+    pub holder: Option<LeaseHolder>,
+    /// The term, or `None` on the claiming write.
+    #[serde(default)]
+    pub term: Option<Term>,
+    /// On a release: the device the lease is handed to.
+    #[serde(default)]
+    pub handover_to: Option<DeviceId>,
+}
+
+impl LeaseRecord {
+    /// The term of this record when it is stored at `revision`.
+    pub fn term_at(&self, revision: u64) -> Term {
+        self.term.unwrap_or(Term::from_revision(revision))
+    }
+}
+
+impl BusMessage for LeaseRecord {
+    const KIND: &'static str = "lease record";
+}
