@@ -1,1 +1,16 @@
-//! understudy election (in progress).
+//! The election service of understudy: who serves the project group.
+//!
+//! [`core`] is the decision logic as a sans-IO state machine: it is fed events
+//! (peers seen and lost, lease observations, store replies, score and online
+//! changes, operator triggers, the passing of time) and returns actions (claim,
+//! renew or release the lease by compare-and-set, become server, step down,
+//! publish an election event). It implements DESIGN.md B3–B8 and the lease
+//! rules that make S1 hold when the lease store is a compare-and-set register.
+//! The driver that turns those actions into JetStream KV calls lives beside it.
+
+pub mod core;
+
+pub use crate::core::{
+    Action, Candidate, ElectionConfig, Event, Expect, Machine, MachineStatus, OpId, PeerStatus,
+    StoreOutcome, winner,
+};

@@ -1,1 +1,23 @@
-//! understudy heartbeat (in progress).
+//! The heartbeat service of understudy: publishing this device's heartbeat and
+//! detecting lost peers (DESIGN.md §3, "heartbeat").
+//!
+//! Every device beats on `understudy.<group>.heartbeat.<device>` at its own
+//! interval (100 ms by default) and says goodbye on
+//! `understudy.<group>.leave.<device>` when it leaves cleanly. The heartbeat
+//! service turns the beats it hears into *peer changes* — a device joined,
+//! restarted, was lost or left — which discovery (roster, counts, problems) and
+//! election (B5: "an election is held whenever the status quo is upset") act on.
+//! A server that stops beating is declared lost after three missed heartbeats,
+//! and the failover (L1) starts from that verdict.
+//!
+//! This crate holds the pure failure detector ([`Detector`]): it has no clock,
+//! no sockets and no async runtime. The caller feeds it heartbeats, goodbyes and
+//! the current time (a [`Duration`](std::time::Duration) since any origin it
+//! likes) and arms one timer at [`Detector::next_deadline`]. That is what lets
+//! the simulator run the real detector under seeded fault schedules.
+
+pub mod core;
+
+pub use crate::core::detector::{
+    DEFAULT_INTERVAL, Detector, DetectorConfig, MAX_INTERVAL, MIN_INTERVAL, PeerBeat, PeerChange,
+};

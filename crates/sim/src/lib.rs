@@ -1,1 +1,25 @@
-//! sim
+//! A deterministic simulator of a project group (DESIGN.md §5, CONVENTIONS.md §2).
+//!
+//! It runs the real decision code — [`understudy_election::Machine`] and
+//! [`understudy_heartbeat::Detector`] — for 3–25 devices over a simulated bus
+//! (delay, reordering, loss, partitions) and a simulated compare-and-set lease
+//! store with expiry (the model of JetStream KV), while a seeded schedule
+//! crashes, restarts, pauses and partitions devices, drifts their clocks,
+//! changes scores, takes devices offline and triggers elections.
+//!
+//! One `StdRng` seeded from the run is the only source of randomness and there
+//! is no wall clock and no thread, so a seed replays exactly. Invariants are
+//! checked after every step (S1) and after the faults end (L2, P1, B7); a
+//! failure carries the seed, the step and the last events.
+
+mod check;
+mod schedule;
+mod store;
+mod world;
+
+pub use schedule::{Fault, Plan};
+pub use world::{Failure, Report, run_plan, run_seed};
+
+/// The largest clock-rate error the simulator gives a device, in parts per
+/// million (±2 %). The election's drift allowance (5 %) must cover it.
+pub const MAX_DRIFT_PPM: i64 = 20_000;

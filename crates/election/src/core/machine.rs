@@ -1,0 +1,843 @@
+//! The election state machine of one device (DESIGN.md B3–B8, S1).
+//!
+//! Feed it [`Event`]s with the current instant; it returns [`Action`]s and
+//! tells, through [`Machine::next_deadline`], when it next needs to be woken.
+//!
+//! The rules, where a reader finds them:
+//! - B4 ranking: [`super::ranking`]; the client side claims only when it is the
+//!   rightful candidate among the live, online devices it hears.
+//! - B5 elections: a lost server, a released lease, a score change, going
+//!   online/offline, an operator trigger and a better candidate all lead to
+//!   [`Machine::decide`]; preemption is led by the server, which hands over once
+//!   a better candidate past its grace has been live for `preempt_delay`.
+//! - B6 grace: [`Machine::in_grace`].
+//! - B7/B8: nobody claims when no online device has a non-zero score.
+//! - S1: the lease changes only by compare-and-set; a claim that wins makes
+//!   its revision the term; a server renews by compare-and-set on its own last
+//!   revision and stops serving when a renewal is refused, when it sees a
+//!   newer term, or when its lease could have expired at the store
+//!   (`valid_until`, counted from the *sending* of the last good renewal and
+//!   shortened by the clock-drift allowance).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use understudy_protocol::messages::{
+    ElectionEventKind, ElectionReason, LeaseHolder, LeaseRecord, StepDownReason,
+};
+use understudy_protocol::{
+    DeviceId, GroupName, InstanceId, Mac, Role, SCHEMA_VERSION, Score, Term,
+};
+
+use super::config::ElectionConfig;
+use super::ranking::{Candidate, winner};
+use super::types::{Action, Event, Expect, OpId, PeerStatus, StoreOutcome};
+
+/// A store call awaiting its reply.
+#[derive(Debug, Clone)]
+struct Pending {
+    id: OpId,
+    kind: OpKind,
+    sent_at: Duration,
+    record: LeaseRecord,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum OpKind {
+    Claim(ElectionReason),
+    Renew,
+    Release,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum RoleState {
+    Client,
+    Server {
+        term: Term,
+        /// The revision of this server's last successful write.
+        revision: u64,
+        /// The server acts only before this instant (its own clock).
+        valid_until: Duration,
+        /// When the next renewal is due.
+        renew_at: Duration,
+    },
+}
+
+/// How a client sees the lease.
+#[derive(Debug, Clone, PartialEq)]
+enum LeaseState {
+    /// A live peer holds it and acts as server (or is about to).
+    Held { holder: DeviceId, term: Term },
+    /// Nobody serves: the lease is absent, released, ours from an earlier
+    /// attempt, or held by a device that is lost, offline or stepped down.
+    Vacant {
+        /// A successor named by a recent hand-over.
+        handover_to: Option<DeviceId>,
+        /// A holder that is no longer heard, with its term.
+        lost_holder: Option<(DeviceId, Term)>,
+    },
+}
+
+/// What a machine tells the outside about itself: for heartbeats and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineStatus {
+    /// Client or server.
+    pub role: Role,
+    /// The newest term known (this device's own when it is server).
+    pub term: Term,
+    /// Whether the start-up grace is still running.
+    pub in_grace: bool,
+    /// Whether the device is online.
+    pub online: bool,
+    /// The device's score.
+    pub score: Score,
+    /// The server as this device sees it.
+    pub server: Option<(DeviceId, Term)>,
+}
+
+/// The election state machine of one device.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    cfg: ElectionConfig,
+    group: GroupName,
+    device: DeviceId,
+    instance: InstanceId,
+    mac: Mac,
+    score: Score,
+    online: bool,
+    stopped: bool,
+    grace_until: Option<Duration>,
+    peers: BTreeMap<DeviceId, PeerStatus>,
+    lease: Option<(u64, LeaseRecord)>,
+    lease_seen_at: Duration,
+    role: RoleState,
+    op: Option<Pending>,
+    next_op: u64,
+    known_term: Term,
+    better_since: Option<Duration>,
+    claim_not_before: Duration,
+    reason: Option<ElectionReason>,
+    operator_trigger: bool,
+    lost_reported: Term,
+    no_viable_reported: bool,
+    /// The instant of the last event handled.
+    now: Duration,
+    out: Vec<Action>,
+}
+
+/// Wait after a store call failed before claiming again.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+
+impl Machine {
+    /// A device that starts at `now`, online or not, with its start-up grace
+    /// running (B6).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: ElectionConfig,
+        group: GroupName,
+        device: DeviceId,
+        instance: InstanceId,
+        mac: Mac,
+        score: Score,
+        online: bool,
+        now: Duration,
+    ) -> Machine {
+        Machine {
+            grace_until: Some(now + cfg.grace_period),
+            cfg,
+            group,
+            device,
+            instance,
+            mac,
+            score,
+            online,
+            stopped: false,
+            peers: BTreeMap::new(),
+            lease: None,
+            lease_seen_at: now,
+            role: RoleState::Client,
+            op: None,
+            next_op: 0,
+            known_term: Term::ZERO,
+            better_since: None,
+            claim_not_before: Duration::ZERO,
+            reason: None,
+            operator_trigger: false,
+            lost_reported: Term::ZERO,
+            no_viable_reported: false,
+            now,
+            out: Vec::new(),
+        }
+    }
+
+    /// This device's id.
+    pub fn device(&self) -> &DeviceId {
+        &self.device
+    }
+
+    /// Feeds one event that happened at `now` and returns what to do.
+    pub fn handle(&mut self, event: Event, now: Duration) -> Vec<Action> {
+        if self.stopped {
+            return Vec::new();
+        }
+        self.now = self.now.max(now);
+        self.advance(now);
+        match event {
+            Event::Tick => {}
+            Event::PeerSeen(p) => self.peer_seen(p),
+            Event::PeerLost(d) => self.peer_lost(&d),
+            Event::LeaseObserved(obs) => self.observe_lease(obs, now),
+            Event::StoreReply { op, outcome } => self.store_reply(op, outcome, now),
+            Event::SetScore(s) => self.set_score(s, now),
+            Event::SetOnline(on) => self.set_online(on, now),
+            Event::TriggerElection => {
+                self.operator_trigger = true;
+                self.reason = Some(ElectionReason::Operator);
+                if self.is_server() {
+                    self.publish(ElectionEventKind::ElectionStarted {
+                        reason: ElectionReason::Operator,
+                    });
+                }
+            }
+            Event::Shutdown => {
+                self.hand_over(StepDownReason::Shutdown, now);
+                self.stopped = true;
+                return std::mem::take(&mut self.out);
+            }
+        }
+        self.decide(now);
+        std::mem::take(&mut self.out)
+    }
+
+    /// The next instant at which the machine must be fed an [`Event::Tick`].
+    pub fn next_deadline(&self) -> Option<Duration> {
+        if self.stopped {
+            return None;
+        }
+        let mut d: Option<Duration> = None;
+        let after = self.now;
+        // Only deadlines still ahead: one that has passed was acted on.
+        let mut at = |t: Duration| {
+            if t > after {
+                d = Some(d.map_or(t, |x| x.min(t)));
+            }
+        };
+        if let Some(g) = self.grace_until {
+            at(g);
+        }
+        if let Some(p) = &self.op {
+            at(p.sent_at + self.cfg.store_timeout);
+        }
+        if let RoleState::Server {
+            valid_until,
+            renew_at,
+            ..
+        } = self.role
+        {
+            at(valid_until);
+            at(renew_at);
+            if let Some(b) = self.better_since {
+                at(b + self.cfg.preempt_delay);
+            }
+        } else if self.claim_not_before > Duration::ZERO {
+            at(self.claim_not_before);
+        }
+        if let Some((_, rec)) = &self.lease
+            && rec.holder.is_none()
+            && rec.handover_to.is_some()
+        {
+            at(self.lease_seen_at + self.cfg.handover_timeout);
+        }
+        d
+    }
+
+    /// What this machine shows the outside.
+    pub fn status(&self, now: Duration) -> MachineStatus {
+        let server = match &self.role {
+            RoleState::Server { term, .. } => Some((self.device.clone(), *term)),
+            RoleState::Client => match self.lease_state(now) {
+                LeaseState::Held { holder, term } => Some((holder, term)),
+                LeaseState::Vacant { .. } => None,
+            },
+        };
+        MachineStatus {
+            role: if self.is_server() {
+                Role::Server
+            } else {
+                Role::Client
+            },
+            term: match self.role {
+                RoleState::Server { term, .. } => term,
+                RoleState::Client => self.known_term,
+            },
+            in_grace: self.in_grace(now),
+            online: self.online,
+            score: self.score,
+            server,
+        }
+    }
+
+    /// Whether this device acts as server right now.
+    pub fn is_server(&self) -> bool {
+        matches!(self.role, RoleState::Server { .. })
+    }
+
+    /// This device's term while it serves.
+    pub fn server_term(&self) -> Option<Term> {
+        match self.role {
+            RoleState::Server { term, .. } => Some(term),
+            RoleState::Client => None,
+        }
+    }
+
+    /// B6: a device in its start-up grace does not claim the server. The grace
+    /// ends when `grace_period` has passed, or as soon as a live server is seen
+    /// (the device then joins it as a client at once).
+    pub fn in_grace(&self, now: Duration) -> bool {
+        self.grace_until.is_some_and(|g| now < g)
+    }
+
+    // ----- time -----
+
+    fn advance(&mut self, now: Duration) {
+        if let Some(g) = self.grace_until
+            && now >= g
+        {
+            self.grace_until = None;
+            self.reason.get_or_insert(ElectionReason::Startup);
+        }
+        if let Some(p) = &self.op
+            && now >= p.sent_at + self.cfg.store_timeout
+        {
+            let id = p.id;
+            self.store_reply(id, StoreOutcome::Failed, now);
+        }
+        if let RoleState::Server {
+            term, valid_until, ..
+        } = self.role
+            && now >= valid_until
+        {
+            // S1: the lease may have expired at the store; stop acting.
+            self.step_down(term, StepDownReason::LeaseLost);
+            self.reason = Some(ElectionReason::NoServer);
+        }
+    }
+
+    // ----- inputs -----
+
+    fn peer_seen(&mut self, p: PeerStatus) {
+        if p.device == self.device {
+            return;
+        }
+        if p.term > self.known_term {
+            self.known_term = p.term;
+        }
+        match self.peers.get(&p.device) {
+            None => {
+                self.reason.get_or_insert(ElectionReason::Preemption);
+            }
+            Some(old) if old.score != p.score || old.online != p.online => {
+                self.reason = Some(ElectionReason::ScoreChanged);
+            }
+            Some(_) => {}
+        }
+        self.peers.insert(p.device.clone(), p);
+    }
+
+    fn peer_lost(&mut self, device: &DeviceId) {
+        if self.peers.remove(device).is_some() {
+            let was_holder = self
+                .lease
+                .as_ref()
+                .and_then(|(_, r)| r.holder.as_ref())
+                .is_some_and(|h| &h.device == device);
+            if was_holder {
+                self.reason = Some(ElectionReason::ServerLost);
+            }
+        }
+    }
+
+    fn observe_lease(&mut self, obs: Option<(u64, LeaseRecord)>, now: Duration) {
+        match obs {
+            Some((rev, rec)) => {
+                if self.lease.as_ref().is_some_and(|(cur, _)| rev <= *cur) {
+                    return; // stale: watches and replies may arrive late
+                }
+                let term = rec.term_at(rev);
+                if term > self.known_term {
+                    self.known_term = term;
+                }
+                if let RoleState::Server {
+                    term: mine,
+                    revision,
+                    ..
+                } = self.role
+                    && rev > revision
+                    && !(self.is_mine(&rec) && term == mine)
+                {
+                    // Someone wrote over our lease: we are deposed (S1).
+                    self.step_down(mine, StepDownReason::Deposed);
+                }
+                if rec.holder.is_none() {
+                    self.reason = Some(if rec.handover_to.is_some() {
+                        ElectionReason::HandOver
+                    } else {
+                        ElectionReason::NoServer
+                    });
+                }
+                self.lease = Some((rev, rec));
+                self.lease_seen_at = now;
+            }
+            None => {
+                if self.lease.is_some() {
+                    self.reason.get_or_insert(ElectionReason::NoServer);
+                }
+                self.lease = None;
+                self.lease_seen_at = now;
+            }
+        }
+    }
+
+    fn set_score(&mut self, score: Score, now: Duration) {
+        if score == self.score {
+            return;
+        }
+        self.score = score;
+        self.reason = Some(ElectionReason::ScoreChanged);
+        if !score.is_candidate() && self.is_server() {
+            self.hand_over(StepDownReason::ScoreZero, now);
+        }
+    }
+
+    fn set_online(&mut self, online: bool, now: Duration) {
+        if online == self.online {
+            return;
+        }
+        self.online = online;
+        if online {
+            // Joining again: give peers a chance to be compared (B6).
+            self.grace_until = Some(now + self.cfg.grace_period);
+        } else if self.is_server() {
+            self.hand_over(StepDownReason::Offline, now);
+        }
+    }
+
+    fn store_reply(&mut self, op: OpId, outcome: StoreOutcome, now: Duration) {
+        let pending = match &self.op {
+            Some(p) if p.id == op => self.op.take(),
+            _ => None,
+        };
+        let Some(pending) = pending else {
+            // A late reply to a call we gave up on: keep what it teaches.
+            if let StoreOutcome::Conflict { current } = outcome {
+                self.observe_lease(current, now);
+            }
+            return;
+        };
+        match (pending.kind, outcome) {
+            (OpKind::Claim(reason), StoreOutcome::Written { revision }) => {
+                self.won(revision, reason, pending, now);
+            }
+            (OpKind::Renew, StoreOutcome::Written { revision }) => {
+                if let RoleState::Server { term, .. } = self.role {
+                    self.role = RoleState::Server {
+                        term,
+                        revision,
+                        valid_until: pending.sent_at + self.cfg.local_validity(),
+                        renew_at: pending.sent_at + self.cfg.renew_interval,
+                    };
+                    self.observe_lease(Some((revision, pending.record)), now);
+                }
+            }
+            (OpKind::Release, StoreOutcome::Written { revision }) => {
+                self.observe_lease(Some((revision, pending.record)), now);
+            }
+            (kind, StoreOutcome::Conflict { current }) => {
+                let mine = current
+                    .as_ref()
+                    .filter(|(_, r)| self.is_mine(r))
+                    .map(|(rev, r)| (*rev, r.term_at(*rev)));
+                match (kind, &mut self.role, mine) {
+                    // An earlier write of ours landed after all: adopt its
+                    // revision and renew (or release) again at once.
+                    (OpKind::Renew, RoleState::Server { term, revision, renew_at, .. }, Some((rev, t)))
+                        if t == *term =>
+                    {
+                        *revision = rev;
+                        *renew_at = now;
+                    }
+                    (OpKind::Release, _, Some((rev, t))) => {
+                        self.observe_lease(current, now);
+                        let to = pending.record.handover_to.clone();
+                        self.send_release(rev, t, to, now);
+                    }
+                    (OpKind::Renew, RoleState::Server { term, .. }, _) => {
+                        let term = *term;
+                        self.observe_lease(current, now);
+                        if self.is_server() {
+                            self.step_down(term, StepDownReason::Deposed);
+                        }
+                    }
+                    _ => self.observe_lease(current, now),
+                }
+            }
+            (OpKind::Renew, StoreOutcome::Failed) => {
+                if let RoleState::Server { renew_at, .. } = &mut self.role {
+                    *renew_at = now + RETRY_BACKOFF;
+                }
+            }
+            (OpKind::Claim(_), StoreOutcome::Failed) => {
+                self.claim_not_before = now + RETRY_BACKOFF;
+            }
+            (OpKind::Release, StoreOutcome::Failed) => {}
+        }
+    }
+
+    // ----- decisions -----
+
+    /// Looks at the current view and does what the rules say (B4–B8).
+    fn decide(&mut self, now: Duration) {
+        if !self.online {
+            return;
+        }
+        if let RoleState::Server { .. } = self.role {
+            self.decide_as_server(now);
+        } else {
+            self.decide_as_client(now);
+        }
+    }
+
+    fn decide_as_server(&mut self, now: Duration) {
+        let RoleState::Server {
+            term,
+            revision,
+            renew_at,
+            ..
+        } = self.role
+        else {
+            return;
+        };
+        // P1: a better candidate, live and past its grace, takes over once it
+        // has been there for `preempt_delay` (at once on an operator trigger).
+        let me = self.me_candidate();
+        let better = self
+            .peers
+            .values()
+            .filter(|p| p.online && !p.in_grace)
+            .map(candidate)
+            .filter(|c| c.score.is_candidate() && c.outranks(&me))
+            .max_by(|a, b| a.rank_cmp(b));
+        let operator = std::mem::take(&mut self.operator_trigger);
+        match better {
+            Some(_) => {
+                let since = *self.better_since.get_or_insert(now);
+                if operator || now >= since + self.cfg.preempt_delay {
+                    self.hand_over(StepDownReason::HandOver, now);
+                    return;
+                }
+            }
+            None => {
+                self.better_since = None;
+                if operator {
+                    // The operator asked; the status quo is the rightful answer.
+                    self.publish(ElectionEventKind::ServerElected {
+                        device: self.device.clone(),
+                        mac: self.mac,
+                        score: self.score,
+                        term,
+                        reason: ElectionReason::Operator,
+                    });
+                }
+            }
+        }
+        if now >= renew_at && self.op.is_none() {
+            let record = self.record(Some(term), None, true);
+            let id = self.op_id();
+            self.op = Some(Pending {
+                id,
+                kind: OpKind::Renew,
+                sent_at: now,
+                record: record.clone(),
+            });
+            self.out.push(Action::Renew {
+                op: id,
+                revision,
+                record,
+            });
+        }
+    }
+
+    fn decide_as_client(&mut self, now: Duration) {
+        self.better_since = None;
+        self.operator_trigger = false;
+        let state = self.lease_state(now);
+        if let LeaseState::Held { .. } = state {
+            // B6: a server is live; join it as a client at once.
+            self.grace_until = None;
+            self.no_viable_reported = false;
+            self.reason = None;
+            return;
+        }
+        let LeaseState::Vacant {
+            handover_to,
+            lost_holder,
+        } = state
+        else {
+            return;
+        };
+        if self.op.is_some() || now < self.claim_not_before {
+            return;
+        }
+        let named = handover_to.as_ref() == Some(&self.device);
+        if !named && self.in_grace(now) {
+            return;
+        }
+        let rightful = match &handover_to {
+            Some(to) if self.is_live_viable(to) => Some(to.clone()),
+            _ => self.rightful(),
+        };
+        let Some(rightful) = rightful else {
+            // B7: nobody is viable; no election runs. One device says so.
+            if !self.no_viable_reported && self.is_reporter() {
+                self.no_viable_reported = true;
+                self.publish(ElectionEventKind::NoViableCandidate);
+            }
+            return;
+        };
+        self.no_viable_reported = false;
+        if rightful != self.device || !self.score.is_candidate() {
+            return;
+        }
+        let reason = if named {
+            ElectionReason::HandOver
+        } else if lost_holder.is_some() {
+            ElectionReason::ServerLost
+        } else {
+            self.reason.unwrap_or(ElectionReason::NoServer)
+        };
+        if let Some((device, term)) = lost_holder
+            && term > self.lost_reported
+        {
+            self.lost_reported = term;
+            self.publish(ElectionEventKind::ServerLost { device, term });
+        }
+        self.publish(ElectionEventKind::ElectionStarted { reason });
+        let expect = match &self.lease {
+            Some((rev, _)) => Expect::Revision(*rev),
+            None => Expect::Absent,
+        };
+        let record = self.record(None, None, true);
+        let id = self.op_id();
+        self.op = Some(Pending {
+            id,
+            kind: OpKind::Claim(reason),
+            sent_at: now,
+            record: record.clone(),
+        });
+        self.out.push(Action::Claim {
+            op: id,
+            expect,
+            record,
+        });
+    }
+
+    fn won(&mut self, revision: u64, reason: ElectionReason, pending: Pending, now: Duration) {
+        let term = Term::from_revision(revision);
+        self.observe_lease(Some((revision, pending.record)), now);
+        self.role = RoleState::Server {
+            term,
+            revision,
+            valid_until: pending.sent_at + self.cfg.local_validity(),
+            renew_at: pending.sent_at + self.cfg.renew_interval,
+        };
+        if term > self.known_term {
+            self.known_term = term;
+        }
+        self.grace_until = None;
+        self.reason = None;
+        self.better_since = None;
+        self.out.push(Action::BecomeServer { term });
+        self.publish(ElectionEventKind::ServerElected {
+            device: self.device.clone(),
+            mac: self.mac,
+            score: self.score,
+            term,
+            reason,
+        });
+    }
+
+    /// Planned hand-over (B5, and SIGTERM): stop serving first, then release
+    /// the lease by compare-and-set, naming the best remaining candidate.
+    fn hand_over(&mut self, reason: StepDownReason, now: Duration) {
+        let RoleState::Server { term, revision, .. } = self.role else {
+            return;
+        };
+        let to = self.successor();
+        self.step_down(term, reason);
+        if let Some(to) = &to {
+            self.publish(ElectionEventKind::HandedOver {
+                from: self.device.clone(),
+                to: to.clone(),
+                term,
+            });
+        }
+        self.send_release(revision, term, to, now);
+    }
+
+    fn send_release(&mut self, revision: u64, term: Term, to: Option<DeviceId>, now: Duration) {
+        let record = self.record(Some(term), to, false);
+        let id = self.op_id();
+        self.op = Some(Pending {
+            id,
+            kind: OpKind::Release,
+            sent_at: now,
+            record: record.clone(),
+        });
+        self.out.push(Action::Release {
+            op: id,
+            revision,
+            record,
+        });
+    }
+
+    fn step_down(&mut self, term: Term, reason: StepDownReason) {
+        if !self.is_server() {
+            return;
+        }
+        self.role = RoleState::Client;
+        self.better_since = None;
+        if matches!(self.op.as_ref().map(|p| p.kind), Some(OpKind::Renew)) {
+            self.op = None;
+        }
+        self.out.push(Action::StepDown { term, reason });
+        self.publish(ElectionEventKind::SteppedDown {
+            device: self.device.clone(),
+            term,
+            reason,
+        });
+    }
+
+    // ----- views -----
+
+    fn lease_state(&self, now: Duration) -> LeaseState {
+        let vacant = |handover_to, lost_holder| LeaseState::Vacant {
+            handover_to,
+            lost_holder,
+        };
+        let Some((rev, rec)) = &self.lease else {
+            return vacant(None, None);
+        };
+        let term = rec.term_at(*rev);
+        let Some(holder) = &rec.holder else {
+            let fresh = now < self.lease_seen_at + self.cfg.handover_timeout;
+            return vacant(rec.handover_to.clone().filter(|_| fresh), None);
+        };
+        if holder.device == self.device {
+            // Ours from an earlier attempt or instance, while we are a client.
+            return vacant(None, None);
+        }
+        match self.peers.get(&holder.device) {
+            // A holder that has not beaten since it claimed still counts.
+            Some(p) if p.instance != holder.instance => {
+                vacant(None, Some((holder.device.clone(), term)))
+            }
+            Some(p) if p.online && (p.role == Role::Server || p.term < term) => LeaseState::Held {
+                holder: holder.device.clone(),
+                term,
+            },
+            Some(_) => vacant(None, None),
+            None => vacant(None, Some((holder.device.clone(), term))),
+        }
+    }
+
+    fn me_candidate(&self) -> Candidate {
+        Candidate {
+            device: self.device.clone(),
+            mac: self.mac,
+            score: self.score,
+        }
+    }
+
+    /// The rightful server among the online devices this device hears,
+    /// itself included; peers still in grace count (they claim when it ends).
+    fn rightful(&self) -> Option<DeviceId> {
+        let mut all: Vec<Candidate> = self
+            .peers
+            .values()
+            .filter(|p| p.online)
+            .map(candidate)
+            .collect();
+        if self.online {
+            all.push(self.me_candidate());
+        }
+        winner(&all).map(|c| c.device.clone())
+    }
+
+    /// The best other device to hand the lease to.
+    fn successor(&self) -> Option<DeviceId> {
+        let others: Vec<Candidate> = self
+            .peers
+            .values()
+            .filter(|p| p.online)
+            .map(candidate)
+            .collect();
+        winner(&others).map(|c| c.device.clone())
+    }
+
+    fn is_live_viable(&self, device: &DeviceId) -> bool {
+        if device == &self.device {
+            return self.online && self.score.is_candidate();
+        }
+        self.peers
+            .get(device)
+            .is_some_and(|p| p.online && p.score.is_candidate())
+    }
+
+    /// The one device that reports "no viable candidate": the lowest MAC
+    /// among the online devices heard, so the event is not published N times.
+    fn is_reporter(&self) -> bool {
+        let me = (self.mac, &self.device);
+        self.peers
+            .values()
+            .filter(|p| p.online)
+            .all(|p| (p.mac, &p.device) > me)
+    }
+
+    fn is_mine(&self, rec: &LeaseRecord) -> bool {
+        rec.holder
+            .as_ref()
+            .is_some_and(|h| h.device == self.device && h.instance == self.instance)
+    }
+
+    fn record(&self, term: Option<Term>, handover_to: Option<DeviceId>, held: bool) -> LeaseRecord {
+        LeaseRecord {
+            schema: SCHEMA_VERSION,
+            group: self.group.clone(),
+            holder: held.then(|| LeaseHolder {
+                device: self.device.clone(),
+                instance: self.instance,
+                mac: self.mac,
+                score: self.score,
+            }),
+            term,
+            handover_to,
+        }
+    }
+
+    fn op_id(&mut self) -> OpId {
+        self.next_op += 1;
+        OpId(self.next_op)
+    }
+
+    fn publish(&mut self, kind: ElectionEventKind) {
+        self.out.push(Action::Publish(kind));
+    }
+}
+
+fn candidate(p: &PeerStatus) -> Candidate {
+    Candidate {
+        device: p.device.clone(),
+        mac: p.mac,
+        score: p.score,
+    }
+}

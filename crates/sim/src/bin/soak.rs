@@ -1,0 +1,76 @@
+//! Long soak of the simulator: `cargo run --release -p understudy-sim --bin soak -- [SEEDS] [FIRST]`.
+//!
+//! Runs SEEDS seeds (default 200 000) from FIRST (default 0) on every core and
+//! prints the figures; exits non-zero with the first failure's replay line.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Instant;
+
+use understudy_sim::{Failure, run_seed};
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let count: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
+    let first: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+    let threads = thread::available_parallelism().map_or(2, |n| n.get());
+    let next = Arc::new(AtomicU64::new(first));
+    let failures: Arc<Mutex<Vec<Failure>>> = Arc::default();
+    let steps = Arc::new(AtomicU64::new(0));
+    let terms = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (next, failures, steps, terms) =
+                (next.clone(), failures.clone(), steps.clone(), terms.clone());
+            thread::spawn(move || {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= first + count {
+                        break;
+                    }
+                    match run_seed(seed) {
+                        Ok(r) => {
+                            steps.fetch_add(r.steps, Ordering::Relaxed);
+                            terms.fetch_add(r.terms_granted as u64, Ordering::Relaxed);
+                        }
+                        Err(f) => {
+                            if let Ok(mut v) = failures.lock() {
+                                v.push(f);
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let mut failures = failures.lock().map(|v| v.clone()).unwrap_or_default();
+    failures.sort_by_key(|f| f.seed);
+    println!(
+        "soak: {count} seeds from {first} in {secs:.1} s on {threads} threads ({:.0} seeds/s), {} steps, {} terms granted",
+        count as f64 / secs,
+        steps.load(Ordering::Relaxed),
+        terms.load(Ordering::Relaxed)
+    );
+    match failures.first() {
+        None => {
+            println!("{count} passed, 0 failed");
+            ExitCode::SUCCESS
+        }
+        Some(f) => {
+            println!("{} passed, {} failed", count - failures.len() as u64, failures.len());
+            println!("first failure:\n{f}");
+            println!(
+                "failing seeds: {:?}",
+                failures.iter().map(|f| f.seed).take(50).collect::<Vec<_>>()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,775 @@
+//! The simulated world: devices, bus, store and the event queue.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use understudy_election::{Action, ElectionConfig, Event, Machine, OpId, PeerStatus, StoreOutcome};
+use understudy_heartbeat::{Detector, DetectorConfig, PeerBeat, PeerChange};
+use understudy_protocol::messages::LeaseRecord;
+use understudy_protocol::{DeviceId, GroupName, InstanceId, Mac, Score};
+
+use crate::check;
+use crate::schedule::{Fault, Plan};
+use crate::store::{Store, Write};
+
+/// The heartbeat interval devices use (the product default).
+pub const HEARTBEAT: Duration = Duration::from_millis(100);
+/// How long after the faults end the group must have converged (L2, P1):
+/// grace period + preempt delay + this slack.
+pub const CONVERGENCE_SLACK: Duration = Duration::from_secs(3);
+/// How long the group is then watched for spurious elections.
+pub const QUIET_WINDOW: Duration = Duration::from_secs(3);
+const TRACE_LEN: usize = 40;
+
+/// A run that broke an invariant.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The seed to replay.
+    pub seed: u64,
+    /// The step at which it broke.
+    pub step: u64,
+    /// The simulated instant.
+    pub at: Duration,
+    /// Which invariant, in words.
+    pub what: String,
+    /// The last notable events before it.
+    pub trace: Vec<String>,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "seed={} step={} t={:.3}s: {}",
+            self.seed,
+            self.step,
+            self.at.as_secs_f64(),
+            self.what
+        )?;
+        writeln!(f, "last events:")?;
+        for line in &self.trace {
+            writeln!(f, "  {line}")?;
+        }
+        write!(
+            f,
+            "replay: UNDERSTUDY_SEED={} cargo test -p understudy-sim --test simulation replay_one_seed -- --nocapture",
+            self.seed
+        )
+    }
+}
+
+/// What a passing run did.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Devices in the group.
+    pub devices: usize,
+    /// Events processed.
+    pub steps: u64,
+    /// Lease claims the store granted.
+    pub terms_granted: usize,
+    /// Election events published.
+    pub events_published: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Msg {
+    Beat(PeerBeat, PeerStatus),
+    Leave(DeviceId, InstanceId),
+    Lease(Option<(u64, LeaseRecord)>),
+    Reply(OpId, StoreOutcome),
+    Control(Event),
+}
+
+#[derive(Debug)]
+enum Ev {
+    Wake { dev: usize, inc: u64, generation: u64 },
+    Deliver { dev: usize, inc: u64, msg: Msg },
+    StoreWrite { dev: usize, inc: u64, op: OpId, write: Write, record: LeaseRecord },
+    Fault(Fault),
+    Start(usize),
+    Resume { dev: usize, inc: u64 },
+    FaultsEnd,
+    Converged,
+    End,
+}
+
+pub(crate) struct Proc {
+    pub instance: InstanceId,
+    pub machine: Machine,
+    detector: Detector,
+    seq: u64,
+    next_beat: Duration,
+    last_seq: BTreeMap<DeviceId, (InstanceId, u64)>,
+    generation: u64,
+    inbox: VecDeque<Msg>,
+    pub paused: bool,
+}
+
+pub(crate) struct Dev {
+    pub id: DeviceId,
+    pub mac: Mac,
+    pub score: Score,
+    pub online: bool,
+    drift_ppm: i64,
+    offset: Duration,
+    pub inc: u64,
+    pub proc: Option<Proc>,
+    cut: bool,
+}
+
+impl Dev {
+    /// The device's own clock at true time `t`.
+    pub fn local(&self, t: Duration) -> Duration {
+        let us = t.as_micros() as i128;
+        let local = us + us * self.drift_ppm as i128 / 1_000_000;
+        self.offset + Duration::from_micros(local.max(0) as u64)
+    }
+
+    /// The true time at which the device's clock reads `local` (rounded up).
+    fn true_at(&self, local: Duration) -> Duration {
+        let l = local.saturating_sub(self.offset).as_micros() as i128;
+        let t = (l * 1_000_000 + (1_000_000 + self.drift_ppm as i128) - 1)
+            / (1_000_000 + self.drift_ppm as i128);
+        Duration::from_micros(t.max(0) as u64)
+    }
+}
+
+pub(crate) struct World {
+    pub plan: Plan,
+    pub cfg: ElectionConfig,
+    group: GroupName,
+    rng: StdRng,
+    pub now: Duration,
+    seq: u64,
+    pub step: u64,
+    queue: BinaryHeap<Reverse<(Duration, u64, usize)>>,
+    events: Vec<Option<Ev>>,
+    free: Vec<usize>,
+    pub devs: Vec<Dev>,
+    pub store: Store,
+    store_cut: bool,
+    loss_permille: u32,
+    pub faults_over: bool,
+    trace: VecDeque<String>,
+    pub report: Report,
+    pub converged_at: Option<(Option<DeviceId>, Option<understudy_protocol::Term>)>,
+}
+
+/// Runs the plan made from `seed`.
+pub fn run_seed(seed: u64) -> Result<Report, Failure> {
+    run_plan(Plan::from_seed(seed), false)
+}
+
+/// Runs a plan; `blind_renewals` makes the store skip the revision check on
+/// renewals (a deliberately broken store, to prove the checker catches it).
+pub fn run_plan(plan: Plan, blind_renewals: bool) -> Result<Report, Failure> {
+    let mut w = World::new(plan);
+    w.store.blind_updates = blind_renewals;
+    w.run()
+}
+
+impl World {
+    fn new(plan: Plan) -> World {
+        let n = plan.macs.len();
+        let cfg = ElectionConfig {
+            preempt_delay: plan.preempt_delay,
+            ..ElectionConfig::default()
+        };
+        let devs = (0..n)
+            .map(|i| Dev {
+                id: format!("dev-{i:02}").parse().unwrap_or_else(|_| unreachable!()),
+                mac: plan.macs[i],
+                score: plan.scores[i],
+                online: true,
+                drift_ppm: plan.drift_ppm[i],
+                offset: plan.clock_offset[i],
+                inc: 0,
+                proc: None,
+                cut: false,
+            })
+            .collect();
+        World {
+            rng: StdRng::seed_from_u64(plan.seed ^ 0x5EED_0F_B05),
+            group: "sim".parse().unwrap_or_else(|_| unreachable!()),
+            cfg,
+            now: Duration::ZERO,
+            seq: 0,
+            step: 0,
+            queue: BinaryHeap::new(),
+            events: Vec::new(),
+            free: Vec::new(),
+            devs,
+            store: Store::default(),
+            store_cut: false,
+            loss_permille: 0,
+            faults_over: false,
+            trace: VecDeque::new(),
+            report: Report {
+                devices: n,
+                ..Report::default()
+            },
+            converged_at: None,
+            plan,
+        }
+    }
+
+    fn push(&mut self, at: Duration, ev: Ev) {
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.events[i] = Some(ev);
+                i
+            }
+            None => {
+                self.events.push(Some(ev));
+                self.events.len() - 1
+            }
+        };
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, slot)));
+    }
+
+    pub fn note(&mut self, line: String) {
+        if self.trace.len() == TRACE_LEN {
+            self.trace.pop_front();
+        }
+        self.trace
+            .push_back(format!("t={:.3}s {line}", self.now.as_secs_f64()));
+    }
+
+    pub fn fail(&self, what: String) -> Failure {
+        Failure {
+            seed: self.plan.seed,
+            step: self.step,
+            at: self.now,
+            what,
+            trace: self.trace.iter().cloned().collect(),
+        }
+    }
+
+    fn run(mut self) -> Result<Report, Failure> {
+        for i in 0..self.devs.len() {
+            let at = self.plan.start_at[i];
+            self.push(at, Ev::Start(i));
+        }
+        for (at, f) in self.plan.faults.clone() {
+            self.push(at, Ev::Fault(f));
+        }
+        let end = self.plan.faults_end;
+        self.push(end, Ev::FaultsEnd);
+        let converge_by = end + self.cfg.grace_period + self.cfg.preempt_delay + CONVERGENCE_SLACK;
+        self.push(converge_by, Ev::Converged);
+        self.push(converge_by + QUIET_WINDOW, Ev::End);
+        while let Some(Reverse((at, _, slot))) = self.queue.pop() {
+            let Some(ev) = self.events[slot].take() else {
+                continue;
+            };
+            self.free.push(slot);
+            self.now = at;
+            self.step += 1;
+            match ev {
+                Ev::End => {
+                    check::converged(&mut self)?;
+                    check::quiet(&self)?;
+                    self.report.steps = self.step;
+                    self.report.terms_granted = self.store.grants.len();
+                    return Ok(self.report);
+                }
+                Ev::Converged => {
+                    check::converged(&mut self)?;
+                    self.converged_at = Some(check::server_view(&self));
+                }
+                ev => self.dispatch(ev)?,
+            }
+        }
+        Err(self.fail("event queue ran dry".into()))
+    }
+
+    fn dispatch(&mut self, ev: Ev) -> Result<(), Failure> {
+        match ev {
+            Ev::Wake {
+                dev,
+                inc,
+                generation,
+            } => {
+                let current = self.devs[dev].inc == inc
+                    && self.devs[dev]
+                        .proc
+                        .as_ref()
+                        .is_some_and(|p| p.generation == generation && !p.paused);
+                if current {
+                    self.step_device(dev, None)?;
+                }
+            }
+            Ev::Deliver { dev, inc, msg } => {
+                if self.devs[dev].inc == inc && self.devs[dev].proc.is_some() {
+                    self.step_device(dev, Some(msg))?;
+                }
+            }
+            Ev::StoreWrite {
+                dev,
+                inc,
+                op,
+                write,
+                record,
+            } => self.store_write(dev, inc, op, write, record),
+            Ev::Start(i) => self.start(i),
+            Ev::Resume { dev, inc } => self.resume(dev, inc)?,
+            Ev::Fault(f) => self.fault(f)?,
+            Ev::FaultsEnd => self.faults_end()?,
+            Ev::Converged | Ev::End => {}
+        }
+        Ok(())
+    }
+
+    // ----- devices -----
+
+    fn start(&mut self, i: usize) {
+        if self.devs[i].proc.is_some() {
+            return;
+        }
+        let instance = InstanceId::new(self.rng.random());
+        let d = &mut self.devs[i];
+        d.inc += 1;
+        let local = d.local(self.now);
+        let machine = Machine::new(
+            self.cfg.clone(),
+            self.group.clone(),
+            d.id.clone(),
+            instance,
+            d.mac,
+            d.score,
+            d.online,
+            local,
+        );
+        d.proc = Some(Proc {
+            instance,
+            machine,
+            detector: Detector::new(DetectorConfig::default(), d.id.clone()),
+            seq: 0,
+            next_beat: local,
+            last_seq: BTreeMap::new(),
+            generation: 0,
+            inbox: VecDeque::new(),
+            paused: false,
+        });
+        let inc = d.inc;
+        let line = format!("{} starts (score {}, mac {})", d.id, d.score, d.mac);
+        self.note(line);
+        // A starting device reads the lease once (a KV get), then watches it.
+        if self.reaches_store(i) {
+            let current = self.store.current(self.now);
+            let at = self.now + self.delay();
+            self.push(
+                at,
+                Ev::Deliver {
+                    dev: i,
+                    inc,
+                    msg: Msg::Lease(current),
+                },
+            );
+        }
+        let at = self.now;
+        self.push(
+            at,
+            Ev::Wake {
+                dev: i,
+                inc,
+                generation: 0,
+            },
+        );
+    }
+
+    fn crash(&mut self, i: usize) {
+        if self.devs[i].proc.take().is_some() {
+            let line = format!("{} crashes", self.devs[i].id);
+            self.note(line);
+        }
+    }
+
+    fn resume(&mut self, i: usize, inc: u64) -> Result<(), Failure> {
+        if self.devs[i].inc != inc {
+            return Ok(());
+        }
+        let Some(p) = self.devs[i].proc.as_mut() else {
+            return Ok(());
+        };
+        if !p.paused {
+            return Ok(());
+        }
+        p.paused = false;
+        let inbox = std::mem::take(&mut p.inbox);
+        let line = format!("{} resumes ({} queued messages)", self.devs[i].id, inbox.len());
+        self.note(line);
+        self.step_device(i, None)?;
+        for msg in inbox {
+            self.step_device(i, Some(msg))?;
+        }
+        Ok(())
+    }
+
+    /// Runs one device on one input at the current instant, then checks S1.
+    fn step_device(&mut self, i: usize, msg: Option<Msg>) -> Result<(), Failure> {
+        let t = self.now;
+        let local = self.devs[i].local(t);
+        let my_id = self.devs[i].id.clone();
+        let my_mac = self.devs[i].mac;
+        let Some(p) = self.devs[i].proc.as_mut() else {
+            return Ok(());
+        };
+        if p.paused {
+            if let Some(m) = msg {
+                p.inbox.push_back(m);
+            }
+            return Ok(());
+        }
+        let mut acts = Vec::new();
+        let mut notes = Vec::new();
+        match msg {
+            None => {}
+            Some(Msg::Beat(beat, status)) => {
+                let fresh = match p.last_seq.get(&beat.device) {
+                    Some((inst, seq)) => *inst != beat.instance || beat.seq > *seq,
+                    None => true,
+                };
+                p.detector.observe(&beat, local);
+                if fresh {
+                    p.last_seq
+                        .insert(beat.device.clone(), (beat.instance, beat.seq));
+                    acts.extend(p.machine.handle(Event::PeerSeen(status), local));
+                }
+            }
+            Some(Msg::Leave(device, instance)) => {
+                if let Some(PeerChange::Left { device, .. }) =
+                    p.detector.leave(&device, instance, local)
+                {
+                    acts.extend(p.machine.handle(Event::PeerLost(device), local));
+                }
+            }
+            Some(Msg::Lease(obs)) => {
+                acts.extend(p.machine.handle(Event::LeaseObserved(obs), local));
+            }
+            Some(Msg::Reply(op, outcome)) => {
+                acts.extend(p.machine.handle(Event::StoreReply { op, outcome }, local));
+            }
+            Some(Msg::Control(ev)) => {
+                acts.extend(p.machine.handle(ev, local));
+            }
+        }
+        for change in p.detector.poll(local) {
+            if let PeerChange::Lost { device, .. } = change {
+                notes.push(format!("{my_id} loses {device}"));
+                let p = self.devs[i].proc.as_mut().unwrap_or_else(|| unreachable!());
+                acts.extend(p.machine.handle(Event::PeerLost(device), local));
+            }
+        }
+        let p = self.devs[i].proc.as_mut().unwrap_or_else(|| unreachable!());
+        acts.extend(p.machine.handle(Event::Tick, local));
+        let beat = if local >= p.next_beat {
+            p.seq += 1;
+            p.next_beat = (p.next_beat + HEARTBEAT).max(local + HEARTBEAT / 2);
+            let st = p.machine.status(local);
+            Some((
+                PeerBeat {
+                    device: my_id.clone(),
+                    instance: p.instance,
+                    seq: p.seq,
+                    interval: HEARTBEAT,
+                },
+                PeerStatus {
+                    device: my_id.clone(),
+                    instance: p.instance,
+                    mac: my_mac,
+                    score: st.score,
+                    online: st.online,
+                    role: st.role,
+                    term: st.term,
+                    in_grace: st.in_grace,
+                },
+            ))
+        } else {
+            None
+        };
+        for n in notes {
+            self.note(n);
+        }
+        self.apply(i, acts);
+        if let Some((b, s)) = beat {
+            self.broadcast(i, Msg::Beat(b, s));
+        }
+        self.reschedule(i);
+        check::after_step(self, i)
+    }
+
+    fn reschedule(&mut self, i: usize) {
+        let d = &self.devs[i];
+        let Some(p) = d.proc.as_ref() else { return };
+        let mut next = p.next_beat;
+        if let Some(x) = p.machine.next_deadline() {
+            next = next.min(x);
+        }
+        if let Some(x) = p.detector.next_deadline() {
+            next = next.min(x);
+        }
+        let at = d.true_at(next).max(self.now);
+        let inc = d.inc;
+        let p = self.devs[i].proc.as_mut().unwrap_or_else(|| unreachable!());
+        p.generation += 1;
+        let generation = p.generation;
+        self.push(
+            at,
+            Ev::Wake {
+                dev: i,
+                inc,
+                generation,
+            },
+        );
+    }
+
+    fn apply(&mut self, i: usize, acts: Vec<Action>) {
+        let id = self.devs[i].id.clone();
+        let inc = self.devs[i].inc;
+        for a in acts {
+            match a {
+                Action::Claim { op, expect, record } => {
+                    self.note(format!("{id} claims, expecting {expect:?}"));
+                    self.send_store(i, inc, op, Write::Claim(expect), record);
+                }
+                Action::Renew {
+                    op,
+                    revision,
+                    record,
+                } => self.send_store(i, inc, op, Write::Update(revision), record),
+                Action::Release {
+                    op,
+                    revision,
+                    record,
+                } => {
+                    self.note(format!("{id} releases revision {revision} to {:?}", record.handover_to.as_ref().map(|d| d.to_string())));
+                    self.send_store(i, inc, op, Write::Update(revision), record);
+                }
+                Action::BecomeServer { term } => self.note(format!("{id} serves, term {term}")),
+                Action::StepDown { term, reason } => {
+                    self.note(format!("{id} steps down from term {term}: {reason:?}"))
+                }
+                Action::Publish(kind) => {
+                    self.report.events_published += 1;
+                    self.note(format!("{id} publishes {kind:?}"));
+                }
+            }
+        }
+    }
+
+    // ----- bus -----
+
+    fn delay(&mut self) -> Duration {
+        let (lo, hi) = self.plan.delay;
+        if hi <= lo {
+            return lo;
+        }
+        Duration::from_micros(self.rng.random_range(lo.as_micros() as u64..=hi.as_micros() as u64))
+    }
+
+    fn lost(&mut self) -> bool {
+        self.loss_permille > 0 && self.rng.random_range(0..1000) < self.loss_permille
+    }
+
+    fn reaches(&self, a: usize, b: usize) -> bool {
+        self.devs[a].cut == self.devs[b].cut
+    }
+
+    fn reaches_store(&self, a: usize) -> bool {
+        self.devs[a].cut == self.store_cut
+    }
+
+    fn broadcast(&mut self, from: usize, msg: Msg) {
+        for j in 0..self.devs.len() {
+            if j == from || self.devs[j].proc.is_none() || !self.reaches(from, j) || self.lost() {
+                continue;
+            }
+            let at = self.now + self.delay();
+            let inc = self.devs[j].inc;
+            self.push(
+                at,
+                Ev::Deliver {
+                    dev: j,
+                    inc,
+                    msg: msg.clone(),
+                },
+            );
+        }
+    }
+
+    fn send_store(&mut self, i: usize, inc: u64, op: OpId, write: Write, record: LeaseRecord) {
+        if !self.reaches_store(i) || self.lost() {
+            return;
+        }
+        let at = self.now + self.delay();
+        self.push(
+            at,
+            Ev::StoreWrite {
+                dev: i,
+                inc,
+                op,
+                write,
+                record,
+            },
+        );
+    }
+
+    fn store_write(&mut self, i: usize, inc: u64, op: OpId, write: Write, record: LeaseRecord) {
+        let ttl = self.cfg.lease_duration;
+        let outcome = self.store.write(write, record, self.now, ttl);
+        if let StoreOutcome::Written { revision } = &outcome {
+            let rev = *revision;
+            let current = self.store.current(self.now);
+            if let Some((_, rec)) = &current
+                && rec.term.is_none()
+            {
+                let who = rec.holder.as_ref().map(|h| h.device.to_string());
+                self.note(format!("store grants term {rev} to {who:?}"));
+            }
+            // The watch: every device on the store's side sees the write.
+            for j in 0..self.devs.len() {
+                if self.devs[j].proc.is_some() && self.reaches_store(j) {
+                    let at = self.now + self.delay();
+                    let jinc = self.devs[j].inc;
+                    self.push(
+                        at,
+                        Ev::Deliver {
+                            dev: j,
+                            inc: jinc,
+                            msg: Msg::Lease(current.clone()),
+                        },
+                    );
+                }
+            }
+        }
+        if self.reaches_store(i) && !self.lost() {
+            let at = self.now + self.delay();
+            self.push(
+                at,
+                Ev::Deliver {
+                    dev: i,
+                    inc,
+                    msg: Msg::Reply(op, outcome),
+                },
+            );
+        }
+    }
+
+    /// A watch that reconnects gets the current value.
+    fn resync(&mut self) {
+        let current = self.store.current(self.now);
+        for j in 0..self.devs.len() {
+            if self.devs[j].proc.is_some() && self.reaches_store(j) {
+                let at = self.now + self.delay();
+                let inc = self.devs[j].inc;
+                self.push(
+                    at,
+                    Ev::Deliver {
+                        dev: j,
+                        inc,
+                        msg: Msg::Lease(current.clone()),
+                    },
+                );
+            }
+        }
+    }
+
+    // ----- faults -----
+
+    fn control(&mut self, i: usize, ev: Event) -> Result<(), Failure> {
+        if self.devs[i].proc.is_some() {
+            self.step_device(i, Some(Msg::Control(ev)))?;
+        }
+        Ok(())
+    }
+
+    fn fault(&mut self, f: Fault) -> Result<(), Failure> {
+        if self.faults_over {
+            return Ok(());
+        }
+        self.note(format!("fault: {f:?}"));
+        match f {
+            Fault::Crash(i) => self.crash(i),
+            Fault::Restart(i) => self.start(i),
+            Fault::Pause(i, d) => {
+                let inc = self.devs[i].inc;
+                if let Some(p) = self.devs[i].proc.as_mut()
+                    && !p.paused
+                {
+                    p.paused = true;
+                    let at = self.now + d;
+                    self.push(at, Ev::Resume { dev: i, inc });
+                }
+            }
+            Fault::Partition { side, with_store } => {
+                for (j, d) in self.devs.iter_mut().enumerate() {
+                    d.cut = side.contains(&j);
+                }
+                self.store_cut = with_store;
+            }
+            Fault::Heal => {
+                self.heal();
+            }
+            Fault::Loss(p) => self.loss_permille = p,
+            Fault::SetScore(i, s) => {
+                self.devs[i].score = s;
+                self.control(i, Event::SetScore(s))?;
+            }
+            Fault::SetOnline(i, on) => {
+                self.devs[i].online = on;
+                self.control(i, Event::SetOnline(on))?;
+            }
+            Fault::Trigger(i) => {
+                if self.devs[i].proc.is_some() {
+                    self.control(i, Event::TriggerElection)?;
+                    self.broadcast(i, Msg::Control(Event::TriggerElection));
+                }
+            }
+            Fault::Shutdown(i) => {
+                if let Some(p) = self.devs[i].proc.as_ref()
+                    && !p.paused
+                {
+                    let instance = p.instance;
+                    self.control(i, Event::Shutdown)?;
+                    let id = self.devs[i].id.clone();
+                    self.broadcast(i, Msg::Leave(id, instance));
+                    self.crash(i);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn heal(&mut self) {
+        let was_cut = self.devs.iter().any(|d| d.cut) || self.store_cut;
+        for d in &mut self.devs {
+            d.cut = false;
+        }
+        self.store_cut = false;
+        if was_cut {
+            self.resync();
+        }
+    }
+
+    fn faults_end(&mut self) -> Result<(), Failure> {
+        self.note("faults end: heal, resume, restart".into());
+        self.faults_over = true;
+        self.loss_permille = 0;
+        self.heal();
+        for i in 0..self.devs.len() {
+            let inc = self.devs[i].inc;
+            if self.devs[i].proc.is_none() {
+                self.start(i);
+            } else {
+                self.resume(i, inc)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,57 @@
+//! Thousands of seeded fault schedules against the real election cores.
+//!
+//! `cargo test` runs [`SEEDS`] seeds split over the machine's cores. A failure
+//! prints `seed=… step=…`, the last events, and the command that replays it:
+//! `UNDERSTUDY_SEED=<seed> cargo test -p understudy-sim --test simulation replay_one_seed -- --nocapture`.
+
+use std::thread;
+
+use understudy_sim::{run_seed, Failure};
+
+/// How many seeds `cargo test` runs.
+const SEEDS: u64 = 2_000;
+
+fn run_range(seeds: std::ops::Range<u64>) -> Vec<Failure> {
+    seeds.filter_map(|s| run_seed(s).err()).collect()
+}
+
+fn run_many(first: u64, count: u64) {
+    let threads = thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let chunk = count.div_ceil(threads);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let lo = first + t * chunk;
+            let hi = (lo + chunk).min(first + count);
+            thread::spawn(move || run_range(lo..hi))
+        })
+        .collect();
+    let mut failures: Vec<Failure> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap_or_default())
+        .collect();
+    failures.sort_by_key(|f| f.seed);
+    if let Some(first) = failures.first() {
+        panic!(
+            "{} of {count} seeds broke an invariant; the first:\n{first}\nall failing seeds: {:?}",
+            failures.len(),
+            failures.iter().map(|f| f.seed).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn two_thousand_seeded_fault_schedules_hold_every_invariant() {
+    run_many(0, SEEDS);
+}
+
+#[test]
+fn replay_one_seed() {
+    let Ok(seed) = std::env::var("UNDERSTUDY_SEED") else {
+        return;
+    };
+    let seed: u64 = seed.parse().expect("UNDERSTUDY_SEED must be a number");
+    match run_seed(seed) {
+        Ok(report) => println!("seed={seed} passed: {report:?}"),
+        Err(f) => panic!("{f}"),
+    }
+}
