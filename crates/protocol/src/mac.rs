@@ -11,9 +11,15 @@ use serde::{Deserialize, Serialize};
 use crate::ProtocolError;
 
 /// A 48-bit MAC address, printed as `aa:bb:cc:dd:ee:ff`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Mac(u64);
+
+impl fmt::Debug for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Mac({self})")
+    }
+}
 
 impl Mac {
     /// The largest MAC, `ff:ff:ff:ff:ff:ff`.

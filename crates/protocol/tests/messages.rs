@@ -1,5 +1,7 @@
 //! JSON round trips and edge cases of the bus messages.
 
+#![allow(clippy::unwrap_used)]
+
 use understudy_protocol::messages::*;
 use understudy_protocol::*;
 

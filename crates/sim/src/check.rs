@@ -38,7 +38,12 @@ pub(crate) fn after_step(w: &mut World, i: usize) -> Result<(), Failure> {
             )));
         }
     }
-    let last = w.store.last_held_write.get(&term).copied().unwrap_or_default();
+    let last = w
+        .store
+        .last_held_write
+        .get(&term)
+        .copied()
+        .unwrap_or_default();
     if w.now >= last + w.cfg.lease_duration {
         return Err(w.fail(format!(
             "S1: {id} acts as server with term {term} {:?} after its lease expired at the store",
@@ -47,8 +52,7 @@ pub(crate) fn after_step(w: &mut World, i: usize) -> Result<(), Failure> {
     }
     for (j, d) in w.devs.iter().enumerate() {
         if j != i
-            && d
-                .proc
+            && d.proc
                 .as_ref()
                 .is_some_and(|q| q.machine.server_term() == Some(term))
         {
@@ -101,9 +105,7 @@ pub(crate) fn converged(w: &mut World) -> Result<(), Failure> {
     match (&rightful, servers.as_slice()) {
         (None, []) => {}
         (None, s) => {
-            return Err(w.fail(format!(
-                "B7: nobody is viable, yet {s:?} act as server"
-            )));
+            return Err(w.fail(format!("B7: nobody is viable, yet {s:?} act as server")));
         }
         (Some(r), [(s, term)]) if r == s => {
             let (rev, holder) = match w.store.current(w.now) {

@@ -86,12 +86,29 @@ pub(crate) enum Msg {
 
 #[derive(Debug)]
 enum Ev {
-    Wake { dev: usize, inc: u64, generation: u64 },
-    Deliver { dev: usize, inc: u64, msg: Msg },
-    StoreWrite { dev: usize, inc: u64, op: OpId, write: Write, record: LeaseRecord },
+    Wake {
+        dev: usize,
+        inc: u64,
+        generation: u64,
+    },
+    Deliver {
+        dev: usize,
+        inc: u64,
+        msg: Msg,
+    },
+    StoreWrite {
+        dev: usize,
+        inc: u64,
+        op: OpId,
+        write: Write,
+        record: LeaseRecord,
+    },
     Fault(Fault),
     Start(usize),
-    Resume { dev: usize, inc: u64 },
+    Resume {
+        dev: usize,
+        inc: u64,
+    },
     FaultsEnd,
     Converged,
     End,
@@ -157,6 +174,7 @@ pub(crate) struct World {
     trace: VecDeque<String>,
     pub report: Report,
     pub converged_at: Option<(Option<DeviceId>, Option<understudy_protocol::Term>)>,
+    full_trace: bool,
 }
 
 /// Runs the plan made from `seed`.
@@ -181,7 +199,9 @@ impl World {
         };
         let devs = (0..n)
             .map(|i| Dev {
-                id: format!("dev-{i:02}").parse().unwrap_or_else(|_| unreachable!()),
+                id: format!("dev-{i:02}")
+                    .parse()
+                    .unwrap_or_else(|_| unreachable!()),
                 mac: plan.macs[i],
                 score: plan.scores[i],
                 online: true,
@@ -193,7 +213,7 @@ impl World {
             })
             .collect();
         World {
-            rng: StdRng::seed_from_u64(plan.seed ^ 0x5EED_0F_B05),
+            rng: StdRng::seed_from_u64(plan.seed ^ 0x0005_EED0_FB05),
             group: "sim".parse().unwrap_or_else(|_| unreachable!()),
             cfg,
             now: Duration::ZERO,
@@ -213,6 +233,7 @@ impl World {
                 ..Report::default()
             },
             converged_at: None,
+            full_trace: std::env::var_os("UNDERSTUDY_SIM_TRACE").is_some(),
             plan,
         }
     }
@@ -233,6 +254,9 @@ impl World {
     }
 
     pub fn note(&mut self, line: String) {
+        if self.full_trace {
+            eprintln!("t={:.3}s {line}", self.now.as_secs_f64());
+        }
         if self.trace.len() == TRACE_LEN {
             self.trace.pop_front();
         }
@@ -402,7 +426,11 @@ impl World {
         }
         p.paused = false;
         let inbox = std::mem::take(&mut p.inbox);
-        let line = format!("{} resumes ({} queued messages)", self.devs[i].id, inbox.len());
+        let line = format!(
+            "{} resumes ({} queued messages)",
+            self.devs[i].id,
+            inbox.len()
+        );
         self.note(line);
         self.step_device(i, None)?;
         for msg in inbox {
@@ -548,7 +576,10 @@ impl World {
                     revision,
                     record,
                 } => {
-                    self.note(format!("{id} releases revision {revision} to {:?}", record.handover_to.as_ref().map(|d| d.to_string())));
+                    self.note(format!(
+                        "{id} releases revision {revision} to {:?}",
+                        record.handover_to.as_ref().map(|d| d.to_string())
+                    ));
                     self.send_store(i, inc, op, Write::Update(revision), record);
                 }
                 Action::BecomeServer { term } => self.note(format!("{id} serves, term {term}")),
@@ -570,7 +601,10 @@ impl World {
         if hi <= lo {
             return lo;
         }
-        Duration::from_micros(self.rng.random_range(lo.as_micros() as u64..=hi.as_micros() as u64))
+        Duration::from_micros(
+            self.rng
+                .random_range(lo.as_micros() as u64..=hi.as_micros() as u64),
+        )
     }
 
     fn lost(&mut self) -> bool {

@@ -4,9 +4,11 @@
 //! prints `seed=… step=…`, the last events, and the command that replays it:
 //! `UNDERSTUDY_SEED=<seed> cargo test -p understudy-sim --test simulation replay_one_seed -- --nocapture`.
 
+#![allow(clippy::unwrap_used)]
+
 use std::thread;
 
-use understudy_sim::{run_seed, Failure};
+use understudy_sim::{Failure, run_seed};
 
 /// How many seeds `cargo test` runs.
 const SEEDS: u64 = 2_000;
@@ -54,4 +56,16 @@ fn replay_one_seed() {
         Ok(report) => println!("seed={seed} passed: {report:?}"),
         Err(f) => panic!("{f}"),
     }
+}
+
+/// The checker has teeth: a store whose renewals skip the revision check (a
+/// renewal without compare-and-set) must be caught by S1 on some seed.
+#[test]
+fn a_renewal_without_compare_and_set_is_caught() {
+    let caught = (0..400u64).find_map(|seed| {
+        understudy_sim::run_plan(understudy_sim::Plan::from_seed(seed), true).err()
+    });
+    let failure = caught.expect("400 seeds with blind renewals and no invariant broken");
+    println!("{failure}");
+    assert!(failure.what.starts_with("S1"), "{failure}");
 }

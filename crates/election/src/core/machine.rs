@@ -304,7 +304,9 @@ impl Machine {
             && now >= g
         {
             self.grace_until = None;
-            self.reason.get_or_insert(ElectionReason::Startup);
+            if self.lease.is_none() {
+                self.reason = Some(ElectionReason::Startup);
+            }
         }
         if let Some(p) = &self.op
             && now >= p.sent_at + self.cfg.store_timeout
@@ -333,9 +335,10 @@ impl Machine {
             self.known_term = p.term;
         }
         match self.peers.get(&p.device) {
-            None => {
+            None if self.lease.is_some() => {
                 self.reason.get_or_insert(ElectionReason::Preemption);
             }
+            None => {}
             Some(old) if old.score != p.score || old.online != p.online => {
                 self.reason = Some(ElectionReason::ScoreChanged);
             }
@@ -460,9 +463,16 @@ impl Machine {
                 match (kind, &mut self.role, mine) {
                     // An earlier write of ours landed after all: adopt its
                     // revision and renew (or release) again at once.
-                    (OpKind::Renew, RoleState::Server { term, revision, renew_at, .. }, Some((rev, t)))
-                        if t == *term =>
-                    {
+                    (
+                        OpKind::Renew,
+                        RoleState::Server {
+                            term,
+                            revision,
+                            renew_at,
+                            ..
+                        },
+                        Some((rev, t)),
+                    ) if t == *term => {
                         *revision = rev;
                         *renew_at = now;
                     }

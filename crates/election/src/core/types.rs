@@ -1,8 +1,8 @@
 //! The events a [`Machine`](super::Machine) is fed and the actions it returns.
 
+use understudy_protocol::messages::StepDownReason;
 use understudy_protocol::messages::{ElectionEventKind, LeaseRecord};
 use understudy_protocol::{DeviceId, InstanceId, Mac, Role, Score, Term};
-use understudy_protocol::messages::StepDownReason;
 
 /// Identifies one store call, so its reply can be matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -260,6 +260,8 @@ pub struct Detector {
     config: DetectorConfig,
     me: DeviceId,
     peers: BTreeMap<DeviceId, Peer>,
+    /// When the caller should next have called us, as of the last call.
+    expected_call: Option<Duration>,
 }
 
 impl Detector {
@@ -270,7 +272,39 @@ impl Detector {
             config,
             me,
             peers: BTreeMap::new(),
+            expected_call: None,
         }
+    }
+
+    /// Our own stall is not our peers' silence. If this call comes more than
+    /// one interval after the deadline the caller was told to poll at, this
+    /// process was stopped (SIGSTOP, a long GC-like pause, an overloaded
+    /// host): beats may be waiting unread in the socket. Every live peer then
+    /// gets one more interval from now before it can be declared lost, so a
+    /// device that wakes up does not depose a healthy server on stale silence.
+    fn catch_up(&mut self, now: Duration) {
+        let Some(expected) = self.expected_call else {
+            return;
+        };
+        let slack = self
+            .peers
+            .values()
+            .filter(|p| p.is_live())
+            .map(|p| p.interval)
+            .min()
+            .unwrap_or(MAX_INTERVAL);
+        if now <= expected.saturating_add(slack) {
+            return;
+        }
+        let misses = self.misses();
+        for peer in self.peers.values_mut().filter(|p| p.is_live()) {
+            let window = peer.interval.saturating_mul(misses - 1);
+            peer.last_beat = peer.last_beat.max(now.saturating_sub(window));
+        }
+    }
+
+    fn called(&mut self) {
+        self.expected_call = self.next_deadline();
     }
 
     /// The tuning this detector runs with.
@@ -288,6 +322,13 @@ impl Detector {
     /// changes what is known of the device, `None` when it only keeps it live
     /// or is ignored (own echo, stale `seq`, replaced instance).
     pub fn observe(&mut self, beat: &PeerBeat, now: Duration) -> Option<PeerChange> {
+        self.catch_up(now);
+        let change = self.observe_beat(beat, now);
+        self.called();
+        change
+    }
+
+    fn observe_beat(&mut self, beat: &PeerBeat, now: Duration) -> Option<PeerChange> {
         if beat.device == self.me {
             return None;
         }
@@ -324,6 +365,7 @@ impl Detector {
             return None;
         }
         peer.liveness = Liveness::Left;
+        self.called();
         Some(PeerChange::Left {
             device: device.clone(),
             instance,
@@ -332,7 +374,19 @@ impl Detector {
 
     /// Declares lost every live peer whose deadline is at or before `now`,
     /// reported in order of device id. Each loss is reported once.
+    ///
+    /// Call it at [`next_deadline`](Self::next_deadline): a call that comes
+    /// more than one interval late is taken as this process having been
+    /// stopped, and peers get one more interval instead of being declared
+    /// lost on silence nobody listened to.
     pub fn poll(&mut self, now: Duration) -> Vec<PeerChange> {
+        self.catch_up(now);
+        let lost = self.expire(now);
+        self.called();
+        lost
+    }
+
+    fn expire(&mut self, now: Duration) -> Vec<PeerChange> {
         let misses = self.misses();
         let mut lost = Vec::new();
         for (device, peer) in &mut self.peers {
@@ -569,6 +623,38 @@ mod tests {
         d.observe(&beat("a", 1, 50, 100), ms(0));
         d.poll(ms(300));
         assert_eq!(d.observe(&beat("a", 2, 0, 100), ms(400)), joined("a", 2));
+    }
+
+    #[test]
+    fn own_stall_is_not_blamed_on_peers() {
+        let mut d = detector();
+        d.observe(&beat("a", 1, 0, 100), ms(0));
+        assert!(d.poll(ms(100)).is_empty());
+        // We were stopped from 100 ms to 2 s: a's beats wait unread.
+        assert!(
+            d.poll(ms(2000)).is_empty(),
+            "silence nobody heard is not a loss"
+        );
+        assert!(d.is_live(&dev("a")));
+        assert_eq!(d.observe(&beat("a", 1, 1, 100), ms(2000)), None);
+        // A peer that is really gone is lost one interval later than usual.
+        let mut d = detector();
+        d.observe(&beat("a", 1, 0, 100), ms(0));
+        assert!(d.poll(ms(2000)).is_empty());
+        assert_eq!(d.next_deadline(), Some(ms(2100)));
+        assert_eq!(d.poll(ms(2100)).len(), 1);
+    }
+
+    #[test]
+    fn a_punctual_caller_detects_on_time() {
+        let mut d = detector();
+        d.observe(&beat("a", 1, 0, 100), ms(0));
+        assert_eq!(d.next_deadline(), Some(ms(300)));
+        assert_eq!(
+            d.poll(ms(350)).len(),
+            1,
+            "a timer 50 ms late is not a stall"
+        );
     }
 
     #[test]

@@ -64,7 +64,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(f) => {
-            println!("{} passed, {} failed", count - failures.len() as u64, failures.len());
+            println!(
+                "{} passed, {} failed",
+                count - failures.len() as u64,
+                failures.len()
+            );
             println!("first failure:\n{f}");
             println!(
                 "failing seeds: {:?}",

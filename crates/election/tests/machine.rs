@@ -1,0 +1,484 @@
+//! The election state machine, rule by rule (DESIGN.md B3–B8, S1).
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use understudy_election::{
+    Action, ElectionConfig, Event, Expect, Machine, OpId, PeerStatus, StoreOutcome,
+};
+use understudy_protocol::messages::{
+    ElectionEventKind, ElectionReason, LeaseHolder, LeaseRecord, StepDownReason,
+};
+use understudy_protocol::{DeviceId, InstanceId, Mac, Role, SCHEMA_VERSION, Score, Term};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn id(s: &str) -> DeviceId {
+    s.parse().unwrap()
+}
+
+fn mac(n: u64) -> Mac {
+    Mac::from_u64(n).unwrap()
+}
+
+const ME: &str = "me";
+
+fn machine(score: u8, my_mac: u64, cfg: ElectionConfig) -> Machine {
+    Machine::new(
+        cfg,
+        "stage".parse().unwrap(),
+        id(ME),
+        InstanceId::new(1),
+        mac(my_mac),
+        Score::new(score),
+        true,
+        Duration::ZERO,
+    )
+}
+
+fn peer(name: &str, score: u8, m: u64) -> PeerStatus {
+    PeerStatus {
+        device: id(name),
+        instance: InstanceId::new(100 + m),
+        mac: mac(m),
+        score: Score::new(score),
+        online: true,
+        role: Role::Client,
+        term: Term::ZERO,
+        in_grace: false,
+    }
+}
+
+fn server_peer(name: &str, score: u8, m: u64, term: u64) -> PeerStatus {
+    PeerStatus {
+        role: Role::Server,
+        term: Term::from_revision(term),
+        ..peer(name, score, m)
+    }
+}
+
+fn held_by(p: &PeerStatus, term: Option<u64>) -> LeaseRecord {
+    LeaseRecord {
+        schema: SCHEMA_VERSION,
+        group: "stage".parse().unwrap(),
+        holder: Some(LeaseHolder {
+            device: p.device.clone(),
+            instance: p.instance,
+            mac: p.mac,
+            score: p.score,
+        }),
+        term: term.map(Term::from_revision),
+        handover_to: None,
+    }
+}
+
+fn claim(actions: &[Action]) -> Option<(OpId, Expect, LeaseRecord)> {
+    actions.iter().find_map(|a| match a {
+        Action::Claim { op, expect, record } => Some((*op, *expect, record.clone())),
+        _ => None,
+    })
+}
+
+fn renew(actions: &[Action]) -> Option<(OpId, u64)> {
+    actions.iter().find_map(|a| match a {
+        Action::Renew { op, revision, .. } => Some((*op, *revision)),
+        _ => None,
+    })
+}
+
+fn release(actions: &[Action]) -> Option<(u64, LeaseRecord)> {
+    actions.iter().find_map(|a| match a {
+        Action::Release {
+            revision, record, ..
+        } => Some((*revision, record.clone())),
+        _ => None,
+    })
+}
+
+fn step_down(actions: &[Action]) -> Option<StepDownReason> {
+    actions.iter().find_map(|a| match a {
+        Action::StepDown { reason, .. } => Some(*reason),
+        _ => None,
+    })
+}
+
+fn published(actions: &[Action]) -> Vec<ElectionEventKind> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Publish(k) => Some(k.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs the machine's timer until `until`, collecting every action.
+fn run_until(m: &mut Machine, from: Duration, until: Duration) -> Vec<Action> {
+    let mut out = m.handle(Event::Tick, from);
+    while let Some(d) = m.next_deadline() {
+        if d > until {
+            break;
+        }
+        out.extend(m.handle(Event::Tick, d));
+    }
+    out.extend(m.handle(Event::Tick, until));
+    out
+}
+
+/// A machine that has won term 7 at revision 7, claimed at `at`.
+fn serving(score: u8, my_mac: u64, cfg: ElectionConfig) -> (Machine, Duration) {
+    let mut m = machine(score, my_mac, cfg);
+    let at = ms(2000);
+    let a = m.handle(Event::LeaseObserved(None), at);
+    let (op, expect, _) = claim(&a).expect("a lone viable device claims after grace");
+    assert_eq!(expect, Expect::Absent);
+    let a = m.handle(
+        Event::StoreReply {
+            op,
+            outcome: StoreOutcome::Written { revision: 7 },
+        },
+        at + ms(1),
+    );
+    assert!(a.contains(&Action::BecomeServer {
+        term: Term::from_revision(7)
+    }));
+    (m, at)
+}
+
+#[test]
+fn does_not_claim_during_grace() {
+    let mut m = machine(100, 1, ElectionConfig::default());
+    let a = run_until(&mut m, ms(0), ms(1999));
+    assert_eq!(claim(&a), None, "claimed inside the grace period: {a:?}");
+    assert!(m.status(ms(1999)).in_grace);
+    let a = run_until(&mut m, ms(1999), ms(2000));
+    let (_, expect, record) = claim(&a).expect("claims when grace ends");
+    assert_eq!(expect, Expect::Absent);
+    assert_eq!(
+        record.term, None,
+        "the claiming write leaves the term to its revision"
+    );
+    assert!(published(&a).contains(&ElectionEventKind::ElectionStarted {
+        reason: ElectionReason::Startup
+    }));
+}
+
+#[test]
+fn joins_an_existing_server_at_once() {
+    let mut m = machine(200, 1, ElectionConfig::default());
+    let s = server_peer("srv", 100, 9, 5);
+    m.handle(Event::PeerSeen(s.clone()), ms(10));
+    let a = m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), ms(20));
+    assert_eq!(claim(&a), None);
+    let st = m.status(ms(20));
+    assert!(!st.in_grace, "grace ends as soon as a live server is seen");
+    assert_eq!(st.server, Some((id("srv"), Term::from_revision(5))));
+    assert_eq!(st.role, Role::Client);
+}
+
+#[test]
+fn winning_a_claim_makes_its_revision_the_term() {
+    let (m, _) = serving(100, 1, ElectionConfig::default());
+    assert_eq!(m.server_term(), Some(Term::from_revision(7)));
+    assert_eq!(m.status(ms(2001)).role, Role::Server);
+}
+
+#[test]
+fn renewal_is_a_compare_and_set_on_the_last_revision() {
+    let cfg = ElectionConfig::default();
+    let (mut m, at) = serving(100, 1, cfg.clone());
+    let a = run_until(&mut m, at + ms(1), at + cfg.renew_interval);
+    let (op, revision) = renew(&a).expect("renews on time");
+    assert_eq!(revision, 7, "renews on the revision it wrote");
+    m.handle(
+        Event::StoreReply {
+            op,
+            outcome: StoreOutcome::Written { revision: 9 },
+        },
+        at + cfg.renew_interval + ms(1),
+    );
+    let a = run_until(
+        &mut m,
+        at + cfg.renew_interval + ms(1),
+        at + cfg.renew_interval * 2,
+    );
+    assert_eq!(renew(&a).map(|(_, r)| r), Some(9));
+    assert_eq!(
+        m.server_term(),
+        Some(Term::from_revision(7)),
+        "renewal keeps the term"
+    );
+}
+
+#[test]
+fn a_refused_renewal_deposes_the_server() {
+    let cfg = ElectionConfig::default();
+    let (mut m, at) = serving(100, 1, cfg.clone());
+    let a = run_until(&mut m, at + ms(1), at + cfg.renew_interval);
+    let (op, _) = renew(&a).unwrap();
+    let other = peer("other", 50, 2);
+    let a = m.handle(
+        Event::StoreReply {
+            op,
+            outcome: StoreOutcome::Conflict {
+                current: Some((12, held_by(&other, None))),
+            },
+        },
+        at + cfg.renew_interval + ms(1),
+    );
+    assert_eq!(step_down(&a), Some(StepDownReason::Deposed));
+    assert!(!m.is_server());
+}
+
+#[test]
+fn a_newer_term_in_the_store_deposes_the_server() {
+    let (mut m, at) = serving(100, 1, ElectionConfig::default());
+    let other = peer("other", 50, 2);
+    let a = m.handle(
+        Event::LeaseObserved(Some((12, held_by(&other, None)))),
+        at + ms(5),
+    );
+    assert_eq!(step_down(&a), Some(StepDownReason::Deposed));
+}
+
+#[test]
+fn a_server_that_cannot_renew_stops_before_its_lease_can_expire() {
+    let cfg = ElectionConfig::default();
+    let (mut m, at) = serving(100, 1, cfg.clone());
+    // Every renewal goes unanswered (the bus is gone).
+    let mut t = at + ms(1);
+    let mut stepped = None;
+    while t < at + cfg.lease_duration * 2 {
+        let a = m.handle(Event::Tick, t);
+        if let Some(r) = step_down(&a) {
+            stepped = Some((t, r));
+            break;
+        }
+        t = m.next_deadline().unwrap_or(t + ms(10));
+    }
+    let (when, reason) = stepped.expect("steps down on its own");
+    assert_eq!(reason, StepDownReason::LeaseLost);
+    assert!(
+        when < at + cfg.lease_duration,
+        "stepped down at {when:?}, after the lease (sent at {at:?}) could expire"
+    );
+}
+
+#[test]
+fn a_lost_server_is_replaced_by_the_rightful_device_at_once() {
+    let mut m = machine(100, 1, ElectionConfig::default());
+    let s = server_peer("srv", 200, 9, 5);
+    m.handle(Event::PeerSeen(s.clone()), ms(10));
+    m.handle(Event::PeerSeen(peer("low", 50, 3)), ms(10));
+    m.handle(
+        Event::LeaseObserved(Some((6, held_by(&s, Some(5))))),
+        ms(20),
+    );
+    let a = m.handle(Event::PeerLost(id("srv")), ms(3000));
+    let (_, expect, _) = claim(&a).expect("the successor claims on detection");
+    assert_eq!(
+        expect,
+        Expect::Revision(6),
+        "compare-and-set on the lease it saw"
+    );
+    let events = published(&a);
+    assert!(events.contains(&ElectionEventKind::ServerLost {
+        device: id("srv"),
+        term: Term::from_revision(5)
+    }));
+    assert!(events.contains(&ElectionEventKind::ElectionStarted {
+        reason: ElectionReason::ServerLost
+    }));
+}
+
+#[test]
+fn only_the_rightful_device_claims() {
+    let mut m = machine(100, 1, ElectionConfig::default());
+    m.handle(Event::PeerSeen(peer("better", 101, 9)), ms(10));
+    let a = run_until(&mut m, ms(10), ms(5000));
+    assert_eq!(claim(&a), None);
+}
+
+#[test]
+fn the_lower_mac_wins_a_tie() {
+    let mut low = machine(100, 0x10, ElectionConfig::default());
+    low.handle(Event::PeerSeen(peer("high-mac", 100, 0x20)), ms(10));
+    let a = run_until(&mut low, ms(10), ms(2000));
+    assert!(claim(&a).is_some(), "the lower MAC claims");
+
+    let mut high = machine(100, 0x20, ElectionConfig::default());
+    high.handle(Event::PeerSeen(peer("low-mac", 100, 0x10)), ms(10));
+    let a = run_until(&mut high, ms(10), ms(5000));
+    assert_eq!(claim(&a), None, "the higher MAC waits");
+}
+
+#[test]
+fn zero_scores_never_claim_and_one_device_reports_it() {
+    let mut m = machine(0, 1, ElectionConfig::default());
+    m.handle(Event::PeerSeen(peer("a", 0, 5)), ms(10));
+    m.handle(Event::PeerSeen(peer("b", 0, 6)), ms(10));
+    let a = run_until(&mut m, ms(10), ms(10_000));
+    assert_eq!(claim(&a), None);
+    let events = published(&a);
+    assert_eq!(
+        events,
+        vec![ElectionEventKind::NoViableCandidate],
+        "the lowest MAC reports once"
+    );
+    // A device with a higher MAC stays quiet.
+    let mut quiet = machine(0, 9, ElectionConfig::default());
+    quiet.handle(Event::PeerSeen(peer("a", 0, 5)), ms(10));
+    let a = run_until(&mut quiet, ms(10), ms(10_000));
+    assert!(published(&a).is_empty());
+}
+
+#[test]
+fn manual_assignment_waits_for_an_operator() {
+    // B8: the only non-zero device was the server and is lost.
+    let mut m = machine(0, 1, ElectionConfig::default());
+    let s = server_peer("manual", 10, 9, 5);
+    m.handle(Event::PeerSeen(s.clone()), ms(10));
+    m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), ms(20));
+    let a = m.handle(Event::PeerLost(id("manual")), ms(3000));
+    assert_eq!(claim(&a), None);
+    let a = run_until(&mut m, ms(3000), ms(8000));
+    assert_eq!(claim(&a), None, "nobody else is viable: no server");
+    let a = m.handle(Event::SetScore(Score::new(5)), ms(8000));
+    let (_, expect, _) = claim(&a).expect("a non-zero score triggers the election at once");
+    assert_eq!(expect, Expect::Revision(5));
+}
+
+#[test]
+fn a_better_candidate_preempts_after_the_preempt_delay() {
+    let cfg = ElectionConfig {
+        preempt_delay: ms(500),
+        ..ElectionConfig::default()
+    };
+    let (mut m, at) = serving(100, 1, cfg);
+    let t0 = at + ms(100);
+    let a = m.handle(Event::PeerSeen(peer("better", 200, 9)), t0);
+    assert_eq!(release(&a), None);
+    let a = run_until(&mut m, t0, t0 + ms(499));
+    assert_eq!(release(&a), None, "held back by preempt_delay");
+    let a = run_until(&mut m, t0 + ms(499), t0 + ms(500));
+    let (_, record) = release(&a).expect("hands over when the delay has passed");
+    assert_eq!(record.holder, None);
+    assert_eq!(record.handover_to, Some(id("better")));
+    assert_eq!(step_down(&a), Some(StepDownReason::HandOver));
+    assert!(!m.is_server());
+}
+
+#[test]
+fn a_better_candidate_in_its_grace_does_not_preempt_yet() {
+    let (mut m, at) = serving(100, 1, ElectionConfig::default());
+    let mut young = peer("young", 200, 9);
+    young.in_grace = true;
+    let a = m.handle(Event::PeerSeen(young.clone()), at + ms(10));
+    assert_eq!(release(&a), None);
+    young.in_grace = false;
+    let a = m.handle(Event::PeerSeen(young), at + ms(110));
+    assert!(release(&a).is_some());
+}
+
+#[test]
+fn an_operator_trigger_skips_the_preempt_delay() {
+    let cfg = ElectionConfig {
+        preempt_delay: Duration::from_secs(60),
+        ..ElectionConfig::default()
+    };
+    let (mut m, at) = serving(100, 1, cfg);
+    m.handle(Event::PeerSeen(peer("better", 200, 9)), at + ms(10));
+    let a = m.handle(Event::TriggerElection, at + ms(20));
+    assert!(release(&a).is_some());
+}
+
+#[test]
+fn shutdown_hands_over_at_once() {
+    let (mut m, at) = serving(100, 1, ElectionConfig::default());
+    m.handle(Event::PeerSeen(peer("next", 50, 9)), at + ms(10));
+    m.handle(Event::PeerSeen(peer("zero", 0, 3)), at + ms(10));
+    let a = m.handle(Event::Shutdown, at + ms(20));
+    assert_eq!(step_down(&a), Some(StepDownReason::Shutdown));
+    let (revision, record) = release(&a).expect("releases by compare-and-set");
+    assert_eq!(revision, 7);
+    assert_eq!(record.handover_to, Some(id("next")));
+    assert_eq!(record.term, Some(Term::from_revision(7)));
+    assert!(
+        m.handle(Event::Tick, at + ms(30)).is_empty(),
+        "a stopped machine does nothing"
+    );
+    assert_eq!(m.next_deadline(), None);
+}
+
+#[test]
+fn the_named_successor_claims_even_in_its_grace() {
+    let mut m = machine(100, 5, ElectionConfig::default());
+    let s = server_peer("old", 50, 9, 5);
+    m.handle(Event::PeerSeen(s.clone()), ms(10));
+    let mut released = held_by(&s, Some(5));
+    released.holder = None;
+    released.handover_to = Some(id(ME));
+    let a = m.handle(Event::LeaseObserved(Some((8, released))), ms(20));
+    let (_, expect, _) = claim(&a).expect("the named successor claims");
+    assert_eq!(expect, Expect::Revision(8));
+    assert!(published(&a).contains(&ElectionEventKind::ElectionStarted {
+        reason: ElectionReason::HandOver
+    }));
+}
+
+#[test]
+fn going_offline_hands_over_and_an_offline_device_never_claims() {
+    let (mut m, at) = serving(100, 1, ElectionConfig::default());
+    m.handle(Event::PeerSeen(peer("next", 50, 9)), at + ms(10));
+    let a = m.handle(Event::SetOnline(false), at + ms(20));
+    assert_eq!(step_down(&a), Some(StepDownReason::Offline));
+    assert!(release(&a).is_some());
+    let a = m.handle(Event::LeaseObserved(None), at + ms(30));
+    let a2 = run_until(&mut m, at + ms(30), at + ms(10_000));
+    assert_eq!(claim(&a), None);
+    assert_eq!(claim(&a2), None);
+    assert!(!m.status(at + ms(30)).online);
+}
+
+#[test]
+fn a_restarted_holder_is_not_the_holder() {
+    let mut m = machine(100, 1, ElectionConfig::default());
+    let s = server_peer("srv", 200, 9, 5);
+    m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), ms(10));
+    // srv restarted: new instance, knows no term yet, lower than us now.
+    let mut reborn = peer("srv", 20, 9);
+    reborn.instance = InstanceId::new(999);
+    let a = m.handle(Event::PeerSeen(reborn), ms(2500));
+    let (_, expect, _) = claim(&a).expect("the lease of a dead instance is vacant");
+    assert_eq!(expect, Expect::Revision(5));
+}
+
+#[test]
+fn hostile_store_replies_do_not_panic() {
+    let (mut m, at) = serving(100, 1, ElectionConfig::default());
+    for (i, outcome) in [
+        StoreOutcome::Failed,
+        StoreOutcome::Conflict { current: None },
+        StoreOutcome::Written { revision: 0 },
+        StoreOutcome::Written { revision: u64::MAX },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        m.handle(
+            Event::StoreReply {
+                op: OpId(i as u64 + 1000),
+                outcome,
+            },
+            at + ms(i as u64),
+        );
+    }
+    m.handle(
+        Event::LeaseObserved(Some((u64::MAX, held_by(&peer("x", 1, 1), None)))),
+        at + ms(9),
+    );
+    assert!(!m.is_server());
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs the whole understudy test suite on a fresh machine with only the Rust
+# toolchain: installs what the tests need (and says so), then checks format
+# and lints and runs every test. CI runs exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '==> %s\n' "$*"; }
+
+if [ -x scripts/ensure-nats.sh ]; then
+  # shellcheck disable=SC1091
+  source scripts/ensure-nats.sh
+fi
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "cargo test (unit, property, simulation and end-to-end tests)"
+cargo test --workspace --locked
