@@ -14,6 +14,7 @@ mod mac;
 pub mod messages;
 mod score;
 mod status;
+pub mod subjects;
 mod term;
 
 pub use error::ProtocolError;

@@ -332,3 +332,158 @@ impl LeaseRecord {
 impl BusMessage for LeaseRecord {
     const KIND: &'static str = "lease record";
 }
+
+/// The election service's state, for the other services of the same device
+/// (`understudy.<group>.local.<device>.election`), published on every change
+/// and once a second.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionState {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// The group.
+    pub group: GroupName,
+    /// The device.
+    pub device: DeviceId,
+    /// The election service's process instance.
+    pub instance: InstanceId,
+    /// The device's MAC.
+    pub mac: Mac,
+    /// The device's current score.
+    pub score: Score,
+    /// Whether the device is online.
+    pub online: bool,
+    /// Client or server.
+    pub role: Role,
+    /// The newest term known; the device's own when it serves.
+    pub term: Term,
+    /// Whether the start-up grace is running.
+    pub in_grace: bool,
+    /// The server as this device sees it.
+    #[serde(default)]
+    pub server: Option<DeviceId>,
+}
+
+impl BusMessage for ElectionState {
+    const KIND: &'static str = "election state";
+}
+
+/// What the failure detector concluded about a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerChangeKind {
+    /// First heard, or heard again after it was lost or left.
+    Joined,
+    /// A new instance of a live device.
+    Restarted,
+    /// Silent for three of its intervals.
+    Lost,
+    /// Said goodbye.
+    Left,
+}
+
+/// The heartbeat service's verdict about a peer
+/// (`understudy.<group>.local.<observer>.peers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerNotice {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// The group.
+    pub group: GroupName,
+    /// The device whose detector decided.
+    pub observer: DeviceId,
+    /// What was decided.
+    pub change: PeerChangeKind,
+    /// The peer.
+    pub device: DeviceId,
+    /// The peer's instance.
+    pub instance: InstanceId,
+}
+
+impl BusMessage for PeerNotice {
+    const KIND: &'static str = "peer notice";
+}
+
+/// Discovery's view of this device (`understudy.<group>.local.<device>.status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// The group.
+    pub group: GroupName,
+    /// The device.
+    pub device: DeviceId,
+    /// Its colour (B2).
+    pub colour: StatusColour,
+    /// Its problems.
+    #[serde(default)]
+    pub problems: Vec<Problem>,
+}
+
+impl BusMessage for DeviceStatus {
+    const KIND: &'static str = "device status";
+}
+
+/// What an operator asks of a device on `understudy.<group>.control.<device>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlOp {
+    /// Set the device's score (B3); triggers an election.
+    SetScore {
+        /// The new score, 0–255.
+        score: Score,
+    },
+    /// Take the device online or offline (B1).
+    SetOnline {
+        /// Online when true.
+        online: bool,
+    },
+    /// Answer with the device's election state.
+    Get,
+}
+
+/// A control request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlRequest {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// What to do.
+    #[serde(flatten)]
+    pub op: ControlOp,
+}
+
+impl BusMessage for ControlRequest {
+    const KIND: &'static str = "control request";
+}
+
+/// The answer to a [`ControlRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlReply {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// Whether the request was carried out.
+    pub ok: bool,
+    /// Why not, when it was not.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The device's state after the request.
+    #[serde(default)]
+    pub state: Option<ElectionState>,
+}
+
+impl BusMessage for ControlReply {
+    const KIND: &'static str = "control reply";
+}
+
+/// An operator's election trigger on `understudy.<group>.trigger`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trigger {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// Who asked, in words (for the log).
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+impl BusMessage for Trigger {
+    const KIND: &'static str = "trigger";
+}

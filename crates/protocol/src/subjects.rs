@@ -1,0 +1,102 @@
+//! NATS subjects and JetStream names, in one place (documented in docs/bus.md).
+//!
+//! Everything of a group lives under `understudy.<group>.`; presence is
+//! network-wide under `understudy.presence.`. Group names and device ids
+//! cannot hold a dot or a wildcard, so every subject built here is well formed.
+
+use crate::{DeviceId, GroupName, InstanceId};
+
+/// The JetStream stream that keeps every group's election events.
+pub const EVENTS_STREAM: &str = "UNDERSTUDY_EVENTS";
+/// The subjects [`EVENTS_STREAM`] captures.
+pub const EVENTS_STREAM_SUBJECTS: &str = "understudy.*.events.>";
+/// The key of the lease entry in a group's lease bucket.
+pub const LEASE_KEY: &str = "lease";
+
+/// `understudy.<group>.heartbeat.<device>`: a device's heartbeat.
+pub fn heartbeat(group: &GroupName, device: &DeviceId) -> String {
+    format!("understudy.{group}.heartbeat.{device}")
+}
+
+/// `understudy.<group>.heartbeat.*`: every heartbeat of a group.
+pub fn heartbeats(group: &GroupName) -> String {
+    format!("understudy.{group}.heartbeat.*")
+}
+
+/// `understudy.<group>.leave.<device>`: a device's clean goodbye.
+pub fn leave(group: &GroupName, device: &DeviceId) -> String {
+    format!("understudy.{group}.leave.{device}")
+}
+
+/// `understudy.<group>.leave.*`: every goodbye of a group.
+pub fn leaves(group: &GroupName) -> String {
+    format!("understudy.{group}.leave.*")
+}
+
+/// `understudy.presence.<instance>`: network-wide presence of one instance.
+pub fn presence(instance: InstanceId) -> String {
+    format!("understudy.presence.{instance}")
+}
+
+/// `understudy.presence.*`: every presence announcement.
+pub const PRESENCE_ALL: &str = "understudy.presence.*";
+
+/// `understudy.<group>.events.election`: the group's election events.
+pub fn election_events(group: &GroupName) -> String {
+    format!("understudy.{group}.events.election")
+}
+
+/// `understudy.<group>.control.<device>`: requests to one device (request/reply).
+pub fn control(group: &GroupName, device: &DeviceId) -> String {
+    format!("understudy.{group}.control.{device}")
+}
+
+/// `understudy.<group>.trigger`: an operator's election trigger, to every device.
+pub fn trigger(group: &GroupName) -> String {
+    format!("understudy.{group}.trigger")
+}
+
+/// `understudy.<group>.local.<device>.election`: the election service's state,
+/// for the other services of the same device.
+pub fn local_election(group: &GroupName, device: &DeviceId) -> String {
+    format!("understudy.{group}.local.{device}.election")
+}
+
+/// `understudy.<group>.local.<device>.peers`: the failure detector's verdicts.
+pub fn local_peers(group: &GroupName, device: &DeviceId) -> String {
+    format!("understudy.{group}.local.{device}.peers")
+}
+
+/// `understudy.<group>.local.<device>.status`: discovery's colour and problems.
+pub fn local_status(group: &GroupName, device: &DeviceId) -> String {
+    format!("understudy.{group}.local.{device}.status")
+}
+
+/// `understudy.<group>.roster`: ask any device's discovery service for the
+/// group's roster and counts (request/reply; take the first answer).
+pub fn roster(group: &GroupName) -> String {
+    format!("understudy.{group}.roster")
+}
+
+/// The JetStream KV bucket that holds a group's lease.
+pub fn lease_bucket(group: &GroupName) -> String {
+    format!("understudy-lease-{group}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_built_from_validated_names() {
+        let g: GroupName = "main-stage".parse().unwrap();
+        let d: DeviceId = "desk_1".parse().unwrap();
+        assert_eq!(heartbeat(&g, &d), "understudy.main-stage.heartbeat.desk_1");
+        assert_eq!(election_events(&g), "understudy.main-stage.events.election");
+        assert_eq!(lease_bucket(&g), "understudy-lease-main-stage");
+        assert_eq!(
+            presence(InstanceId::new(255)),
+            "understudy.presence.00000000000000ff"
+        );
+    }
+}
