@@ -12,12 +12,21 @@
 //! - the **counts** for the status bar, per group and network-wide (B10).
 //!
 //! Every answer is deterministic: the same inputs give the same output, in the
-//! same order. The driver that subscribes to NATS and publishes presence will
-//! live beside the core.
+//! same order.
+//!
+//! [`reply`] is the answer to a roster request (`understudy status --json`),
+//! a stable JSON contract built from the core. With the `driver` feature (on
+//! by default), `service` is the NATS driver around the core: `service::run`
+//! feeds it the bus, publishes this device's status and answers roster
+//! requests.
 
 pub mod core;
+pub mod reply;
+#[cfg(feature = "driver")]
+pub mod service;
 
 pub use crate::core::counts::Counts;
 pub use crate::core::roster::{DeviceEntry, PeerTally, Roster, SessionEntry};
 pub use crate::core::status::{Findings, SelfState, Status, assess};
 pub use crate::core::{BusLink, Discovery};
+pub use crate::reply::{RosterDevice, RosterReply, ServerRef};

@@ -9,6 +9,8 @@
 //! The driver that turns those actions into JetStream KV calls lives beside it.
 
 pub mod core;
+#[cfg(feature = "driver")]
+pub mod service;
 
 pub use crate::core::{
     Action, Candidate, ElectionConfig, Event, Expect, Machine, MachineStatus, OpId, PeerStatus,

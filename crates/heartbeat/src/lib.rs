@@ -15,8 +15,14 @@
 //! the current time (a [`Duration`](std::time::Duration) since any origin it
 //! likes) and arms one timer at [`Detector::next_deadline`]. That is what lets
 //! the simulator run the real detector under seeded fault schedules.
+//!
+//! With the `driver` feature (on by default), `service` is the NATS driver
+//! around it: `service::run` beats, announces presence, feeds the detector
+//! from the bus and publishes its verdicts.
 
 pub mod core;
+#[cfg(feature = "driver")]
+pub mod service;
 
 pub use crate::core::detector::{
     DEFAULT_INTERVAL, Detector, DetectorConfig, MAX_INTERVAL, MIN_INTERVAL, PeerBeat, PeerChange,

@@ -1,1 +1,136 @@
-fn main() {}
+//! `understudy`: run a device of a project group, a local lab, and control a
+//! group from the command line. Every command talks to the group only
+//! through NATS (`--nats`, env `UNDERSTUDY_NATS`).
+
+mod ctl;
+mod lab;
+mod nic;
+mod node;
+mod settings;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Keeps a project group's server running: elect by score, fail over fast.
+#[derive(Debug, Parser)]
+#[command(name = "understudy", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where NATS is, for every command.
+#[derive(Debug, Clone, Args)]
+struct Bus {
+    /// NATS server(s), comma-separated.
+    #[arg(
+        long,
+        env = "UNDERSTUDY_NATS",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
+    nats: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one device: discovery, heartbeat and election in one process.
+    Node(node::NodeArgs),
+    /// Show a group's devices, server, term and counts.
+    Status {
+        /// The project group.
+        #[arg(long, env = "UNDERSTUDY_GROUP")]
+        group: String,
+        /// Print the stable JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        bus: Bus,
+    },
+    /// Read or set a device's score (setting one triggers an election).
+    Score {
+        #[command(subcommand)]
+        action: ctl::ScoreCmd,
+    },
+    /// Elections: trigger one.
+    Election {
+        #[command(subcommand)]
+        action: ctl::ElectionCmd,
+    },
+    /// Take a device online.
+    Online(ctl::DeviceArgs),
+    /// Take a device offline.
+    Offline(ctl::DeviceArgs),
+    /// Follow a group's election events (replays the last ones first).
+    Events {
+        /// The project group.
+        #[arg(long, env = "UNDERSTUDY_GROUP")]
+        group: String,
+        /// How many past events to replay before following live ones.
+        #[arg(long, default_value_t = 20)]
+        last: u64,
+        /// Print each event as its JSON message.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many events (default: follow forever).
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        bus: Bus,
+    },
+    /// Start a local lab: a nats-server and N devices, with elections live.
+    Lab(lab::LabArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Services log what they do; one-shot commands only warnings.
+    let default_level = match cli.command {
+        Command::Node(_) | Command::Lab(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("UNDERSTUDY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Node(args) => node::run(args).await,
+            Command::Status { group, json, bus } => ctl::status(&bus.nats, &group, json).await,
+            Command::Score { action } => ctl::score(action).await,
+            Command::Election { action } => ctl::election(action).await,
+            Command::Online(d) => ctl::set_online(d, true).await,
+            Command::Offline(d) => ctl::set_online(d, false).await,
+            Command::Events {
+                group,
+                last,
+                json,
+                count,
+                bus,
+            } => ctl::events(&bus.nats, &group, last, json, count).await,
+            Command::Lab(args) => lab::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

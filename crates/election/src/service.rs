@@ -1,0 +1,580 @@
+//! The NATS driver around the election [`Machine`](crate::Machine).
+//!
+//! Plumbing only: it turns heartbeats, the heartbeat service's peer verdicts,
+//! the lease entry's KV watch, operator requests and timers into
+//! [`Event`]s, and the machine's [`Action`]s into JetStream KV
+//! compare-and-set calls (`create` for [`Expect::Absent`], `update` on a
+//! revision otherwise) and bus publishes. Every rule lives in the core.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, kv, stream};
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use understudy_protocol::messages::{
+    self, ControlOp, ControlReply, ControlRequest, ElectionEvent, ElectionState, Heartbeat,
+    LeaseRecord, PeerChangeKind, PeerNotice, Trigger,
+};
+use understudy_protocol::{DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, Score, subjects};
+
+use crate::core::{Action, ElectionConfig, Event, Expect, Machine, OpId, PeerStatus, StoreOutcome};
+
+/// What the election service needs to run for one device.
+#[derive(Debug, Clone)]
+pub struct ElectionServiceConfig {
+    /// The device's project group.
+    pub group: GroupName,
+    /// The device.
+    pub device: DeviceId,
+    /// This process.
+    pub instance: InstanceId,
+    /// The device's MAC.
+    pub mac: Mac,
+    /// The score at start (B3).
+    pub score: Score,
+    /// Whether the device starts online (B1).
+    pub online: bool,
+    /// Election timing.
+    pub election: ElectionConfig,
+    /// JetStream replicas for the lease bucket and the events stream (1, or 3
+    /// on a 3-node cluster).
+    pub replicas: usize,
+    /// How long election events are kept for late subscribers.
+    pub events_max_age: Duration,
+}
+
+/// Why the election service stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A subscription could not be made.
+    #[error("cannot subscribe to {subject}: {source}")]
+    Subscribe {
+        /// The subject.
+        subject: String,
+        /// Why.
+        source: async_nats::SubscribeError,
+    },
+}
+
+/// The lease bucket's name and config for a group.
+pub fn lease_bucket_config(group: &GroupName, lease: Duration, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: subjects::lease_bucket(group),
+        description: format!("understudy server lease of group {group}"),
+        history: 1,
+        max_age: lease,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas.max(1),
+        ..Default::default()
+    }
+}
+
+/// Opens the group's lease bucket, creating it if it does not exist.
+pub async fn open_lease_bucket(
+    js: &jetstream::Context,
+    group: &GroupName,
+    lease: Duration,
+    replicas: usize,
+) -> Result<kv::Store, String> {
+    let name = subjects::lease_bucket(group);
+    match js.get_key_value(&name).await {
+        Ok(store) => Ok(store),
+        Err(_) => js
+            .create_key_value(lease_bucket_config(group, lease, replicas))
+            .await
+            .map_err(|e| format!("cannot open or create KV bucket {name}: {e}")),
+    }
+}
+
+/// Makes sure the stream that keeps election events exists.
+pub async fn ensure_events_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+    max_age: Duration,
+) -> Result<(), String> {
+    js.get_or_create_stream(stream::Config {
+        name: subjects::EVENTS_STREAM.to_string(),
+        subjects: vec![subjects::EVENTS_STREAM_SUBJECTS.to_string()],
+        max_age,
+        max_messages: 1_000_000,
+        storage: stream::StorageType::File,
+        num_replicas: replicas.max(1),
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("cannot create stream {}: {e}", subjects::EVENTS_STREAM))
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+struct Driver {
+    cfg: ElectionServiceConfig,
+    client: async_nats::Client,
+    machine: Machine,
+    start: Instant,
+    /// Peers the heartbeat service says are live, with their instance.
+    live: BTreeMap<DeviceId, InstanceId>,
+    /// The newest heartbeat of each device: (instance, seq, status).
+    latest: BTreeMap<DeviceId, (InstanceId, u64, PeerStatus)>,
+    last_state: Option<ElectionState>,
+    replies: mpsc::Sender<(OpId, StoreOutcome)>,
+    store: Option<kv::Store>,
+    store_timeout: Duration,
+}
+
+/// Runs the election service until `shutdown` turns true; then hands over
+/// the lease if this device serves (planned failover) and returns.
+pub async fn run(
+    client: async_nats::Client,
+    cfg: ElectionServiceConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ServiceError> {
+    let sub = |subject: String| {
+        let client = client.clone();
+        async move {
+            client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|source| ServiceError::Subscribe { subject, source })
+        }
+    };
+    let mut heartbeats = sub(subjects::heartbeats(&cfg.group)).await?;
+    let mut notices = sub(subjects::local_peers(&cfg.group, &cfg.device)).await?;
+    let mut control = sub(subjects::control(&cfg.group, &cfg.device)).await?;
+    let mut triggers = sub(subjects::trigger(&cfg.group)).await?;
+
+    let (tx, mut rx) = mpsc::channel(64);
+    let start = Instant::now();
+    let machine = Machine::new(
+        cfg.election.clone(),
+        cfg.group.clone(),
+        cfg.device.clone(),
+        cfg.instance,
+        cfg.mac,
+        cfg.score,
+        cfg.online,
+        Duration::ZERO,
+    );
+    let mut d = Driver {
+        store_timeout: cfg.election.store_timeout,
+        cfg,
+        client: client.clone(),
+        machine,
+        start,
+        live: BTreeMap::new(),
+        latest: BTreeMap::new(),
+        last_state: None,
+        replies: tx,
+        store: None,
+    };
+    d.publish_state(true).await;
+
+    let js = jetstream::new(client.clone());
+    let mut watch_stream: Option<kv::Watch> = None;
+    let mut resync = tokio::time::interval(Duration::from_secs(1));
+    let mut state_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut warned: BTreeSet<&'static str> = BTreeSet::new();
+
+    loop {
+        // Open the store and its watch when we do not have them (start, or
+        // after the bus came back).
+        if d.store.is_none() {
+            match open_lease_bucket(
+                &js,
+                &d.cfg.group,
+                d.cfg.election.lease_duration,
+                d.cfg.replicas,
+            )
+            .await
+            {
+                Ok(s) => {
+                    info!(bucket = %subjects::lease_bucket(&d.cfg.group), "lease bucket open");
+                    if let Err(e) =
+                        ensure_events_stream(&js, d.cfg.replicas, d.cfg.events_max_age).await
+                    {
+                        warn!("{e}");
+                    }
+                    d.store = Some(s);
+                    warned.clear();
+                }
+                Err(e) => {
+                    if warned.insert("bucket") {
+                        warn!("{e}; retrying");
+                    }
+                }
+            }
+        }
+        if watch_stream.is_none()
+            && let Some(store) = &d.store
+        {
+            match store.watch_with_history(subjects::LEASE_KEY).await {
+                Ok(w) => watch_stream = Some(w),
+                Err(e) => {
+                    if warned.insert("watch") {
+                        warn!("cannot watch the lease: {e}; retrying");
+                    }
+                }
+            }
+        }
+        let deadline = d
+            .machine
+            .next_deadline()
+            .map(|t| d.start + t)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        let retry_soon = d.store.is_none() || watch_stream.is_none();
+        tokio::select! {
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    d.shut_down().await;
+                    return Ok(());
+                }
+            }
+            Some(msg) = heartbeats.next() => d.on_heartbeat(&msg.payload).await,
+            Some(msg) = notices.next() => d.on_notice(&msg.payload).await,
+            Some(msg) = control.next() => d.on_control(msg).await,
+            Some(msg) = triggers.next() => {
+                if messages::decode::<Trigger>(&msg.payload).is_ok() {
+                    info!("operator triggered an election");
+                    d.feed(Event::TriggerElection).await;
+                }
+            }
+            Some((op, outcome)) = rx.recv() => d.feed(Event::StoreReply { op, outcome }).await,
+            entry = next_entry(&mut watch_stream) => match entry {
+                Some(obs) => d.feed(Event::LeaseObserved(obs)).await,
+                None => {
+                    debug!("lease watch ended; reopening");
+                    watch_stream = None;
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => d.feed(Event::Tick).await,
+            _ = resync.tick() => {
+                if let Some(store) = &d.store {
+                    let store = store.clone();
+                    match tokio::time::timeout(d.store_timeout, read_lease(&store)).await {
+                        Ok(Ok(obs)) => d.feed(Event::LeaseObserved(obs)).await,
+                        _ => {
+                            // The store does not answer: drop the watch so it
+                            // is rebuilt when the bus is back.
+                            watch_stream = None;
+                        }
+                    }
+                }
+            }
+            _ = state_tick.tick() => d.publish_state(true).await,
+            _ = tokio::time::sleep(Duration::from_millis(250)), if retry_soon => {}
+        }
+    }
+}
+
+async fn next_entry(w: &mut Option<kv::Watch>) -> Option<Option<(u64, LeaseRecord)>> {
+    let Some(watch) = w.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match watch.next().await {
+            None => return None,
+            Some(Err(e)) => {
+                debug!("lease watch error: {e}");
+                return None;
+            }
+            Some(Ok(entry)) => {
+                if let Some(obs) = observation(&entry) {
+                    return Some(obs);
+                }
+            }
+        }
+    }
+}
+
+/// What a KV entry says about the lease; `None` for an undecodable value.
+fn observation(entry: &kv::Entry) -> Option<Option<(u64, LeaseRecord)>> {
+    match entry.operation {
+        kv::Operation::Delete | kv::Operation::Purge => Some(None),
+        kv::Operation::Put => match messages::decode::<LeaseRecord>(&entry.value) {
+            Ok(rec) => Some(Some((entry.revision, rec))),
+            Err(e) => {
+                warn!(revision = entry.revision, "ignoring a lease entry: {e}");
+                None
+            }
+        },
+    }
+}
+
+async fn read_lease(store: &kv::Store) -> Result<Option<(u64, LeaseRecord)>, String> {
+    match store.entry(subjects::LEASE_KEY).await {
+        Ok(None) => Ok(None),
+        Ok(Some(entry)) => Ok(observation(&entry).flatten()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn store_call(store: kv::Store, expect: Expect, record: LeaseRecord) -> StoreOutcome {
+    let value = messages::encode(&record).into();
+    let result = match expect {
+        Expect::Absent => store
+            .create(subjects::LEASE_KEY, value)
+            .await
+            .map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists),
+        Expect::Revision(r) => store
+            .update(subjects::LEASE_KEY, value, r)
+            .await
+            .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision),
+    };
+    match result {
+        Ok(revision) => StoreOutcome::Written { revision },
+        Err(true) => match read_lease(&store).await {
+            Ok(current) => StoreOutcome::Conflict { current },
+            Err(_) => StoreOutcome::Failed,
+        },
+        Err(false) => StoreOutcome::Failed,
+    }
+}
+
+impl Driver {
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    async fn feed(&mut self, event: Event) {
+        let now = self.now();
+        let actions = self.machine.handle(event, now);
+        self.act(actions).await;
+        self.publish_state(false).await;
+    }
+
+    async fn act(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Claim { op, expect, record } => self.call(op, expect, record),
+                Action::Renew {
+                    op,
+                    revision,
+                    record,
+                }
+                | Action::Release {
+                    op,
+                    revision,
+                    record,
+                } => self.call(op, Expect::Revision(revision), record),
+                Action::BecomeServer { term } => {
+                    info!(%term, "serving the project group");
+                }
+                Action::StepDown { term, reason } => {
+                    info!(%term, ?reason, "stepped down");
+                }
+                Action::Publish(kind) => {
+                    let event = ElectionEvent {
+                        schema: SCHEMA_VERSION,
+                        group: self.cfg.group.clone(),
+                        reporter: self.cfg.device.clone(),
+                        at_ms: unix_ms(),
+                        kind,
+                    };
+                    info!(event = ?event.kind, "election event");
+                    let subject = subjects::election_events(&self.cfg.group);
+                    if let Err(e) = self
+                        .client
+                        .publish(subject, messages::encode(&event).into())
+                        .await
+                    {
+                        warn!("cannot publish an election event: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one store call in the background; its reply comes back as an event.
+    fn call(&self, op: OpId, expect: Expect, record: LeaseRecord) {
+        let Some(store) = self.store.clone() else {
+            // No store yet: the machine times the call out and retries.
+            return;
+        };
+        let tx = self.replies.clone();
+        let timeout = self.store_timeout;
+        tokio::spawn(async move {
+            let outcome = tokio::time::timeout(timeout, store_call(store, expect, record))
+                .await
+                .unwrap_or(StoreOutcome::Failed);
+            let _ = tx.send((op, outcome)).await;
+        });
+    }
+
+    async fn on_heartbeat(&mut self, payload: &[u8]) {
+        let hb = match messages::decode::<Heartbeat>(payload) {
+            Ok(hb) => hb,
+            Err(e) => {
+                debug!("dropping a heartbeat: {e}");
+                return;
+            }
+        };
+        if hb.device == self.cfg.device || hb.group != self.cfg.group {
+            return;
+        }
+        let fresh = match self.latest.get(&hb.device) {
+            Some((inst, seq, _)) => *inst != hb.instance || hb.seq > *seq,
+            None => true,
+        };
+        if !fresh {
+            return;
+        }
+        let status = PeerStatus {
+            device: hb.device.clone(),
+            instance: hb.instance,
+            mac: hb.mac,
+            score: hb.score,
+            online: hb.online,
+            role: hb.role,
+            term: hb.term,
+            in_grace: hb.in_grace,
+        };
+        self.latest
+            .insert(hb.device.clone(), (hb.instance, hb.seq, status.clone()));
+        // Only peers the failure detector holds live reach the machine, so a
+        // late beat cannot bring back a peer that was declared lost.
+        if self.live.get(&hb.device) == Some(&hb.instance) {
+            self.feed(Event::PeerSeen(status)).await;
+        }
+    }
+
+    async fn on_notice(&mut self, payload: &[u8]) {
+        let notice = match messages::decode::<PeerNotice>(payload) {
+            Ok(n) => n,
+            Err(e) => {
+                debug!("dropping a peer notice: {e}");
+                return;
+            }
+        };
+        match notice.change {
+            PeerChangeKind::Joined | PeerChangeKind::Restarted => {
+                self.live.insert(notice.device.clone(), notice.instance);
+                if let Some((inst, _, status)) = self.latest.get(&notice.device)
+                    && *inst == notice.instance
+                {
+                    let status = status.clone();
+                    self.feed(Event::PeerSeen(status)).await;
+                }
+            }
+            PeerChangeKind::Lost | PeerChangeKind::Left => {
+                if self.live.get(&notice.device) == Some(&notice.instance) {
+                    self.live.remove(&notice.device);
+                    info!(peer = %notice.device, change = ?notice.change, "peer gone");
+                    self.feed(Event::PeerLost(notice.device)).await;
+                }
+            }
+        }
+    }
+
+    async fn on_control(&mut self, msg: async_nats::Message) {
+        let reply = match messages::decode::<ControlRequest>(&msg.payload) {
+            Err(e) => ControlReply {
+                schema: SCHEMA_VERSION,
+                ok: false,
+                error: Some(e.to_string()),
+                state: Some(self.state()),
+            },
+            Ok(req) => {
+                match req.op {
+                    ControlOp::SetScore { score } => {
+                        info!(%score, "score set by an operator");
+                        self.feed(Event::SetScore(score)).await;
+                    }
+                    ControlOp::SetOnline { online } => {
+                        info!(
+                            online,
+                            "taken {} by an operator",
+                            if online { "online" } else { "offline" }
+                        );
+                        self.feed(Event::SetOnline(online)).await;
+                    }
+                    ControlOp::Get => {}
+                }
+                ControlReply {
+                    schema: SCHEMA_VERSION,
+                    ok: true,
+                    error: None,
+                    state: Some(self.state()),
+                }
+            }
+        };
+        if let Some(to) = msg.reply {
+            let _ = self
+                .client
+                .publish(to, messages::encode(&reply).into())
+                .await;
+        }
+    }
+
+    fn state(&self) -> ElectionState {
+        let st = self.machine.status(self.now());
+        ElectionState {
+            schema: SCHEMA_VERSION,
+            group: self.cfg.group.clone(),
+            device: self.cfg.device.clone(),
+            instance: self.cfg.instance,
+            mac: self.cfg.mac,
+            score: st.score,
+            online: st.online,
+            role: st.role,
+            term: st.term,
+            in_grace: st.in_grace,
+            server: st.server.map(|(d, _)| d),
+        }
+    }
+
+    /// Tells the device's other services what the election decided: at once
+    /// on a change, and every second regardless.
+    async fn publish_state(&mut self, always: bool) {
+        let state = self.state();
+        if !always && self.last_state.as_ref() == Some(&state) {
+            return;
+        }
+        let subject = subjects::local_election(&self.cfg.group, &self.cfg.device);
+        if let Err(e) = self
+            .client
+            .publish(subject, messages::encode(&state).into())
+            .await
+        {
+            debug!("cannot publish election state: {e}");
+        }
+        self.last_state = Some(state);
+    }
+
+    /// SIGTERM: hand over at once and wait (bounded) for the release to land.
+    async fn shut_down(&mut self) {
+        let now = self.now();
+        let actions = self.machine.handle(Event::Shutdown, now);
+        let mut releases = Vec::new();
+        let mut rest = Vec::new();
+        for a in actions {
+            match a {
+                Action::Release {
+                    revision, record, ..
+                } => releases.push((revision, record)),
+                other => rest.push(other),
+            }
+        }
+        self.act(rest).await;
+        if let Some(store) = self.store.clone() {
+            for (revision, record) in releases {
+                let outcome = tokio::time::timeout(
+                    self.store_timeout,
+                    store_call(store.clone(), Expect::Revision(revision), record),
+                )
+                .await
+                .unwrap_or(StoreOutcome::Failed);
+                info!(?outcome, "lease released for hand-over");
+            }
+        }
+        self.publish_state(true).await;
+        let _ = self.client.flush().await;
+    }
+}

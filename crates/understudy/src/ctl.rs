@@ -1,0 +1,330 @@
+//! One-shot control commands: status, score, election trigger, online and
+//! offline, and following election events. All through the bus.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use async_nats::jetstream::{self, consumer};
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use understudy_protocol::messages::{
+    self, ControlOp, ControlReply, ControlRequest, ElectionEvent, ElectionEventKind, Trigger,
+};
+use understudy_protocol::{DeviceId, GroupName, Problem, SCHEMA_VERSION, Score, subjects};
+
+use crate::Bus;
+use crate::settings::connect_once;
+
+const ANSWER_WITHIN: Duration = Duration::from_secs(3);
+
+/// Which device of which group.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// The project group.
+    #[arg(long, env = "UNDERSTUDY_GROUP")]
+    pub group: String,
+    /// The device.
+    #[arg(long)]
+    pub device: String,
+    #[command(flatten)]
+    pub bus: Bus,
+}
+
+/// `understudy score …`
+#[derive(Debug, Subcommand)]
+pub enum ScoreCmd {
+    /// Set a device's score (0–255); an election follows at once.
+    Set {
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// The new score, 0–255 (0 = client only).
+        #[arg(allow_negative_numbers = true)]
+        score: String,
+    },
+    /// Print a device's score.
+    Get {
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+}
+
+/// `understudy election …`
+#[derive(Debug, Subcommand)]
+pub enum ElectionCmd {
+    /// Ask every device of the group to hold an election now.
+    Trigger {
+        /// The project group.
+        #[arg(long, env = "UNDERSTUDY_GROUP")]
+        group: String,
+        #[command(flatten)]
+        bus: Bus,
+    },
+}
+
+fn names(group: &str, device: &str) -> Result<(GroupName, DeviceId)> {
+    Ok((group.parse()?, device.parse()?))
+}
+
+async fn control(d: &DeviceArgs, op: ControlOp) -> Result<ControlReply> {
+    let (group, device) = names(&d.group, &d.device)?;
+    let client = connect_once(&d.bus.nats, "understudy-ctl").await?;
+    let req = ControlRequest {
+        schema: SCHEMA_VERSION,
+        op,
+    };
+    let subject = subjects::control(&group, &device);
+    let msg = tokio::time::timeout(
+        ANSWER_WITHIN,
+        client.request(subject, messages::encode(&req).into()),
+    )
+    .await
+    .map_err(|_| anyhow!("device {device} of group {group} did not answer within 3 s"))?
+    .map_err(|e| match e.kind() {
+        async_nats::RequestErrorKind::NoResponders => {
+            anyhow!("device {device} of group {group} is not running (no answer on the bus)")
+        }
+        _ => anyhow!("asking device {device} of group {group}: {e}"),
+    })?;
+    let reply: ControlReply = messages::decode(&msg.payload)?;
+    if !reply.ok {
+        bail!(
+            "device {device} refused: {}",
+            reply.error.unwrap_or_else(|| "no reason given".into())
+        );
+    }
+    Ok(reply)
+}
+
+/// `understudy score set|get`.
+pub async fn score(cmd: ScoreCmd) -> Result<()> {
+    match cmd {
+        ScoreCmd::Set { device, score } => {
+            let score: Score = score.parse()?;
+            let reply = control(&device, ControlOp::SetScore { score }).await?;
+            let server = reply
+                .state
+                .and_then(|s| s.server)
+                .map_or("none yet".to_string(), |d| d.to_string());
+            println!(
+                "score of {} set to {score}; an election follows (server now: {server})",
+                device.device
+            );
+        }
+        ScoreCmd::Get { device } => {
+            let reply = control(&device, ControlOp::Get).await?;
+            let state = reply
+                .state
+                .ok_or_else(|| anyhow!("the device sent no state"))?;
+            println!("{}", state.score);
+        }
+    }
+    Ok(())
+}
+
+/// `understudy online|offline`.
+pub async fn set_online(d: DeviceArgs, online: bool) -> Result<()> {
+    control(&d, ControlOp::SetOnline { online }).await?;
+    println!(
+        "device {} of group {} is now {}",
+        d.device,
+        d.group,
+        if online { "online" } else { "offline" }
+    );
+    Ok(())
+}
+
+/// `understudy election trigger`.
+pub async fn election(cmd: ElectionCmd) -> Result<()> {
+    match cmd {
+        ElectionCmd::Trigger { group, bus } => {
+            let group: GroupName = group.parse()?;
+            let client = connect_once(&bus.nats, "understudy-ctl").await?;
+            let t = Trigger {
+                schema: SCHEMA_VERSION,
+                by: Some("understudy election trigger".into()),
+            };
+            client
+                .publish(subjects::trigger(&group), messages::encode(&t).into())
+                .await?;
+            client.flush().await?;
+            println!("election triggered in group {group}");
+            Ok(())
+        }
+    }
+}
+
+/// `understudy status`: asks any device's discovery service for the roster.
+pub async fn status(nats: &str, group: &str, json: bool) -> Result<()> {
+    let group: GroupName = group.parse()?;
+    let client = connect_once(nats, "understudy-ctl").await?;
+    let msg = tokio::time::timeout(
+        ANSWER_WITHIN,
+        client.request(subjects::roster(&group), "".into()),
+    )
+    .await
+    .map_err(|_| anyhow!("no device of group {group} answered within 3 s"))?
+    .map_err(|e| match e.kind() {
+        async_nats::RequestErrorKind::NoResponders => {
+            anyhow!("no device of group {group} is running (no answer on the bus)")
+        }
+        _ => anyhow!("asking group {group} for its status: {e}"),
+    })?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&msg.payload).context("the roster reply is not JSON")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    print!("{}", render_status(&group, &doc));
+    Ok(())
+}
+
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn render_status(group: &GroupName, doc: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let server = match doc.get("server") {
+        Some(s) if !s.is_null() => format!("{} (term {})", text(&s["device"]), text(&s["term"])),
+        _ => "none".into(),
+    };
+    let c = &doc["counts"];
+    out.push_str(&format!(
+        "group {group}: server {server}\ncounts: {} online, {} offline, {} missing; {} server(s), {} client(s); {} GUI, {} control session(s)\n",
+        text(&c["devices_online"]),
+        text(&c["devices_offline"]),
+        text(&c["devices_missing"]),
+        text(&c["servers"]),
+        text(&c["clients"]),
+        text(&c["gui_sessions"]),
+        text(&c["control_sessions"]),
+    ));
+    out.push_str(&format!(
+        "{:<20} {:<17} {:>5} {:<6} {:<7} {:<6} {:>9}  {}\n",
+        "DEVICE", "MAC", "SCORE", "ROLE", "ONLINE", "COLOUR", "LAST SEEN", "PROBLEMS"
+    ));
+    if let Some(devices) = doc["devices"].as_array() {
+        for d in devices {
+            let problems: Vec<String> = d["problems"]
+                .as_array()
+                .map(|ps| {
+                    ps.iter()
+                        .map(|p| {
+                            serde_json::from_value::<Problem>(p.clone())
+                                .map_or_else(|_| text(&p["code"]), |p| p.to_string())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let seen = d["last_seen_ms_ago"]
+                .as_u64()
+                .map_or("-".into(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0));
+            let online = match (d["live"].as_bool(), d["online"].as_bool()) {
+                (Some(false), _) => "MISSING",
+                (_, Some(true)) => "yes",
+                (_, Some(false)) => "no",
+                _ => "-",
+            };
+            out.push_str(&format!(
+                "{:<20} {:<17} {:>5} {:<6} {:<7} {:<6} {:>9}  {}\n",
+                text(&d["device"]),
+                text(&d["mac"]),
+                text(&d["score"]),
+                text(&d["role"]),
+                online,
+                text(&d["colour"]),
+                seen,
+                problems.join("; ")
+            ));
+        }
+    }
+    out
+}
+
+/// One line for an election event, as people read it.
+pub fn describe(e: &ElectionEvent) -> String {
+    let what = match &e.kind {
+        ElectionEventKind::ElectionStarted { reason } => format!("election started ({reason:?})"),
+        ElectionEventKind::ServerElected {
+            device,
+            score,
+            term,
+            reason,
+            ..
+        } => format!("SERVER ELECTED: {device} (score {score}, term {term}, {reason:?})"),
+        ElectionEventKind::ServerLost { device, term } => {
+            format!("server lost: {device} (term {term})")
+        }
+        ElectionEventKind::SteppedDown {
+            device,
+            term,
+            reason,
+        } => format!("stepped down: {device} (term {term}, {reason:?})"),
+        ElectionEventKind::HandedOver { from, to, term } => {
+            format!("handed over: {from} -> {to} (term {term})")
+        }
+        ElectionEventKind::NoViableCandidate => {
+            "no viable candidate: every online score is 0".into()
+        }
+        ElectionEventKind::Unknown => "an event this version does not know".into(),
+    };
+    format!("[{}] {} reports {what}", e.group, e.reporter)
+}
+
+/// `understudy events`: replays the last events of the group from the
+/// JetStream stream, then follows live ones.
+pub async fn events(
+    nats: &str,
+    group: &str,
+    last: u64,
+    json: bool,
+    count: Option<u64>,
+) -> Result<()> {
+    let group: GroupName = group.parse()?;
+    let client = connect_once(nats, "understudy-events").await?;
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .get_stream(subjects::EVENTS_STREAM)
+        .await
+        .with_context(|| {
+            format!(
+                "no event stream yet ({}): is any device running?",
+                subjects::EVENTS_STREAM
+            )
+        })?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subjects::election_events(&group),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .context("cannot read the event stream")?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .context("cannot read the event stream")?;
+    let mut printed = 0u64;
+    while let Some(msg) = messages.next().await {
+        let msg = msg.context("reading the event stream")?;
+        let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+        if pending >= last {
+            continue;
+        }
+        match messages::decode::<ElectionEvent>(&msg.payload) {
+            Ok(_) if json => println!("{}", String::from_utf8_lossy(&msg.payload).trim_end()),
+            Ok(e) => println!("{}", describe(&e)),
+            Err(err) => eprintln!("skipping an event: {err}"),
+        }
+        printed += 1;
+        if count.is_some_and(|c| printed >= c) {
+            break;
+        }
+    }
+    Ok(())
+}

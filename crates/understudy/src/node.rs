@@ -1,0 +1,261 @@
+//! `understudy node`: one device — discovery, heartbeat and election — in one
+//! process, each service still talking only through the bus.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use clap::Args;
+use tokio::sync::watch;
+use tracing::{info, warn};
+use understudy_discovery::service::DiscoveryConfig;
+use understudy_election::ElectionConfig;
+use understudy_election::service::ElectionServiceConfig;
+use understudy_heartbeat::service::HeartbeatConfig;
+use understudy_protocol::{DeviceId, GroupName, InstanceId, Mac, Score};
+
+use crate::nic;
+use crate::settings::{self, parse_duration};
+
+/// `understudy node` settings. Flags win over environment variables, which
+/// win over the TOML file (`--config`), which wins over the defaults shown.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// TOML settings file with a `[node]` table (keys as the flags, with `_`).
+    #[arg(long, env = "UNDERSTUDY_CONFIG")]
+    config: Option<PathBuf>,
+    /// The project group (1–64 of A–Z a–z 0–9 _ -).
+    #[arg(long, env = "UNDERSTUDY_GROUP")]
+    group: Option<String>,
+    /// This device's id, unique in the network (1–64 of A–Z a–z 0–9 _ -).
+    #[arg(long, env = "UNDERSTUDY_DEVICE_ID")]
+    device_id: Option<String>,
+    /// MAC address, the election tie-breaker [default: the first real NIC's].
+    #[arg(long, env = "UNDERSTUDY_MAC")]
+    mac: Option<String>,
+    /// Election score 0–255; 0 = client only [default: 0].
+    #[arg(long, env = "UNDERSTUDY_SCORE", allow_negative_numbers = true)]
+    score: Option<String>,
+    /// NATS server(s), comma-separated [default: nats://127.0.0.1:4222].
+    #[arg(long, env = "UNDERSTUDY_NATS")]
+    nats: Option<String>,
+    /// How often to publish a heartbeat [default: 100ms].
+    #[arg(long, env = "UNDERSTUDY_HEARTBEAT_INTERVAL")]
+    heartbeat_interval: Option<String>,
+    /// Start-up grace before claiming the server [default: 2s].
+    #[arg(long, env = "UNDERSTUDY_GRACE_PERIOD")]
+    grace_period: Option<String>,
+    /// How long a better candidate waits before it preempts [default: 0].
+    #[arg(long, env = "UNDERSTUDY_PREEMPT_DELAY")]
+    preempt_delay: Option<String>,
+    /// Server lease duration [default: 1500ms].
+    #[arg(long, env = "UNDERSTUDY_LEASE")]
+    lease: Option<String>,
+    /// Folder for this device's files (project copy, outbox) [default: none].
+    #[arg(long, env = "UNDERSTUDY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Start offline (out of the group until taken online).
+    #[arg(long, env = "UNDERSTUDY_OFFLINE")]
+    offline: bool,
+    /// JetStream replicas for the lease bucket and events stream (3 on a
+    /// 3-node cluster) [default: 1].
+    #[arg(long, env = "UNDERSTUDY_REPLICAS")]
+    replicas: Option<usize>,
+}
+
+/// Resolved settings of a node.
+#[derive(Debug)]
+struct Node {
+    group: GroupName,
+    device: DeviceId,
+    mac: Mac,
+    score: Score,
+    nats: String,
+    heartbeat: Duration,
+    grace: Duration,
+    preempt: Duration,
+    lease: Duration,
+    offline: bool,
+    replicas: usize,
+    data_dir: Option<PathBuf>,
+}
+
+fn resolve(a: NodeArgs) -> Result<Node> {
+    let file = match &a.config {
+        Some(p) => settings::read_file(p)?,
+        None => settings::File::default(),
+    };
+    let f = file.node;
+    let group = a.group.or(f.group).ok_or_else(|| {
+        anyhow!("--group is required (or UNDERSTUDY_GROUP, or group in the settings file)")
+    })?;
+    let group: GroupName = group.parse()?;
+    let device = a.device_id.or(f.device_id).ok_or_else(|| {
+        anyhow!(
+            "--device-id is required (or UNDERSTUDY_DEVICE_ID, or device_id in the settings file)"
+        )
+    })?;
+    let device: DeviceId = device.parse()?;
+    let mac = match a.mac.or(f.mac) {
+        Some(m) => m.parse()?,
+        None => nic::host_mac()
+            .ok_or_else(|| anyhow!("no --mac given and no network interface with a MAC found"))?,
+    };
+    let score: Score = match (a.score, f.score) {
+        (Some(s), _) => s.parse()?,
+        (None, Some(n)) => Score::try_from(n)?,
+        (None, None) => Score::CLIENT_ONLY,
+    };
+    let dur = |flag: Option<String>, file: Option<String>, default: Duration, name: &str| match flag
+        .or(file)
+    {
+        Some(s) => parse_duration(&s).map_err(|e| anyhow!("--{name}: {e}")),
+        None => Ok(default),
+    };
+    let heartbeat = dur(
+        a.heartbeat_interval,
+        f.heartbeat_interval,
+        Duration::from_millis(100),
+        "heartbeat-interval",
+    )?;
+    if heartbeat < Duration::from_millis(10) {
+        return Err(anyhow!("--heartbeat-interval must be at least 10ms"));
+    }
+    let lease = dur(a.lease, f.lease, Duration::from_millis(1500), "lease")?;
+    if lease < heartbeat * 5 {
+        return Err(anyhow!("--lease must be at least five heartbeat intervals"));
+    }
+    Ok(Node {
+        group,
+        device,
+        mac,
+        score,
+        nats: a
+            .nats
+            .or(f.nats)
+            .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+        heartbeat,
+        grace: dur(
+            a.grace_period,
+            f.grace_period,
+            Duration::from_secs(2),
+            "grace-period",
+        )?,
+        preempt: dur(
+            a.preempt_delay,
+            f.preempt_delay,
+            Duration::ZERO,
+            "preempt-delay",
+        )?,
+        lease,
+        offline: a.offline || f.offline.unwrap_or(false),
+        replicas: a.replicas.or(f.replicas).unwrap_or(1).clamp(1, 5),
+        data_dir: a.data_dir.or(f.data_dir),
+    })
+}
+
+/// Runs a device until SIGTERM or Ctrl-C; then hands over and leaves.
+pub async fn run(args: NodeArgs) -> Result<()> {
+    let n = resolve(args)?;
+    if let Some(dir) = &n.data_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    }
+    let instance = InstanceId::new(rand::random());
+    info!(group = %n.group, device = %n.device, mac = %n.mac, score = %n.score, %instance, nats = %n.nats, "starting");
+    let client = settings::connect(&n.nats, &format!("understudy-node-{}", n.device)).await?;
+
+    let election = ElectionConfig {
+        grace_period: n.grace,
+        preempt_delay: n.preempt,
+        lease_duration: n.lease,
+        renew_interval: n.lease / 6,
+        ..ElectionConfig::default()
+    };
+    let (stop_election, election_rx) = watch::channel(false);
+    let (stop_others, others_rx) = watch::channel(false);
+
+    let election_task = tokio::spawn(understudy_election::service::run(
+        client.clone(),
+        ElectionServiceConfig {
+            group: n.group.clone(),
+            device: n.device.clone(),
+            instance,
+            mac: n.mac,
+            score: n.score,
+            online: !n.offline,
+            election,
+            replicas: n.replicas,
+            events_max_age: Duration::from_secs(7 * 24 * 3600),
+        },
+        election_rx,
+    ));
+    let heartbeat_task = tokio::spawn(understudy_heartbeat::service::run(
+        client.clone(),
+        HeartbeatConfig {
+            group: n.group.clone(),
+            device: n.device.clone(),
+            instance,
+            mac: n.mac,
+            interval: n.heartbeat,
+            misses: 3,
+            presence_interval: Duration::from_secs(1),
+        },
+        others_rx.clone(),
+    ));
+    let discovery_task = tokio::spawn(understudy_discovery::service::run(
+        client.clone(),
+        DiscoveryConfig {
+            group: n.group.clone(),
+            device: n.device.clone(),
+            instance,
+            publish_interval: Duration::from_secs(1),
+        },
+        others_rx,
+    ));
+
+    wait_for_signal().await;
+    info!("shutting down: handing over first");
+    let _ = stop_election.send(true);
+    match tokio::time::timeout(Duration::from_secs(2), election_task).await {
+        Ok(Ok(Err(e))) => warn!("election service: {e}"),
+        Err(_) => warn!("election service did not stop in 2 s"),
+        _ => {}
+    }
+    let _ = stop_others.send(true);
+    let heartbeat = tokio::spawn(async move {
+        tokio::time::timeout(Duration::from_secs(2), heartbeat_task)
+            .await
+            .map(|r| r.map(|r| r.map_err(|e| e.to_string())))
+    });
+    let discovery = tokio::spawn(async move {
+        tokio::time::timeout(Duration::from_secs(2), discovery_task)
+            .await
+            .map(|r| r.map(|r| r.map_err(|e| e.to_string())))
+    });
+    for (name, task) in [("heartbeat", heartbeat), ("discovery", discovery)] {
+        match task.await {
+            Ok(Ok(Ok(Err(e)))) => warn!("{name} service: {e}"),
+            Ok(Err(_)) => warn!("{name} service did not stop in 2 s"),
+            _ => {}
+        }
+    }
+    let _ = client.flush().await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Settings: flags win, then environment variables, then the TOML file, then
+//! the documented defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// Parses a duration as people write it: `100ms`, `2s`, `1.5s`, `1m`, `0`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => {
+            return Err(format!(
+                "duration {s:?} needs a unit: ms, s or m (e.g. 100ms, 2s)"
+            ));
+        }
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("duration {s:?} does not start with a number"))?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(format!("duration {s:?} must be a positive number"));
+    }
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => {
+            return Err(format!(
+                "duration {s:?} has unknown unit {unit:?}: use ms, s or m"
+            ));
+        }
+    };
+    if secs > 86_400.0 {
+        return Err(format!("duration {s:?} is longer than a day"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The `[node]` table of the TOML settings file; every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileNode {
+    pub group: Option<String>,
+    pub device_id: Option<String>,
+    pub mac: Option<String>,
+    pub score: Option<i64>,
+    pub nats: Option<String>,
+    pub heartbeat_interval: Option<String>,
+    pub grace_period: Option<String>,
+    pub preempt_delay: Option<String>,
+    pub lease: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub offline: Option<bool>,
+    pub replicas: Option<usize>,
+}
+
+/// The whole settings file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    #[serde(default)]
+    pub node: FileNode,
+}
+
+/// Reads the TOML settings file; a typo in a key is an error that names it.
+pub fn read_file(path: &Path) -> Result<File> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read settings file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("settings file {} is invalid", path.display()))
+}
+
+/// Splits `--nats a,b,c` into server addresses (async-nats refuses the
+/// comma-separated form).
+pub fn nats_servers(list: &str) -> Result<Vec<async_nats::ServerAddr>> {
+    let mut out = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let addr: async_nats::ServerAddr = part
+            .parse()
+            .with_context(|| format!("NATS address {part:?} is invalid"))?;
+        out.push(addr);
+    }
+    if out.is_empty() {
+        bail!("no NATS address given (--nats or UNDERSTUDY_NATS)");
+    }
+    Ok(out)
+}
+
+/// Connects to NATS, retrying forever in the background if it is not up yet.
+pub async fn connect(list: &str, name: &str) -> Result<async_nats::Client> {
+    let servers = nats_servers(list)?;
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .ping_interval(Duration::from_secs(1))
+        .connection_timeout(Duration::from_secs(2))
+        .connect(servers)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {list}"))
+}
+
+/// Connects for a one-shot command: fails fast when NATS is not there.
+pub async fn connect_once(list: &str, name: &str) -> Result<async_nats::Client> {
+    let servers = nats_servers(list)?;
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(3))
+        .connect(servers)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {list}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_written() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("10").unwrap_err().contains("needs a unit"));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("5h").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn nats_lists_are_split() {
+        assert_eq!(
+            nats_servers("nats://127.0.0.1:4222, 127.0.0.1:4223")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(nats_servers(" , ").is_err());
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let err = toml::from_str::<File>("[node]\nscore = 5\ngrace = \"2s\"\n").unwrap_err();
+        assert!(err.to_string().contains("grace"), "{err}");
+        let ok: File = toml::from_str("[node]\nscore = 5\n").unwrap();
+        assert_eq!(ok.node.score, Some(5));
+    }
+}

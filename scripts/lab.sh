@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs a local lab group on this machine: a nats-server with JetStream and five
+# devices with distinct scores, elections and failovers shown live. Installs a
+# current nats-server first if needed (and says so). Extra arguments go to
+# `understudy lab` (see `understudy lab --help`), e.g. --kill-every 10s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck disable=SC1091
+source scripts/ensure-nats.sh
+echo "==> building understudy (release)"
+cargo build --release --locked -p understudy
+exec target/release/understudy lab "$@"
