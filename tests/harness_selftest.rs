@@ -190,12 +190,17 @@ async fn fault_proxy_cuts_blackholes_and_heals() -> Result<()> {
         let started = Instant::now();
         let refused = connect(&proxy.url()).await;
         assert!(refused.is_err(), "a new client connected after {fault}()");
-        assert!(started.elapsed() >= millis(1500), "the proxy did not stay silent");
+        assert!(
+            started.elapsed() >= millis(1500),
+            "the proxy did not stay silent"
+        );
 
         proxy.heal();
-        wait_until(&format!("requests after heal() from {fault}()"), secs(10), || {
-            echo(client.clone())
-        })
+        wait_until(
+            &format!("requests after heal() from {fault}()"),
+            secs(10),
+            || echo(client.clone()),
+        )
         .await?;
     }
     responder.abort();
@@ -215,7 +220,10 @@ async fn observer_records_heartbeats_and_sees_the_server() -> Result<()> {
                 let role = if id == "a" { role } else { "client" };
                 let payload = serde_json::to_vec(&beat(id, role, term, seq)).expect("json");
                 let _ = device
-                    .publish(format!("understudy.selftest.heartbeat.{id}"), payload.into())
+                    .publish(
+                        format!("understudy.selftest.heartbeat.{id}"),
+                        payload.into(),
+                    )
                     .await;
             }
             tokio::time::sleep(millis(100)).await;
@@ -227,8 +235,13 @@ async fn observer_records_heartbeats_and_sees_the_server() -> Result<()> {
         .wait_for(|v| (v.live_ids().len() == 2).then(|| v.live_ids()), secs(2))
         .await?;
     assert_eq!(live, ["a", "b"]);
-    observer.wait_for(|v| v.converged().is_some(), secs(2)).await?;
-    assert_eq!(observer.server(), vec![("a".to_string(), Term::from_revision(7))]);
+    observer
+        .wait_for(|v| v.converged().is_some(), secs(2))
+        .await?;
+    assert_eq!(
+        observer.server(),
+        vec![("a".to_string(), Term::from_revision(7))]
+    );
     assert!(observer.heartbeats().len() >= 12);
     observer.check_one_server()?;
 
@@ -262,15 +275,24 @@ fn one_server_check_accepts_a_clean_handover() {
 #[test]
 fn one_server_check_catches_violations() {
     let t0 = Instant::now();
-    let same_term = timeline(t0, &[("a", "server", 3, 0, 500), ("b", "server", 3, 1000, 1500)]);
+    let same_term = timeline(
+        t0,
+        &[("a", "server", 3, 0, 500), ("b", "server", 3, 1000, 1500)],
+    );
     let err = check_one_server(&same_term, t0).expect_err("same term twice");
     assert!(err.to_string().contains("two servers with term 3"), "{err}");
 
-    let backwards = timeline(t0, &[("a", "server", 5, 0, 500), ("a", "server", 4, 1500, 2000)]);
+    let backwards = timeline(
+        t0,
+        &[("a", "server", 5, 0, 500), ("a", "server", 4, 1500, 2000)],
+    );
     let err = check_one_server(&backwards, t0).expect_err("term backwards");
     assert!(err.to_string().contains("went backwards"), "{err}");
 
-    let overlap = timeline(t0, &[("a", "server", 3, 0, 3000), ("b", "server", 4, 1000, 3000)]);
+    let overlap = timeline(
+        t0,
+        &[("a", "server", 3, 0, 3000), ("b", "server", 4, 1000, 3000)],
+    );
     let err = check_one_server(&overlap, t0).expect_err("overlap of 2 s");
     assert!(err.to_string().contains("longer than"), "{err}");
 
@@ -281,7 +303,13 @@ fn one_server_check_catches_violations() {
         &[
             ("a", "server", 3, 0, 1000),
             ("b", "server", 4, 1200, 4000),
-            ("a", "server", 3, 2000, 2000 + LEASE_DURATION.as_millis() as u64 - 100),
+            (
+                "a",
+                "server",
+                3,
+                2000,
+                2000 + LEASE_DURATION.as_millis() as u64 - 100,
+            ),
         ],
     );
     check_one_server(&paused, t0).expect("overlap within the lease");

@@ -164,9 +164,7 @@ pub async fn connect(urls: &str) -> Result<async_nats::Client> {
     async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(2))
         .request_timeout(Some(Duration::from_secs(5)))
-        .reconnect_delay_callback(|attempt| {
-            Duration::from_millis((attempt as u64 * 50).min(250))
-        })
+        .reconnect_delay_callback(|attempt| Duration::from_millis((attempt as u64 * 50).min(250)))
         .ignore_discovered_servers()
         .connect(addrs.as_slice())
         .await

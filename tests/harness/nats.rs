@@ -362,7 +362,11 @@ impl NatsCluster {
                 let mut text = String::new();
                 let _ = writeln!(text, "server_name: {name}");
                 let _ = writeln!(text, "listen: \"127.0.0.1:{}\"", client_ports[i]);
-                let _ = writeln!(text, "jetstream {{ store_dir: {:?} }}", store.display().to_string());
+                let _ = writeln!(
+                    text,
+                    "jetstream {{ store_dir: {:?} }}",
+                    store.display().to_string()
+                );
                 let _ = writeln!(text, "cluster {{");
                 let _ = writeln!(text, "  name: understudy");
                 let _ = writeln!(text, "  listen: \"127.0.0.1:{}\"", cluster_ports[i]);
@@ -377,8 +381,7 @@ impl NatsCluster {
                         .join(", ")
                 );
                 let _ = writeln!(text, "}}");
-                fs::write(&conf, text)
-                    .unwrap_or_else(|e| panic!("write {}: {e}", conf.display()));
+                fs::write(&conf, text).unwrap_or_else(|e| panic!("write {}: {e}", conf.display()));
                 nodes.push(Proc {
                     name: format!("nats-server {name} :{}", client_ports[i]),
                     port: client_ports[i],
@@ -431,7 +434,10 @@ impl NatsCluster {
             async move {
                 let client = connect(&urls).await?;
                 let js = jetstream::new(client);
-                let bucket = format!("harness-ready-{}", READY_PROBES.fetch_add(1, Ordering::Relaxed));
+                let bucket = format!(
+                    "harness-ready-{}",
+                    READY_PROBES.fetch_add(1, Ordering::Relaxed)
+                );
                 js.create_key_value(async_nats::jetstream::kv::Config {
                     bucket: bucket.clone(),
                     num_replicas: replicas,

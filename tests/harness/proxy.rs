@@ -95,11 +95,7 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    upstream: SocketAddr,
-    mode: watch::Sender<ProxyMode>,
-) {
+async fn accept_loop(listener: TcpListener, upstream: SocketAddr, mode: watch::Sender<ProxyMode>) {
     loop {
         let client = match listener.accept().await {
             Ok((client, _)) => client,
@@ -118,7 +114,8 @@ async fn accept_loop(
                 drop(client);
                 return;
             }
-            let connect = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(upstream));
+            let connect =
+                tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(upstream));
             let Ok(Ok(server)) = connect.await else {
                 return; // drops the client: upstream is down
             };
