@@ -1,0 +1,178 @@
+//! End to end, with the bus itself failing: a nats-server restart, a 3-node
+//! NATS cluster losing a node, and one device cut off from NATS by a
+//! fault-injecting TCP proxy. Real processes on loopback throughout.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "harness/mod.rs"]
+mod harness;
+
+use std::time::Duration;
+
+use harness::*;
+use understudy_protocol::Role;
+use understudy_protocol::messages::{ElectionEventKind, StepDownReason};
+
+const GROUP: &str = "stage";
+const FIRST_SERVER_WITHIN: Duration = Duration::from_secs(8);
+
+fn opts(id: &str, i: u8, score: u8, extra: &[&str]) -> DeviceOpts {
+    let mut o = DeviceOpts::new(GROUP, id, &format!("02:00:00:00:00:{i:02x}"), score);
+    o.extra_args = extra.iter().map(|s| s.to_string()).collect();
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_recovers_after_nats_restarts() {
+    let mut nats = NatsServer::start().await;
+    let urls = vec![nats.url()];
+    let _devs: Vec<Device> = [(1, 200), (2, 150), (3, 100)]
+        .iter()
+        .map(|(i, s)| Device::spawn(&urls, opts(&format!("dev-{i}"), *i, *s, &[])))
+        .collect();
+    {
+        let obs = Observer::start(&nats.url(), GROUP).await;
+        let (server, _) = obs
+            .wait_for(View::converged, FIRST_SERVER_WITHIN)
+            .await
+            .unwrap();
+        assert_eq!(server, "dev-1");
+        obs.check_one_server().unwrap();
+    }
+    nats.kill();
+    nats.restart().await;
+    let obs = Observer::start(&nats.url(), GROUP).await;
+    let (server, _) = obs
+        .wait_for(
+            |v: &View| v.converged().filter(|_| v.live().len() == 3),
+            secs(15),
+        )
+        .await
+        .unwrap();
+    assert_eq!(server, "dev-1", "the rightful server serves again");
+    obs.wait_for(
+        |v: &View| {
+            v.live()
+                .iter()
+                .all(|h| h.colour == understudy_protocol::StatusColour::Blue)
+        },
+        secs(5),
+    )
+    .await
+    .unwrap();
+    obs.check_one_server().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_one_node_of_a_three_node_cluster_never_yields_two_servers() {
+    let mut cluster = NatsCluster::start(3).await;
+    let all = cluster.urls();
+    let joined = all.join(",");
+    let _devs: Vec<Device> = [(1, 200), (2, 150), (3, 100)]
+        .iter()
+        .map(|(i, s)| {
+            Device::spawn(
+                &all,
+                opts(&format!("dev-{i}"), *i, *s, &["--replicas", "3"]),
+            )
+        })
+        .collect();
+    // The observer listens through the two nodes that stay up.
+    let survivors = format!("{},{}", cluster.url(1), cluster.url(2));
+    let obs = Observer::start(&survivors, GROUP).await;
+    obs.wait_for(View::converged, secs(15)).await.unwrap();
+    cluster.kill(0);
+    // Whoever it is, the group has a server again, and only one.
+    obs.wait_for(
+        |v: &View| v.converged().filter(|_| v.live().len() == 3),
+        secs(20),
+    )
+    .await
+    .unwrap();
+    obs.check_one_server().unwrap();
+    let _ = joined;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_cut_off_from_nats_steps_down_and_the_next_best_takes_over() {
+    let nats = NatsServer::start().await;
+    let proxy = FaultProxy::start(nats.addr()).await;
+    let direct = vec![nats.url()];
+    // A long preempt delay keeps the healed device a client for the test.
+    let extra = ["--preempt-delay", "60s"];
+    let _a = Device::spawn(&[proxy.url()], opts("dev-1", 1, 200, &extra));
+    let _b = Device::spawn(&direct, opts("dev-2", 2, 150, &extra));
+    let _c = Device::spawn(&direct, opts("dev-3", 3, 100, &extra));
+    let obs = Observer::start(&nats.url(), GROUP).await;
+    let (server, term) = obs
+        .wait_for(View::converged, FIRST_SERVER_WITHIN)
+        .await
+        .unwrap();
+    assert_eq!(server, "dev-1");
+
+    proxy.blackhole();
+    let (next, new_term) = obs
+        .wait_for(|v: &View| v.server().filter(|(d, _)| d != "dev-1"), secs(3))
+        .await
+        .unwrap();
+    assert_eq!(next, "dev-2");
+    assert!(new_term > term);
+
+    proxy.heal();
+    let back = obs
+        .wait_for(|v: &View| v.device("dev-1").cloned(), secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        back.role,
+        Role::Client,
+        "the cut-off server rejoins as a client"
+    );
+    obs.wait_for(
+        |v: &View| v.converged().filter(|(d, _)| d == "dev-2"),
+        secs(5),
+    )
+    .await
+    .unwrap();
+    // It said why it stopped once it could speak again.
+    obs.wait_for(
+        |v: &View| {
+            v.events().iter().any(|e| matches!(&e.msg.kind,
+                ElectionEventKind::SteppedDown { device, reason: StepDownReason::LeaseLost | StepDownReason::Deposed, .. }
+                    if device.as_str() == "dev-1"))
+        },
+        secs(5),
+    )
+    .await
+    .unwrap();
+    obs.check_one_server().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_with_one_id_are_reported_not_merged() {
+    let nats = NatsServer::start().await;
+    let urls = vec![nats.url()];
+    let _a = Device::spawn(&urls, opts("dev-1", 1, 200, &[]));
+    let _b = Device::spawn(&urls, opts("dev-2", 2, 100, &[]));
+    let _twin = Device::spawn(&urls, opts("dev-2", 3, 50, &[]));
+    let obs = Observer::start(&nats.url(), GROUP).await;
+    obs.wait_for(
+        |v: &View| {
+            v.device("dev-2").is_some_and(|h| {
+                h.problems
+                    .contains(&understudy_protocol::Problem::DuplicateDeviceId)
+            })
+        },
+        secs(10),
+    )
+    .await
+    .unwrap();
+    let out = run_cli_ok(&["status", "--group", GROUP, "--nats", &nats.url(), "--json"]).await;
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let dup = doc["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["device"] == "dev-2" && d["duplicate"] == true);
+    assert!(dup, "status shows the duplicate: {doc}");
+}
