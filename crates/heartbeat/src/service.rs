@@ -194,7 +194,7 @@ pub async fn run(
                 let first = !me.knows_election();
                 if me.take_election(state) {
                     if first && warned {
-                        info!("election state arrived: beating");
+                        info!(%device, "election state arrived: beating");
                     }
                     beat_tick.reset();
                     publish_beat(&client, &mut me).await;

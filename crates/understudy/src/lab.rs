@@ -43,9 +43,9 @@ pub struct LabArgs {
     duration: Option<String>,
 }
 
-struct Proc {
-    name: String,
-    child: Child,
+pub(crate) struct Proc {
+    pub(crate) name: String,
+    pub(crate) child: Child,
 }
 
 impl Drop for Proc {
@@ -63,7 +63,7 @@ fn free_port(preferred: u16) -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn nats_binary(given: Option<PathBuf>) -> Result<PathBuf> {
+pub(crate) fn nats_binary(given: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = given {
         return Ok(p);
     }
@@ -74,7 +74,7 @@ fn nats_binary(given: Option<PathBuf>) -> Result<PathBuf> {
     Ok(PathBuf::from("nats-server"))
 }
 
-fn start_nats(bin: &Path, dir: &Path) -> Result<(Proc, String)> {
+pub(crate) fn start_nats(bin: &Path, dir: &Path) -> Result<(Proc, String)> {
     let port = free_port(4222)?;
     let store = dir.join("nats");
     std::fs::create_dir_all(&store)?;
@@ -107,7 +107,7 @@ fn start_nats(bin: &Path, dir: &Path) -> Result<(Proc, String)> {
     Ok((proc, format!("nats://127.0.0.1:{port}")))
 }
 
-fn spawn_device(
+pub(crate) fn spawn_device(
     exe: &Path,
     dir: &Path,
     nats: &str,
@@ -140,7 +140,7 @@ fn spawn_device(
     Ok(Proc { name, child })
 }
 
-fn scores(n: usize) -> Vec<u8> {
+pub(crate) fn scores(n: usize) -> Vec<u8> {
     (0..n)
         .map(|i| 200u8.saturating_sub((i * 200 / n.max(1)) as u8).max(1))
         .collect()

@@ -2,6 +2,7 @@
 //! group from the command line. Every command talks to the group only
 //! through NATS (`--nats`, env `UNDERSTUDY_NATS`).
 
+mod bench;
 mod ctl;
 mod lab;
 mod nic;
@@ -81,13 +82,18 @@ enum Command {
     },
     /// Start a local lab: a nats-server and N devices, with elections live.
     Lab(lab::LabArgs),
+    /// Measure failover, hand-over and cold-start times (prints figures).
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCmd,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Services log what they do; one-shot commands only warnings.
     let default_level = match cli.command {
-        Command::Node(_) | Command::Lab(_) => "info",
+        Command::Node(_) | Command::Lab(_) | Command::Bench { .. } => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("UNDERSTUDY_LOG")
@@ -124,6 +130,7 @@ fn main() -> ExitCode {
                 bus,
             } => ctl::events(&bus.nats, &group, last, json, count).await,
             Command::Lab(args) => lab::run(args).await,
+            Command::Bench { what } => bench::run(what).await,
         }
     });
     match result {

@@ -118,8 +118,8 @@ fn resolve(a: NodeArgs) -> Result<Node> {
         Duration::from_millis(100),
         "heartbeat-interval",
     )?;
-    if heartbeat < Duration::from_millis(10) {
-        return Err(anyhow!("--heartbeat-interval must be at least 10ms"));
+    if heartbeat < Duration::from_millis(10) || heartbeat > Duration::from_secs(60) {
+        return Err(anyhow!("--heartbeat-interval must be between 10ms and 60s"));
     }
     let lease = dur(a.lease, f.lease, Duration::from_millis(1500), "lease")?;
     if lease < heartbeat * 5 {
@@ -214,7 +214,23 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         others_rx,
     ));
 
-    wait_for_signal().await;
+    // Run until a signal, or until a service stops on its own (an error that
+    // leaves the device half alive must not go unnoticed).
+    let mut election_task = election_task;
+    let mut heartbeat_task = heartbeat_task;
+    let mut discovery_task = discovery_task;
+    let failed: Option<String> = tokio::select! {
+        _ = wait_for_signal() => None,
+        r = &mut election_task => Some(format!("election service stopped: {r:?}")),
+        r = &mut heartbeat_task => Some(format!("heartbeat service stopped: {r:?}")),
+        r = &mut discovery_task => Some(format!("discovery service stopped: {r:?}")),
+    };
+    if let Some(why) = failed {
+        let _ = stop_election.send(true);
+        let _ = stop_others.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
+        return Err(anyhow!(why));
+    }
     info!("shutting down: handing over first");
     let _ = stop_election.send(true);
     match tokio::time::timeout(Duration::from_secs(2), election_task).await {
@@ -240,7 +256,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
             _ => {}
         }
     }
-    let _ = client.flush().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
     info!("stopped");
     Ok(())
 }

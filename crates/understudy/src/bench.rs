@@ -1,0 +1,320 @@
+//! `understudy bench failover`: measures what DESIGN.md's performance goals
+//! are about, on real processes and a real nats-server on loopback, and
+//! prints the figures (docs/BENCHMARKS.md quotes them). Not a test: it
+//! asserts nothing.
+//!
+//! - cold start: N devices started together until every one agrees on the
+//!   rightful server (reported with and without the 2 s grace);
+//! - failover after SIGKILL of the server, R times, at a random phase of the
+//!   heartbeat: detection (kill → the successor's `election_started`),
+//!   election (→ its `server_elected`) and total (kill → `server_elected`);
+//! - planned hand-over after SIGTERM, R times (SIGTERM → `server_elected`);
+//! - optionally an idle period, counting elections that should not happen.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use tokio::time::Instant;
+use understudy_protocol::messages::{
+    self, ElectionEvent, ElectionEventKind, ElectionReason, Heartbeat,
+};
+use understudy_protocol::{GroupName, Role, Term, subjects};
+
+use crate::lab::{Proc, nats_binary, scores, spawn_device, start_nats};
+use crate::settings::{connect, parse_duration};
+
+/// `understudy bench …`
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Failover, hand-over and cold-start times.
+    Failover(FailoverArgs),
+}
+
+/// `understudy bench failover` settings.
+#[derive(Debug, Args)]
+pub struct FailoverArgs {
+    /// Devices in the group.
+    #[arg(long, default_value_t = 5)]
+    devices: usize,
+    /// Kills (and as many SIGTERM hand-overs).
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+    /// Cold starts to measure.
+    #[arg(long, default_value_t = 3)]
+    cold_starts: usize,
+    /// Then stay idle this long and count elections (e.g. 600s).
+    #[arg(long)]
+    idle: Option<String>,
+    /// The nats-server binary [default: $UNDERSTUDY_NATS_SERVER, .tools/bin/nats-server, PATH].
+    #[arg(long, env = "UNDERSTUDY_NATS_SERVER")]
+    nats_server: Option<PathBuf>,
+    /// Folder for logs and the NATS store.
+    #[arg(long, default_value = ".bench")]
+    dir: PathBuf,
+}
+
+/// What the bench process hears on the bus, stamped on arrival.
+struct Ear {
+    beats: async_nats::Subscriber,
+    events: async_nats::Subscriber,
+    latest: BTreeMap<String, (Instant, Heartbeat)>,
+    log: Vec<(Instant, ElectionEvent)>,
+}
+
+impl Ear {
+    async fn pump_until<T>(
+        &mut self,
+        within: Duration,
+        mut done: impl FnMut(&Self) -> Option<T>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(v) = done(self) {
+                return Ok(v);
+            }
+            tokio::select! {
+                Some(m) = self.beats.next() => {
+                    if let Ok(hb) = messages::decode::<Heartbeat>(&m.payload) {
+                        self.latest.insert(hb.device.to_string(), (Instant::now(), hb));
+                    }
+                }
+                Some(m) = self.events.next() => {
+                    if let Ok(e) = messages::decode::<ElectionEvent>(&m.payload) {
+                        self.log.push((Instant::now(), e));
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {
+                    if Instant::now() >= deadline {
+                        bail!("timed out after {within:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The server every live device agrees on, once none is in grace.
+    fn converged(&self, expect_live: usize) -> Option<(String, Term)> {
+        let now = Instant::now();
+        let live: Vec<&Heartbeat> = self
+            .latest
+            .values()
+            .filter(|(at, _)| now.duration_since(*at) < Duration::from_millis(350))
+            .map(|(_, h)| h)
+            .collect();
+        if live.len() != expect_live || live.iter().any(|h| h.in_grace) {
+            return None;
+        }
+        let servers: Vec<&&Heartbeat> = live.iter().filter(|h| h.role == Role::Server).collect();
+        let [s] = servers.as_slice() else { return None };
+        live.iter()
+            .all(|h| h.term == s.term)
+            .then(|| (s.device.to_string(), s.term))
+    }
+
+    fn elected_after(&self, t0: Instant, not: &str) -> Option<(Instant, String, ElectionReason)> {
+        self.log.iter().find_map(|(at, e)| match &e.kind {
+            ElectionEventKind::ServerElected { device, reason, .. }
+                if *at >= t0 && device.as_str() != not =>
+            {
+                Some((*at, device.to_string(), *reason))
+            }
+            _ => None,
+        })
+    }
+
+    fn started_after(&self, t0: Instant, by: &str) -> Option<Instant> {
+        self.log.iter().find_map(|(at, e)| match &e.kind {
+            ElectionEventKind::ElectionStarted { .. } if *at >= t0 && e.reporter.as_str() == by => {
+                Some(*at)
+            }
+            _ => None,
+        })
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn summary(name: &str, mut v: Vec<f64>) -> String {
+    if v.is_empty() {
+        return format!("{name:<38} (no samples)");
+    }
+    v.sort_by(f64::total_cmp);
+    let pick = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    format!(
+        "{name:<38} n={:<3} p50 {:>8.1} ms   p99 {:>8.1} ms   max {:>8.1} ms",
+        v.len(),
+        pick(0.5),
+        pick(0.99),
+        v[v.len() - 1]
+    )
+}
+
+/// Runs the benchmark and prints its figures.
+pub async fn run(cmd: BenchCmd) -> Result<()> {
+    let BenchCmd::Failover(a) = cmd;
+    if a.devices < 2 {
+        bail!("--devices must be at least 2");
+    }
+    let group: GroupName = "bench".parse()?;
+    let _ = std::fs::remove_dir_all(&a.dir);
+    std::fs::create_dir_all(&a.dir)?;
+    let exe = std::env::current_exe().context("cannot find my own binary")?;
+    let bin = nats_binary(a.nats_server.clone())?;
+    let (_nats, url) = start_nats(&bin, &a.dir)?;
+    let client = connect(&url, "understudy-bench").await?;
+    let mut ear = Ear {
+        beats: client.subscribe(subjects::heartbeats(&group)).await?,
+        events: client.subscribe(subjects::election_events(&group)).await?,
+        latest: BTreeMap::new(),
+        log: Vec::new(),
+    };
+    client.flush().await?;
+    let scores = scores(a.devices);
+    let n = a.devices;
+    println!(
+        "understudy bench failover: {n} devices, loopback, single nats-server, defaults (heartbeat 100 ms, grace 2 s, lease 1.5 s)"
+    );
+
+    // Cold starts.
+    let mut cold = Vec::new();
+    let mut devices: Vec<Option<Proc>> = Vec::new();
+    for round in 0..a.cold_starts.max(1) {
+        devices.clear();
+        ear.latest.clear();
+        // Let the previous group's lease expire so each start is cold.
+        if round > 0 {
+            let gone = Instant::now() + Duration::from_secs(2);
+            ear.pump_until(Duration::from_secs(3), |_| {
+                (Instant::now() >= gone).then_some(())
+            })
+            .await?;
+            ear.latest.clear();
+        }
+        let t0 = Instant::now();
+        for (i, s) in scores.iter().enumerate() {
+            devices.push(Some(spawn_device(
+                &exe,
+                &a.dir,
+                &url,
+                group.as_str(),
+                i,
+                *s,
+            )?));
+        }
+        let (server, _) = ear
+            .pump_until(Duration::from_secs(15), |e| e.converged(n))
+            .await
+            .map_err(|e| anyhow!("cold start did not converge: {e}"))?;
+        if server != "dev-1" {
+            bail!("cold start converged on {server}, not the rightful dev-1");
+        }
+        cold.push(t0.elapsed());
+    }
+
+    // Failovers after SIGKILL, then planned hand-overs after SIGTERM.
+    let mut detect = Vec::new();
+    let mut elect = Vec::new();
+    let mut total = Vec::new();
+    let mut handover = Vec::new();
+    for planned in [false, true] {
+        for r in 0..a.rounds {
+            let (server, _) = ear
+                .pump_until(Duration::from_secs(15), |e| e.converged(n))
+                .await?;
+            // A random phase against the 100 ms heartbeat.
+            let phase = Instant::now() + Duration::from_millis((r as u64 * 37) % 100);
+            ear.pump_until(Duration::from_secs(1), |_| {
+                (Instant::now() >= phase).then_some(())
+            })
+            .await?;
+            let i = devices
+                .iter()
+                .position(|d| d.as_ref().is_some_and(|p| p.name == server))
+                .ok_or_else(|| anyhow!("server {server} is not one of ours"))?;
+            let t0 = Instant::now();
+            if planned {
+                let pid = devices[i].as_ref().map(|p| p.child.id()).unwrap_or(0);
+                Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()?;
+            } else {
+                devices[i] = None; // SIGKILL on drop
+            }
+            let (at, successor, _) = ear
+                .pump_until(Duration::from_secs(10), |e| e.elected_after(t0, &server))
+                .await
+                .map_err(|e| anyhow!("no failover after killing {server}: {e}"))?;
+            total.push(if planned { 0.0 } else { ms(at - t0) });
+            if planned {
+                handover.push(ms(at - t0));
+            } else if let Some(started) = ear.started_after(t0, &successor) {
+                detect.push(ms(started - t0));
+                elect.push(ms(at - started));
+            }
+            if planned {
+                total.pop();
+            }
+            // Bring the device back; it preempts as the rightful server.
+            devices[i] = None;
+            devices[i] = Some(spawn_device(
+                &exe,
+                &a.dir,
+                &url,
+                group.as_str(),
+                i,
+                scores[i],
+            )?);
+            // Judge agreement on heartbeats sent after the restart only.
+            ear.latest.clear();
+            ear.pump_until(Duration::from_secs(15), |e| {
+                e.converged(n).filter(|(s, _)| *s == server)
+            })
+            .await?;
+        }
+    }
+
+    println!(
+        "{}",
+        summary(
+            "cold start to agreement",
+            cold.iter().map(|d| ms(*d)).collect()
+        )
+    );
+    println!(
+        "{}",
+        summary(
+            "  minus the 2 s grace",
+            cold.iter().map(|d| ms(*d) - 2000.0).collect()
+        )
+    );
+    println!("{}", summary("failover: detection (kill -9)", detect));
+    println!("{}", summary("failover: election", elect));
+    println!("{}", summary("failover: total (kill -9 -> elected)", total));
+    println!("{}", summary("planned hand-over (SIGTERM)", handover));
+
+    if let Some(idle) = a.idle.as_deref() {
+        let idle = parse_duration(idle).map_err(|e| anyhow!(e))?;
+        let before = ear.log.len();
+        let until = Instant::now() + idle;
+        ear.pump_until(idle + Duration::from_secs(1), |_| {
+            (Instant::now() >= until).then_some(())
+        })
+        .await?;
+        let spurious = ear.log[before..]
+            .iter()
+            .filter(|(_, e)| matches!(e.kind, ElectionEventKind::ElectionStarted { .. }))
+            .count();
+        println!(
+            "idle {:.0} s: {spurious} election(s) started",
+            idle.as_secs_f64()
+        );
+    }
+    Ok(())
+}
