@@ -176,3 +176,19 @@ async fn two_devices_with_one_id_are_reported_not_merged() {
         .any(|d| d["device"] == "dev-2" && d["duplicate"] == true);
     assert!(dup, "status shows the duplicate: {doc}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_stops_promptly_on_sigterm_even_with_the_bus_gone() {
+    let mut nats = NatsServer::start().await;
+    let urls = vec![nats.url()];
+    let mut dev = Device::spawn(&urls, opts("dev-1", 1, 200, &[]));
+    let obs = Observer::start(&nats.url(), GROUP).await;
+    obs.wait_for(View::converged, FIRST_SERVER_WITHIN)
+        .await
+        .unwrap();
+    drop(obs);
+    nats.kill();
+    dev.sigterm();
+    let status = dev.wait_exit(secs(6)).await.unwrap();
+    assert!(status.success(), "exit status {status}");
+}

@@ -187,20 +187,29 @@ pub async fn run(
         // Open the store and its watch when we do not have them (start, or
         // after the bus came back).
         if d.store.is_none() {
-            match open_lease_bucket(
-                &js,
-                &d.cfg.group,
-                d.cfg.election.lease_duration,
-                d.cfg.replicas,
+            let open = tokio::time::timeout(
+                d.store_timeout * 2,
+                open_lease_bucket(
+                    &js,
+                    &d.cfg.group,
+                    d.cfg.election.lease_duration,
+                    d.cfg.replicas,
+                ),
             )
             .await
-            {
+            .unwrap_or_else(|_| Err("JetStream did not answer".to_string()));
+            match open {
                 Ok(s) => {
                     info!(bucket = %subjects::lease_bucket(&d.cfg.group), "lease bucket open");
-                    if let Err(e) =
-                        ensure_events_stream(&js, d.cfg.replicas, d.cfg.events_max_age).await
+                    match tokio::time::timeout(
+                        d.store_timeout * 2,
+                        ensure_events_stream(&js, d.cfg.replicas, d.cfg.events_max_age),
+                    )
+                    .await
                     {
-                        warn!("{e}");
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => warn!("{e}"),
+                        Err(_) => warn!("JetStream did not answer creating the event stream"),
                     }
                     d.store = Some(s);
                     warned.clear();
@@ -215,7 +224,13 @@ pub async fn run(
         if watch_stream.is_none()
             && let Some(store) = &d.store
         {
-            match store.watch_with_history(subjects::LEASE_KEY).await {
+            let watch = tokio::time::timeout(
+                d.store_timeout * 2,
+                store.watch_with_history(subjects::LEASE_KEY),
+            )
+            .await
+            .unwrap_or_else(|_| Err(kv::WatchError::new(kv::WatchErrorKind::TimedOut)));
+            match watch {
                 Ok(w) => watch_stream = Some(w),
                 Err(e) => {
                     if warned.insert("watch") {

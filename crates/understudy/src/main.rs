@@ -133,6 +133,9 @@ fn main() -> ExitCode {
             Command::Bench { what } => bench::run(what).await,
         }
     });
+    // Do not wait on stuck background work (a DNS lookup or connect to a bus
+    // that is gone) once the command is done.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
