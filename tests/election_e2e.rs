@@ -372,3 +372,39 @@ async fn bad_control_input_is_refused_with_a_clear_error() {
     assert_eq!(server, "dev-1");
     obs.check_one_server().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_can_run_its_services_as_separate_processes() {
+    let nats = NatsServer::start().await;
+    let obs = Observer::start(&nats.url(), GROUP).await;
+    let urls = vec![nats.url()];
+    let mut split: Vec<Device> = ["election", "heartbeat", "discovery"]
+        .iter()
+        .map(|svc| spawn(&urls, "dev-1", 1, 200, &["--services", svc]))
+        .collect();
+    let _b = spawn(&urls, "dev-2", 2, 150, &[]);
+    let _c = spawn(&urls, "dev-3", 3, 100, &[]);
+    let (server, _) = obs
+        .wait_for(
+            |v: &View| v.converged().filter(|_| v.live().len() == 3),
+            FIRST_SERVER_WITHIN,
+        )
+        .await
+        .unwrap();
+    assert_eq!(server, "dev-1");
+    obs.wait_for(
+        |v: &View| v.live().iter().all(|h| h.colour == StatusColour::Blue),
+        secs(3),
+    )
+    .await
+    .unwrap();
+    // Its election process dies: the device must stop claiming to serve, and
+    // the next best takes over.
+    split[0].kill9();
+    let (next, _) = obs
+        .wait_for(|v: &View| v.server().filter(|(d, _)| d != "dev-1"), secs(4))
+        .await
+        .unwrap();
+    assert_eq!(next, "dev-2");
+    obs.check_one_server().unwrap();
+}

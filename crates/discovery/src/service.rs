@@ -142,7 +142,8 @@ pub async fn run(
     let mut roster_sub = Some(client.subscribe(subjects::roster(group)).await?);
     info!(%group, %device, instance = %cfg.instance, "discovery service started");
 
-    let mut core = Discovery::new(cfg.device.clone(), cfg.instance, Duration::ZERO);
+    let mut identity = cfg.instance;
+    let mut core = Discovery::new(cfg.device.clone(), identity, Duration::ZERO);
     core.set_bus_connected(is_connected(&client), Duration::ZERO);
     let mut me: Option<SelfState> = None;
     let mut shown = Shown::default();
@@ -175,6 +176,19 @@ pub async fn run(
             }
             msg = recv(&mut election_sub, "election state") => {
                 if let Some(state) = decoded::<ElectionState>(&msg) {
+                    // The device's identity is its election service's
+                    // instance (it beats under it); when the services run as
+                    // separate processes, adopt it so our own beats are not
+                    // taken for a duplicate.
+                    if state.device == cfg.device
+                        && state.group == cfg.group
+                        && state.instance != identity
+                    {
+                        identity = state.instance;
+                        let now = start.elapsed();
+                        core = Discovery::new(cfg.device.clone(), identity, now);
+                        core.set_bus_connected(is_connected(&client), now);
+                    }
                     me = self_state(&cfg, &state).or(me);
                 }
             }

@@ -180,7 +180,7 @@ pub async fn run(
     let js = jetstream::new(client.clone());
     let mut watch_stream: Option<kv::Watch> = None;
     let mut resync = tokio::time::interval(Duration::from_secs(1));
-    let mut state_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut state_tick = tokio::time::interval(Duration::from_millis(250));
     let mut warned: BTreeSet<&'static str> = BTreeSet::new();
 
     loop {

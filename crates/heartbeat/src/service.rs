@@ -47,6 +47,10 @@ pub const DEFAULT_PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
 /// that this device cannot beat yet.
 pub const ELECTION_STATE_WAIT: Duration = Duration::from_secs(2);
 
+/// After this long without an election state the device stops beating: its
+/// election service is gone, and peers must be able to tell.
+pub const ELECTION_STATE_STALE: Duration = Duration::from_secs(1);
+
 /// The longest a publish may wait to be queued. The client's queue fills up
 /// only when the bus has been down for a long time; the loop must not stall
 /// behind it.
@@ -242,6 +246,8 @@ pub async fn run(
 struct Announcer {
     cfg: HeartbeatConfig,
     election: Option<ElectionState>,
+    /// When the latest election state arrived.
+    election_at: Option<std::time::Instant>,
     status: Option<DeviceStatus>,
     /// The `seq` of the last heartbeat built.
     seq: u64,
@@ -252,6 +258,7 @@ impl Announcer {
         Self {
             cfg,
             election: None,
+            election_at: None,
             status: None,
             seq: 0,
         }
@@ -280,7 +287,17 @@ impl Announcer {
                 )
         });
         self.election = Some(state);
+        self.election_at = Some(std::time::Instant::now());
         urgent
+    }
+
+    /// Whether the election service has gone quiet (it reports four times a
+    /// second).
+    /// A device whose election service is dead must not keep announcing
+    /// itself — least of all as server — so peers can detect it as lost.
+    fn election_is_stale(&self) -> bool {
+        self.election_at
+            .is_some_and(|at| at.elapsed() > ELECTION_STATE_STALE)
     }
 
     /// Keeps `status` if it is this device's.
@@ -294,6 +311,9 @@ impl Announcer {
 
     /// The next heartbeat, or `None` until the election state is known.
     fn heartbeat(&mut self, sent_at_ms: u64) -> Option<Heartbeat> {
+        if self.election_is_stale() {
+            return None;
+        }
         let state = self.election.as_ref()?;
         self.seq += 1;
         let (colour, problems) = match &self.status {
@@ -304,7 +324,9 @@ impl Announcer {
             schema: SCHEMA_VERSION,
             group: self.cfg.group.clone(),
             device: self.cfg.device.clone(),
-            instance: self.cfg.instance,
+            // The device's identity is its election service's instance (the
+            // one named in the lease), also when the services run apart.
+            instance: state.instance,
             mac: self.cfg.mac,
             score: state.score,
             online: state.online,

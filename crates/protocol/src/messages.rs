@@ -335,7 +335,7 @@ impl BusMessage for LeaseRecord {
 
 /// The election service's state, for the other services of the same device
 /// (`understudy.<group>.local.<device>.election`), published on every change
-/// and once a second.
+/// and four times a second.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ElectionState {
     /// Always [`SCHEMA_VERSION`].

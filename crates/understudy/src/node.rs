@@ -57,6 +57,11 @@ pub struct NodeArgs {
     /// Start offline (out of the group until taken online).
     #[arg(long, env = "UNDERSTUDY_OFFLINE")]
     offline: bool,
+    /// Which of this device's services to run in this process, comma-separated
+    /// (election, heartbeat, discovery), so each can run in its own process
+    /// or container [default: all three].
+    #[arg(long, env = "UNDERSTUDY_SERVICES")]
+    services: Option<String>,
     /// JetStream replicas for the lease bucket and events stream (3 on a
     /// 3-node cluster) [default: 1].
     #[arg(long, env = "UNDERSTUDY_REPLICAS")]
@@ -78,6 +83,46 @@ struct Node {
     offline: bool,
     replicas: usize,
     data_dir: Option<PathBuf>,
+    services: Services,
+}
+
+/// Which services a node process runs.
+#[derive(Debug, Clone, Copy)]
+struct Services {
+    election: bool,
+    heartbeat: bool,
+    discovery: bool,
+}
+
+fn parse_services(list: Option<String>) -> Result<Services> {
+    let Some(list) = list else {
+        return Ok(Services {
+            election: true,
+            heartbeat: true,
+            discovery: true,
+        });
+    };
+    let mut s = Services {
+        election: false,
+        heartbeat: false,
+        discovery: false,
+    };
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "election" => s.election = true,
+            "heartbeat" => s.heartbeat = true,
+            "discovery" => s.discovery = true,
+            other => {
+                return Err(anyhow!(
+                    "--services: unknown service {other:?} (election, heartbeat, discovery)"
+                ));
+            }
+        }
+    }
+    if !(s.election || s.heartbeat || s.discovery) {
+        return Err(anyhow!("--services names no service"));
+    }
+    Ok(s)
 }
 
 fn resolve(a: NodeArgs) -> Result<Node> {
@@ -151,6 +196,7 @@ fn resolve(a: NodeArgs) -> Result<Node> {
         offline: a.offline || f.offline.unwrap_or(false),
         replicas: a.replicas.or(f.replicas).unwrap_or(1).clamp(1, 5),
         data_dir: a.data_dir.or(f.data_dir),
+        services: parse_services(a.services.or(f.services))?,
     })
 }
 
@@ -175,50 +221,65 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     let (stop_election, election_rx) = watch::channel(false);
     let (stop_others, others_rx) = watch::channel(false);
 
-    let election_task = tokio::spawn(understudy_election::service::run(
-        client.clone(),
-        ElectionServiceConfig {
-            group: n.group.clone(),
-            device: n.device.clone(),
-            instance,
-            mac: n.mac,
-            score: n.score,
-            online: !n.offline,
-            election,
-            replicas: n.replicas,
-            events_max_age: Duration::from_secs(7 * 24 * 3600),
-        },
-        election_rx,
-    ));
-    let heartbeat_task = tokio::spawn(understudy_heartbeat::service::run(
-        client.clone(),
-        HeartbeatConfig {
-            group: n.group.clone(),
-            device: n.device.clone(),
-            instance,
-            mac: n.mac,
-            interval: n.heartbeat,
-            misses: 3,
-            presence_interval: Duration::from_secs(1),
-        },
-        others_rx.clone(),
-    ));
-    let discovery_task = tokio::spawn(understudy_discovery::service::run(
-        client.clone(),
-        DiscoveryConfig {
-            group: n.group.clone(),
-            device: n.device.clone(),
-            instance,
-            publish_interval: Duration::from_secs(1),
-        },
-        others_rx,
-    ));
+    let svc = n.services;
+    let election_cfg = ElectionServiceConfig {
+        group: n.group.clone(),
+        device: n.device.clone(),
+        instance,
+        mac: n.mac,
+        score: n.score,
+        online: !n.offline,
+        election,
+        replicas: n.replicas,
+        events_max_age: Duration::from_secs(7 * 24 * 3600),
+    };
+    let heartbeat_cfg = HeartbeatConfig {
+        group: n.group.clone(),
+        device: n.device.clone(),
+        instance,
+        mac: n.mac,
+        interval: n.heartbeat,
+        misses: 3,
+        presence_interval: Duration::from_secs(1),
+    };
+    let discovery_cfg = DiscoveryConfig {
+        group: n.group.clone(),
+        device: n.device.clone(),
+        instance,
+        publish_interval: Duration::from_secs(1),
+    };
+    let (c1, c2, c3) = (client.clone(), client.clone(), client.clone());
+    let others_rx2 = others_rx.clone();
+    let mut election_task = tokio::spawn(async move {
+        if svc.election {
+            understudy_election::service::run(c1, election_cfg, election_rx)
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            idle(election_rx).await
+        }
+    });
+    let mut heartbeat_task = tokio::spawn(async move {
+        if svc.heartbeat {
+            understudy_heartbeat::service::run(c2, heartbeat_cfg, others_rx)
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            idle(others_rx).await
+        }
+    });
+    let mut discovery_task = tokio::spawn(async move {
+        if svc.discovery {
+            understudy_discovery::service::run(c3, discovery_cfg, others_rx2)
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            idle(others_rx2).await
+        }
+    });
 
     // Run until a signal, or until a service stops on its own (an error that
     // leaves the device half alive must not go unnoticed).
-    let mut election_task = election_task;
-    let mut heartbeat_task = heartbeat_task;
-    let mut discovery_task = discovery_task;
     let failed: Option<String> = tokio::select! {
         _ = wait_for_signal() => None,
         r = &mut election_task => Some(format!("election service stopped: {r:?}")),
@@ -233,31 +294,41 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     }
     info!("shutting down: handing over first");
     let _ = stop_election.send(true);
-    match tokio::time::timeout(Duration::from_secs(2), election_task).await {
-        Ok(Ok(Err(e))) => warn!("election service: {e}"),
-        Err(_) => warn!("election service did not stop in 2 s"),
-        _ => {}
-    }
+    report(
+        "election",
+        tokio::time::timeout(Duration::from_secs(2), election_task).await,
+    );
     let _ = stop_others.send(true);
-    let heartbeat = tokio::spawn(async move {
-        tokio::time::timeout(Duration::from_secs(2), heartbeat_task)
-            .await
-            .map(|r| r.map(|r| r.map_err(|e| e.to_string())))
-    });
-    let discovery = tokio::spawn(async move {
+    let (h, d) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(2), heartbeat_task),
         tokio::time::timeout(Duration::from_secs(2), discovery_task)
-            .await
-            .map(|r| r.map(|r| r.map_err(|e| e.to_string())))
-    });
-    for (name, task) in [("heartbeat", heartbeat), ("discovery", discovery)] {
-        match task.await {
-            Ok(Ok(Ok(Err(e)))) => warn!("{name} service: {e}"),
-            Ok(Err(_)) => warn!("{name} service did not stop in 2 s"),
-            _ => {}
-        }
-    }
+    );
+    report("heartbeat", h);
+    report("discovery", d);
     let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
     info!("stopped");
+    Ok(())
+}
+
+type Stopped =
+    Result<Result<Result<(), String>, tokio::task::JoinError>, tokio::time::error::Elapsed>;
+
+fn report(name: &str, r: Stopped) {
+    match r {
+        Ok(Ok(Err(e))) => warn!("{name} service: {e}"),
+        Ok(Err(e)) => warn!("{name} service panicked: {e}"),
+        Err(_) => warn!("{name} service did not stop in 2 s"),
+        Ok(Ok(Ok(()))) => {}
+    }
+}
+
+/// A service this process does not run: it only waits for the stop.
+async fn idle(mut stop: watch::Receiver<bool>) -> Result<(), String> {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
     Ok(())
 }
 

@@ -60,6 +60,7 @@ pub struct FileNode {
     pub data_dir: Option<PathBuf>,
     pub offline: Option<bool>,
     pub replicas: Option<usize>,
+    pub services: Option<String>,
 }
 
 /// The whole settings file.
