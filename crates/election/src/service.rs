@@ -283,7 +283,12 @@ pub async fn run(
                     }
                 }
             }
-            _ = state_tick.tick() => d.publish_state(true).await,
+            _ = state_tick.tick() => {
+                // Let the machine see the time first (a pause may have ended
+                // its lease), then say what it is.
+                d.feed(Event::Tick).await;
+                d.publish_state(true).await;
+            }
             _ = tokio::time::sleep(Duration::from_millis(250)), if retry_soon => {}
         }
     }

@@ -482,3 +482,15 @@ fn hostile_store_replies_do_not_panic() {
     );
     assert!(!m.is_server());
 }
+
+#[test]
+fn a_server_past_its_lease_never_shows_as_server() {
+    let cfg = ElectionConfig::default();
+    let (m, at) = serving(100, 1, cfg.clone());
+    assert_eq!(m.status(at + ms(10)).role, Role::Server);
+    // Woken from a pause, before any event is fed.
+    let late = at + cfg.lease_duration;
+    let st = m.status(late);
+    assert_eq!(st.role, Role::Client);
+    assert_eq!(st.server, None);
+}

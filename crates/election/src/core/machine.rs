@@ -252,20 +252,22 @@ impl Machine {
     }
 
     /// What this machine shows the outside.
+    ///
+    /// A server whose lease has run out by `now` shows as a client even before
+    /// the machine was fed that instant: a process that wakes from a pause
+    /// must not announce a role it has lost.
     pub fn status(&self, now: Duration) -> MachineStatus {
+        let serving = self.serving_at(now);
         let server = match &self.role {
-            RoleState::Server { term, .. } => Some((self.device.clone(), *term)),
+            RoleState::Server { term, .. } if serving => Some((self.device.clone(), *term)),
+            RoleState::Server { .. } => None,
             RoleState::Client => match self.lease_state(now) {
                 LeaseState::Held { holder, term } => Some((holder, term)),
                 LeaseState::Vacant { .. } => None,
             },
         };
         MachineStatus {
-            role: if self.is_server() {
-                Role::Server
-            } else {
-                Role::Client
-            },
+            role: if serving { Role::Server } else { Role::Client },
             term: match self.role {
                 RoleState::Server { term, .. } => term,
                 RoleState::Client => self.known_term,
@@ -277,7 +279,13 @@ impl Machine {
         }
     }
 
-    /// Whether this device acts as server right now.
+    /// Whether this device serves at `now`: it holds the role and its lease
+    /// has not run out.
+    pub fn serving_at(&self, now: Duration) -> bool {
+        matches!(self.role, RoleState::Server { valid_until, .. } if now < valid_until)
+    }
+
+    /// Whether this device holds the server role (as of the last event).
     pub fn is_server(&self) -> bool {
         matches!(self.role, RoleState::Server { .. })
     }
