@@ -167,14 +167,27 @@ async fn two_devices_with_one_id_are_reported_not_merged() {
     )
     .await
     .unwrap();
-    let out = run_cli_ok(&["status", "--group", GROUP, "--nats", &nats.url(), "--json"]).await;
-    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let dup = doc["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|d| d["device"] == "dev-2" && d["duplicate"] == true);
-    assert!(dup, "status shows the duplicate: {doc}");
+    // Whichever device answers the status request flags it too, once it has
+    // heard both instances.
+    let url = nats.url();
+    wait_until("status to show the duplicate", secs(5), || {
+        let url = url.clone();
+        async move {
+            let out = run_cli_ok(&["status", "--group", GROUP, "--nats", &url, "--json"]).await;
+            let doc: serde_json::Value = serde_json::from_str(&out)?;
+            let dup = doc["devices"].as_array().is_some_and(|ds| {
+                ds.iter()
+                    .any(|d| d["device"] == "dev-2" && d["duplicate"] == true)
+            });
+            if dup {
+                Ok(())
+            } else {
+                anyhow::bail!("not flagged yet: {doc}")
+            }
+        }
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -373,7 +373,10 @@ impl Driver {
     async fn act(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
-                Action::Claim { op, expect, record } => self.call(op, expect, record),
+                Action::Claim { op, expect, record } => {
+                    info!(?expect, view = %self.machine.describe_view(), "claiming the lease");
+                    self.call(op, expect, record)
+                }
                 Action::Renew {
                     op,
                     revision,

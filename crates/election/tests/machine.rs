@@ -494,3 +494,46 @@ fn a_server_past_its_lease_never_shows_as_server() {
     assert_eq!(st.role, Role::Client);
     assert_eq!(st.server, None);
 }
+
+#[test]
+fn a_woken_server_does_not_depose_its_live_successor() {
+    let cfg = ElectionConfig::default();
+    let (mut m, at) = serving(200, 1, cfg.clone());
+    let b = peer("b", 150, 2);
+    m.handle(Event::PeerSeen(b.clone()), at + ms(10));
+    m.handle(Event::PeerSeen(peer("c", 100, 3)), at + ms(10));
+    // Paused for 2 s: b took over meanwhile (term 2, renewed up to revision 8).
+    let woke = at + ms(2000);
+    let a = m.handle(Event::Tick, woke);
+    assert_eq!(step_down(&a), Some(StepDownReason::LeaseLost));
+    if let Some((op, _, _)) = claim(&a) {
+        let a = m.handle(
+            Event::StoreReply {
+                op,
+                outcome: StoreOutcome::Conflict {
+                    current: Some((8, held_by(&b, Some(2)))),
+                },
+            },
+            woke + ms(1),
+        );
+        assert_eq!(claim(&a), None, "claimed over a live successor: {a:?}");
+    }
+}
+
+#[test]
+fn a_stale_heartbeat_does_not_make_a_held_lease_vacant() {
+    let mut m = machine(200, 1, ElectionConfig::default());
+    // b's last beat we processed predates its win: client, knows term 2.
+    let mut b = peer("b", 150, 2);
+    b.term = Term::from_revision(2);
+    m.handle(Event::PeerSeen(b.clone()), ms(2500));
+    let a = m.handle(
+        Event::LeaseObserved(Some((8, held_by(&b, Some(2))))),
+        ms(2600),
+    );
+    assert_eq!(claim(&a), None, "claimed over a live holder: {a:?}");
+    assert_eq!(
+        m.status(ms(2600)).server,
+        Some((id("b"), Term::from_revision(2)))
+    );
+}

@@ -24,6 +24,9 @@ pub const CONVERGENCE_SLACK: Duration = Duration::from_secs(3);
 /// How long the group is then watched for spurious elections.
 pub const QUIET_WINDOW: Duration = Duration::from_secs(3);
 const TRACE_LEN: usize = 40;
+/// How often every device reads the lease, besides watching it (as the
+/// election driver does): the store's expiry of an entry is not watched.
+pub const LEASE_READ_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A run that broke an invariant.
 #[derive(Debug, Clone)]
@@ -110,6 +113,8 @@ enum Ev {
         inc: u64,
     },
     FaultsEnd,
+    /// Every device reads the lease (the driver does so every second).
+    Resync,
     Converged,
     End,
 }
@@ -284,6 +289,7 @@ impl World {
         }
         let end = self.plan.faults_end;
         self.push(end, Ev::FaultsEnd);
+        self.push(LEASE_READ_INTERVAL, Ev::Resync);
         let converge_by = end + self.cfg.grace_period + self.cfg.preempt_delay + CONVERGENCE_SLACK;
         self.push(converge_by, Ev::Converged);
         self.push(converge_by + QUIET_WINDOW, Ev::End);
@@ -344,6 +350,11 @@ impl World {
             Ev::Resume { dev, inc } => self.resume(dev, inc)?,
             Ev::Fault(f) => self.fault(f)?,
             Ev::FaultsEnd => self.faults_end()?,
+            Ev::Resync => {
+                self.resync();
+                let at = self.now + LEASE_READ_INTERVAL;
+                self.push(at, Ev::Resync);
+            }
             Ev::Converged | Ev::End => {}
         }
         Ok(())

@@ -170,6 +170,42 @@ impl Machine {
         }
     }
 
+    /// A one-line account of what the machine believes, for logs: the lease
+    /// it has seen and the peers it hears.
+    pub fn describe_view(&self) -> String {
+        let lease = match &self.lease {
+            None => "absent".to_string(),
+            Some((rev, rec)) => format!(
+                "rev {rev} holder {} term {} handover {}",
+                rec.holder.as_ref().map_or("none".to_string(), |h| format!(
+                    "{}/{}",
+                    h.device, h.instance
+                )),
+                rec.term_at(*rev),
+                rec.handover_to
+                    .as_ref()
+                    .map_or("-".to_string(), |d| d.to_string())
+            ),
+        };
+        let peers: Vec<String> = self
+            .peers
+            .values()
+            .map(|p| {
+                format!(
+                    "{}/{} {} t{} s{}{}{}",
+                    p.device,
+                    p.instance,
+                    p.role,
+                    p.term,
+                    p.score,
+                    if p.online { "" } else { " offline" },
+                    if p.in_grace { " grace" } else { "" }
+                )
+            })
+            .collect();
+        format!("lease [{lease}] peers [{}]", peers.join(", "))
+    }
+
     /// This device's id.
     pub fn device(&self) -> &DeviceId {
         &self.device
@@ -754,17 +790,17 @@ impl Machine {
             // Ours from an earlier attempt or instance, while we are a client.
             return vacant(None, None);
         }
+        // A live holder holds the lease, whatever its last heartbeat said of
+        // its role: heartbeats and lease updates travel apart, so a beat may
+        // be older than the lease we see. A holder that stepped down releases
+        // the lease, or — if it cannot reach the store — lets it expire.
         match self.peers.get(&holder.device) {
-            // A holder that has not beaten since it claimed still counts.
-            Some(p) if p.instance != holder.instance => {
-                vacant(None, Some((holder.device.clone(), term)))
-            }
-            Some(p) if p.online && (p.role == Role::Server || p.term < term) => LeaseState::Held {
+            Some(p) if p.instance == holder.instance => LeaseState::Held {
                 holder: holder.device.clone(),
                 term,
             },
-            Some(_) => vacant(None, None),
-            None => vacant(None, Some((holder.device.clone(), term))),
+            // Restarted (a new instance) or not heard: the holder is gone.
+            _ => vacant(None, Some((holder.device.clone(), term))),
         }
     }
 
