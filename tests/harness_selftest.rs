@@ -169,12 +169,20 @@ async fn fault_proxy_cuts_blackholes_and_heals() -> Result<()> {
     };
 
     // Publish and receive through the proxy.
+    // A flush only empties the client's buffer; the server may not have the
+    // subscription yet, so publish until it arrives (deadline 5 s).
     let mut sub = client.subscribe("selftest.data").await?;
     client.flush().await?;
-    direct.publish("selftest.data", "x".into()).await?;
-    let got = tokio::time::timeout(secs(5), sub.next())
-        .await?
-        .context("subscription ended")?;
+    let deadline = Instant::now() + secs(5);
+    let got = loop {
+        direct.publish("selftest.data", "x".into()).await?;
+        direct.flush().await?;
+        match tokio::time::timeout(millis(100), sub.next()).await {
+            Ok(got) => break got.context("subscription ended")?,
+            Err(_) if Instant::now() < deadline => continue,
+            Err(_) => bail!("nothing arrived through the proxy within 5 s"),
+        }
+    };
     assert_eq!(&got.payload[..], b"x");
     echo(client.clone()).await?;
 
