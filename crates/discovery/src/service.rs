@@ -22,14 +22,12 @@
 use std::time::Duration;
 
 use async_nats::connection::State;
-use async_nats::{Client, Message, Subscriber};
-use futures::StreamExt;
+use async_nats::{Client, Message};
 use tokio::sync::watch;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
-use understudy_protocol::messages::{
-    self, BusMessage, DeviceStatus, ElectionState, Heartbeat, Leave, Presence,
-};
+use understudy_bus::{decoded, publish, publish_bytes, recv, stopped, ticker};
+use understudy_protocol::messages::{DeviceStatus, ElectionState, Heartbeat, Leave, Presence};
 use understudy_protocol::{DeviceId, GroupName, InstanceId, SCHEMA_VERSION, subjects};
 
 use crate::core::Discovery;
@@ -52,11 +50,6 @@ pub const HEARTBEATS_ALL: &str = "understudy.*.heartbeat.*";
 /// Every goodbye of every group, for the same reason as [`HEARTBEATS_ALL`].
 // TODO(protocol): belongs in `understudy_protocol::subjects` beside `leaves`.
 pub const LEAVES_ALL: &str = "understudy.*.leave.*";
-
-/// The longest a publish may wait to be queued. The client's queue fills up
-/// only when the bus has been down for a long time; the loop must not stall
-/// behind it.
-const PUBLISH_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// What the discovery service of one device needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,60 +294,6 @@ async fn answer_roster(
 
 fn is_connected(client: &Client) -> bool {
     client.connection_state() == State::Connected
-}
-
-/// Publishes `message`; a failure is logged, never returned.
-async fn publish<M: BusMessage>(client: &Client, subject: String, message: &M) {
-    publish_bytes(client, subject, messages::encode(message)).await;
-}
-
-async fn publish_bytes(client: &Client, subject: String, payload: Vec<u8>) {
-    match tokio::time::timeout(
-        PUBLISH_TIMEOUT,
-        client.publish(subject.clone(), payload.into()),
-    )
-    .await
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(%subject, error = %e, "publish failed"),
-        Err(_) => debug!(%subject, "publish dropped: the client's queue is full"),
-    }
-}
-
-/// Decodes a bus message; a bad one is logged and dropped.
-fn decoded<M: BusMessage>(msg: &Message) -> Option<M> {
-    messages::decode(&msg.payload)
-        .inspect_err(|e| debug!(subject = %msg.subject, error = %e, "bad {} dropped", M::KIND))
-        .ok()
-}
-
-/// The next message of `sub`. If the subscription ends (the client was
-/// closed), it is dropped with a warning and this waits forever, so the other
-/// branches of the loop go on until shutdown.
-async fn recv(sub: &mut Option<Subscriber>, what: &str) -> Message {
-    if let Some(s) = sub {
-        if let Some(msg) = s.next().await {
-            return msg;
-        }
-        warn!("subscription to {what} ended (the client was closed)");
-        *sub = None;
-    }
-    std::future::pending().await
-}
-
-/// Resolves when `shutdown` turns true or its sender is gone.
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    // An error means the sender was dropped: nobody can tell us to stop any
-    // more, which is taken as the order to stop.
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-/// A timer ticking every `period`, at once first; a late tick does not cause a
-/// burst of catch-up ticks.
-fn ticker(period: Duration) -> tokio::time::Interval {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    tick
 }
 
 #[cfg(test)]

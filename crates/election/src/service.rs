@@ -1,4 +1,4 @@
-//! The NATS driver around the election [`Machine`](crate::Machine).
+//! The NATS driver around the election [`Machine`].
 //!
 //! Plumbing only: it turns heartbeats, the heartbeat service's peer verdicts,
 //! the lease entry's KV watch, operator requests and timers into
@@ -7,13 +7,14 @@
 //! revision otherwise) and bus publishes. Every rule lives in the core.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, kv, stream};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
+use understudy_bus::unix_ms;
 use understudy_protocol::messages::{
     self, ControlOp, ControlReply, ControlRequest, ElectionEvent, ElectionState, Heartbeat,
     LeaseRecord, PeerChangeKind, PeerNotice, Trigger,
@@ -107,12 +108,6 @@ pub async fn ensure_events_stream(
     .await
     .map(|_| ())
     .map_err(|e| format!("cannot create stream {}: {e}", subjects::EVENTS_STREAM))
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 struct Driver {
@@ -398,7 +393,7 @@ impl Driver {
                         schema: SCHEMA_VERSION,
                         group: self.cfg.group.clone(),
                         reporter: self.cfg.device.clone(),
-                        at_ms: unix_ms(),
+                        at_ms: unix_ms(SystemTime::now()),
                         kind,
                     };
                     info!(event = ?event.kind, "election event");

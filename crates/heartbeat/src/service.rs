@@ -21,16 +21,16 @@
 //! queued in time is logged at debug level and dropped, and the loop goes on.
 //! Only failing to subscribe at start is an error.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use async_nats::{Client, Message, Subscriber};
-use futures::StreamExt;
+use async_nats::Client;
 use tokio::sync::watch;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
+use understudy_bus::{decoded, publish, recv, stopped, ticker, unix_ms};
 use understudy_protocol::messages::{
-    self, BusMessage, DeviceStatus, ElectionState, Heartbeat, InstanceKind, Leave, PeerChangeKind,
-    PeerNotice, Presence,
+    DeviceStatus, ElectionState, Heartbeat, InstanceKind, Leave, PeerChangeKind, PeerNotice,
+    Presence,
 };
 use understudy_protocol::{
     DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, StatusColour, subjects,
@@ -50,11 +50,6 @@ pub const ELECTION_STATE_WAIT: Duration = Duration::from_secs(2);
 /// After this long without an election state the device stops beating: its
 /// election service is gone, and peers must be able to tell.
 pub const ELECTION_STATE_STALE: Duration = Duration::from_secs(1);
-
-/// The longest a publish may wait to be queued. The client's queue fills up
-/// only when the bus has been down for a long time; the loop must not stall
-/// behind it.
-const PUBLISH_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// The longest the goodbye may take to reach the server on shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -404,64 +399,6 @@ async fn publish_notice(client: &Client, cfg: &HeartbeatConfig, change: &PeerCha
     .await;
 }
 
-/// Publishes `message`; a failure is logged, never returned (the bus may be
-/// down: the next beat tries again).
-async fn publish<M: BusMessage>(client: &Client, subject: String, message: &M) {
-    let payload = messages::encode(message);
-    match tokio::time::timeout(
-        PUBLISH_TIMEOUT,
-        client.publish(subject.clone(), payload.into()),
-    )
-    .await
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(%subject, error = %e, "publish failed"),
-        Err(_) => debug!(%subject, "publish dropped: the client's queue is full"),
-    }
-}
-
-/// Decodes a bus message; a bad one is logged and dropped.
-fn decoded<M: BusMessage>(msg: &Message) -> Option<M> {
-    messages::decode(&msg.payload)
-        .inspect_err(|e| debug!(subject = %msg.subject, error = %e, "bad {} dropped", M::KIND))
-        .ok()
-}
-
-/// The next message of `sub`. If the subscription ends (the client was
-/// closed), it is dropped with a warning and this waits forever, so the other
-/// branches of the loop go on until shutdown.
-async fn recv(sub: &mut Option<Subscriber>, what: &str) -> Message {
-    if let Some(s) = sub {
-        if let Some(msg) = s.next().await {
-            return msg;
-        }
-        warn!("subscription to {what} ended (the client was closed)");
-        *sub = None;
-    }
-    std::future::pending().await
-}
-
-/// Resolves when `shutdown` turns true or its sender is gone.
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    // An error means the sender was dropped: nobody can tell us to stop any
-    // more, which is taken as the order to stop.
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-/// A timer ticking every `period`, at once first; a late tick does not cause a
-/// burst of catch-up ticks.
-fn ticker(period: Duration) -> tokio::time::Interval {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    tick
-}
-
-/// Unix milliseconds of `at`; 0 for a clock set before 1970.
-fn unix_ms(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn millis_u32(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
@@ -469,6 +406,7 @@ fn millis_u32(d: Duration) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
     use understudy_protocol::{Problem, Role, Score, Term};
 
     fn cfg() -> HeartbeatConfig {
