@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
+use async_nats::jetstream;
 use futures::StreamExt;
 use tokio::time::Instant;
 use understudy_protocol::messages::{
@@ -25,7 +26,7 @@ use understudy_protocol::messages::{
 };
 use understudy_protocol::{GroupName, Role, Term, subjects};
 
-use crate::lab::{Proc, nats_binary, scores, spawn_device, start_nats};
+use crate::lab::{Proc, nats_binary, scores, spawn_device, spawn_device_with, start_nats};
 use crate::settings::{connect, parse_duration};
 
 /// `understudy bench …`
@@ -33,6 +34,26 @@ use crate::settings::{connect, parse_duration};
 pub enum BenchCmd {
     /// Failover, hand-over and cold-start times.
     Failover(FailoverArgs),
+    /// A 3-node NATS cluster losing one node at a time: how long the group
+    /// is without a server, and whether two servers ever overlap.
+    Cluster(ClusterArgs),
+}
+
+/// `understudy bench cluster` settings.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// Devices in the group.
+    #[arg(long, default_value_t = 5)]
+    devices: usize,
+    /// Node kills (each node in turn, restarted after the group recovered).
+    #[arg(long, default_value_t = 6)]
+    rounds: usize,
+    /// The nats-server binary [default: $UNDERSTUDY_NATS_SERVER, .tools/bin/nats-server, PATH].
+    #[arg(long, env = "UNDERSTUDY_NATS_SERVER")]
+    nats_server: Option<PathBuf>,
+    /// Folder for logs and the NATS stores.
+    #[arg(long, default_value = ".bench-cluster")]
+    dir: PathBuf,
 }
 
 /// `understudy bench failover` settings.
@@ -158,7 +179,204 @@ fn summary(name: &str, mut v: Vec<f64>) -> String {
 
 /// Runs the benchmark and prints its figures.
 pub async fn run(cmd: BenchCmd) -> Result<()> {
-    let BenchCmd::Failover(a) = cmd;
+    match cmd {
+        BenchCmd::Failover(a) => failover(a).await,
+        BenchCmd::Cluster(a) => cluster(a).await,
+    }
+}
+
+fn free_ports(n: usize) -> Result<Vec<u16>> {
+    // Hold every listener until all are chosen, so the ports differ.
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// One node of the benchmark's cluster.
+struct Node {
+    conf: PathBuf,
+    log: PathBuf,
+    port: u16,
+    proc: Option<Proc>,
+}
+
+impl Node {
+    fn start(&mut self, bin: &std::path::Path) -> Result<()> {
+        let log = std::fs::File::create(&self.log)?;
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        self.proc = Some(Proc {
+            name: format!("nats-server :{}", self.port),
+            child,
+        });
+        Ok(())
+    }
+}
+
+async fn cluster_ready(urls: &str, replicas: usize, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let attempt = async {
+            let client = crate::settings::connect_once(urls, "understudy-bench-probe").await?;
+            let js = jetstream::new(client);
+            let name = "understudy-bench-probe";
+            js.create_key_value(jetstream::kv::Config {
+                bucket: name.into(),
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+            js.delete_key_value(name).await.map_err(|e| anyhow!("{e}"))?;
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(())) => return Ok(()),
+            _ if Instant::now() >= deadline => bail!("JetStream not ready within {within:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+async fn cluster(a: ClusterArgs) -> Result<()> {
+    let group: GroupName = "bench".parse()?;
+    let _ = std::fs::remove_dir_all(&a.dir);
+    std::fs::create_dir_all(&a.dir)?;
+    let dir = std::fs::canonicalize(&a.dir)?;
+    let exe = std::env::current_exe().context("cannot find my own binary")?;
+    let bin = nats_binary(a.nats_server.clone())?;
+    let ports = free_ports(6)?;
+    let (client_ports, route_ports) = ports.split_at(3);
+    let routes: Vec<String> = route_ports
+        .iter()
+        .map(|p| format!("\"nats://127.0.0.1:{p}\""))
+        .collect();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let conf = dir.join(format!("n{}.conf", i + 1));
+        let store = dir.join(format!("n{}-store", i + 1));
+        std::fs::write(
+            &conf,
+            format!(
+                "server_name: n{}\nlisten: \"127.0.0.1:{}\"\njetstream {{ store_dir: {:?} }}\ncluster {{\n  name: understudy\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+                i + 1,
+                client_ports[i],
+                store.display().to_string(),
+                route_ports[i],
+                routes.join(", ")
+            ),
+        )?;
+        nodes.push(Node {
+            conf,
+            log: dir.join(format!("n{}.log", i + 1)),
+            port: client_ports[i],
+            proc: None,
+        });
+    }
+    for n in &mut nodes {
+        n.start(&bin)?;
+    }
+    let urls: Vec<String> = client_ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect();
+    let all = urls.join(",");
+    cluster_ready(&all, 3, Duration::from_secs(30)).await?;
+    println!(
+        "understudy bench cluster: {} devices, 3-node NATS cluster (R3 lease bucket), loopback, defaults",
+        a.devices
+    );
+    let scores = scores(a.devices);
+    let mut devices = Vec::new();
+    for (i, s) in scores.iter().enumerate() {
+        devices.push(spawn_device_with(&exe, &dir, &all, group.as_str(), i, *s, &["--replicas", "3"])?);
+    }
+    let client = connect(&all, "understudy-bench").await?;
+    let mut ear = Ear {
+        beats: client.subscribe(subjects::heartbeats(&group)).await?,
+        events: client.subscribe(subjects::election_events(&group)).await?,
+        latest: BTreeMap::new(),
+        log: Vec::new(),
+    };
+    client.flush().await?;
+    ear.pump_until(Duration::from_secs(30), |e| e.converged(a.devices))
+        .await
+        .map_err(|e| anyhow!("the group did not converge on the cluster: {e}"))?;
+
+    let mut without = Vec::new();
+    let mut to_converge = Vec::new();
+    let mut overlaps = 0usize;
+    for r in 0..a.rounds {
+        let victim = r % 3;
+        let t0 = Instant::now();
+        nodes[victim].proc = None; // SIGKILL on drop
+        // Watch until converged again, noting when a server was last seen
+        // before recovery and whether two live servers ever showed at once.
+        let mut last_with_server = t0;
+        let mut gap_start: Option<Instant> = None;
+        let mut longest_gap = Duration::ZERO;
+        let deadline = t0 + Duration::from_secs(60);
+        let converged_at = loop {
+            ear.pump_until(Duration::from_millis(20), |_| None::<()>).await.ok();
+            let now = Instant::now();
+            let live: Vec<&Heartbeat> = ear
+                .latest
+                .values()
+                .filter(|(at, _)| now.duration_since(*at) < Duration::from_millis(350))
+                .map(|(_, h)| h)
+                .collect();
+            let servers: Vec<(String, Term)> = live
+                .iter()
+                .filter(|h| h.role == Role::Server)
+                .map(|h| (h.device.to_string(), h.term))
+                .collect();
+            if servers.len() > 1 {
+                overlaps += 1;
+            }
+            if servers.is_empty() {
+                gap_start.get_or_insert(now);
+            } else if let Some(g) = gap_start.take() {
+                longest_gap = longest_gap.max(now - g);
+                last_with_server = now;
+            }
+            if now > t0 + Duration::from_millis(500) && ear.converged(a.devices).is_some() {
+                break now;
+            }
+            if now > deadline {
+                bail!("the group did not converge within 60 s after losing node n{}", victim + 1);
+            }
+        };
+        let _ = last_with_server;
+        without.push(ms(longest_gap));
+        to_converge.push(ms(converged_at - t0));
+        println!(
+            "  round {}: killed n{}: longest time without a server {:.0} ms, all agree again after {:.0} ms",
+            r + 1,
+            victim + 1,
+            ms(longest_gap),
+            ms(converged_at - t0)
+        );
+        nodes[victim].start(&bin)?;
+        cluster_ready(&all, 3, Duration::from_secs(60)).await?;
+    }
+    println!("{}", summary("longest time without a server", without));
+    println!("{}", summary("node lost -> group agrees again", to_converge));
+    println!("samples with two live servers reported at once: {overlaps}");
+    drop(devices);
+    Ok(())
+}
+
+async fn failover(a: FailoverArgs) -> Result<()> {
     if a.devices < 2 {
         bail!("--devices must be at least 2");
     }

@@ -115,6 +115,19 @@ pub(crate) fn spawn_device(
     i: usize,
     score: u8,
 ) -> Result<Proc> {
+    spawn_device_with(exe, dir, nats, group, i, score, &[])
+}
+
+/// Starts device `dev-<i+1>` with extra `understudy node` arguments.
+pub(crate) fn spawn_device_with(
+    exe: &Path,
+    dir: &Path,
+    nats: &str,
+    group: &str,
+    i: usize,
+    score: u8,
+    extra: &[&str],
+) -> Result<Proc> {
     let name = format!("dev-{}", i + 1);
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
     let child = Command::new(exe)
@@ -131,6 +144,7 @@ pub(crate) fn spawn_device(
             "--nats",
             nats,
         ])
+        .args(extra)
         .env("UNDERSTUDY_LOG", "info")
         .stdout(log.try_clone()?)
         .stderr(log)
