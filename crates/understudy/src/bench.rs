@@ -17,8 +17,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use clap::{Args, Subcommand};
 use async_nats::jetstream;
+use clap::{Args, Subcommand};
 use futures::StreamExt;
 use tokio::time::Instant;
 use understudy_protocol::messages::{
@@ -237,7 +237,9 @@ async fn cluster_ready(urls: &str, replicas: usize, within: Duration) -> Result<
             })
             .await
             .map_err(|e| anyhow!("{e}"))?;
-            js.delete_key_value(name).await.map_err(|e| anyhow!("{e}"))?;
+            js.delete_key_value(name)
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
             anyhow::Ok(())
         };
         match tokio::time::timeout(Duration::from_secs(5), attempt).await {
@@ -299,7 +301,15 @@ async fn cluster(a: ClusterArgs) -> Result<()> {
     let scores = scores(a.devices);
     let mut devices = Vec::new();
     for (i, s) in scores.iter().enumerate() {
-        devices.push(spawn_device_with(&exe, &dir, &all, group.as_str(), i, *s, &["--replicas", "3"])?);
+        devices.push(spawn_device_with(
+            &exe,
+            &dir,
+            &all,
+            group.as_str(),
+            i,
+            *s,
+            &["--replicas", "3"],
+        )?);
     }
     let client = connect(&all, "understudy-bench").await?;
     let mut ear = Ear {
@@ -320,14 +330,15 @@ async fn cluster(a: ClusterArgs) -> Result<()> {
         let victim = r % 3;
         let t0 = Instant::now();
         nodes[victim].proc = None; // SIGKILL on drop
-        // Watch until converged again, noting when a server was last seen
-        // before recovery and whether two live servers ever showed at once.
-        let mut last_with_server = t0;
+        // Watch until converged again, noting the longest stretch with no
+        // live server and whether two live servers ever showed at once.
         let mut gap_start: Option<Instant> = None;
         let mut longest_gap = Duration::ZERO;
         let deadline = t0 + Duration::from_secs(60);
         let converged_at = loop {
-            ear.pump_until(Duration::from_millis(20), |_| None::<()>).await.ok();
+            ear.pump_until(Duration::from_millis(20), |_| None::<()>)
+                .await
+                .ok();
             let now = Instant::now();
             let live: Vec<&Heartbeat> = ear
                 .latest
@@ -347,16 +358,17 @@ async fn cluster(a: ClusterArgs) -> Result<()> {
                 gap_start.get_or_insert(now);
             } else if let Some(g) = gap_start.take() {
                 longest_gap = longest_gap.max(now - g);
-                last_with_server = now;
             }
             if now > t0 + Duration::from_millis(500) && ear.converged(a.devices).is_some() {
                 break now;
             }
             if now > deadline {
-                bail!("the group did not converge within 60 s after losing node n{}", victim + 1);
+                bail!(
+                    "the group did not converge within 60 s after losing node n{}",
+                    victim + 1
+                );
             }
         };
-        let _ = last_with_server;
         without.push(ms(longest_gap));
         to_converge.push(ms(converged_at - t0));
         println!(
@@ -370,7 +382,10 @@ async fn cluster(a: ClusterArgs) -> Result<()> {
         cluster_ready(&all, 3, Duration::from_secs(60)).await?;
     }
     println!("{}", summary("longest time without a server", without));
-    println!("{}", summary("node lost -> group agrees again", to_converge));
+    println!(
+        "{}",
+        summary("node lost -> group agrees again", to_converge)
+    );
     println!("samples with two live servers reported at once: {overlaps}");
     drop(devices);
     Ok(())
