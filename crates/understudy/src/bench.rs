@@ -178,10 +178,34 @@ fn summary(name: &str, mut v: Vec<f64>) -> String {
 }
 
 /// Runs the benchmark and prints its figures.
+///
+/// Ctrl-C or SIGTERM stops it cleanly: dropping the run kills the
+/// nats-servers and devices it started.
 pub async fn run(cmd: BenchCmd) -> Result<()> {
-    match cmd {
-        BenchCmd::Failover(a) => failover(a).await,
-        BenchCmd::Cluster(a) => cluster(a).await,
+    let work = async move {
+        match cmd {
+            BenchCmd::Failover(a) => failover(a).await,
+            BenchCmd::Cluster(a) => cluster(a).await,
+        }
+    };
+    tokio::select! {
+        r = work => r,
+        _ = interrupted() => Err(anyhow!("interrupted; stopped the processes it started")),
+    }
+}
+
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
