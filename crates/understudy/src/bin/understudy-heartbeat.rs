@@ -1,0 +1,9 @@
+//! `understudy-heartbeat`: the heartbeat service of one device, as its own process
+//! (`understudy node --services heartbeat` under another name). Takes the same
+//! arguments as `understudy node`.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    understudy::service_main("heartbeat")
+}

@@ -1,0 +1,166 @@
+//! The `understudy` command line as a library, so the `understudy` binary and
+//! the one-service binaries (`understudy-election`, `understudy-heartbeat`,
+//! `understudy-discovery`) share it. Every command talks to the group only
+//! through NATS (`--nats`, env `UNDERSTUDY_NATS`).
+
+mod bench;
+mod ctl;
+mod lab;
+mod nic;
+mod node;
+mod settings;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Keeps a project group's server running: elect by score, fail over fast.
+#[derive(Debug, Parser)]
+#[command(name = "understudy", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where NATS is, for every command.
+#[derive(Debug, Clone, Args)]
+struct Bus {
+    /// NATS server(s), comma-separated.
+    #[arg(
+        long,
+        env = "UNDERSTUDY_NATS",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
+    nats: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one device: discovery, heartbeat and election in one process.
+    Node(node::NodeArgs),
+    /// Show a group's devices, server, term and counts.
+    Status {
+        /// The project group.
+        #[arg(long, env = "UNDERSTUDY_GROUP")]
+        group: String,
+        /// Print the stable JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        bus: Bus,
+    },
+    /// Read or set a device's score (setting one triggers an election).
+    Score {
+        #[command(subcommand)]
+        action: ctl::ScoreCmd,
+    },
+    /// Elections: trigger one.
+    Election {
+        #[command(subcommand)]
+        action: ctl::ElectionCmd,
+    },
+    /// Take a device online.
+    Online(ctl::DeviceArgs),
+    /// Take a device offline.
+    Offline(ctl::DeviceArgs),
+    /// Follow a group's election events (replays the last ones first).
+    Events {
+        /// The project group.
+        #[arg(long, env = "UNDERSTUDY_GROUP")]
+        group: String,
+        /// How many past events to replay before following live ones.
+        #[arg(long, default_value_t = 20)]
+        last: u64,
+        /// Print each event as its JSON message.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many events (default: follow forever).
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        bus: Bus,
+    },
+    /// Start a local lab: a nats-server and N devices, with elections live.
+    Lab(lab::LabArgs),
+    /// Measure failover, hand-over and cold-start times (prints figures).
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCmd,
+    },
+}
+
+/// Runs the command line given in `args` (the first item is the program name).
+pub fn main_with<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // Services log what they do; one-shot commands only warnings.
+    let default_level = match cli.command {
+        Command::Node(_) | Command::Lab(_) | Command::Bench { .. } => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("UNDERSTUDY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Node(args) => node::run(args).await,
+            Command::Status { group, json, bus } => ctl::status(&bus.nats, &group, json).await,
+            Command::Score { action } => ctl::score(action).await,
+            Command::Election { action } => ctl::election(action).await,
+            Command::Online(d) => ctl::set_online(d, true).await,
+            Command::Offline(d) => ctl::set_online(d, false).await,
+            Command::Events {
+                group,
+                last,
+                json,
+                count,
+                bus,
+            } => ctl::events(&bus.nats, &group, last, json, count).await,
+            Command::Lab(args) => lab::run(args).await,
+            Command::Bench { what } => bench::run(what).await,
+        }
+    });
+    // Do not wait on stuck background work (a DNS lookup or connect to a bus
+    // that is gone) once the command is done.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one of a device's services alone, as its own process: the same as
+/// `understudy node --services <service> …` with the rest of the arguments.
+pub fn service_main(service: &str) -> ExitCode {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let rest = args.split_off(1.min(args.len()));
+    let mut full: Vec<std::ffi::OsString> = args;
+    full.extend(["node".into(), "--services".into(), service.into()]);
+    full.extend(rest);
+    main_with(full)
+}
