@@ -678,20 +678,7 @@ impl World {
                 self.note(format!("store grants term {rev} to {who:?}"));
             }
             // The watch: every device on the store's side sees the write.
-            for j in 0..self.devs.len() {
-                if self.devs[j].proc.is_some() && self.reaches_store(j) {
-                    let at = self.now + self.delay();
-                    let jinc = self.devs[j].inc;
-                    self.push(
-                        at,
-                        Ev::Deliver {
-                            dev: j,
-                            inc: jinc,
-                            msg: Msg::Lease(current.clone()),
-                        },
-                    );
-                }
-            }
+            self.show_lease(current);
         }
         if self.reaches_store(i) && !self.lost() {
             let at = self.now + self.delay();
@@ -709,6 +696,11 @@ impl World {
     /// A watch that reconnects gets the current value.
     fn resync(&mut self) {
         let current = self.store.current(self.now);
+        self.show_lease(current);
+    }
+
+    /// Delivers a lease value to every running device on the store's side.
+    fn show_lease(&mut self, current: Option<(u64, LeaseRecord)>) {
         for j in 0..self.devs.len() {
             if self.devs[j].proc.is_some() && self.reaches_store(j) {
                 let at = self.now + self.delay();

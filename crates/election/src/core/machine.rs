@@ -606,15 +606,9 @@ impl Machine {
         }
         if now >= renew_at && self.op.is_none() {
             let record = self.record(Some(term), None, true);
-            let id = self.op_id();
-            self.op = Some(Pending {
-                id,
-                kind: OpKind::Renew,
-                sent_at: now,
-                record: record.clone(),
-            });
+            let op = self.start_op(OpKind::Renew, &record, now);
             self.out.push(Action::Renew {
-                op: id,
+                op,
                 revision,
                 record,
             });
@@ -681,18 +675,8 @@ impl Machine {
             None => Expect::Absent,
         };
         let record = self.record(None, None, true);
-        let id = self.op_id();
-        self.op = Some(Pending {
-            id,
-            kind: OpKind::Claim(reason),
-            sent_at: now,
-            record: record.clone(),
-        });
-        self.out.push(Action::Claim {
-            op: id,
-            expect,
-            record,
-        });
+        let op = self.start_op(OpKind::Claim(reason), &record, now);
+        self.out.push(Action::Claim { op, expect, record });
     }
 
     fn won(&mut self, revision: u64, reason: ElectionReason, pending: Pending, now: Duration) {
@@ -740,15 +724,9 @@ impl Machine {
 
     fn send_release(&mut self, revision: u64, term: Term, to: Option<DeviceId>, now: Duration) {
         let record = self.record(Some(term), to, false);
-        let id = self.op_id();
-        self.op = Some(Pending {
-            id,
-            kind: OpKind::Release,
-            sent_at: now,
-            record: record.clone(),
-        });
+        let op = self.start_op(OpKind::Release, &record, now);
         self.out.push(Action::Release {
-            op: id,
+            op,
             revision,
             record,
         });
@@ -878,9 +856,17 @@ impl Machine {
         }
     }
 
-    fn op_id(&mut self) -> OpId {
+    /// Records a store call about to be sent (one at a time) and names it.
+    fn start_op(&mut self, kind: OpKind, record: &LeaseRecord, now: Duration) -> OpId {
         self.next_op += 1;
-        OpId(self.next_op)
+        let id = OpId(self.next_op);
+        self.op = Some(Pending {
+            id,
+            kind,
+            sent_at: now,
+            record: record.clone(),
+        });
+        id
     }
 
     fn publish(&mut self, kind: ElectionEventKind) {
