@@ -45,6 +45,9 @@ pub struct ElectionServiceConfig {
     pub replicas: usize,
     /// How long election events are kept for late subscribers.
     pub events_max_age: Duration,
+    /// Where this device's project-sync gRPC service can be reached
+    /// (`host:port`); written into the lease while this device serves.
+    pub project_addr: Option<String>,
 }
 
 /// Why the election service stopped.
@@ -148,7 +151,7 @@ pub async fn run(
 
     let (tx, mut rx) = mpsc::channel(64);
     let start = Instant::now();
-    let machine = Machine::new(
+    let mut machine = Machine::new(
         cfg.election.clone(),
         cfg.group.clone(),
         cfg.device.clone(),
@@ -158,6 +161,7 @@ pub async fn run(
         cfg.online,
         Duration::ZERO,
     );
+    machine.set_project_addr(cfg.project_addr.clone());
     let mut d = Driver {
         store_timeout: cfg.election.store_timeout,
         cfg,

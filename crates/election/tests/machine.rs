@@ -69,6 +69,7 @@ fn held_by(p: &PeerStatus, term: Option<u64>) -> LeaseRecord {
             instance: p.instance,
             mac: p.mac,
             score: p.score,
+            project_addr: None,
         }),
         term: term.map(Term::from_revision),
         handover_to: None,

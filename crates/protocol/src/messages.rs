@@ -298,6 +298,10 @@ pub struct LeaseHolder {
     pub mac: Mac,
     /// Its score when it wrote the record.
     pub score: Score,
+    /// Where its project-sync gRPC service listens (`host:port`), so clients
+    /// find the server with the lease (issue 4); `None` when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_addr: Option<String>,
 }
 
 /// The value of the lease entry in JetStream KV (key `lease`, bucket per group).
@@ -486,4 +490,150 @@ pub struct Trigger {
 
 impl BusMessage for Trigger {
     const KIND: &'static str = "trigger";
+}
+
+/// One committed project revision, as remembered in [`ProjectHead::recent`]
+/// and announced in [`ProjectEventKind::RevisionCommitted`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionSummary {
+    /// The project revision: 1 for the first change, one more per change.
+    pub revision: u64,
+    /// The term of the server that committed it.
+    pub term: Term,
+    /// The content's SHA-256, lower-case hex.
+    pub sha256: String,
+    /// The content's size in bytes.
+    pub size: u64,
+    /// The device (or tool) that submitted the change.
+    #[serde(default)]
+    pub changed_by: Option<String>,
+    /// The submitter's id for the change, so a resubmission is recognised.
+    #[serde(default)]
+    pub change_id: Option<String>,
+    /// When the server committed it, Unix milliseconds (its wall clock).
+    pub committed_at_ms: u64,
+}
+
+/// The project head: the value of key `head` in the group's project bucket
+/// (JetStream KV `understudy-project-<group>`), changed only by
+/// compare-and-set on the entry's revision (DESIGN.md S2, issue 4).
+///
+/// `term` is the fencing term: a new server rewrites the head with its own
+/// term before it serves, and a server commits only on the KV revision it
+/// last wrote or read, so a deposed server's later commit fails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectHead {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// The group.
+    pub group: GroupName,
+    /// The newest term that fenced or committed the head; never decreases.
+    pub term: Term,
+    /// The current revision; `None` before the first change (empty project).
+    #[serde(default)]
+    pub current: Option<RevisionSummary>,
+    /// The last committed revisions, oldest first, the current one last (at
+    /// most [`ProjectHead::RECENT`]): for recognising a resubmitted change and
+    /// for `understudy project status`.
+    #[serde(default)]
+    pub recent: Vec<RevisionSummary>,
+}
+
+impl ProjectHead {
+    /// How many revisions [`ProjectHead::recent`] keeps.
+    pub const RECENT: usize = 64;
+
+    /// The current revision number (0 for an empty project).
+    pub fn revision(&self) -> u64 {
+        self.current.as_ref().map_or(0, |c| c.revision)
+    }
+}
+
+impl BusMessage for ProjectHead {
+    const KIND: &'static str = "project head";
+}
+
+/// What happened to the project, in a [`ProjectEvent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProjectEventKind {
+    /// A new server fenced the head with its term and serves the project.
+    ServingProject {
+        /// The server.
+        device: DeviceId,
+        /// Its term.
+        term: Term,
+        /// The revision it serves.
+        revision: u64,
+        /// Where its gRPC service listens.
+        #[serde(default)]
+        address: Option<String>,
+    },
+    /// The server committed a change (acknowledged to its submitter).
+    RevisionCommitted {
+        /// The new revision.
+        #[serde(flatten)]
+        revision: RevisionSummary,
+    },
+    /// A device's queued change was refused because the project moved on
+    /// since the revision it was made on; the change is kept on the device.
+    ChangeConflicted {
+        /// The device that holds the change.
+        device: DeviceId,
+        /// The change's id.
+        change_id: String,
+        /// The revision the change was made on.
+        base_revision: u64,
+        /// The server's revision when it refused.
+        head_revision: u64,
+    },
+    /// An event type this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// A project event on `understudy.<group>.events.project`, kept in the
+/// `UNDERSTUDY_EVENTS` stream with the election events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectEvent {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// The group.
+    pub group: GroupName,
+    /// The device that published it.
+    pub reporter: DeviceId,
+    /// The reporter's wall clock, Unix milliseconds.
+    pub at_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: ProjectEventKind,
+}
+
+impl BusMessage for ProjectEvent {
+    const KIND: &'static str = "project event";
+}
+
+/// The project-sync service's state, for the other services of the same
+/// device (`understudy.<group>.local.<device>.project`), published on every
+/// change and once a second.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectState {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// The group.
+    pub group: GroupName,
+    /// The device.
+    pub device: DeviceId,
+    /// The revision of the device's local copy (0 when it has none).
+    pub revision: u64,
+    /// Whether this device serves the project.
+    pub serving: bool,
+    /// Changes queued in the outbox, waiting for a server.
+    pub outbox: u32,
+    /// Changes refused with a conflict, kept for an operator.
+    pub conflicts: u32,
+}
+
+impl BusMessage for ProjectState {
+    const KIND: &'static str = "project state";
 }

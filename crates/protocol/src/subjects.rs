@@ -83,6 +83,27 @@ pub fn lease_bucket(group: &GroupName) -> String {
     format!("understudy-lease-{group}")
 }
 
+/// `understudy.<group>.events.project`: the group's project events (revisions
+/// committed, conflicts, a new server serving).
+pub fn project_events(group: &GroupName) -> String {
+    format!("understudy.{group}.events.project")
+}
+
+/// `understudy.<group>.local.<device>.project`: the project-sync service's
+/// state, for discovery (conflicts turn the device red).
+pub fn local_project(group: &GroupName, device: &DeviceId) -> String {
+    format!("understudy.{group}.local.{device}.project")
+}
+
+/// The JetStream KV bucket that holds a group's project head, and the object
+/// store bucket of the same name that holds the project's content.
+pub fn project_bucket(group: &GroupName) -> String {
+    format!("understudy-project-{group}")
+}
+
+/// The key of the head entry in a group's project bucket.
+pub const PROJECT_HEAD_KEY: &str = "head";
+
 #[cfg(test)]
 mod tests {
     use super::*;

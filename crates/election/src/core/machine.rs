@@ -120,6 +120,8 @@ pub struct Machine {
     operator_trigger: bool,
     lost_reported: Term,
     no_viable_reported: bool,
+    /// The project-sync address written into the lease while serving.
+    project_addr: Option<String>,
     /// The instant of the last event handled.
     now: Duration,
     out: Vec<Action>,
@@ -165,9 +167,17 @@ impl Machine {
             operator_trigger: false,
             lost_reported: Term::ZERO,
             no_viable_reported: false,
+            project_addr: None,
             now,
             out: Vec::new(),
         }
+    }
+
+    /// Names the address of this device's project-sync service, written into
+    /// the lease record whenever this device claims or renews it, so clients
+    /// find the server's gRPC endpoint with the lease (DESIGN.md B11).
+    pub fn set_project_addr(&mut self, addr: Option<String>) {
+        self.project_addr = addr;
     }
 
     /// A one-line account of what the machine believes, for logs: the lease
@@ -850,6 +860,7 @@ impl Machine {
                 instance: self.instance,
                 mac: self.mac,
                 score: self.score,
+                project_addr: self.project_addr.clone(),
             }),
             term,
             handover_to,

@@ -1,0 +1,500 @@
+//! Talking to the group's server: find it with the lease, then fetch, submit
+//! and watch over gRPC. Used by the device driver, the CLI, the tests and the
+//! benchmark.
+//!
+//! The server's address is in the lease record (`project_addr`), so a client
+//! finds the new server after a failover by reading the lease again. Every
+//! reply's term goes through a [`TermGuard`]: a reply from a term older than
+//! the newest seen is dropped as [`ClientError::StaleTerm`].
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use understudy_protocol::messages::{self, LeaseRecord};
+use understudy_protocol::{DeviceId, GroupName, Term, subjects};
+
+use crate::core::TermGuard;
+use crate::local::{CopyMeta, Incoming, LocalCopy, LocalError, sha256_hex};
+use crate::pb;
+
+/// Content is submitted in chunks of this size.
+pub const SUBMIT_CHUNK: usize = 1024 * 1024;
+
+/// The group's server as the lease names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerRef {
+    /// The serving device.
+    pub device: DeviceId,
+    /// Its project-sync address (`host:port`), when it published one.
+    pub address: Option<String>,
+    /// Its term.
+    pub term: Term,
+}
+
+/// Why a call to the server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No device holds the lease.
+    #[error("group {0} has no server")]
+    NoServer(GroupName),
+    /// The server published no project-sync address.
+    #[error("the server {0} publishes no project-sync address")]
+    NoAddress(DeviceId),
+    /// The bus (lease) could not be read.
+    #[error("cannot read the lease: {0}")]
+    Bus(String),
+    /// The server could not be reached.
+    #[error("cannot reach the project server at {address}: {detail}")]
+    Connect {
+        /// Where.
+        address: String,
+        /// Why.
+        detail: String,
+    },
+    /// The device asked is not (or no longer) the server.
+    #[error("{message}")]
+    NotServer {
+        /// The server's words.
+        message: String,
+        /// Who it says serves, when it knows.
+        server: Option<ServerRef>,
+    },
+    /// The reply came from an older term than one already seen.
+    #[error("dropped a reply of term {got}: term {seen} was already seen")]
+    StaleTerm {
+        /// The reply's term.
+        got: Term,
+        /// The newest seen.
+        seen: Term,
+    },
+    /// The server refused the request (bad input, limits) or failed.
+    #[error("{code:?}: {message}")]
+    Rejected {
+        /// The gRPC code.
+        code: Code,
+        /// The server's words.
+        message: String,
+    },
+    /// The reply broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The local copy could not be written.
+    #[error("{0}")]
+    Local(#[from] LocalError),
+}
+
+impl ClientError {
+    /// Whether trying again (later, or after finding the server again) may
+    /// succeed: the server is gone, not serving, or busy.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::NoServer(_)
+            | ClientError::NoAddress(_)
+            | ClientError::Bus(_)
+            | ClientError::Connect { .. }
+            | ClientError::NotServer { .. }
+            | ClientError::StaleTerm { .. } => true,
+            ClientError::Rejected { code, .. } => matches!(
+                code,
+                Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown
+            ),
+            ClientError::Protocol(_) | ClientError::Local(_) => false,
+        }
+    }
+}
+
+impl From<Status> for ClientError {
+    fn from(s: Status) -> ClientError {
+        if s.code() == Code::FailedPrecondition {
+            let md = s.metadata();
+            let get = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let server = match (
+                get("understudy-server").and_then(|d| d.parse::<DeviceId>().ok()),
+                get("understudy-term").and_then(|t| t.parse::<u64>().ok()),
+            ) {
+                (Some(device), Some(term)) => Some(ServerRef {
+                    device,
+                    address: get("understudy-server-address"),
+                    term: Term::from_revision(term),
+                }),
+                _ => None,
+            };
+            return ClientError::NotServer {
+                message: s.message().to_string(),
+                server,
+            };
+        }
+        ClientError::Rejected {
+            code: s.code(),
+            message: s.message().to_string(),
+        }
+    }
+}
+
+/// The server named by the group's lease, read from JetStream KV; `None`
+/// when nobody holds it. `timeout` bounds the read.
+pub async fn find_server(
+    js: &jetstream::Context,
+    group: &GroupName,
+    timeout: Duration,
+) -> Result<Option<ServerRef>, ClientError> {
+    let read = async {
+        let store = js
+            .get_key_value(subjects::lease_bucket(group))
+            .await
+            .map_err(|e| ClientError::Bus(e.to_string()))?;
+        let entry = store
+            .entry(subjects::LEASE_KEY)
+            .await
+            .map_err(|e| ClientError::Bus(e.to_string()))?;
+        Ok(entry.and_then(|e| lease_server(&e)))
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| ClientError::Bus(format!("JetStream did not answer within {timeout:?}")))?
+}
+
+/// The server a lease KV entry names, if any.
+pub fn lease_server(entry: &kv::Entry) -> Option<ServerRef> {
+    if entry.operation != kv::Operation::Put {
+        return None;
+    }
+    let rec = messages::decode::<LeaseRecord>(&entry.value).ok()?;
+    let term = rec.term_at(entry.revision);
+    let holder = rec.holder?;
+    Some(ServerRef {
+        device: holder.device,
+        address: holder.project_addr,
+        term,
+    })
+}
+
+/// What a fetch brought.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// The client already had the head revision.
+    UpToDate(pb::Revision),
+    /// The head revision's content, verified.
+    Content(pb::Revision, Vec<u8>),
+}
+
+/// What a submit ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    /// Committed: acknowledged and durable.
+    Committed(pb::Revision),
+    /// Committed before (the same change id): nothing applied again.
+    AlreadyCommitted(pb::Revision),
+    /// Refused: the project moved on since the base; nothing applied.
+    Conflict(pb::Revision),
+}
+
+/// A change to submit.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The revision it was made on.
+    pub base_revision: u64,
+    /// Who makes it.
+    pub changed_by: String,
+    /// Its id (1–64 of A–Z a–z 0–9 _ -).
+    pub change_id: String,
+    /// The new content.
+    pub data: Bytes,
+}
+
+/// A connection to one group's server.
+#[derive(Clone)]
+pub struct ProjectClient {
+    group: GroupName,
+    server: ServerRef,
+    rpc: pb::project_client::ProjectClient<Channel>,
+    guard: TermGuard,
+}
+
+impl ProjectClient {
+    /// Connects to `server` (bounded by `timeout`). HTTP/2 keep-alives find a
+    /// server that stopped answering within about two seconds.
+    pub async fn connect(
+        group: &GroupName,
+        server: ServerRef,
+        timeout: Duration,
+    ) -> Result<ProjectClient, ClientError> {
+        let address = server
+            .address
+            .clone()
+            .ok_or_else(|| ClientError::NoAddress(server.device.clone()))?;
+        let connect_err = |detail: String| ClientError::Connect {
+            address: address.clone(),
+            detail,
+        };
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| connect_err(e.to_string()))?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(1))
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(Some(4 * 1024 * 1024))
+            .initial_connection_window_size(Some(16 * 1024 * 1024));
+        let channel = tokio::time::timeout(timeout, endpoint.connect())
+            .await
+            .map_err(|_| connect_err(format!("no connection within {timeout:?}")))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        let rpc = pb::project_client::ProjectClient::new(channel)
+            .max_decoding_message_size(4 * 1024 * 1024)
+            .max_encoding_message_size(4 * 1024 * 1024);
+        let mut guard = TermGuard::new();
+        guard.observe(server.term);
+        Ok(ProjectClient {
+            group: group.clone(),
+            server,
+            rpc,
+            guard,
+        })
+    }
+
+    /// The server this client talks to.
+    pub fn server(&self) -> &ServerRef {
+        &self.server
+    }
+
+    /// The newest term seen.
+    pub fn seen_term(&self) -> Term {
+        self.guard.seen()
+    }
+
+    /// Remembers a newer term learnt elsewhere (the lease).
+    pub fn observe_term(&mut self, term: Term) {
+        self.guard.observe(term);
+    }
+
+    fn check_term(&mut self, term: u64) -> Result<(), ClientError> {
+        let got = Term::from_revision(term);
+        if self.guard.accept(got) {
+            Ok(())
+        } else {
+            Err(ClientError::StaleTerm {
+                got,
+                seen: self.guard.seen(),
+            })
+        }
+    }
+
+    /// The server's head.
+    pub async fn describe(&mut self) -> Result<pb::DescribeReply, ClientError> {
+        let reply = self
+            .rpc
+            .describe(pb::DescribeRequest {
+                group: self.group.to_string(),
+                seen_term: self.guard.seen().get(),
+            })
+            .await?
+            .into_inner();
+        self.check_term(reply.term)?;
+        Ok(reply)
+    }
+
+    /// The head's content in memory, unless `have` is already the head.
+    pub async fn fetch(&mut self, have: Option<(u64, &str)>) -> Result<Fetched, ClientError> {
+        let mut stream = self
+            .rpc
+            .fetch(pb::FetchRequest {
+                group: self.group.to_string(),
+                seen_term: self.guard.seen().get(),
+                have_revision: have.map_or(0, |h| h.0),
+                have_sha256: have.map_or(String::new(), |h| h.1.to_string()),
+                resume_revision: 0,
+                offset: 0,
+            })
+            .await?
+            .into_inner();
+        let mut head: Option<pb::Revision> = None;
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            self.check_term(chunk.term)?;
+            if let Some(h) = chunk.head {
+                if chunk.up_to_date {
+                    return Ok(Fetched::UpToDate(h));
+                }
+                data.reserve(h.size.min(256 * 1024 * 1024) as usize);
+                head = Some(h);
+            }
+            let Some(h) = &head else {
+                return Err(ClientError::Protocol("content before the head".into()));
+            };
+            if chunk.offset != data.len() as u64 || data.len() as u64 + chunk.data.len() as u64 > h.size
+            {
+                return Err(ClientError::Protocol(format!(
+                    "chunk at {} (len {}) does not follow byte {} of {}",
+                    chunk.offset,
+                    chunk.data.len(),
+                    data.len(),
+                    h.size
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let head = head.ok_or_else(|| ClientError::Protocol("empty fetch".into()))?;
+        verify(&head, &data)?;
+        Ok(Fetched::Content(head, data))
+    }
+
+    /// Brings `local` to the head revision, resuming a partial download of
+    /// the same revision; returns the copy's meta.
+    pub async fn fetch_into(&mut self, local: &LocalCopy) -> Result<CopyMeta, ClientError> {
+        let have = local.current_unverified()?;
+        // A partial download of the head, if one is there, is resumed.
+        let described = self.describe().await?;
+        let head = described
+            .head
+            .ok_or_else(|| ClientError::Protocol("describe without a head".into()))?;
+        let target = meta_of(&head);
+        if have.as_ref() == Some(&target) {
+            return Ok(target);
+        }
+        let mut incoming: Incoming = local.begin(&target)?;
+        let mut stream = self
+            .rpc
+            .fetch(pb::FetchRequest {
+                group: self.group.to_string(),
+                seen_term: self.guard.seen().get(),
+                have_revision: have.as_ref().map_or(0, |h| h.revision),
+                have_sha256: have.as_ref().map_or(String::new(), |h| h.sha256.clone()),
+                resume_revision: target.revision,
+                offset: incoming.offset(),
+            })
+            .await?
+            .into_inner();
+        let mut started = false;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            self.check_term(chunk.term)?;
+            if let Some(h) = chunk.head {
+                if chunk.up_to_date {
+                    return Ok(meta_of(&h));
+                }
+                let meta = meta_of(&h);
+                if meta != target || chunk.offset != incoming.offset() {
+                    // The head moved on (or the server restarted the
+                    // transfer): start over on the new revision.
+                    drop(incoming);
+                    incoming = local.begin(&meta)?;
+                    if chunk.offset != incoming.offset() {
+                        drop(incoming);
+                        incoming = restart(local, &meta)?;
+                    }
+                }
+                started = true;
+            }
+            if !started || chunk.offset != incoming.offset() {
+                return Err(ClientError::Protocol(format!(
+                    "chunk at {} does not follow byte {}",
+                    chunk.offset,
+                    incoming.offset()
+                )));
+            }
+            incoming.write(&chunk.data)?;
+        }
+        let meta = incoming.meta().clone();
+        incoming.finish()?;
+        Ok(meta)
+    }
+
+    /// Submits a change.
+    pub async fn submit(&mut self, change: Change) -> Result<Submitted, ClientError> {
+        let header = pb::SubmitHeader {
+            group: self.group.to_string(),
+            seen_term: self.guard.seen().get(),
+            changed_by: change.changed_by,
+            change_id: change.change_id,
+            base_revision: change.base_revision,
+            size: change.data.len() as u64,
+            sha256: sha256_hex(&change.data),
+        };
+        let data = change.data;
+        let mut parts = vec![pb::SubmitChunk {
+            part: Some(pb::submit_chunk::Part::Header(header)),
+        }];
+        let mut off = 0;
+        while off < data.len() {
+            let end = (off + SUBMIT_CHUNK).min(data.len());
+            parts.push(pb::SubmitChunk {
+                part: Some(pb::submit_chunk::Part::Data(data.slice(off..end))),
+            });
+            off = end;
+        }
+        let reply = self
+            .rpc
+            .submit(futures::stream::iter(parts))
+            .await?
+            .into_inner();
+        self.check_term(reply.term)?;
+        match reply.outcome {
+            Some(pb::submit_reply::Outcome::Committed(r)) => Ok(Submitted::Committed(r)),
+            Some(pb::submit_reply::Outcome::AlreadyCommitted(r)) => {
+                Ok(Submitted::AlreadyCommitted(r))
+            }
+            Some(pb::submit_reply::Outcome::Conflict(r)) => Ok(Submitted::Conflict(r)),
+            None => Err(ClientError::Protocol("a submit reply without an outcome".into())),
+        }
+    }
+
+    /// Every new revision after `after_revision`, as the server commits them.
+    pub async fn watch(
+        &mut self,
+        after_revision: u64,
+    ) -> Result<tonic::Streaming<pb::WatchEvent>, ClientError> {
+        Ok(self
+            .rpc
+            .watch(pb::WatchRequest {
+                group: self.group.to_string(),
+                seen_term: self.guard.seen().get(),
+                after_revision,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Checks a watch event's term; `Err(StaleTerm)` when it must be dropped.
+    pub fn accept_event(&mut self, event: &pb::WatchEvent) -> Result<(), ClientError> {
+        self.check_term(event.term)
+    }
+}
+
+fn restart(local: &LocalCopy, meta: &CopyMeta) -> Result<Incoming, ClientError> {
+    // Drop any partial of this revision and begin from byte 0.
+    let partial = local
+        .dir()
+        .join(format!("partial-{}-{}", meta.revision, meta.sha256));
+    let _ = std::fs::remove_file(partial);
+    Ok(local.begin(meta)?)
+}
+
+/// The local-copy meta of a revision.
+pub fn meta_of(r: &pb::Revision) -> CopyMeta {
+    CopyMeta {
+        revision: r.revision,
+        committed_term: r.committed_term,
+        sha256: r.sha256.clone(),
+        size: r.size,
+    }
+}
+
+fn verify(head: &pb::Revision, data: &[u8]) -> Result<(), ClientError> {
+    let actual = sha256_hex(data);
+    if data.len() as u64 != head.size || actual != head.sha256 {
+        return Err(ClientError::Protocol(format!(
+            "revision {} arrived as {} bytes hashing to {actual}, not {} bytes hashing to {}",
+            head.revision,
+            data.len(),
+            head.size,
+            head.sha256
+        )));
+    }
+    Ok(())
+}

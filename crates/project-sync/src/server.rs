@@ -1,0 +1,646 @@
+//! The gRPC service of the elected device (`understudy.v1.Project`).
+//!
+//! Every device runs it, but only the device that won the lease *and* fenced
+//! the project head with its term answers project calls; any other answers
+//! `FAILED_PRECONDITION` naming the server it knows (trailers
+//! `understudy-server`, `understudy-server-address`, `understudy-term`).
+//!
+//! A change is acknowledged only after its content is in the object store and
+//! the head names it, written by compare-and-set on the KV revision this
+//! server last wrote ([`crate::core::commit`]). A refused compare-and-set
+//! means a newer server fenced the head: this one stops serving at once. A
+//! commit is also refused when the election service has not confirmed the
+//! lease recently (a process that was paused must not act on an old belief).
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+use understudy_bus::unix_ms;
+use understudy_protocol::messages::{
+    self, ProjectEvent, ProjectEventKind, ProjectHead, RevisionSummary,
+};
+use understudy_protocol::{DeviceId, GroupName, SCHEMA_VERSION, Term, subjects};
+
+use crate::client::ServerRef;
+use crate::core::{self, ChangeMeta, CommitDecision, FenceDecision, Upload, UploadError};
+use crate::local::valid_change_id;
+use crate::pb::{self, submit_chunk::Part};
+use crate::store::{CasError, ProjectStore, StoreError};
+
+/// Content is streamed to clients in chunks of this size.
+pub const FETCH_CHUNK: usize = 1024 * 1024;
+
+/// How long a confirmation from the election service that this device holds
+/// the lease stays good for commits (it confirms four times a second).
+pub const CONFIRM_FRESH: Duration = Duration::from_millis(800);
+
+/// How many recent revisions keep their content in the object store.
+const KEEP_CONTENT: usize = 4;
+
+/// What this device serves, once fenced.
+#[derive(Clone)]
+pub struct Snapshot {
+    /// The lease term this device serves under.
+    pub term: Term,
+    /// The head's KV revision this server last wrote or read.
+    pub kv_revision: u64,
+    /// The head.
+    pub head: ProjectHead,
+    /// The content of the head's revision.
+    pub content: Bytes,
+    store: ProjectStore,
+}
+
+impl Snapshot {
+    /// A snapshot of a fenced head.
+    pub fn new(
+        term: Term,
+        kv_revision: u64,
+        head: ProjectHead,
+        content: Bytes,
+        store: ProjectStore,
+    ) -> Snapshot {
+        Snapshot {
+            term,
+            kv_revision,
+            head,
+            content,
+            store,
+        }
+    }
+}
+
+/// Settings of the gRPC service.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The group served.
+    pub group: GroupName,
+    /// This device.
+    pub device: DeviceId,
+    /// The largest project accepted, in bytes.
+    pub max_size: u64,
+}
+
+struct Shared {
+    cfg: ServerConfig,
+    serving: watch::Sender<Option<Arc<Snapshot>>>,
+    commit: tokio::sync::Mutex<()>,
+    known: Mutex<Option<ServerRef>>,
+    confirmed: Mutex<Option<(Term, Instant)>>,
+    events: Option<async_nats::Client>,
+}
+
+/// The `understudy.v1.Project` service of one device.
+#[derive(Clone)]
+pub struct ProjectService {
+    shared: Arc<Shared>,
+}
+
+/// Why a new server could not fence the head.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    /// A newer term already holds the head.
+    #[error("deposed before serving: the head carries term {0}")]
+    Deposed(Term),
+    /// The store did not answer or refused.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// Other writers kept moving the head.
+    #[error("the head kept changing while fencing")]
+    Contended,
+}
+
+/// Fences the head with `term` (DESIGN.md "Fast and fenced takeover") and
+/// loads the head's content: what a new server does before it serves.
+pub async fn fence_and_load(
+    store: &ProjectStore,
+    group: &GroupName,
+    term: Term,
+) -> Result<Snapshot, FenceError> {
+    for _ in 0..10 {
+        let current = store.read_head().await?;
+        let (kv_revision, head) = match core::fence(current.as_ref().map(|(_, h)| h), group, term)
+        {
+            FenceDecision::Deposed { head_term } => return Err(FenceError::Deposed(head_term)),
+            FenceDecision::AlreadyFenced => match current {
+                Some(c) => c,
+                None => return Err(FenceError::Contended),
+            },
+            FenceDecision::Write(head) => {
+                let written = match &current {
+                    None => store.create_head(&head).await,
+                    Some((rev, _)) => store.update_head(&head, *rev).await,
+                };
+                match written {
+                    Ok(rev) => (rev, head),
+                    Err(CasError::Conflict) => continue,
+                    Err(CasError::Failed(e)) => return Err(e.into()),
+                }
+            }
+        };
+        let content = match &head.current {
+            None => Bytes::new(),
+            Some(r) => Bytes::from(store.get_content(&r.sha256, r.size).await?),
+        };
+        return Ok(Snapshot::new(
+            term,
+            kv_revision,
+            head,
+            content,
+            store.clone(),
+        ));
+    }
+    Err(FenceError::Contended)
+}
+
+fn to_pb(r: &RevisionSummary) -> pb::Revision {
+    pb::Revision {
+        revision: r.revision,
+        committed_term: r.term.get(),
+        size: r.size,
+        sha256: r.sha256.clone(),
+        changed_by: r.changed_by.clone().unwrap_or_default(),
+        change_id: r.change_id.clone().unwrap_or_default(),
+        committed_at_ms: r.committed_at_ms,
+    }
+}
+
+/// The head's current revision as a gRPC message (revision 0 when empty).
+pub fn head_to_pb(head: &ProjectHead) -> pb::Revision {
+    head.current.as_ref().map(to_pb).unwrap_or(pb::Revision {
+        sha256: crate::local::sha256_hex(b""),
+        ..Default::default()
+    })
+}
+
+fn upload_status(e: UploadError) -> Status {
+    match e {
+        UploadError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl ProjectService {
+    /// A service that does not serve until [`ProjectService::start_serving`].
+    /// `events` publishes project events on the bus when given.
+    pub fn new(cfg: ServerConfig, events: Option<async_nats::Client>) -> ProjectService {
+        let (serving, _) = watch::channel(None);
+        ProjectService {
+            shared: Arc::new(Shared {
+                cfg,
+                serving,
+                commit: tokio::sync::Mutex::new(()),
+                known: Mutex::new(None),
+                confirmed: Mutex::new(None),
+                events,
+            }),
+        }
+    }
+
+    /// The tonic server for this service, with message limits fitted to the
+    /// chunk sizes.
+    pub fn into_server(self) -> pb::project_server::ProjectServer<ProjectService> {
+        pb::project_server::ProjectServer::new(self)
+            .max_decoding_message_size(FETCH_CHUNK * 2 + 4096)
+            .max_encoding_message_size(FETCH_CHUNK * 2 + 4096)
+    }
+
+    /// Serve `snapshot` (fenced) from now on.
+    pub fn start_serving(&self, snapshot: Snapshot) {
+        info!(term = %snapshot.term, revision = snapshot.head.revision(), "serving the project");
+        self.shared.serving.send_replace(Some(Arc::new(snapshot)));
+    }
+
+    /// Stop serving (stepped down, deposed, or the lease cannot be confirmed).
+    pub fn stop_serving(&self, why: &str) {
+        let was = self.shared.serving.send_replace(None);
+        if let Some(s) = was {
+            info!(term = %s.term, why, "stopped serving the project");
+        }
+    }
+
+    /// The term served, if any.
+    pub fn serving_term(&self) -> Option<Term> {
+        self.shared.serving.borrow().as_ref().map(|s| s.term)
+    }
+
+    /// The snapshot served, if any.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.shared.serving.borrow().clone()
+    }
+
+    /// The election service says, at `at`, that this device holds the lease
+    /// with `term`.
+    pub fn confirm(&self, term: Term, at: Instant) {
+        if let Ok(mut c) = self.shared.confirmed.lock() {
+            *c = Some((term, at));
+        }
+    }
+
+    /// Who serves the group, as the lease says (for "not the server" answers).
+    pub fn set_known_server(&self, server: Option<ServerRef>) {
+        if let Ok(mut k) = self.shared.known.lock() {
+            *k = server;
+        }
+    }
+
+    fn confirmed_for(&self, term: Term) -> bool {
+        self.shared
+            .confirmed
+            .lock()
+            .ok()
+            .and_then(|c| *c)
+            .is_some_and(|(t, at)| t == term && at.elapsed() < CONFIRM_FRESH)
+    }
+
+    fn not_server(&self, why: &str) -> Status {
+        let known = self.shared.known.lock().ok().and_then(|k| k.clone());
+        let who = match &known {
+            Some(s) if s.device != self.shared.cfg.device => format!(
+                "; the server is {} at {} (term {})",
+                s.device,
+                s.address.as_deref().unwrap_or("an unknown address"),
+                s.term
+            ),
+            _ => "; no server is known".to_string(),
+        };
+        let mut status = Status::failed_precondition(format!(
+            "{} does not serve group {}: {why}{who}",
+            self.shared.cfg.device, self.shared.cfg.group
+        ));
+        if let Some(s) = known.filter(|s| s.device != self.shared.cfg.device) {
+            let md = status.metadata_mut();
+            if let Ok(v) = MetadataValue::try_from(s.device.to_string()) {
+                md.insert("understudy-server", v);
+            }
+            if let Some(Ok(v)) = s.address.map(MetadataValue::try_from) {
+                md.insert("understudy-server-address", v);
+            }
+            if let Ok(v) = MetadataValue::try_from(s.term.get().to_string()) {
+                md.insert("understudy-term", v);
+            }
+        }
+        status
+    }
+
+    /// The snapshot to answer from, after the checks every call makes: the
+    /// right group, this device serving, and no newer term seen by the client.
+    fn serving_for(&self, group: &str, seen_term: u64) -> Result<Arc<Snapshot>, Status> {
+        let group: GroupName = group
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("{e}")))?;
+        if group != self.shared.cfg.group {
+            return Err(Status::permission_denied(format!(
+                "this device serves group {}, not {group}",
+                self.shared.cfg.group
+            )));
+        }
+        let Some(snap) = self.snapshot() else {
+            return Err(self.not_server("it is not the elected server"));
+        };
+        if seen_term > snap.term.get() {
+            return Err(self.not_server(&format!(
+                "its term {} is older than the term {seen_term} the client has seen",
+                snap.term
+            )));
+        }
+        Ok(snap)
+    }
+
+    async fn publish(&self, kind: ProjectEventKind) {
+        let Some(client) = &self.shared.events else {
+            return;
+        };
+        let event = ProjectEvent {
+            schema: SCHEMA_VERSION,
+            group: self.shared.cfg.group.clone(),
+            reporter: self.shared.cfg.device.clone(),
+            at_ms: unix_ms(SystemTime::now()),
+            kind,
+        };
+        let subject = subjects::project_events(&self.shared.cfg.group);
+        if let Err(e) = client
+            .publish(subject, messages::encode(&event).into())
+            .await
+        {
+            debug!("cannot publish a project event: {e}");
+        }
+    }
+
+    async fn commit(&self, meta: ChangeMeta, data: Vec<u8>) -> Result<pb::SubmitReply, Status> {
+        let _one_at_a_time = self.shared.commit.lock().await;
+        let Some(snap) = self.snapshot() else {
+            return Err(self.not_server("it stopped serving"));
+        };
+        let reply = |outcome| pb::SubmitReply {
+            term: snap.term.get(),
+            outcome: Some(outcome),
+        };
+        if !self.confirmed_for(snap.term) {
+            return Err(Status::unavailable(
+                "this server cannot confirm it still holds the lease; nothing was committed, try again",
+            ));
+        }
+        let now_ms = unix_ms(SystemTime::now());
+        let (head, revision) = match core::commit(&snap.head, snap.term, &meta, now_ms) {
+            CommitDecision::Deposed { head_term } => {
+                self.stop_serving("deposed");
+                return Err(self.not_server(&format!("it was deposed by term {head_term}")));
+            }
+            CommitDecision::Conflict { current } => {
+                return Ok(reply(pb::submit_reply::Outcome::Conflict(
+                    current.as_ref().map(to_pb).unwrap_or_else(|| head_to_pb(&snap.head)),
+                )));
+            }
+            CommitDecision::AlreadyCommitted(r) => {
+                return Ok(reply(pb::submit_reply::Outcome::AlreadyCommitted(to_pb(
+                    &r,
+                ))));
+            }
+            CommitDecision::Apply { head, revision } => (head, revision),
+        };
+        if let Err(e) = snap.store.put_content(&revision.sha256, &data).await {
+            warn!("cannot store a change's content: {e}");
+            return Err(Status::unavailable(format!(
+                "cannot store the change: {e}; nothing was committed"
+            )));
+        }
+        match snap.store.update_head(&head, snap.kv_revision).await {
+            Ok(kv_revision) => {
+                let next = Snapshot {
+                    kv_revision,
+                    head,
+                    content: Bytes::from(data),
+                    ..(*snap).clone()
+                };
+                self.installed(next, &revision).await;
+                Ok(reply(pb::submit_reply::Outcome::Committed(to_pb(&revision))))
+            }
+            Err(CasError::Conflict) => {
+                warn!(term = %snap.term, "the head was fenced by a newer server: deposed");
+                self.stop_serving("deposed: the head's compare-and-set was refused");
+                Err(self.not_server("a newer server fenced the project head; nothing was committed"))
+            }
+            Err(CasError::Failed(e)) => {
+                // The write may or may not have landed: read the head to know.
+                match snap.store.read_head().await {
+                    Ok(Some((rev, h)))
+                        if h.term == snap.term && h.current.as_ref() == Some(&revision) =>
+                    {
+                        let next = Snapshot {
+                            kv_revision: rev,
+                            head: h,
+                            content: Bytes::from(data),
+                            ..(*snap).clone()
+                        };
+                        self.installed(next, &revision).await;
+                        Ok(reply(pb::submit_reply::Outcome::Committed(to_pb(&revision))))
+                    }
+                    Ok(Some((rev, h))) if h.term == snap.term && h.current == snap.head.current => {
+                        let next = Snapshot {
+                            kv_revision: rev,
+                            head: h,
+                            ..(*snap).clone()
+                        };
+                        self.shared.serving.send_replace(Some(Arc::new(next)));
+                        Err(Status::unavailable(format!(
+                            "cannot commit: {e}; nothing was committed, try again"
+                        )))
+                    }
+                    _ => {
+                        self.stop_serving("the head cannot be read after a failed commit");
+                        Err(Status::unavailable(format!(
+                            "the commit's outcome is unknown ({e}); resubmit with the same change_id"
+                        )))
+                    }
+                }
+            }
+        }
+    }
+
+    async fn installed(&self, next: Snapshot, revision: &RevisionSummary) {
+        info!(revision = revision.revision, term = %next.term, size = revision.size, by = ?revision.changed_by, "committed");
+        let keep: BTreeSet<String> = next
+            .head
+            .recent
+            .iter()
+            .rev()
+            .take(KEEP_CONTENT)
+            .map(|r| r.sha256.clone())
+            .collect();
+        let store = next.store.clone();
+        self.shared.serving.send_replace(Some(Arc::new(next)));
+        self.publish(ProjectEventKind::RevisionCommitted {
+            revision: revision.clone(),
+        })
+        .await;
+        if revision.revision % 16 == 0 {
+            tokio::spawn(async move {
+                match store.prune(&keep).await {
+                    Ok(n) if n > 0 => debug!(removed = n, "pruned old project content"),
+                    Ok(_) => {}
+                    Err(e) => debug!("cannot prune old project content: {e}"),
+                }
+            });
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::project_server::Project for ProjectService {
+    async fn describe(
+        &self,
+        request: Request<pb::DescribeRequest>,
+    ) -> Result<Response<pb::DescribeReply>, Status> {
+        let req = request.into_inner();
+        let snap = self.serving_for(&req.group, req.seen_term)?;
+        Ok(Response::new(pb::DescribeReply {
+            term: snap.term.get(),
+            server: self.shared.cfg.device.to_string(),
+            head: Some(head_to_pb(&snap.head)),
+            max_size: self.shared.cfg.max_size,
+        }))
+    }
+
+    type FetchStream = BoxStream<pb::FetchChunk>;
+
+    async fn fetch(
+        &self,
+        request: Request<pb::FetchRequest>,
+    ) -> Result<Response<Self::FetchStream>, Status> {
+        let req = request.into_inner();
+        let snap = self.serving_for(&req.group, req.seen_term)?;
+        let head = head_to_pb(&snap.head);
+        let term = snap.term.get();
+        if req.have_revision == head.revision && req.have_sha256 == head.sha256 {
+            let only = pb::FetchChunk {
+                term,
+                head: Some(head),
+                up_to_date: true,
+                offset: 0,
+                data: Bytes::new(),
+            };
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(only)]))));
+        }
+        let size = snap.content.len() as u64;
+        let start = if req.resume_revision == head.revision && req.resume_revision != 0 {
+            if req.offset > size {
+                return Err(Status::invalid_argument(format!(
+                    "offset {} is past the end of revision {} ({size} bytes)",
+                    req.offset, head.revision
+                )));
+            }
+            req.offset
+        } else {
+            0
+        };
+        let content = snap.content.clone();
+        let mut offsets: Vec<u64> = (start..size).step_by(FETCH_CHUNK).collect();
+        if offsets.is_empty() {
+            offsets.push(start);
+        }
+        let first = offsets[0];
+        let chunks = offsets.into_iter().map(move |off| {
+            let end = (off as usize + FETCH_CHUNK).min(content.len());
+            Ok(pb::FetchChunk {
+                term,
+                head: (off == first).then(|| head.clone()),
+                up_to_date: false,
+                offset: off,
+                data: content.slice(off as usize..end),
+            })
+        });
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
+    async fn submit(
+        &self,
+        request: Request<Streaming<pb::SubmitChunk>>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(pb::SubmitChunk {
+                part: Some(Part::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a submit must be its header",
+                ));
+            }
+        };
+        let snap = self.serving_for(&header.group, header.seen_term)?;
+        drop(snap);
+        if !valid_change_id(&header.change_id) {
+            return Err(Status::invalid_argument(format!(
+                "change_id {:?} is invalid: expected 1–64 of A–Z a–z 0–9 _ -",
+                header.change_id.chars().take(80).collect::<String>()
+            )));
+        }
+        if header.changed_by.len() > 128 {
+            return Err(Status::invalid_argument(
+                "changed_by is longer than 128 bytes",
+            ));
+        }
+        let mut upload = Upload::new(header.size, &header.sha256, self.shared.cfg.max_size)
+            .map_err(upload_status)?;
+        while let Some(chunk) = stream.message().await? {
+            match chunk.part {
+                Some(Part::Data(d)) => upload.push(&d).map_err(upload_status)?,
+                Some(Part::Header(_)) => {
+                    return Err(Status::invalid_argument(
+                        "a submit carries exactly one header",
+                    ));
+                }
+                None => {}
+            }
+        }
+        let data = upload.finish().map_err(upload_status)?;
+        let meta = ChangeMeta {
+            base_revision: header.base_revision,
+            sha256: header.sha256,
+            size: header.size,
+            changed_by: Some(header.changed_by).filter(|s| !s.is_empty()),
+            change_id: Some(header.change_id),
+        };
+        self.commit(meta, data).await.map(Response::new)
+    }
+
+    type WatchStream = BoxStream<pb::WatchEvent>;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        let snap = self.serving_for(&req.group, req.seen_term)?;
+        let term = snap.term;
+        let rx = self.shared.serving.subscribe();
+        let this = self.clone();
+        struct St {
+            rx: watch::Receiver<Option<Arc<Snapshot>>>,
+            last: u64,
+            done: bool,
+            queue: std::collections::VecDeque<pb::WatchEvent>,
+        }
+        let st = St {
+            rx,
+            last: req.after_revision,
+            done: false,
+            queue: Default::default(),
+        };
+        let stream = futures::stream::unfold(st, move |mut st| {
+            let this = this.clone();
+            async move {
+                loop {
+                    if let Some(ev) = st.queue.pop_front() {
+                        return Some((Ok(ev), st));
+                    }
+                    if st.done {
+                        return None;
+                    }
+                    let current = st.rx.borrow_and_update().clone();
+                    match current {
+                        Some(s) if s.term == term => {
+                            // Every revision after the last one sent, from the
+                            // recent history, so none is skipped.
+                            for r in s.head.recent.iter().filter(|r| r.revision > st.last) {
+                                st.queue.push_back(pb::WatchEvent {
+                                    term: term.get(),
+                                    head: Some(to_pb(r)),
+                                });
+                            }
+                            if s.head.revision() > st.last {
+                                st.last = s.head.revision();
+                                if st.queue.is_empty() {
+                                    st.queue.push_back(pb::WatchEvent {
+                                        term: term.get(),
+                                        head: Some(head_to_pb(&s.head)),
+                                    });
+                                }
+                                continue;
+                            }
+                        }
+                        _ => {
+                            st.done = true;
+                            return Some((Err(this.not_server("it stopped serving")), st));
+                        }
+                    }
+                    if st.rx.changed().await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream.boxed())))
+    }
+}
