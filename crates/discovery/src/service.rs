@@ -27,7 +27,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use understudy_bus::{decoded, publish, publish_bytes, recv, stopped, ticker};
-use understudy_protocol::messages::{DeviceStatus, ElectionState, Heartbeat, Leave, Presence};
+use understudy_protocol::messages::{
+    DeviceStatus, ElectionState, Heartbeat, Leave, Presence, ProjectState,
+};
 use understudy_protocol::{DeviceId, GroupName, InstanceId, SCHEMA_VERSION, subjects};
 
 use crate::core::Discovery;
@@ -133,6 +135,12 @@ pub async fn run(
             .await?,
     );
     let mut roster_sub = Some(client.subscribe(subjects::roster(group)).await?);
+    let mut project_sub = Some(
+        client
+            .subscribe(subjects::local_project(group, device))
+            .await?,
+    );
+    let mut conflicts = 0u32;
     info!(%group, %device, instance = %cfg.instance, "discovery service started");
 
     let mut identity = cfg.instance;
@@ -181,8 +189,17 @@ pub async fn run(
                         let now = start.elapsed();
                         core = Discovery::new(cfg.device.clone(), identity, now);
                         core.set_bus_connected(is_connected(&client), now);
+                        core.set_project_conflicts(conflicts);
                     }
                     me = self_state(&cfg, &state).or(me);
+                }
+            }
+            msg = recv(&mut project_sub, "project state") => {
+                if let Some(state) = decoded::<ProjectState>(&msg)
+                    && state.device == cfg.device
+                {
+                    conflicts = state.conflicts;
+                    core.set_project_conflicts(conflicts);
                 }
             }
             msg = recv(&mut leaves_sub, "leaves") => {

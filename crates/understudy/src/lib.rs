@@ -8,6 +8,7 @@ mod ctl;
 mod lab;
 mod nic;
 mod node;
+mod project;
 mod settings;
 
 use std::process::ExitCode;
@@ -37,7 +38,7 @@ struct Bus {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run one device: discovery, heartbeat and election in one process.
+    /// Run one device: discovery, heartbeat, election and project-sync in one process.
     Node(node::NodeArgs),
     /// Show a group's devices, server, term and counts.
     Status {
@@ -80,6 +81,11 @@ enum Command {
         count: Option<u64>,
         #[command(flatten)]
         bus: Bus,
+    },
+    /// The group's project file: put, get, watch, status.
+    Project {
+        #[command(subcommand)]
+        action: project::ProjectCmd,
     },
     /// Start a local lab: a nats-server and N devices, with elections live.
     Lab(lab::LabArgs),
@@ -138,6 +144,7 @@ where
                 count,
                 bus,
             } => ctl::events(&bus.nats, &group, last, json, count).await,
+            Command::Project { action } => project::run(action).await,
             Command::Lab(args) => lab::run(args).await,
             Command::Bench { what } => bench::run(what).await,
         }

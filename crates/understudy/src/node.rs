@@ -1,5 +1,6 @@
-//! `understudy node`: one device — discovery, heartbeat and election — in one
-//! process, each service still talking only through the bus.
+//! `understudy node`: one device — discovery, heartbeat, election and
+//! project-sync — in one process, each service still talking only through
+//! the bus (and gRPC for the project file).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use understudy_discovery::service::DiscoveryConfig;
 use understudy_election::ElectionConfig;
 use understudy_election::service::ElectionServiceConfig;
 use understudy_heartbeat::service::HeartbeatConfig;
+use understudy_project_sync::service::ProjectSyncConfig;
 use understudy_protocol::{DeviceId, GroupName, InstanceId, Mac, Score};
 
 use crate::nic;
@@ -58,14 +60,25 @@ pub struct NodeArgs {
     #[arg(long, env = "UNDERSTUDY_OFFLINE")]
     offline: bool,
     /// Which of this device's services to run in this process, comma-separated
-    /// (election, heartbeat, discovery), so each can run in its own process
-    /// or container [default: all three].
+    /// (election, heartbeat, discovery, project), so each can run in its own
+    /// process or container [default: all four].
     #[arg(long, env = "UNDERSTUDY_SERVICES")]
     services: Option<String>,
     /// JetStream replicas for the lease bucket and events stream (3 on a
     /// 3-node cluster) [default: 1].
     #[arg(long, env = "UNDERSTUDY_REPLICAS")]
     replicas: Option<usize>,
+    /// Where the project-sync gRPC service listens [default: 127.0.0.1:0, a
+    /// free port].
+    #[arg(long, env = "UNDERSTUDY_PROJECT_LISTEN")]
+    project_listen: Option<String>,
+    /// The project-sync address other devices dial, written into the lease
+    /// [default: the address it listens on].
+    #[arg(long, env = "UNDERSTUDY_PROJECT_ADVERTISE")]
+    project_advertise: Option<String>,
+    /// The largest project file accepted, in bytes [default: 268435456 = 256 MiB].
+    #[arg(long, env = "UNDERSTUDY_MAX_PROJECT_SIZE")]
+    max_project_size: Option<u64>,
 }
 
 /// Resolved settings of a node.
@@ -82,8 +95,11 @@ struct Node {
     lease: Duration,
     offline: bool,
     replicas: usize,
-    data_dir: Option<PathBuf>,
+    data_dir: PathBuf,
     services: Services,
+    project_listen: String,
+    project_advertise: Option<String>,
+    max_project_size: u64,
 }
 
 /// Which services a node process runs.
@@ -92,6 +108,7 @@ struct Services {
     election: bool,
     heartbeat: bool,
     discovery: bool,
+    project: bool,
 }
 
 fn parse_services(list: Option<String>) -> Result<Services> {
@@ -100,26 +117,29 @@ fn parse_services(list: Option<String>) -> Result<Services> {
             election: true,
             heartbeat: true,
             discovery: true,
+            project: true,
         });
     };
     let mut s = Services {
         election: false,
         heartbeat: false,
         discovery: false,
+        project: false,
     };
     for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         match name {
             "election" => s.election = true,
             "heartbeat" => s.heartbeat = true,
             "discovery" => s.discovery = true,
+            "project" => s.project = true,
             other => {
                 return Err(anyhow!(
-                    "--services: unknown service {other:?} (election, heartbeat, discovery)"
+                    "--services: unknown service {other:?} (election, heartbeat, discovery, project)"
                 ));
             }
         }
     }
-    if !(s.election || s.heartbeat || s.discovery) {
+    if !(s.election || s.heartbeat || s.discovery || s.project) {
         return Err(anyhow!("--services names no service"));
     }
     Ok(s)
@@ -170,6 +190,10 @@ fn resolve(a: NodeArgs) -> Result<Node> {
     if lease < heartbeat * 5 {
         return Err(anyhow!("--lease must be at least five heartbeat intervals"));
     }
+    let data_dir = match a.data_dir.or(f.data_dir) {
+        Some(d) => d,
+        None => default_data_dir(&group, &device),
+    };
     Ok(Node {
         group,
         device,
@@ -195,18 +219,64 @@ fn resolve(a: NodeArgs) -> Result<Node> {
         lease,
         offline: a.offline || f.offline.unwrap_or(false),
         replicas: a.replicas.or(f.replicas).unwrap_or(1).clamp(1, 5),
-        data_dir: a.data_dir.or(f.data_dir),
+        data_dir,
         services: parse_services(a.services.or(f.services))?,
+        project_listen: a
+            .project_listen
+            .or(f.project_listen)
+            .unwrap_or_else(|| "127.0.0.1:0".into()),
+        project_advertise: a.project_advertise.or(f.project_advertise),
+        max_project_size: a
+            .max_project_size
+            .or(f.max_project_size)
+            .unwrap_or(understudy_project_sync::core::MAX_PROJECT_SIZE),
     })
+}
+
+/// `$XDG_STATE_HOME/understudy/<group>/<device>`, else
+/// `$HOME/.local/state/understudy/<group>/<device>`, else
+/// `./understudy-state/<group>/<device>`.
+fn default_data_dir(group: &GroupName, device: &DeviceId) -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/state"))
+        })
+        .map(|b| b.join("understudy"))
+        .unwrap_or_else(|| PathBuf::from("understudy-state"));
+    base.join(group.as_str()).join(device.as_str())
 }
 
 /// Runs a device until SIGTERM or Ctrl-C; then hands over and leaves.
 pub async fn run(args: NodeArgs) -> Result<()> {
     let n = resolve(args)?;
-    if let Some(dir) = &n.data_dir {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create data dir {}", dir.display()))?;
-    }
+    std::fs::create_dir_all(&n.data_dir)
+        .with_context(|| format!("cannot create data dir {}", n.data_dir.display()))?;
+    // Bind the project-sync port first: its address goes into the lease.
+    let project_listener = if n.services.project {
+        let l = tokio::net::TcpListener::bind(&n.project_listen)
+            .await
+            .with_context(|| format!("cannot listen on --project-listen {}", n.project_listen))?;
+        Some(l)
+    } else {
+        None
+    };
+    let project_addr = match (&n.project_advertise, &project_listener) {
+        (Some(a), _) => Some(a.clone()),
+        (None, Some(l)) => {
+            let addr = l.local_addr().context("the project-sync listener has no address")?;
+            if addr.ip().is_unspecified() {
+                return Err(anyhow!(
+                    "--project-listen {addr} is a wildcard address: give --project-advertise host:port"
+                ));
+            }
+            Some(addr.to_string())
+        }
+        (None, None) => None,
+    };
     let instance = InstanceId::new(rand::random());
     info!(group = %n.group, device = %n.device, mac = %n.mac, score = %n.score, %instance, nats = %n.nats, "starting");
     let client = settings::connect(&n.nats, &format!("understudy-node-{}", n.device)).await?;
@@ -232,6 +302,16 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         election,
         replicas: n.replicas,
         events_max_age: Duration::from_secs(7 * 24 * 3600),
+        project_addr: project_addr.clone(),
+    };
+    let project_cfg = ProjectSyncConfig {
+        group: n.group.clone(),
+        device: n.device.clone(),
+        data_dir: n.data_dir.join("project"),
+        advertise: project_addr.clone().unwrap_or_default(),
+        replicas: n.replicas,
+        max_size: n.max_project_size,
+        store_timeout: Duration::from_secs(2),
     };
     let heartbeat_cfg = HeartbeatConfig {
         group: n.group.clone(),
@@ -248,8 +328,24 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         instance,
         publish_interval: Duration::from_secs(1),
     };
-    let (c1, c2, c3) = (client.clone(), client.clone(), client.clone());
+    let (c1, c2, c3, c4) = (
+        client.clone(),
+        client.clone(),
+        client.clone(),
+        client.clone(),
+    );
     let others_rx2 = others_rx.clone();
+    let others_rx3 = others_rx.clone();
+    let mut project_task = tokio::spawn(async move {
+        match project_listener {
+            Some(listener) => {
+                understudy_project_sync::service::run(c4, project_cfg, listener, others_rx3)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            None => idle(others_rx3).await,
+        }
+    });
     let mut election_task = tokio::spawn(async move {
         if svc.election {
             understudy_election::service::run(c1, election_cfg, election_rx)
@@ -285,6 +381,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         r = &mut election_task => Some(format!("election service stopped: {r:?}")),
         r = &mut heartbeat_task => Some(format!("heartbeat service stopped: {r:?}")),
         r = &mut discovery_task => Some(format!("discovery service stopped: {r:?}")),
+        r = &mut project_task => Some(format!("project-sync service stopped: {r:?}")),
     };
     if let Some(why) = failed {
         let _ = stop_election.send(true);
@@ -299,12 +396,14 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         tokio::time::timeout(Duration::from_secs(2), election_task).await,
     );
     let _ = stop_others.send(true);
-    let (h, d) = tokio::join!(
+    let (h, d, p) = tokio::join!(
         tokio::time::timeout(Duration::from_secs(2), heartbeat_task),
-        tokio::time::timeout(Duration::from_secs(2), discovery_task)
+        tokio::time::timeout(Duration::from_secs(2), discovery_task),
+        tokio::time::timeout(Duration::from_secs(3), project_task)
     );
     report("heartbeat", h);
     report("discovery", d);
+    report("project-sync", p);
     let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
     info!("stopped");
     Ok(())

@@ -61,6 +61,9 @@ pub struct FileNode {
     pub offline: Option<bool>,
     pub replicas: Option<usize>,
     pub services: Option<String>,
+    pub project_listen: Option<String>,
+    pub project_advertise: Option<String>,
+    pub max_project_size: Option<u64>,
 }
 
 /// The whole settings file.

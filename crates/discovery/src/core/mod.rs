@@ -42,6 +42,7 @@ pub struct BusLink {
 pub struct Discovery {
     roster: Roster,
     bus: BusLink,
+    project_conflicts: u32,
 }
 
 impl Discovery {
@@ -56,7 +57,14 @@ impl Discovery {
                 connected: false,
                 since: now,
             },
+            project_conflicts: 0,
         }
+    }
+
+    /// The project-sync service reports how many of this device's project
+    /// changes wait in `conflicts/` for an operator (B11: reported, not lost).
+    pub fn set_project_conflicts(&mut self, changes: u32) {
+        self.project_conflicts = changes;
     }
 
     /// This device.
@@ -149,6 +157,7 @@ impl Discovery {
             server_live: self_serves || self.roster.has_live_server_besides_me(&me.group, now),
             expected_peers: peers.expected,
             live_peers: peers.live,
+            project_conflicts: self.project_conflicts,
         }
     }
 

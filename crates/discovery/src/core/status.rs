@@ -7,7 +7,8 @@
 //!   first: [`Problem::BusUnreachable`], [`Problem::DuplicateDeviceId`],
 //!   [`Problem::NoServer`] (no live, online device of the group — this one
 //!   included — acts as server), [`Problem::MissingPeers`] (fewer expected
-//!   peers are live than the group expects).
+//!   peers are live than the group expects), [`Problem::ProjectConflict`]
+//!   (project changes made here were refused with a conflict, issue 4).
 //! - **Colour** follows from the list: blue when it is empty (the group has a
 //!   live server and nothing is wrong), red otherwise, so every red carries at
 //!   least one human-readable problem.
@@ -53,6 +54,10 @@ pub struct Findings {
     pub expected_peers: u32,
     /// How many of those peers are live.
     pub live_peers: u32,
+    /// How many project changes of this device were refused with a conflict
+    /// and wait for an operator (from the project-sync service).
+    #[serde(default)]
+    pub project_conflicts: u32,
 }
 
 /// A device's colour and the problems behind it (B2).
@@ -104,6 +109,11 @@ pub fn assess(online: bool, findings: &Findings) -> Status {
         problems.push(Problem::MissingPeers {
             expected: findings.expected_peers,
             actual: findings.live_peers,
+        });
+    }
+    if findings.project_conflicts > 0 {
+        problems.push(Problem::ProjectConflict {
+            changes: findings.project_conflicts,
         });
     }
     Status::online(problems)
