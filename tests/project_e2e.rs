@@ -1,0 +1,732 @@
+//! End to end: the project file over gRPC between real `understudy node`
+//! processes on a real nats-server (issue 4; DESIGN.md B11, S1, S2).
+//!
+//! The clients in these tests are the project-sync client library (what the
+//! CLI and the devices use), so every acknowledgement a test counts is one a
+//! real client received.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "harness/mod.rs"]
+mod harness;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow, bail};
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures::StreamExt;
+use harness::*;
+use understudy_project_sync::tonic::{self, Code};
+use understudy_project_sync::client::{
+    Change, ClientError, Fetched, ProjectClient, Submitted, find_server,
+};
+use understudy_project_sync::local::{LocalCopy, Outbox, sha256_hex};
+use understudy_project_sync::pb;
+use understudy_project_sync::store::ProjectStore;
+use understudy_protocol::messages::{
+    self, DeviceStatus, ProjectEvent, ProjectEventKind, ProjectHead,
+};
+use understudy_protocol::{GroupName, Problem, subjects};
+
+const GROUP: &str = "stage";
+const FIRST_SERVER_WITHIN: Duration = Duration::from_secs(10);
+const CALL: Duration = Duration::from_secs(3);
+
+fn mac(i: u8) -> String {
+    format!("02:00:00:00:00:{i:02x}")
+}
+
+fn group() -> GroupName {
+    GROUP.parse().unwrap()
+}
+
+fn spawn(urls: &[String], i: u8, score: u8, extra: &[&str]) -> Device {
+    let mut opts = DeviceOpts::new(GROUP, &format!("dev-{i}"), &mac(i), score);
+    opts.extra_args = extra.iter().map(|s| s.to_string()).collect();
+    Device::spawn(urls, opts)
+}
+
+/// The test's own view of the group's project: the lease and the head in
+/// JetStream, and clients of whoever serves.
+struct Project {
+    js: jetstream::Context,
+}
+
+impl Project {
+    async fn new(url: &str) -> Project {
+        let client = connect(url).await.unwrap();
+        Project {
+            js: jetstream::new(client),
+        }
+    }
+
+    /// A client of the current server, once one answers.
+    async fn client(&self, within: Duration) -> Result<ProjectClient> {
+        wait_until("a project server that answers", within, || async {
+            let server = find_server(&self.js, &group(), CALL)
+                .await?
+                .ok_or_else(|| anyhow!("no server holds the lease"))?;
+            let mut pc = ProjectClient::connect(&group(), server, CALL).await?;
+            pc.describe().await?;
+            Ok(pc)
+        })
+        .await
+    }
+
+    /// The serving device's id, as the lease says.
+    async fn server_device(&self) -> Option<String> {
+        find_server(&self.js, &group(), CALL)
+            .await
+            .ok()
+            .flatten()
+            .map(|s| s.device.to_string())
+    }
+
+    /// The head as stored in JetStream KV (the store's truth).
+    async fn head(&self) -> Option<ProjectHead> {
+        ProjectStore::read_only_head(&self.js, &group(), CALL)
+            .await
+            .unwrap()
+            .map(|(_, h)| h)
+    }
+}
+
+fn change(base: u64, id: &str, data: impl Into<Bytes>) -> Change {
+    Change {
+        base_revision: base,
+        changed_by: "e2e".into(),
+        change_id: id.into(),
+        data: data.into(),
+    }
+}
+
+async fn commit(pc: &mut ProjectClient, base: u64, id: &str, data: &[u8]) -> pb::Revision {
+    match pc
+        .submit(change(base, id, data.to_vec()))
+        .await
+        .unwrap_or_else(|e| panic!("submit {id}: {e}"))
+    {
+        Submitted::Committed(r) => r,
+        other => panic!("submit {id}: expected a commit, got {other:?}"),
+    }
+}
+
+/// Waits until the device's local copy is `revision` with this content.
+async fn wait_local_copy(dev: &Device, revision: u64, sha: &str, within: Duration) -> Result<()> {
+    let dir = dev.data_dir().join("project");
+    let id = dev.id().to_string();
+    wait_until(&format!("{id}'s local copy at revision {revision}"), within, || {
+        let dir = dir.clone();
+        async move {
+            let local = LocalCopy::open(&dir)?;
+            match local.current()? {
+                Some(m) if m.revision == revision && m.sha256 == sha => Ok(()),
+                other => bail!("it has {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// S2 under failovers
+// ---------------------------------------------------------------------------
+
+/// One acknowledged change: which writer line, at which revision, with which
+/// content hash.
+#[derive(Debug, Clone)]
+struct Ack {
+    revision: u64,
+    line: String,
+    sha256: String,
+}
+
+/// Submits `count` changes, each appending one line to the content it last
+/// saw; a conflict refetches and tries again, a lost server is found again.
+/// A change counts only when the server acknowledged it.
+async fn writer(
+    url: String,
+    id: usize,
+    count: usize,
+    acked: Arc<Mutex<Vec<Ack>>>,
+    total: Arc<AtomicUsize>,
+) -> Result<()> {
+    let project = Project::new(&url).await;
+    let mut pc: Option<ProjectClient> = None;
+    let mut content: Vec<u8> = Vec::new();
+    let mut base = 0u64;
+    for k in 0..count {
+        let line = format!("w{id}-{k:04}");
+        let change_id = format!("w{id}-{k:04}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if Instant::now() > deadline {
+                bail!("writer {id}: change {k} not acknowledged within 60 s");
+            }
+            let c = match pc.as_mut() {
+                Some(c) => c,
+                None => match project.client(Duration::from_secs(30)).await {
+                    Ok(c) => pc.insert(c),
+                    Err(e) => bail!("writer {id}: {e:#}"),
+                },
+            };
+            let mut data = content.clone();
+            data.extend_from_slice(line.as_bytes());
+            data.push(b'\n');
+            match c.submit(change(base, &change_id, data.clone())).await {
+                Ok(Submitted::Committed(r)) | Ok(Submitted::AlreadyCommitted(r)) => {
+                    // AlreadyCommitted: an earlier attempt landed but its
+                    // reply was lost; the hash says which content it was.
+                    acked.lock().unwrap().push(Ack {
+                        revision: r.revision,
+                        line,
+                        sha256: r.sha256.clone(),
+                    });
+                    if r.sha256 == sha256_hex(&data) {
+                        content = data;
+                    }
+                    base = r.revision;
+                    break;
+                }
+                Ok(Submitted::Conflict(_)) => match c.fetch(None).await {
+                    Ok(Fetched::Content(h, d)) => {
+                        base = h.revision;
+                        content = d;
+                    }
+                    Ok(Fetched::UpToDate(_)) => bail!("a fetch without a 'have' was up to date"),
+                    Err(e) if e.is_transient() => pc = None,
+                    Err(e) => bail!("writer {id}: fetch: {e}"),
+                },
+                Err(e) if e.is_transient() => {
+                    pc = None;
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(e) => bail!("writer {id}: change {k}: {e}"),
+            }
+        }
+        total.fetch_add(1, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_changes_from_three_clients_survive_a_server_kill_every_fifty() {
+    const CHANGES: usize = 1000;
+    const KILL_EVERY: usize = 50;
+    let nats = NatsServer::start().await;
+    let obs = Observer::start(&nats.url(), GROUP).await;
+    let urls = vec![nats.url()];
+    let mut devs: Vec<Device> = (1..=3).map(|i| spawn(&urls, i, 40 - i * 10, &[])).collect();
+    let project = Project::new(&nats.url()).await;
+    project.client(FIRST_SERVER_WITHIN).await.unwrap();
+
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let total = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..3)
+        .map(|id| {
+            let count = CHANGES / 3 + usize::from(id < CHANGES % 3);
+            tokio::spawn(writer(
+                nats.url(),
+                id,
+                count,
+                acked.clone(),
+                total.clone(),
+            ))
+        })
+        .collect();
+
+    // Kill -9 whoever serves every ~50 acknowledged changes, and start it
+    // again at once (it comes back as a client and, if it ranks first,
+    // takes the lease back after its grace: more server changes).
+    let mut kills = 0;
+    let mut next_kill = KILL_EVERY;
+    while total.load(Ordering::SeqCst) < CHANGES && writers.iter().any(|w| !w.is_finished()) {
+        if total.load(Ordering::SeqCst) >= next_kill {
+            let server = project.server_device().await;
+            if let Some(d) = devs.iter_mut().find(|d| Some(d.id().to_string()) == server) {
+                d.kill9();
+                d.restart();
+                kills += 1;
+            }
+            next_kill += KILL_EVERY;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    for w in writers {
+        tokio::time::timeout(Duration::from_secs(240), w)
+            .await
+            .expect("writers finish")
+            .expect("writer task")
+            .expect("writer");
+    }
+    assert!(kills >= CHANGES / KILL_EVERY - 2, "only {kills} kills happened");
+
+    // Every acknowledged change is in the final history, in order, once;
+    // the final content is the last acknowledged.
+    let mut acks = acked.lock().unwrap().clone();
+    assert_eq!(acks.len(), CHANGES);
+    acks.sort_by_key(|a| a.revision);
+    let revisions: BTreeSet<u64> = acks.iter().map(|a| a.revision).collect();
+    assert_eq!(revisions.len(), acks.len(), "two acknowledgements name one revision");
+    let last = acks.last().unwrap().clone();
+    let mut pc = project.client(Duration::from_secs(30)).await.unwrap();
+    let Fetched::Content(head, content) = pc.fetch(None).await.unwrap() else {
+        panic!("no content")
+    };
+    assert_eq!(head.revision, last.revision, "the head is the last acknowledged revision");
+    assert_eq!(head.sha256, last.sha256, "the final content is the last acknowledged");
+    let text = String::from_utf8(content).unwrap();
+    let position: BTreeMap<&str, usize> = text.lines().enumerate().map(|(i, l)| (l, i)).collect();
+    assert_eq!(position.len(), text.lines().count(), "a line appears twice");
+    let mut prev = None;
+    for a in &acks {
+        let at = *position
+            .get(a.line.as_str())
+            .unwrap_or_else(|| panic!("acknowledged change {} (revision {}) is lost", a.line, a.revision));
+        assert!(prev.is_none_or(|p| at > p), "change {} is out of order", a.line);
+        prev = Some(at);
+    }
+    assert_eq!(text.lines().count(), CHANGES, "the history holds exactly the acknowledged changes");
+    obs.check_one_server().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// S1: a deposed server cannot commit
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_server_that_wakes_up_deposed_cannot_commit() {
+    let nats = NatsServer::start().await;
+    let obs = Observer::start(&nats.url(), GROUP).await;
+    let urls = vec![nats.url()];
+    let mut a = spawn(&urls, 1, 30, &[]);
+    let b = spawn(&urls, 2, 20, &[]);
+    let project = Project::new(&nats.url()).await;
+    let mut to_a = project.client(FIRST_SERVER_WITHIN).await.unwrap();
+    assert_eq!(to_a.server().device.as_str(), "dev-1");
+    let r1 = commit(&mut to_a, 0, "one", b"revision one\n").await;
+
+    // Freeze the server; a change sent to it now waits in its socket.
+    a.sigstop();
+    let mut late = to_a.clone();
+    let pending = tokio::spawn(async move {
+        late.submit(change(r1.revision, "from-the-past", &b"stale write\n"[..]))
+            .await
+    });
+    let mut to_b = wait_until("dev-2 serving", Duration::from_secs(10), || async {
+        let pc = project.client(CALL).await?;
+        if pc.server().device.as_str() != "dev-2" {
+            bail!("{} serves", pc.server().device);
+        }
+        Ok(pc)
+    })
+    .await
+    .unwrap();
+    let r2 = commit(&mut to_b, r1.revision, "two", b"revision one\nrevision two\n").await;
+    assert!(to_b.seen_term() > to_a.seen_term());
+
+    // Wake the deposed server: neither the queued change nor a new one may
+    // commit, whatever it believes for the first instants.
+    a.sigcont();
+    let queued = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("the queued submit ends")
+        .unwrap();
+    assert!(
+        !matches!(queued, Ok(Submitted::Committed(_))),
+        "a deposed server committed a queued change: {queued:?}"
+    );
+    let fresh = to_a
+        .submit(change(r1.revision, "after-waking", &b"stale write 2\n"[..]))
+        .await;
+    assert!(
+        matches!(fresh, Err(ClientError::NotServer { .. }) | Err(ClientError::Rejected { .. }) | Err(ClientError::StaleTerm { .. }) | Err(ClientError::Connect { .. })),
+        "a deposed server took a change: {fresh:?}"
+    );
+    let head = project.head().await.unwrap();
+    let current = head.current.clone().unwrap();
+    assert_eq!(current.revision, r2.revision, "the history did not fork");
+    assert_eq!(current.sha256, r2.sha256);
+    assert!(!a.log().contains("from-the-past") || !a.log().contains("committed revision=3"));
+
+    // The woken device rejoins; it ranks first, so it takes the lease back
+    // with a newer term, fences, and serves revision two unchanged.
+    let mut back = wait_until("dev-1 serving again", Duration::from_secs(15), || async {
+        let pc = project.client(CALL).await?;
+        if pc.server().device.as_str() != "dev-1" {
+            bail!("{} serves", pc.server().device);
+        }
+        Ok(pc)
+    })
+    .await
+    .unwrap();
+    let d = back.describe().await.unwrap();
+    assert_eq!(d.head.unwrap().sha256, r2.sha256);
+    assert!(d.term > to_b.seen_term().get());
+    wait_local_copy(&b, r2.revision, &r2.sha256, Duration::from_secs(10))
+        .await
+        .unwrap();
+    obs.check_one_server().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// B11: offline edits, conflicts
+// ---------------------------------------------------------------------------
+
+fn queue(dev: &Device, base: u64, id: &str, data: &[u8]) {
+    Outbox::open(&dev.data_dir().join("project"))
+        .unwrap()
+        .add(base, dev.id(), Some(id), data)
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_made_without_a_server_are_submitted_after_reelection() {
+    let nats = NatsServer::start().await;
+    let urls = vec![nats.url()];
+    // Manual assignment (B8): only dev-1 may serve.
+    let mut a = spawn(&urls, 1, 50, &[]);
+    let b = spawn(&urls, 2, 0, &[]);
+    let c = spawn(&urls, 3, 0, &[]);
+    let project = Project::new(&nats.url()).await;
+    let mut pc = project.client(FIRST_SERVER_WITHIN).await.unwrap();
+    let r1 = commit(&mut pc, 0, "one", b"cue list v1\n").await;
+    wait_local_copy(&b, 1, &r1.sha256, Duration::from_secs(10)).await.unwrap();
+
+    a.kill9();
+    wait_until("no server", Duration::from_secs(10), || async {
+        match project.server_device().await {
+            None => Ok(()),
+            Some(d) => bail!("{d} still holds the lease"),
+        }
+    })
+    .await
+    .unwrap();
+
+    // Two edits on dev-2 while nobody serves, made one after the other on
+    // its copy of revision one — through the CLI, as an operator would.
+    let v2 = b"cue list v1\ncue 2 added offline\n";
+    let f2 = TempDir::new("edit");
+    std::fs::write(f2.path().join("v2"), v2).unwrap();
+    let out = run_cli_ok(&[
+        "project",
+        "put",
+        "--group",
+        GROUP,
+        "--file",
+        f2.path().join("v2").to_str().unwrap(),
+        "--data-dir",
+        b.data_dir().to_str().unwrap(),
+        "--change-id",
+        "offline-1",
+    ])
+    .await;
+    assert!(out.contains("queued change offline-1 on base revision 1"), "{out}");
+    let v3 = b"cue list v1\ncue 2 added offline\ncue 3 added offline\n";
+    queue(&b, 1, "offline-2", v3);
+    // The device still runs on its local copy, and the change waits.
+    let out = run_cli_ok(&[
+        "project",
+        "get",
+        "--group",
+        GROUP,
+        "--file",
+        f2.path().join("copy").to_str().unwrap(),
+        "--data-dir",
+        b.data_dir().to_str().unwrap(),
+    ])
+    .await;
+    assert!(out.contains("local copy: revision 1"), "{out}");
+    let held = Outbox::open(&b.data_dir().join("project")).unwrap().pending().unwrap();
+    assert_eq!(held.len(), 2, "the changes wait in the outbox");
+
+    // An operator gives dev-3 a score: it is elected at once, and dev-2's
+    // queued changes are submitted, in order.
+    run_cli_ok(&[
+        "score", "set", "--group", GROUP, "--device", "dev-3", "10", "--nats", &nats.url(),
+    ])
+    .await;
+    let head = wait_until("both offline edits committed", Duration::from_secs(15), || async {
+        match project.head().await.and_then(|h| h.current) {
+            Some(r) if r.revision == 3 => Ok(r),
+            other => bail!("head {other:?}"),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(head.sha256, sha256_hex(v3));
+    let h = project.head().await.unwrap();
+    let ids: Vec<_> = h.recent.iter().filter_map(|r| r.change_id.clone()).collect();
+    assert_eq!(ids, ["one", "offline-1", "offline-2"]);
+    assert!(Outbox::open(&b.data_dir().join("project")).unwrap().pending().unwrap().is_empty());
+    wait_local_copy(&c, 3, &head.sha256, Duration::from_secs(10)).await.unwrap();
+    wait_local_copy(&b, 3, &head.sha256, Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_conflicting_edit_is_reported_and_kept() {
+    let nats = NatsServer::start().await;
+    let urls = vec![nats.url()];
+    let _a = spawn(&urls, 1, 50, &[]);
+    let b = spawn(&urls, 2, 0, &[]);
+    let project = Project::new(&nats.url()).await;
+    let mut pc = project.client(FIRST_SERVER_WITHIN).await.unwrap();
+    let r1 = commit(&mut pc, 0, "one", b"v1\n").await;
+    wait_local_copy(&b, 1, &r1.sha256, Duration::from_secs(10)).await.unwrap();
+
+    let nc = connect(&nats.url()).await.unwrap();
+    let mut events = nc.subscribe(subjects::project_events(&group())).await.unwrap();
+    let mut statuses = nc
+        .subscribe(subjects::local_status(&group(), &"dev-2".parse().unwrap()))
+        .await
+        .unwrap();
+    nc.flush().await.unwrap();
+
+    // Someone commits revision two on revision one; dev-2's edit, also made
+    // on revision one, arrives after it.
+    let r2 = commit(&mut pc, 1, "theirs", b"v1\ntheirs\n").await;
+    let mine = b"v1\nmine\n";
+    queue(&b, 1, "mine", mine);
+
+    let conflict = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = events.next().await {
+            if let Ok(ProjectEvent {
+                kind: ProjectEventKind::ChangeConflicted { device, change_id, base_revision, head_revision },
+                ..
+            }) = messages::decode::<ProjectEvent>(&m.payload)
+            {
+                return (device.to_string(), change_id, base_revision, head_revision);
+            }
+        }
+        panic!("event stream ended")
+    })
+    .await
+    .expect("a conflict event on the bus");
+    assert_eq!(conflict, ("dev-2".into(), "mine".into(), 1, r2.revision));
+
+    // The change is kept, with its content, and the device shows it.
+    let outbox = Outbox::open(&b.data_dir().join("project")).unwrap();
+    let kept = outbox.conflicts().unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(outbox.conflict_content(&kept[0]).unwrap(), mine);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = statuses.next().await {
+            if let Ok(s) = messages::decode::<DeviceStatus>(&m.payload)
+                && s.problems.contains(&Problem::ProjectConflict { changes: 1 })
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("dev-2 shows the conflict as a problem");
+    // Nothing was applied blindly.
+    let head = project.head().await.unwrap().current.unwrap();
+    assert_eq!((head.revision, head.sha256), (r2.revision, r2.sha256));
+}
+
+// ---------------------------------------------------------------------------
+// Large projects
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_64_mib_project_reaches_ten_clients_intact() {
+    let nats = NatsServer::start().await;
+    let urls = vec![nats.url()];
+    let mut devs = vec![spawn(&urls, 1, 100, &[])];
+    devs.extend((2..=11).map(|i| spawn(&urls, i, 0, &[])));
+    let project = Project::new(&nats.url()).await;
+    let mut pc = project.client(FIRST_SERVER_WITHIN).await.unwrap();
+    let mut data = vec![0u8; 64 * 1024 * 1024];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let r = commit(&mut pc, 0, "big", &data).await;
+    assert_eq!(r.size, data.len() as u64);
+    for d in &devs[1..] {
+        wait_local_copy(d, r.revision, &r.sha256, Duration::from_secs(120))
+            .await
+            .unwrap();
+    }
+    // And a fresh client fetches it whole too.
+    match pc.fetch(None).await.unwrap() {
+        Fetched::Content(h, got) => {
+            assert_eq!(h.revision, r.revision);
+            assert!(got == data, "the fetched content differs");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bad input
+// ---------------------------------------------------------------------------
+
+async fn raw_submit(
+    rpc: &mut pb::project_client::ProjectClient<tonic::transport::Channel>,
+    header: pb::SubmitHeader,
+    chunks: Vec<Vec<u8>>,
+) -> std::result::Result<pb::SubmitReply, tonic::Status> {
+    let mut parts = vec![pb::SubmitChunk {
+        part: Some(pb::submit_chunk::Part::Header(header)),
+    }];
+    parts.extend(chunks.into_iter().map(|c| pb::SubmitChunk {
+        part: Some(pb::submit_chunk::Part::Data(c.into())),
+    }));
+    rpc.submit(futures::stream::iter(parts)).await.map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_submits_are_refused_clearly_and_change_nothing() {
+    let nats = NatsServer::start().await;
+    let urls = vec![nats.url()];
+    let ports = free_ports(2);
+    let addr_a = format!("127.0.0.1:{}", ports[0]);
+    let addr_b = format!("127.0.0.1:{}", ports[1]);
+    let _a = spawn(&urls, 1, 50, &["--project-listen", &addr_a, "--max-project-size", "1048576"]);
+    let _b = spawn(&urls, 2, 0, &["--project-listen", &addr_b]);
+    let project = Project::new(&nats.url()).await;
+    let mut pc = project.client(FIRST_SERVER_WITHIN).await.unwrap();
+    let r1 = commit(&mut pc, 0, "one", b"good\n").await;
+    let term = pc.seen_term().get();
+
+    let mut rpc = pb::project_client::ProjectClient::connect(format!("http://{addr_a}"))
+        .await
+        .unwrap();
+    let data = b"new content\n".to_vec();
+    let good = pb::SubmitHeader {
+        group: GROUP.into(),
+        seen_term: term,
+        changed_by: "e2e".into(),
+        change_id: "bad-input".into(),
+        base_revision: r1.revision,
+        size: data.len() as u64,
+        sha256: sha256_hex(&data),
+    };
+    let cases: Vec<(&str, pb::SubmitHeader, Vec<Vec<u8>>, Code, &str)> = vec![
+        (
+            "over the size limit",
+            pb::SubmitHeader { size: 1048577, ..good.clone() },
+            vec![],
+            Code::ResourceExhausted,
+            "over the limit",
+        ),
+        (
+            "a chunk past the declared size",
+            good.clone(),
+            vec![data.clone(), b"x".to_vec()],
+            Code::InvalidArgument,
+            "past the declared size",
+        ),
+        (
+            "a hash that does not match",
+            pb::SubmitHeader { sha256: sha256_hex(b"other"), ..good.clone() },
+            vec![data.clone()],
+            Code::InvalidArgument,
+            "SHA-256",
+        ),
+        (
+            "a malformed hash",
+            pb::SubmitHeader { sha256: "not-a-hash".into(), ..good.clone() },
+            vec![data.clone()],
+            Code::InvalidArgument,
+            "hexadecimal",
+        ),
+        (
+            "a client of another group",
+            pb::SubmitHeader { group: "other-group".into(), ..good.clone() },
+            vec![data.clone()],
+            Code::PermissionDenied,
+            "not other-group",
+        ),
+        (
+            "an invalid group name",
+            pb::SubmitHeader { group: "bad.group".into(), ..good.clone() },
+            vec![data.clone()],
+            Code::InvalidArgument,
+            "group name",
+        ),
+        (
+            "a newer term than the server's",
+            pb::SubmitHeader { seen_term: term + 1000, ..good.clone() },
+            vec![data.clone()],
+            Code::FailedPrecondition,
+            "older than the term",
+        ),
+        (
+            "a bad change id",
+            pb::SubmitHeader { change_id: "no spaces".into(), ..good.clone() },
+            vec![data.clone()],
+            Code::InvalidArgument,
+            "change_id",
+        ),
+        (
+            "content shorter than declared",
+            good.clone(),
+            vec![data[..4].to_vec()],
+            Code::InvalidArgument,
+            "ended after 4",
+        ),
+    ];
+    for (what, header, chunks, code, words) in cases {
+        let err = raw_submit(&mut rpc, header, chunks)
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), code, "{what}: {err:?}");
+        assert!(err.message().contains(words), "{what}: {:?}", err.message());
+    }
+    // A submit whose first message is not a header.
+    let err = rpc
+        .submit(futures::stream::iter([pb::SubmitChunk {
+            part: Some(pb::submit_chunk::Part::Data(data.clone().into())),
+        }]))
+        .await
+        .expect_err("data before the header");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // A device that is not the server says who is.
+    let mut not_server = pb::project_client::ProjectClient::connect(format!("http://{addr_b}"))
+        .await
+        .unwrap();
+    let err = not_server
+        .describe(pb::DescribeRequest { group: GROUP.into(), seen_term: 0 })
+        .await
+        .expect_err("dev-2 does not serve");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("the server is dev-1"), "{}", err.message());
+    let md = err.metadata();
+    assert_eq!(md.get("understudy-server").unwrap().to_str().unwrap(), "dev-1");
+    assert_eq!(md.get("understudy-server-address").unwrap().to_str().unwrap(), addr_a);
+
+    // Nothing changed, and the server still takes a good change.
+    let head = project.head().await.unwrap().current.unwrap();
+    assert_eq!((head.revision, head.sha256.clone()), (r1.revision, r1.sha256.clone()));
+    let ok = raw_submit(&mut rpc, good, vec![data.clone()]).await.unwrap();
+    match ok.outcome {
+        Some(pb::submit_reply::Outcome::Committed(r)) => assert_eq!(r.revision, 2),
+        other => panic!("{other:?}"),
+    }
+    // A stale base is a conflict carrying the head, never applied blindly.
+    let stale = pb::SubmitHeader {
+        group: GROUP.into(),
+        seen_term: term,
+        changed_by: "e2e".into(),
+        change_id: "stale".into(),
+        base_revision: 1,
+        size: 3,
+        sha256: sha256_hex(b"old"),
+    };
+    let reply = raw_submit(&mut rpc, stale, vec![b"old".to_vec()]).await.unwrap();
+    match reply.outcome {
+        Some(pb::submit_reply::Outcome::Conflict(h)) => assert_eq!(h.revision, 2),
+        other => panic!("{other:?}"),
+    }
+}

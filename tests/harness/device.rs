@@ -53,7 +53,7 @@ pub struct Device {
 impl Device {
     /// Starts `understudy node --group G --device-id D --mac M --score N
     /// --nats url1,url2 --heartbeat-interval 100ms --grace-period 2s
-    /// <extra_args>`. Does not wait for it to be up (watch it with an
+    /// --data-dir <its temp dir>/data <extra_args>`. Does not wait for it to be up (watch it with an
     /// [`super::Observer`]). Panics if it cannot be spawned.
     pub fn spawn<S: AsRef<str>>(urls: &[S], opts: DeviceOpts) -> Device {
         let nats: Vec<&str> = urls.iter().map(AsRef::as_ref).collect();
@@ -77,8 +77,10 @@ impl Device {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        args.extend(opts.extra_args.iter().cloned());
         let dir = TempDir::new(&format!("device-{}", opts.device_id));
+        let data_dir = dir.path().join("data");
+        args.extend(["--data-dir".to_string(), data_dir.display().to_string()]);
+        args.extend(opts.extra_args.iter().cloned());
         let log = dir.path().join(format!("{}.log", opts.device_id));
         let mut device = Device {
             opts,
@@ -141,6 +143,12 @@ impl Device {
     /// The process id of the current process (also after it exited).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// The device's `--data-dir` (its project copy, outbox and conflicts live
+    /// in `<data dir>/project`); kept across restarts.
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
     }
 
     /// The log file (stdout and stderr, appended across restarts).

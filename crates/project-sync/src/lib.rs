@@ -22,6 +22,11 @@ pub mod pb {
     tonic::include_proto!("understudy.v1");
 }
 
+/// The gRPC library the generated code uses, for callers that speak to the
+/// service directly.
+#[cfg(feature = "driver")]
+pub use tonic;
+
 #[cfg(feature = "driver")]
 pub mod client;
 #[cfg(feature = "driver")]

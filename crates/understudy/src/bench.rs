@@ -37,6 +37,8 @@ pub enum BenchCmd {
     /// A 3-node NATS cluster losing one node at a time: how long the group
     /// is without a server, and whether two servers ever overlap.
     Cluster(ClusterArgs),
+    /// Project file exchange: change-notification latency and distribution of a large project to many clients.
+    Project(crate::bench_project::ProjectArgs),
 }
 
 /// `understudy bench cluster` settings.
@@ -158,11 +160,11 @@ impl Ear {
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn summary(name: &str, mut v: Vec<f64>) -> String {
+pub(crate) fn summary(name: &str, mut v: Vec<f64>) -> String {
     if v.is_empty() {
         return format!("{name:<38} (no samples)");
     }
@@ -186,6 +188,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         match cmd {
             BenchCmd::Failover(a) => failover(a).await,
             BenchCmd::Cluster(a) => cluster(a).await,
+            BenchCmd::Project(a) => crate::bench_project::project(a).await,
         }
     };
     tokio::select! {

@@ -143,6 +143,8 @@ pub(crate) fn spawn_device_with(
             &score.to_string(),
             "--nats",
             nats,
+            "--data-dir",
+            &dir.join(&name).display().to_string(),
         ])
         .args(extra)
         .env("UNDERSTUDY_LOG", "info")

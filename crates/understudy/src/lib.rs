@@ -4,6 +4,7 @@
 //! through NATS (`--nats`, env `UNDERSTUDY_NATS`).
 
 mod bench;
+mod bench_project;
 mod ctl;
 mod lab;
 mod nic;
