@@ -20,13 +20,13 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use futures::StreamExt;
 use harness::*;
-use understudy_project_sync::tonic::{self, Code};
 use understudy_project_sync::client::{
     Change, ClientError, Fetched, ProjectClient, Submitted, find_server,
 };
 use understudy_project_sync::local::{LocalCopy, Outbox, sha256_hex};
 use understudy_project_sync::pb;
 use understudy_project_sync::store::ProjectStore;
+use understudy_project_sync::tonic::{self, Code};
 use understudy_protocol::messages::{
     self, DeviceStatus, ProjectEvent, ProjectEventKind, ProjectHead,
 };
@@ -119,16 +119,20 @@ async fn commit(pc: &mut ProjectClient, base: u64, id: &str, data: &[u8]) -> pb:
 async fn wait_local_copy(dev: &Device, revision: u64, sha: &str, within: Duration) -> Result<()> {
     let dir = dev.data_dir().join("project");
     let id = dev.id().to_string();
-    wait_until(&format!("{id}'s local copy at revision {revision}"), within, || {
-        let dir = dir.clone();
-        async move {
-            let local = LocalCopy::open(&dir)?;
-            match local.current()? {
-                Some(m) if m.revision == revision && m.sha256 == sha => Ok(()),
-                other => bail!("it has {other:?}"),
+    wait_until(
+        &format!("{id}'s local copy at revision {revision}"),
+        within,
+        || {
+            let dir = dir.clone();
+            async move {
+                let local = LocalCopy::open(&dir)?;
+                match local.current()? {
+                    Some(m) if m.revision == revision && m.sha256 == sha => Ok(()),
+                    other => bail!("it has {other:?}"),
+                }
             }
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -214,7 +218,7 @@ async fn writer(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_thousand_changes_from_three_clients_survive_a_server_kill_every_fifty() {
+async fn a_thousand_changes_from_three_clients_survive_losing_the_server_every_fifty() {
     const CHANGES: usize = 1000;
     const KILL_EVERY: usize = 50;
     let nats = NatsServer::start().await;
@@ -229,30 +233,56 @@ async fn a_thousand_changes_from_three_clients_survive_a_server_kill_every_fifty
     let writers: Vec<_> = (0..3)
         .map(|id| {
             let count = CHANGES / 3 + usize::from(id < CHANGES % 3);
-            tokio::spawn(writer(
-                nats.url(),
-                id,
-                count,
-                acked.clone(),
-                total.clone(),
-            ))
+            tokio::spawn(writer(nats.url(), id, count, acked.clone(), total.clone()))
         })
         .collect();
 
-    // Kill -9 whoever serves every ~50 acknowledged changes, and start it
-    // again at once (it comes back as a client and, if it ranks first,
-    // takes the lease back after its grace: more server changes).
+    // Every ~50 acknowledged changes, take the server out: alternately kill
+    // -9 it (and start it again at once: it comes back as a client and, if
+    // it ranks first, takes the lease back after its grace), or freeze it —
+    // most likely in the middle of a commit, since the writers keep it busy —
+    // until another device serves and has committed more, then wake it. A
+    // woken server finishing its commit must be refused by the head's
+    // compare-and-set, or acknowledged changes would be overwritten.
     let mut kills = 0;
+    let mut pauses = 0;
     let mut next_kill = KILL_EVERY;
     while total.load(Ordering::SeqCst) < CHANGES && writers.iter().any(|w| !w.is_finished()) {
         if total.load(Ordering::SeqCst) >= next_kill {
+            next_kill += KILL_EVERY;
             let server = project.server_device().await;
-            if let Some(d) = devs.iter_mut().find(|d| Some(d.id().to_string()) == server) {
+            let Some(d) = devs.iter_mut().find(|d| Some(d.id().to_string()) == server) else {
+                continue;
+            };
+            if (kills + pauses) % 2 == 0 {
                 d.kill9();
                 d.restart();
                 kills += 1;
+            } else {
+                d.sigstop();
+                let frozen = d.id().to_string();
+                let before = total.load(Ordering::SeqCst);
+                let moved_on = wait_until(
+                    "another server committing",
+                    Duration::from_secs(15),
+                    || async {
+                        let now = project.server_device().await;
+                        let done = total.load(Ordering::SeqCst);
+                        if now.is_some()
+                            && now.as_deref() != Some(frozen.as_str())
+                            && (done >= before + 5 || done >= CHANGES)
+                        {
+                            Ok(())
+                        } else {
+                            bail!("server {now:?}, {} changes since the pause", done - before)
+                        }
+                    },
+                )
+                .await;
+                d.sigcont();
+                moved_on.unwrap();
+                pauses += 1;
             }
-            next_kill += KILL_EVERY;
         }
         tokio::time::sleep(POLL).await;
     }
@@ -263,7 +293,10 @@ async fn a_thousand_changes_from_three_clients_survive_a_server_kill_every_fifty
             .expect("writer task")
             .expect("writer");
     }
-    assert!(kills >= CHANGES / KILL_EVERY - 2, "only {kills} kills happened");
+    assert!(
+        kills + pauses >= CHANGES / KILL_EVERY - 2,
+        "only {kills} kills and {pauses} pauses happened"
+    );
 
     // Every acknowledged change is in the final history, in order, once;
     // the final content is the last acknowledged.
@@ -271,26 +304,47 @@ async fn a_thousand_changes_from_three_clients_survive_a_server_kill_every_fifty
     assert_eq!(acks.len(), CHANGES);
     acks.sort_by_key(|a| a.revision);
     let revisions: BTreeSet<u64> = acks.iter().map(|a| a.revision).collect();
-    assert_eq!(revisions.len(), acks.len(), "two acknowledgements name one revision");
+    assert_eq!(
+        revisions.len(),
+        acks.len(),
+        "two acknowledgements name one revision"
+    );
     let last = acks.last().unwrap().clone();
     let mut pc = project.client(Duration::from_secs(30)).await.unwrap();
     let Fetched::Content(head, content) = pc.fetch(None).await.unwrap() else {
         panic!("no content")
     };
-    assert_eq!(head.revision, last.revision, "the head is the last acknowledged revision");
-    assert_eq!(head.sha256, last.sha256, "the final content is the last acknowledged");
+    assert_eq!(
+        head.revision, last.revision,
+        "the head is the last acknowledged revision"
+    );
+    assert_eq!(
+        head.sha256, last.sha256,
+        "the final content is the last acknowledged"
+    );
     let text = String::from_utf8(content).unwrap();
     let position: BTreeMap<&str, usize> = text.lines().enumerate().map(|(i, l)| (l, i)).collect();
     assert_eq!(position.len(), text.lines().count(), "a line appears twice");
     let mut prev = None;
     for a in &acks {
-        let at = *position
-            .get(a.line.as_str())
-            .unwrap_or_else(|| panic!("acknowledged change {} (revision {}) is lost", a.line, a.revision));
-        assert!(prev.is_none_or(|p| at > p), "change {} is out of order", a.line);
+        let at = *position.get(a.line.as_str()).unwrap_or_else(|| {
+            panic!(
+                "acknowledged change {} (revision {}) is lost",
+                a.line, a.revision
+            )
+        });
+        assert!(
+            prev.is_none_or(|p| at > p),
+            "change {} is out of order",
+            a.line
+        );
         prev = Some(at);
     }
-    assert_eq!(text.lines().count(), CHANGES, "the history holds exactly the acknowledged changes");
+    assert_eq!(
+        text.lines().count(),
+        CHANGES,
+        "the history holds exactly the acknowledged changes"
+    );
     obs.check_one_server().unwrap();
 }
 
@@ -326,7 +380,13 @@ async fn a_paused_server_that_wakes_up_deposed_cannot_commit() {
     })
     .await
     .unwrap();
-    let r2 = commit(&mut to_b, r1.revision, "two", b"revision one\nrevision two\n").await;
+    let r2 = commit(
+        &mut to_b,
+        r1.revision,
+        "two",
+        b"revision one\nrevision two\n",
+    )
+    .await;
     assert!(to_b.seen_term() > to_a.seen_term());
 
     // Wake the deposed server: neither the queued change nor a new one may
@@ -344,7 +404,13 @@ async fn a_paused_server_that_wakes_up_deposed_cannot_commit() {
         .submit(change(r1.revision, "after-waking", &b"stale write 2\n"[..]))
         .await;
     assert!(
-        matches!(fresh, Err(ClientError::NotServer { .. }) | Err(ClientError::Rejected { .. }) | Err(ClientError::StaleTerm { .. }) | Err(ClientError::Connect { .. })),
+        matches!(
+            fresh,
+            Err(ClientError::NotServer { .. })
+                | Err(ClientError::Rejected { .. })
+                | Err(ClientError::StaleTerm { .. })
+                | Err(ClientError::Connect { .. })
+        ),
         "a deposed server took a change: {fresh:?}"
     );
     let head = project.head().await.unwrap();
@@ -395,7 +461,9 @@ async fn changes_made_without_a_server_are_submitted_after_reelection() {
     let project = Project::new(&nats.url()).await;
     let mut pc = project.client(FIRST_SERVER_WITHIN).await.unwrap();
     let r1 = commit(&mut pc, 0, "one", b"cue list v1\n").await;
-    wait_local_copy(&b, 1, &r1.sha256, Duration::from_secs(10)).await.unwrap();
+    wait_local_copy(&b, 1, &r1.sha256, Duration::from_secs(10))
+        .await
+        .unwrap();
 
     a.kill9();
     wait_until("no server", Duration::from_secs(10), || async {
@@ -425,7 +493,10 @@ async fn changes_made_without_a_server_are_submitted_after_reelection() {
         "offline-1",
     ])
     .await;
-    assert!(out.contains("queued change offline-1 on base revision 1"), "{out}");
+    assert!(
+        out.contains("queued change offline-1 on base revision 1"),
+        "{out}"
+    );
     let v3 = b"cue list v1\ncue 2 added offline\ncue 3 added offline\n";
     queue(&b, 1, "offline-2", v3);
     // The device still runs on its local copy, and the change waits.
@@ -441,30 +512,59 @@ async fn changes_made_without_a_server_are_submitted_after_reelection() {
     ])
     .await;
     assert!(out.contains("local copy: revision 1"), "{out}");
-    let held = Outbox::open(&b.data_dir().join("project")).unwrap().pending().unwrap();
+    let held = Outbox::open(&b.data_dir().join("project"))
+        .unwrap()
+        .pending()
+        .unwrap();
     assert_eq!(held.len(), 2, "the changes wait in the outbox");
 
     // An operator gives dev-3 a score: it is elected at once, and dev-2's
     // queued changes are submitted, in order.
     run_cli_ok(&[
-        "score", "set", "--group", GROUP, "--device", "dev-3", "10", "--nats", &nats.url(),
+        "score",
+        "set",
+        "--group",
+        GROUP,
+        "--device",
+        "dev-3",
+        "10",
+        "--nats",
+        &nats.url(),
     ])
     .await;
-    let head = wait_until("both offline edits committed", Duration::from_secs(15), || async {
-        match project.head().await.and_then(|h| h.current) {
-            Some(r) if r.revision == 3 => Ok(r),
-            other => bail!("head {other:?}"),
-        }
-    })
+    let head = wait_until(
+        "both offline edits committed",
+        Duration::from_secs(15),
+        || async {
+            match project.head().await.and_then(|h| h.current) {
+                Some(r) if r.revision == 3 => Ok(r),
+                other => bail!("head {other:?}"),
+            }
+        },
+    )
     .await
     .unwrap();
     assert_eq!(head.sha256, sha256_hex(v3));
     let h = project.head().await.unwrap();
-    let ids: Vec<_> = h.recent.iter().filter_map(|r| r.change_id.clone()).collect();
+    let ids: Vec<_> = h
+        .recent
+        .iter()
+        .filter_map(|r| r.change_id.clone())
+        .collect();
     assert_eq!(ids, ["one", "offline-1", "offline-2"]);
-    assert!(Outbox::open(&b.data_dir().join("project")).unwrap().pending().unwrap().is_empty());
-    wait_local_copy(&c, 3, &head.sha256, Duration::from_secs(10)).await.unwrap();
-    wait_local_copy(&b, 3, &head.sha256, Duration::from_secs(10)).await.unwrap();
+    assert!(
+        Outbox::open(&b.data_dir().join("project"))
+            .unwrap()
+            .pending()
+            .unwrap()
+            .is_empty()
+    );
+    wait_local_copy(&c, 3, &head.sha256, Duration::from_secs(10))
+        .await
+        .unwrap();
+    wait_local_copy(&b, 3, &head.sha256, Duration::from_secs(10))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -476,10 +576,15 @@ async fn a_conflicting_edit_is_reported_and_kept() {
     let project = Project::new(&nats.url()).await;
     let mut pc = project.client(FIRST_SERVER_WITHIN).await.unwrap();
     let r1 = commit(&mut pc, 0, "one", b"v1\n").await;
-    wait_local_copy(&b, 1, &r1.sha256, Duration::from_secs(10)).await.unwrap();
+    wait_local_copy(&b, 1, &r1.sha256, Duration::from_secs(10))
+        .await
+        .unwrap();
 
     let nc = connect(&nats.url()).await.unwrap();
-    let mut events = nc.subscribe(subjects::project_events(&group())).await.unwrap();
+    let mut events = nc
+        .subscribe(subjects::project_events(&group()))
+        .await
+        .unwrap();
     let mut statuses = nc
         .subscribe(subjects::local_status(&group(), &"dev-2".parse().unwrap()))
         .await
@@ -495,7 +600,13 @@ async fn a_conflicting_edit_is_reported_and_kept() {
     let conflict = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(m) = events.next().await {
             if let Ok(ProjectEvent {
-                kind: ProjectEventKind::ChangeConflicted { device, change_id, base_revision, head_revision },
+                kind:
+                    ProjectEventKind::ChangeConflicted {
+                        device,
+                        change_id,
+                        base_revision,
+                        head_revision,
+                    },
                 ..
             }) = messages::decode::<ProjectEvent>(&m.payload)
             {
@@ -516,7 +627,8 @@ async fn a_conflicting_edit_is_reported_and_kept() {
     tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(m) = statuses.next().await {
             if let Ok(s) = messages::decode::<DeviceStatus>(&m.payload)
-                && s.problems.contains(&Problem::ProjectConflict { changes: 1 })
+                && s.problems
+                    .contains(&Problem::ProjectConflict { changes: 1 })
             {
                 return;
             }
@@ -581,7 +693,9 @@ async fn raw_submit(
     parts.extend(chunks.into_iter().map(|c| pb::SubmitChunk {
         part: Some(pb::submit_chunk::Part::Data(c.into())),
     }));
-    rpc.submit(futures::stream::iter(parts)).await.map(|r| r.into_inner())
+    rpc.submit(futures::stream::iter(parts))
+        .await
+        .map(|r| r.into_inner())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -591,7 +705,12 @@ async fn bad_submits_are_refused_clearly_and_change_nothing() {
     let ports = free_ports(2);
     let addr_a = format!("127.0.0.1:{}", ports[0]);
     let addr_b = format!("127.0.0.1:{}", ports[1]);
-    let _a = spawn(&urls, 1, 50, &["--project-listen", &addr_a, "--max-project-size", "1048576"]);
+    let _a = spawn(
+        &urls,
+        1,
+        50,
+        &["--project-listen", &addr_a, "--max-project-size", "1048576"],
+    );
     let _b = spawn(&urls, 2, 0, &["--project-listen", &addr_b]);
     let project = Project::new(&nats.url()).await;
     let mut pc = project.client(FIRST_SERVER_WITHIN).await.unwrap();
@@ -614,7 +733,10 @@ async fn bad_submits_are_refused_clearly_and_change_nothing() {
     let cases: Vec<(&str, pb::SubmitHeader, Vec<Vec<u8>>, Code, &str)> = vec![
         (
             "over the size limit",
-            pb::SubmitHeader { size: 1048577, ..good.clone() },
+            pb::SubmitHeader {
+                size: 1048577,
+                ..good.clone()
+            },
             vec![],
             Code::ResourceExhausted,
             "over the limit",
@@ -628,42 +750,60 @@ async fn bad_submits_are_refused_clearly_and_change_nothing() {
         ),
         (
             "a hash that does not match",
-            pb::SubmitHeader { sha256: sha256_hex(b"other"), ..good.clone() },
+            pb::SubmitHeader {
+                sha256: sha256_hex(b"other"),
+                ..good.clone()
+            },
             vec![data.clone()],
             Code::InvalidArgument,
             "SHA-256",
         ),
         (
             "a malformed hash",
-            pb::SubmitHeader { sha256: "not-a-hash".into(), ..good.clone() },
+            pb::SubmitHeader {
+                sha256: "not-a-hash".into(),
+                ..good.clone()
+            },
             vec![data.clone()],
             Code::InvalidArgument,
             "hexadecimal",
         ),
         (
             "a client of another group",
-            pb::SubmitHeader { group: "other-group".into(), ..good.clone() },
+            pb::SubmitHeader {
+                group: "other-group".into(),
+                ..good.clone()
+            },
             vec![data.clone()],
             Code::PermissionDenied,
             "not other-group",
         ),
         (
             "an invalid group name",
-            pb::SubmitHeader { group: "bad.group".into(), ..good.clone() },
+            pb::SubmitHeader {
+                group: "bad.group".into(),
+                ..good.clone()
+            },
             vec![data.clone()],
             Code::InvalidArgument,
             "group name",
         ),
         (
             "a newer term than the server's",
-            pb::SubmitHeader { seen_term: term + 1000, ..good.clone() },
+            pb::SubmitHeader {
+                seen_term: term + 1000,
+                ..good.clone()
+            },
             vec![data.clone()],
             Code::FailedPrecondition,
             "older than the term",
         ),
         (
             "a bad change id",
-            pb::SubmitHeader { change_id: "no spaces".into(), ..good.clone() },
+            pb::SubmitHeader {
+                change_id: "no spaces".into(),
+                ..good.clone()
+            },
             vec![data.clone()],
             Code::InvalidArgument,
             "change_id",
@@ -677,9 +817,7 @@ async fn bad_submits_are_refused_clearly_and_change_nothing() {
         ),
     ];
     for (what, header, chunks, code, words) in cases {
-        let err = raw_submit(&mut rpc, header, chunks)
-            .await
-            .expect_err(what);
+        let err = raw_submit(&mut rpc, header, chunks).await.expect_err(what);
         assert_eq!(err.code(), code, "{what}: {err:?}");
         assert!(err.message().contains(words), "{what}: {:?}", err.message());
     }
@@ -697,19 +835,40 @@ async fn bad_submits_are_refused_clearly_and_change_nothing() {
         .await
         .unwrap();
     let err = not_server
-        .describe(pb::DescribeRequest { group: GROUP.into(), seen_term: 0 })
+        .describe(pb::DescribeRequest {
+            group: GROUP.into(),
+            seen_term: 0,
+        })
         .await
         .expect_err("dev-2 does not serve");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(err.message().contains("the server is dev-1"), "{}", err.message());
+    assert!(
+        err.message().contains("the server is dev-1"),
+        "{}",
+        err.message()
+    );
     let md = err.metadata();
-    assert_eq!(md.get("understudy-server").unwrap().to_str().unwrap(), "dev-1");
-    assert_eq!(md.get("understudy-server-address").unwrap().to_str().unwrap(), addr_a);
+    assert_eq!(
+        md.get("understudy-server").unwrap().to_str().unwrap(),
+        "dev-1"
+    );
+    assert_eq!(
+        md.get("understudy-server-address")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        addr_a
+    );
 
     // Nothing changed, and the server still takes a good change.
     let head = project.head().await.unwrap().current.unwrap();
-    assert_eq!((head.revision, head.sha256.clone()), (r1.revision, r1.sha256.clone()));
-    let ok = raw_submit(&mut rpc, good, vec![data.clone()]).await.unwrap();
+    assert_eq!(
+        (head.revision, head.sha256.clone()),
+        (r1.revision, r1.sha256.clone())
+    );
+    let ok = raw_submit(&mut rpc, good, vec![data.clone()])
+        .await
+        .unwrap();
     match ok.outcome {
         Some(pb::submit_reply::Outcome::Committed(r)) => assert_eq!(r.revision, 2),
         other => panic!("{other:?}"),
@@ -724,7 +883,9 @@ async fn bad_submits_are_refused_clearly_and_change_nothing() {
         size: 3,
         sha256: sha256_hex(b"old"),
     };
-    let reply = raw_submit(&mut rpc, stale, vec![b"old".to_vec()]).await.unwrap();
+    let reply = raw_submit(&mut rpc, stale, vec![b"old".to_vec()])
+        .await
+        .unwrap();
     match reply.outcome {
         Some(pb::submit_reply::Outcome::Conflict(h)) => assert_eq!(h.revision, 2),
         other => panic!("{other:?}"),

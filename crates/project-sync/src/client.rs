@@ -327,7 +327,8 @@ impl ProjectClient {
             let Some(h) = &head else {
                 return Err(ClientError::Protocol("content before the head".into()));
             };
-            if chunk.offset != data.len() as u64 || data.len() as u64 + chunk.data.len() as u64 > h.size
+            if chunk.offset != data.len() as u64
+                || data.len() as u64 + chunk.data.len() as u64 > h.size
             {
                 return Err(ClientError::Protocol(format!(
                     "chunk at {} (len {}) does not follow byte {} of {}",
@@ -440,7 +441,9 @@ impl ProjectClient {
                 Ok(Submitted::AlreadyCommitted(r))
             }
             Some(pb::submit_reply::Outcome::Conflict(r)) => Ok(Submitted::Conflict(r)),
-            None => Err(ClientError::Protocol("a submit reply without an outcome".into())),
+            None => Err(ClientError::Protocol(
+                "a submit reply without an outcome".into(),
+            )),
         }
     }
 

@@ -127,8 +127,7 @@ pub async fn fence_and_load(
 ) -> Result<Snapshot, FenceError> {
     for _ in 0..10 {
         let current = store.read_head().await?;
-        let (kv_revision, head) = match core::fence(current.as_ref().map(|(_, h)| h), group, term)
-        {
+        let (kv_revision, head) = match core::fence(current.as_ref().map(|(_, h)| h), group, term) {
             FenceDecision::Deposed { head_term } => return Err(FenceError::Deposed(head_term)),
             FenceDecision::AlreadyFenced => match current {
                 Some(c) => c,
@@ -359,7 +358,10 @@ impl ProjectService {
             }
             CommitDecision::Conflict { current } => {
                 return Ok(reply(pb::submit_reply::Outcome::Conflict(
-                    current.as_ref().map(to_pb).unwrap_or_else(|| head_to_pb(&snap.head)),
+                    current
+                        .as_ref()
+                        .map(to_pb)
+                        .unwrap_or_else(|| head_to_pb(&snap.head)),
                 )));
             }
             CommitDecision::AlreadyCommitted(r) => {
@@ -384,12 +386,15 @@ impl ProjectService {
                     ..(*snap).clone()
                 };
                 self.installed(next, &revision).await;
-                Ok(reply(pb::submit_reply::Outcome::Committed(to_pb(&revision))))
+                Ok(reply(pb::submit_reply::Outcome::Committed(to_pb(
+                    &revision,
+                ))))
             }
             Err(CasError::Conflict) => {
                 warn!(term = %snap.term, "the head was fenced by a newer server: deposed");
                 self.stop_serving("deposed: the head's compare-and-set was refused");
-                Err(self.not_server("a newer server fenced the project head; nothing was committed"))
+                Err(self
+                    .not_server("a newer server fenced the project head; nothing was committed"))
             }
             Err(CasError::Failed(e)) => {
                 // The write may or may not have landed: read the head to know.
@@ -404,7 +409,9 @@ impl ProjectService {
                             ..(*snap).clone()
                         };
                         self.installed(next, &revision).await;
-                        Ok(reply(pb::submit_reply::Outcome::Committed(to_pb(&revision))))
+                        Ok(reply(pb::submit_reply::Outcome::Committed(to_pb(
+                            &revision,
+                        ))))
                     }
                     Ok(Some((rev, h))) if h.term == snap.term && h.current == snap.head.current => {
                         let next = Snapshot {

@@ -24,9 +24,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use understudy_bus::unix_ms;
-use understudy_protocol::messages::{
-    ElectionState, ProjectEvent, ProjectEventKind, ProjectState,
-};
+use understudy_protocol::messages::{ElectionState, ProjectEvent, ProjectEventKind, ProjectState};
 use understudy_protocol::{DeviceId, GroupName, Role, SCHEMA_VERSION, Term, subjects};
 
 use crate::client::{Change, ClientError, ProjectClient, ServerRef, Submitted, lease_server};
@@ -180,7 +178,15 @@ pub async fn run(
             entry = next_lease(&mut lease_watch) => match entry {
                 Some(server) => {
                     svc.set_known_server(server.clone());
-                    server_tx.send_replace(server);
+                    // Renewals rewrite the lease four times a second; only a
+                    // different server (or term) is news for the follower.
+                    server_tx.send_if_modified(|cur| {
+                        let changed = *cur != server;
+                        if changed {
+                            *cur = server;
+                        }
+                        changed
+                    });
                 }
                 None => lease_watch = None,
             },
@@ -275,7 +281,11 @@ async fn next_lease(w: &mut Option<kv::Watch>) -> Option<Option<ServerRef>> {
     }
 }
 
-async fn publish_event(client: &async_nats::Client, cfg: &ProjectSyncConfig, kind: ProjectEventKind) {
+async fn publish_event(
+    client: &async_nats::Client,
+    cfg: &ProjectSyncConfig,
+    kind: ProjectEventKind,
+) {
     let event = ProjectEvent {
         schema: SCHEMA_VERSION,
         group: cfg.group.clone(),
@@ -433,12 +443,17 @@ async fn drain(
             Ok(Submitted::Conflict(head)) => {
                 warn!(change = %entry.change_id, base, head = head.revision, "queued change conflicts; kept in conflicts/");
                 outbox.move_to_conflicts(&entry, head.revision, unix_ms(SystemTime::now()))?;
-                publish_event(client, cfg, ProjectEventKind::ChangeConflicted {
-                    device: cfg.device.clone(),
-                    change_id: entry.change_id.clone(),
-                    base_revision: base,
-                    head_revision: head.revision,
-                }).await;
+                publish_event(
+                    client,
+                    cfg,
+                    ProjectEventKind::ChangeConflicted {
+                        device: cfg.device.clone(),
+                        change_id: entry.change_id.clone(),
+                        base_revision: base,
+                        head_revision: head.revision,
+                    },
+                )
+                .await;
             }
             Err(e) if e.is_transient() => return Err(e),
             Err(e) => {

@@ -163,7 +163,9 @@ async fn submit(pc: &mut ProjectClient, change: Change) -> Result<(pb::Revision,
     let mut retries = 0;
     loop {
         match pc.submit(change.clone()).await {
-            Ok(Submitted::Committed(r) | Submitted::AlreadyCommitted(r)) => return Ok((r, retries)),
+            Ok(Submitted::Committed(r) | Submitted::AlreadyCommitted(r)) => {
+                return Ok((r, retries));
+            }
             Ok(Submitted::Conflict(r)) => bail!(
                 "change {} on revision {} conflicted with revision {}",
                 change.change_id,

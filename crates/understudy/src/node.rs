@@ -267,7 +267,9 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     let project_addr = match (&n.project_advertise, &project_listener) {
         (Some(a), _) => Some(a.clone()),
         (None, Some(l)) => {
-            let addr = l.local_addr().context("the project-sync listener has no address")?;
+            let addr = l
+                .local_addr()
+                .context("the project-sync listener has no address")?;
             if addr.ip().is_unspecified() {
                 return Err(anyhow!(
                     "--project-listen {addr} is a wildcard address: give --project-advertise host:port"

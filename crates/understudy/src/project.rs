@@ -219,7 +219,11 @@ async fn put(
             Ok(Submitted::Conflict(head)) => bail!(
                 "conflict: the project is at revision {} (by {}), not the base {}; nothing was applied",
                 head.revision,
-                if head.changed_by.is_empty() { "-" } else { &head.changed_by },
+                if head.changed_by.is_empty() {
+                    "-"
+                } else {
+                    &head.changed_by
+                },
                 base.unwrap_or(0)
             ),
             // Same change id: a retry after a failover is applied at most once.
@@ -262,8 +266,8 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
         .file_name()
         .ok_or_else(|| anyhow!("--file {} names no file", path.display()))?;
     let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    let mut f = std::fs::File::create(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     f.write_all(data)
         .and_then(|_| f.sync_all())
         .with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -328,8 +332,16 @@ fn print_revision(r: &pb::Revision, term: u64, json: bool) {
             r.committed_term,
             r.size,
             r.sha256,
-            if r.changed_by.is_empty() { "-" } else { &r.changed_by },
-            if r.change_id.is_empty() { "-" } else { &r.change_id },
+            if r.changed_by.is_empty() {
+                "-"
+            } else {
+                &r.changed_by
+            },
+            if r.change_id.is_empty() {
+                "-"
+            } else {
+                &r.change_id
+            },
         );
     }
     let _ = std::io::stdout().flush();

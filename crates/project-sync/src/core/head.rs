@@ -90,10 +90,7 @@ pub fn fence(current: Option<&ProjectHead>, group: &GroupName, term: Term) -> Fe
         }),
         Some(h) if h.term > term => FenceDecision::Deposed { head_term: h.term },
         Some(h) if h.term == term => FenceDecision::AlreadyFenced,
-        Some(h) => FenceDecision::Write(ProjectHead {
-            term,
-            ..h.clone()
-        }),
+        Some(h) => FenceDecision::Write(ProjectHead { term, ..h.clone() }),
     }
 }
 
@@ -192,7 +189,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(fence(Some(&h), &group(), t(3)), FenceDecision::AlreadyFenced);
+        assert_eq!(
+            fence(Some(&h), &group(), t(3)),
+            FenceDecision::AlreadyFenced
+        );
     }
 
     #[test]

@@ -54,7 +54,9 @@ pub enum UploadError {
 
 /// Whether `s` is a SHA-256 in lower-case hex.
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A change's content arriving in chunks, checked as it comes.
