@@ -730,7 +730,9 @@ async fn bad_submits_are_refused_clearly_and_change_nothing() {
         size: data.len() as u64,
         sha256: sha256_hex(&data),
     };
-    let cases: Vec<(&str, pb::SubmitHeader, Vec<Vec<u8>>, Code, &str)> = vec![
+    // (what, header, chunks, expected code, expected message part)
+    type Case<'a> = (&'a str, pb::SubmitHeader, Vec<Vec<u8>>, Code, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "over the size limit",
             pb::SubmitHeader {

@@ -451,7 +451,7 @@ impl ProjectService {
             revision: revision.clone(),
         })
         .await;
-        if revision.revision % 16 == 0 {
+        if revision.revision.is_multiple_of(16) {
             tokio::spawn(async move {
                 match store.prune(&keep).await {
                     Ok(n) if n > 0 => debug!(removed = n, "pruned old project content"),

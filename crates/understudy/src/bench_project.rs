@@ -31,7 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use understudy_project_sync::client::{
-    Change, ClientError, ProjectClient, ServerRef, Submitted, find_server,
+    Change, ClientError, Fetched, ProjectClient, ServerRef, Submitted, find_server,
 };
 use understudy_project_sync::local::LocalCopy;
 use understudy_project_sync::pb;
@@ -359,6 +359,11 @@ async fn distribution(
     let project = t0.elapsed();
     let _ = std::fs::remove_dir_all(&copies);
 
+    // Where the time goes: the same transfer kept in memory, and the disk
+    // writes alone.
+    let in_memory = fetch_in_memory(group, server, n, &rev).await?;
+    let disk = disk_only(&copies, n, data.clone()).await?;
+    let _ = std::fs::remove_dir_all(&copies);
     let raw = raw_loopback(n, data).await?;
 
     let total = mib * n as f64;
@@ -380,6 +385,16 @@ async fn distribution(
         first.as_secs_f64()
     );
     println!(
+        "    same, kept in memory (fetch: gRPC + SHA-256, no disk): {:.2} s = {:.1} MiB/s",
+        in_memory.as_secs_f64(),
+        rate(in_memory)
+    );
+    println!(
+        "    disk alone ({n} files of {mib:.0} MiB written and fsynced at once): {:.2} s = {:.1} MiB/s",
+        disk.as_secs_f64(),
+        rate(disk)
+    );
+    println!(
         "  raw loopback TCP:   {total:.0} MiB in {:.2} s = {:.1} MiB/s",
         raw.as_secs_f64(),
         rate(raw)
@@ -391,6 +406,60 @@ async fn distribution(
         met(share >= RATE_SHARE_TARGET)
     );
     Ok(())
+}
+
+/// N clients at once fetching `rev` into memory (verified, not written).
+async fn fetch_in_memory(
+    group: &GroupName,
+    server: &ServerRef,
+    n: usize,
+    rev: &pb::Revision,
+) -> Result<Duration> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        clients.push(ProjectClient::connect(group, server.clone(), CALL_TIMEOUT).await?);
+    }
+    let t0 = Instant::now();
+    let mut fetches = Tasks(
+        clients
+            .into_iter()
+            .map(|mut c| tokio::spawn(async move { anyhow::Ok(c.fetch(None).await?) }))
+            .collect(),
+    );
+    for f in &mut fetches.0 {
+        match f.await?? {
+            Fetched::Content(r, _) if r.sha256 == rev.sha256 => {}
+            _ => bail!("an in-memory fetch did not bring revision {}", rev.revision),
+        }
+    }
+    Ok(t0.elapsed())
+}
+
+/// N files of `data` written at once (1 MiB writes) and fsynced, as the
+/// local copies are, without the network.
+async fn disk_only(dir: &Path, n: usize, data: Bytes) -> Result<Duration> {
+    std::fs::create_dir_all(dir)?;
+    let t0 = Instant::now();
+    let mut writers = Tasks(
+        (0..n)
+            .map(|i| {
+                let path = dir.join(format!("disk-{}", i + 1));
+                let data = data.clone();
+                tokio::task::spawn_blocking(move || {
+                    use std::io::Write as _;
+                    let mut f = std::fs::File::create(&path)?;
+                    for slice in data.chunks(MIB) {
+                        f.write_all(slice)?;
+                    }
+                    f.sync_all()
+                })
+            })
+            .collect(),
+    );
+    for w in &mut writers.0 {
+        w.await??;
+    }
+    Ok(t0.elapsed())
 }
 
 /// N loopback TCP connections at once, each receiving `data` (written in

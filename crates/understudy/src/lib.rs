@@ -40,7 +40,7 @@ struct Bus {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one device: discovery, heartbeat, election and project-sync in one process.
-    Node(node::NodeArgs),
+    Node(Box<node::NodeArgs>),
     /// Show a group's devices, server, term and counts.
     Status {
         /// The project group.
@@ -132,7 +132,7 @@ where
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Node(args) => node::run(args).await,
+            Command::Node(args) => node::run(*args).await,
             Command::Status { group, json, bus } => ctl::status(&bus.nats, &group, json).await,
             Command::Score { action } => ctl::score(action).await,
             Command::Election { action } => ctl::election(action).await,

@@ -131,6 +131,7 @@ mod tests {
             server_live: true,
             expected_peers: 2,
             live_peers: 2,
+            project_conflicts: 0,
         }
     }
 
@@ -172,6 +173,23 @@ mod tests {
     }
 
     #[test]
+    fn conflicted_project_changes_turn_a_device_red() {
+        let s = assess(
+            true,
+            &Findings {
+                project_conflicts: 2,
+                ..healthy()
+            },
+        );
+        assert_eq!(s.colour, StatusColour::Red);
+        assert_eq!(s.problems, vec![Problem::ProjectConflict { changes: 2 }]);
+        assert_eq!(
+            s.problems[0].to_string(),
+            "2 project change(s) conflict with the server's copy"
+        );
+    }
+
+    #[test]
     fn more_live_peers_than_expected_is_not_a_problem() {
         let s = assess(
             true,
@@ -193,8 +211,9 @@ mod tests {
             server_live: bool,
             expected_peers: u32,
             live_peers: u32,
+            project_conflicts in 0u32..3,
         ) {
-            let findings = Findings { bus_connected, duplicate_id, server_live, expected_peers, live_peers };
+            let findings = Findings { bus_connected, duplicate_id, server_live, expected_peers, live_peers, project_conflicts };
             let s = assess(online, &findings);
             prop_assert_eq!(s.colour == StatusColour::Grey, !online);
             prop_assert_eq!(s.colour == StatusColour::Blue, online && s.problems.is_empty());
