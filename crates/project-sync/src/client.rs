@@ -19,6 +19,9 @@ use understudy_protocol::{DeviceId, GroupName, Term, subjects};
 
 use crate::core::TermGuard;
 use crate::local::{CopyMeta, Incoming, LocalCopy, LocalError, sha256_hex};
+
+/// The largest HTTP/2 frame either side accepts (the default is 16 KiB).
+pub const MAX_FRAME: u32 = 1024 * 1024;
 use crate::pb;
 
 /// Content is submitted in chunks of this size.
@@ -239,7 +242,9 @@ impl ProjectClient {
             .keep_alive_timeout(Duration::from_secs(1))
             .keep_alive_while_idle(true)
             .initial_stream_window_size(Some(4 * 1024 * 1024))
-            .initial_connection_window_size(Some(16 * 1024 * 1024));
+            .initial_connection_window_size(Some(16 * 1024 * 1024))
+            // Fetch chunks are 1 MiB: let them come in few HTTP/2 frames.
+            .max_frame_size(MAX_FRAME);
         let channel = tokio::time::timeout(timeout, endpoint.connect())
             .await
             .map_err(|_| connect_err(format!("no connection within {timeout:?}")))?
@@ -358,7 +363,7 @@ impl ProjectClient {
         if have.as_ref() == Some(&target) {
             return Ok(target);
         }
-        let mut incoming: Incoming = local.begin(&target)?;
+        let mut writer = Writer::start(local.begin(&target)?);
         let mut stream = self
             .rpc
             .fetch(pb::FetchRequest {
@@ -367,7 +372,7 @@ impl ProjectClient {
                 have_revision: have.as_ref().map_or(0, |h| h.revision),
                 have_sha256: have.as_ref().map_or(String::new(), |h| h.sha256.clone()),
                 resume_revision: target.revision,
-                offset: incoming.offset(),
+                offset: writer.offset,
             })
             .await?
             .into_inner();
@@ -377,32 +382,35 @@ impl ProjectClient {
             self.check_term(chunk.term)?;
             if let Some(h) = chunk.head {
                 if chunk.up_to_date {
+                    writer.abandon().await;
                     return Ok(meta_of(&h));
                 }
                 let meta = meta_of(&h);
-                if meta != target || chunk.offset != incoming.offset() {
+                if meta != writer.meta || chunk.offset != writer.offset {
                     // The head moved on (or the server restarted the
                     // transfer): start over on the new revision.
-                    drop(incoming);
-                    incoming = local.begin(&meta)?;
+                    writer.abandon().await;
+                    let mut incoming = local.begin(&meta)?;
                     if chunk.offset != incoming.offset() {
                         drop(incoming);
                         incoming = restart(local, &meta)?;
                     }
+                    writer = Writer::start(incoming);
                 }
                 started = true;
             }
-            if !started || chunk.offset != incoming.offset() {
+            if !started || chunk.offset != writer.offset {
+                let at = writer.offset;
+                writer.abandon().await;
                 return Err(ClientError::Protocol(format!(
-                    "chunk at {} does not follow byte {}",
-                    chunk.offset,
-                    incoming.offset()
+                    "chunk at {} does not follow byte {at}",
+                    chunk.offset
                 )));
             }
-            incoming.write(&chunk.data)?;
+            writer.write(chunk.data).await?;
         }
-        let meta = incoming.meta().clone();
-        incoming.finish()?;
+        let meta = writer.meta.clone();
+        writer.finish().await?;
         Ok(meta)
     }
 
@@ -466,6 +474,84 @@ impl ProjectClient {
     /// Checks a watch event's term; `Err(StaleTerm)` when it must be dropped.
     pub fn accept_event(&mut self, event: &pb::WatchEvent) -> Result<(), ClientError> {
         self.check_term(event.term)
+    }
+}
+
+/// Writes (and hashes) a download on a blocking thread, so the next chunks
+/// arrive while the disk works; a few chunks are buffered between the two.
+struct Writer {
+    tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    task: tokio::task::JoinHandle<Result<Incoming, LocalError>>,
+    /// Bytes handed to the writer so far (the resume offset included).
+    offset: u64,
+    meta: CopyMeta,
+}
+
+impl Writer {
+    const BUFFERED_CHUNKS: usize = 8;
+
+    fn start(mut incoming: Incoming) -> Writer {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(Self::BUFFERED_CHUNKS);
+        let offset = incoming.offset();
+        let meta = incoming.meta().clone();
+        let task = tokio::task::spawn_blocking(move || {
+            while let Some(data) = rx.blocking_recv() {
+                incoming.write(&data)?;
+            }
+            Ok(incoming)
+        });
+        Writer {
+            tx: Some(tx),
+            task,
+            offset,
+            meta,
+        }
+    }
+
+    async fn write(&mut self, data: Bytes) -> Result<(), ClientError> {
+        let len = data.len() as u64;
+        let sent = match &self.tx {
+            Some(tx) => tx.send(data).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The writer stopped on an error: report it.
+            self.tx = None;
+            return match (&mut self.task).await {
+                Ok(Err(e)) => Err(e.into()),
+                Ok(Ok(_)) => Err(ClientError::Protocol("the download writer stopped".into())),
+                Err(e) => Err(ClientError::Protocol(format!(
+                    "the download writer failed: {e}"
+                ))),
+            };
+        }
+        self.offset += len;
+        Ok(())
+    }
+
+    /// Waits for every byte to be written, then checks and installs the copy.
+    async fn finish(mut self) -> Result<(), ClientError> {
+        self.tx = None;
+        let incoming = match self.task.await {
+            Ok(r) => r?,
+            Err(e) => {
+                return Err(ClientError::Protocol(format!(
+                    "the download writer failed: {e}"
+                )));
+            }
+        };
+        match tokio::task::spawn_blocking(move || incoming.finish()).await {
+            Ok(r) => Ok(r?),
+            Err(e) => Err(ClientError::Protocol(format!(
+                "installing the download failed: {e}"
+            ))),
+        }
+    }
+
+    /// Stops writing; what was written stays as a partial to resume.
+    async fn abandon(mut self) {
+        self.tx = None;
+        let _ = self.task.await;
     }
 }
 

@@ -533,14 +533,19 @@ pub struct OutboxEntry {
     pub changed_by: String,
 }
 
-/// A change the server refused because the project had moved on.
+/// A change that could not be applied: the server refused it because the
+/// project had moved on (a conflict), or for another reason given in
+/// `reason`, or its queued content was unreadable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConflictEntry {
     /// The refused change.
     #[serde(flatten)]
     pub entry: OutboxEntry,
-    /// The server's head revision when it refused.
+    /// The server's head revision when it refused (0 when not a conflict).
     pub head_revision: u64,
+    /// Why it was refused, when it was not a conflict on a stale base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// When it was refused, Unix milliseconds.
     pub refused_at_ms: u64,
 }
@@ -630,12 +635,14 @@ impl Outbox {
         &self,
         entry: &OutboxEntry,
         head_revision: u64,
+        reason: Option<&str>,
         now_ms: u64,
     ) -> Result<ConflictEntry, LocalError> {
         check_key(&entry.key)?;
         let conflict = ConflictEntry {
             entry: entry.clone(),
             head_revision,
+            reason: reason.map(str::to_owned),
             refused_at_ms: now_ms,
         };
         let from = bin_path(&self.outbox, &entry.key);
@@ -1397,7 +1404,7 @@ mod tests {
         let outbox = Outbox::open(tmp.path()).unwrap();
         let entry = outbox.add(3, "dev-b", Some("edit-1"), b"my edit").unwrap();
 
-        let conflict = outbox.move_to_conflicts(&entry, 7, 1_234).unwrap();
+        let conflict = outbox.move_to_conflicts(&entry, 7, None, 1_234).unwrap();
 
         assert_eq!(conflict.entry, entry);
         assert_eq!(conflict.head_revision, 7);

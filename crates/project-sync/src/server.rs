@@ -44,6 +44,10 @@ pub const CONFIRM_FRESH: Duration = Duration::from_millis(800);
 
 /// How many recent revisions keep their content in the object store.
 const KEEP_CONTENT: usize = 4;
+/// Old content is pruned after every this many revisions.
+const PRUNE_EVERY: u64 = 16;
+/// Content stored more recently than this is never pruned.
+const PRUNE_MIN_AGE: Duration = Duration::from_secs(600);
 
 /// What this device serves, once fenced.
 #[derive(Clone)]
@@ -413,19 +417,12 @@ impl ProjectService {
                             &revision,
                         ))))
                     }
-                    Ok(Some((rev, h))) if h.term == snap.term && h.current == snap.head.current => {
-                        let next = Snapshot {
-                            kv_revision: rev,
-                            head: h,
-                            ..(*snap).clone()
-                        };
-                        self.shared.serving.send_replace(Some(Arc::new(next)));
-                        Err(Status::unavailable(format!(
-                            "cannot commit: {e}; nothing was committed, try again"
-                        )))
-                    }
+                    // Anything else may be a stale read (a follower of a
+                    // replicated bucket): the outcome stays unknown. Stop and
+                    // fence again from the head as it is, so a resubmission
+                    // with the same change_id gets the truth.
                     _ => {
-                        self.stop_serving("the head cannot be read after a failed commit");
+                        self.stop_serving("the outcome of a commit is unknown");
                         Err(Status::unavailable(format!(
                             "the commit's outcome is unknown ({e}); resubmit with the same change_id"
                         )))
@@ -437,29 +434,45 @@ impl ProjectService {
 
     async fn installed(&self, next: Snapshot, revision: &RevisionSummary) {
         info!(revision = revision.revision, term = %next.term, size = revision.size, by = ?revision.changed_by, "committed");
-        let keep: BTreeSet<String> = next
-            .head
-            .recent
-            .iter()
-            .rev()
-            .take(KEEP_CONTENT)
-            .map(|r| r.sha256.clone())
-            .collect();
         let store = next.store.clone();
+        let term = next.term;
         self.shared.serving.send_replace(Some(Arc::new(next)));
         self.publish(ProjectEventKind::RevisionCommitted {
             revision: revision.clone(),
         })
         .await;
-        if revision.revision.is_multiple_of(16) {
-            tokio::spawn(async move {
-                match store.prune(&keep).await {
-                    Ok(n) if n > 0 => debug!(removed = n, "pruned old project content"),
-                    Ok(_) => {}
-                    Err(e) => debug!("cannot prune old project content: {e}"),
-                }
-            });
+        if revision.revision.is_multiple_of(PRUNE_EVERY) {
+            let shared = self.shared.clone();
+            tokio::spawn(async move { prune(shared, store, term).await });
         }
+    }
+}
+
+/// Deletes content no longer needed: everything but the last
+/// [`KEEP_CONTENT`] revisions of the head as stored. It runs under the commit
+/// lock (no commit of this server is between storing its content and moving
+/// the head), only while the stored head still carries this server's term,
+/// and never touches an object younger than [`PRUNE_MIN_AGE`] (a newer
+/// server's commit in flight).
+async fn prune(shared: Arc<Shared>, store: ProjectStore, term: Term) {
+    let _no_commit_in_flight = shared.commit.lock().await;
+    let head = match store.read_head().await {
+        Ok(Some((_, head))) if head.term == term => head,
+        Ok(_) => return debug!("not pruning: the head is no longer this server's"),
+        Err(e) => return debug!("not pruning: cannot read the head: {e}"),
+    };
+    let keep: BTreeSet<String> = head
+        .recent
+        .iter()
+        .rev()
+        .take(KEEP_CONTENT)
+        .map(|r| r.sha256.clone())
+        .chain(head.current.iter().map(|r| r.sha256.clone()))
+        .collect();
+    match store.prune(&keep, PRUNE_MIN_AGE).await {
+        Ok(n) if n > 0 => debug!(removed = n, "pruned old project content"),
+        Ok(_) => {}
+        Err(e) => debug!("cannot prune old project content: {e}"),
     }
 }
 

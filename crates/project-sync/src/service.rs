@@ -22,13 +22,13 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use understudy_bus::unix_ms;
 use understudy_protocol::messages::{ElectionState, ProjectEvent, ProjectEventKind, ProjectState};
 use understudy_protocol::{DeviceId, GroupName, Role, SCHEMA_VERSION, Term, subjects};
 
 use crate::client::{Change, ClientError, ProjectClient, ServerRef, Submitted, lease_server};
-use crate::local::{LocalCopy, LocalError, Outbox};
+use crate::local::{CopyState, LocalCopy, LocalError, Outbox, OutboxEntry};
 use crate::server::{FenceError, ProjectService, ServerConfig, Snapshot, fence_and_load};
 use crate::store::ProjectStore;
 
@@ -103,6 +103,7 @@ pub async fn run(
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(4 * 1024 * 1024))
             .initial_connection_window_size(Some(16 * 1024 * 1024))
+            .max_frame_size(Some(crate::client::MAX_FRAME))
             .http2_keepalive_interval(Some(Duration::from_secs(1)))
             .http2_keepalive_timeout(Some(Duration::from_secs(2)))
             .add_service(svc.clone().into_server())
@@ -126,6 +127,9 @@ pub async fn run(
     let mut lease_watch: Option<kv::Watch> = None;
     let (fenced_tx, mut fenced_rx) = mpsc::channel::<(Term, Result<Snapshot, FenceError>)>(4);
     let mut fencing: Option<Term> = None;
+    // A term found deposed in the store is not fenced again: a newer server
+    // holds the head, and the election will step this device down.
+    let mut deposed: Option<Term> = None;
     let mut last_state: Option<(ElectionState, Instant)> = None;
     let mut tick = understudy_bus::ticker(Duration::from_millis(200));
     let mut report = understudy_bus::ticker(Duration::from_secs(1));
@@ -138,7 +142,10 @@ pub async fn run(
                 let now = Instant::now();
                 if state.role == Role::Server {
                     svc.confirm(state.term, now);
-                    if svc.serving_term() != Some(state.term) && fencing != Some(state.term) {
+                    if svc.serving_term() != Some(state.term)
+                        && fencing != Some(state.term)
+                        && deposed != Some(state.term)
+                    {
                         if svc.serving_term().is_some() {
                             svc.stop_serving("a new term");
                         }
@@ -151,7 +158,9 @@ pub async fn run(
                 last_state = Some((state, now));
             }
             Some((term, result)) = fenced_rx.recv() => {
-                fencing = None;
+                if fencing == Some(term) {
+                    fencing = None;
+                }
                 let still = last_state.as_ref().is_some_and(|(s, at)| {
                     s.role == Role::Server && s.term == term && at.elapsed() < ELECTION_SILENCE
                 });
@@ -167,11 +176,13 @@ pub async fn run(
                         }).await;
                     }
                     Ok(_) => debug!(%term, "fenced, but no longer the server"),
+                    Err(FenceError::Deposed(by)) => {
+                        warn!(%term, "cannot serve the project: the head is held by term {by}");
+                        deposed = Some(term);
+                    }
                     Err(e) => {
                         warn!(%term, "cannot serve the project: {e}");
-                        if !matches!(e, FenceError::Deposed(_)) {
-                            store = None;
-                        }
+                        store = None;
                     }
                 }
             }
@@ -204,6 +215,7 @@ pub async fn run(
                     && at.elapsed() < ELECTION_SILENCE
                     && svc.serving_term() != Some(s.term)
                     && fencing.is_none()
+                    && deposed != Some(s.term)
                 {
                     fencing = Some(s.term);
                     start_fence(&js, &cfg, &mut store, s.term, fenced_tx.clone()).await;
@@ -329,6 +341,17 @@ async fn sync_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let local = Arc::new(local);
+    // Verify the copy once at start (a crash or a disk fault may have hurt
+    // it); a damaged copy is discarded and fetched again from the server.
+    let checking = local.clone();
+    match tokio::task::spawn_blocking(move || checking.check()).await {
+        Ok(Ok(CopyState::Discarded { meta, reason })) => {
+            warn!(revision = ?meta.map(|m| m.revision), "the local project copy was damaged and is discarded: {reason}")
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => warn!("cannot verify the local project copy: {e}"),
+        Err(e) => warn!("cannot verify the local project copy: {e}"),
+    }
     let mut backoff = Duration::from_millis(50);
     loop {
         if *shutdown.borrow() {
@@ -420,7 +443,11 @@ async fn drain(
         let data = match outbox.content(&entry) {
             Ok(d) => d,
             Err(e) => {
-                warn!(change = %entry.change_id, "a queued change is unreadable: {e}");
+                // Damaged on disk: set it aside (kept, reported), or leave it
+                // if even that fails; the other changes go on either way.
+                let reason = format!("the queued content is unreadable: {e}");
+                warn!(change = %entry.change_id, "{reason}; kept in conflicts/");
+                set_aside(client, cfg, outbox, &entry, entry.base_revision, reason).await;
                 continue;
             }
         };
@@ -442,7 +469,12 @@ async fn drain(
             }
             Ok(Submitted::Conflict(head)) => {
                 warn!(change = %entry.change_id, base, head = head.revision, "queued change conflicts; kept in conflicts/");
-                outbox.move_to_conflicts(&entry, head.revision, unix_ms(SystemTime::now()))?;
+                outbox.move_to_conflicts(
+                    &entry,
+                    head.revision,
+                    None,
+                    unix_ms(SystemTime::now()),
+                )?;
                 publish_event(
                     client,
                     cfg,
@@ -457,11 +489,49 @@ async fn drain(
             }
             Err(e) if e.is_transient() => return Err(e),
             Err(e) => {
-                warn!(change = %entry.change_id, "the server refused a queued change: {e}; kept in conflicts/");
-                outbox.move_to_conflicts(&entry, 0, unix_ms(SystemTime::now()))?;
+                let reason = format!("the server refused it: {e}");
+                warn!(change = %entry.change_id, "{reason}; kept in conflicts/");
+                set_aside(client, cfg, outbox, &entry, base, reason).await;
             }
         }
     }
     *have = pc.fetch_into(local).await?.revision.max(*have);
     Ok(())
+}
+
+/// Moves a queued change that cannot be applied to `conflicts/` with the
+/// reason, and reports it on the bus.
+async fn set_aside(
+    client: &async_nats::Client,
+    cfg: &ProjectSyncConfig,
+    outbox: &Outbox,
+    entry: &OutboxEntry,
+    base_revision: u64,
+    reason: String,
+) {
+    match outbox.move_to_conflicts(entry, 0, Some(&reason), unix_ms(SystemTime::now())) {
+        Ok(_) => {}
+        Err(LocalError::NotFound { .. }) => {
+            // Its content file is gone: there is nothing left to keep.
+            error!(change = %entry.change_id, "a queued change lost its content; dropped");
+            if let Err(e) = outbox.remove(entry) {
+                warn!(change = %entry.change_id, "cannot drop it: {e}");
+            }
+        }
+        Err(e) => {
+            warn!(change = %entry.change_id, "cannot set a queued change aside: {e}");
+            return;
+        }
+    }
+    publish_event(
+        client,
+        cfg,
+        ProjectEventKind::ChangeRefused {
+            device: cfg.device.clone(),
+            change_id: entry.change_id.clone(),
+            base_revision,
+            reason,
+        },
+    )
+    .await;
 }

@@ -266,8 +266,22 @@ impl ProjectStore {
         Ok(data)
     }
 
-    /// Deletes every content object whose SHA-256 is not in `keep`.
-    pub async fn prune(&self, keep: &BTreeSet<String>) -> Result<usize, StoreError> {
+    /// Deletes every content object whose SHA-256 is not in `keep` and that
+    /// was last written more than `min_age` ago (by the store's clock): an
+    /// object a commit has just stored, perhaps by another server, is kept.
+    pub async fn prune(
+        &self,
+        keep: &BTreeSet<String>,
+        min_age: Duration,
+    ) -> Result<usize, StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let old_enough = |info: &object_store::ObjectInfo| match info.modified {
+            Some(at) => now.saturating_sub(at.unix_timestamp()) >= min_age.as_secs() as i64,
+            None => false,
+        };
         let names = bounded(self.timeout * 4, "listing the content", async {
             let mut list = self
                 .objects
@@ -278,7 +292,7 @@ impl ProjectStore {
             let mut names = Vec::new();
             while let Some(info) = list.next().await {
                 match info {
-                    Ok(info) if !info.deleted => names.push(info.name),
+                    Ok(info) if !info.deleted && old_enough(&info) => names.push(info.name),
                     Ok(_) => {}
                     Err(e) => {
                         return Err(StoreError::JetStream {

@@ -587,6 +587,19 @@ pub enum ProjectEventKind {
         /// The server's revision when it refused.
         head_revision: u64,
     },
+    /// A device's queued change could not be applied for another reason than
+    /// a conflict (the server refused it, or its queued content is damaged);
+    /// the change is kept on the device with the reason.
+    ChangeRefused {
+        /// The device that holds the change.
+        device: DeviceId,
+        /// The change's id.
+        change_id: String,
+        /// The revision the change was made on.
+        base_revision: u64,
+        /// Why it was refused.
+        reason: String,
+    },
     /// An event type this build does not know.
     #[serde(other)]
     Unknown,
@@ -614,8 +627,8 @@ impl BusMessage for ProjectEvent {
 }
 
 /// The project-sync service's state, for the other services of the same
-/// device (`understudy.<group>.local.<device>.project`), published on every
-/// change and once a second.
+/// device (`understudy.<group>.local.<device>.project`), published once a
+/// second.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProjectState {
     /// Always [`SCHEMA_VERSION`].

@@ -53,7 +53,9 @@ pub struct NodeArgs {
     /// Server lease duration [default: 1500ms].
     #[arg(long, env = "UNDERSTUDY_LEASE")]
     lease: Option<String>,
-    /// Folder for this device's files (project copy, outbox) [default: none].
+    /// Folder for this device's files (project copy, outbox, conflicts)
+    /// [default: $XDG_STATE_HOME/understudy/<group>/<device>, else
+    /// ~/.local/state/understudy/<group>/<device>].
     #[arg(long, env = "UNDERSTUDY_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Start offline (out of the group until taken online).
@@ -64,8 +66,9 @@ pub struct NodeArgs {
     /// process or container [default: all four].
     #[arg(long, env = "UNDERSTUDY_SERVICES")]
     services: Option<String>,
-    /// JetStream replicas for the lease bucket and events stream (3 on a
-    /// 3-node cluster) [default: 1].
+    /// JetStream replicas (1–5) for the lease bucket, the events stream and
+    /// the project store, when this device creates them (3 on a 3-node
+    /// cluster) [default: 1].
     #[arg(long, env = "UNDERSTUDY_REPLICAS")]
     replicas: Option<usize>,
     /// Where the project-sync gRPC service listens [default: 127.0.0.1:0, a
@@ -218,7 +221,10 @@ fn resolve(a: NodeArgs) -> Result<Node> {
         )?,
         lease,
         offline: a.offline || f.offline.unwrap_or(false),
-        replicas: a.replicas.or(f.replicas).unwrap_or(1).clamp(1, 5),
+        replicas: match a.replicas.or(f.replicas).unwrap_or(1) {
+            r @ 1..=5 => r,
+            r => return Err(anyhow!("--replicas must be 1 to 5, not {r}")),
+        },
         data_dir,
         services: parse_services(a.services.or(f.services))?,
         project_listen: a

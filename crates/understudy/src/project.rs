@@ -148,7 +148,18 @@ fn fresh_change_id() -> String {
 
 /// Finds the server and connects, retrying while a failover may be under way.
 async fn connect_server(js: &jetstream::Context, group: &GroupName) -> Result<ProjectClient> {
-    let deadline = Instant::now() + FIND_WITHIN;
+    connect_server_within(js, group, Some(FIND_WITHIN)).await
+}
+
+/// Like [`connect_server`]; `None` waits for a server for as long as it takes
+/// (saying so once on stderr).
+async fn connect_server_within(
+    js: &jetstream::Context,
+    group: &GroupName,
+    within: Option<Duration>,
+) -> Result<ProjectClient> {
+    let deadline = within.map(|w| Instant::now() + w);
+    let mut said = false;
     loop {
         let attempt = async {
             let server = find_server(js, group, CALL_TIMEOUT)
@@ -158,15 +169,23 @@ async fn connect_server(js: &jetstream::Context, group: &GroupName) -> Result<Pr
             pc.describe().await?;
             Ok::<_, ClientError>(pc)
         };
+        let expired = deadline.is_some_and(|d| Instant::now() >= d);
         match attempt.await {
             Ok(pc) => return Ok(pc),
-            Err(ClientError::NoServer(_)) if Instant::now() >= deadline => bail!(
+            Err(ClientError::NoServer(_)) if expired => bail!(
                 "group {group} has no server: nothing was exchanged (a device's local \
                  copy is still there: `understudy project get --data-dir`)"
             ),
             Err(e) if e.is_transient() => {
-                if Instant::now() >= deadline {
-                    bail!("no project server answered within {FIND_WITHIN:?}: {e}");
+                if expired {
+                    bail!(
+                        "no project server answered within {:?}: {e}",
+                        within.unwrap_or_default()
+                    );
+                }
+                if deadline.is_none() && !said {
+                    eprintln!("waiting for a project server of group {group} ({e})");
+                    said = true;
                 }
             }
             Err(e) => return Err(e.into()),
@@ -354,18 +373,26 @@ async fn watch(nats: &str, group: &GroupName, count: Option<u64>, json: bool) ->
     let mut last: Option<u64> = None;
     let mut seen_term = 0u64;
     loop {
-        let mut pc = connect_server(&js, group).await?;
+        // Follows the group for as long as it runs: no server is a wait.
+        let mut pc = connect_server_within(&js, group, None).await?;
         pc.observe_term(understudy_protocol::Term::from_revision(seen_term));
         let after = match last {
             Some(l) => l,
-            None => {
-                let head = pc.describe().await?.head.unwrap_or_default();
-                head.revision.saturating_sub(1)
-            }
+            None => match pc.describe().await {
+                Ok(d) => d.head.unwrap_or_default().revision.saturating_sub(1),
+                Err(e) if e.is_transient() => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            },
         };
         let mut stream = match pc.watch(after).await {
             Ok(s) => s,
-            Err(e) if e.is_transient() => continue,
+            Err(e) if e.is_transient() => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
         while let Some(ev) = stream.next().await {
@@ -386,7 +413,7 @@ async fn watch(nats: &str, group: &GroupName, count: Option<u64>, json: bool) ->
             }
         }
         // The server stopped serving: find the next one.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
