@@ -219,7 +219,7 @@ mod tests {
             prop_assert_eq!(s.colour == StatusColour::Blue, online && s.problems.is_empty());
             prop_assert_eq!(s.colour == StatusColour::Red, online && !s.problems.is_empty());
             if online {
-                let all_well = bus_connected && !duplicate_id && server_live && live_peers >= expected_peers;
+                let all_well = bus_connected && !duplicate_id && server_live && live_peers >= expected_peers && project_conflicts == 0;
                 prop_assert_eq!(s.problems.is_empty(), all_well);
             } else {
                 prop_assert!(s.problems.is_empty());
