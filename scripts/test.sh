@@ -11,6 +11,7 @@ if [ -x scripts/ensure-nats.sh ]; then
   # shellcheck disable=SC1091
   source scripts/ensure-nats.sh
 fi
+[ -x scripts/ensure-chromium.sh ] && source scripts/ensure-chromium.sh # the dashboard browser test
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
