@@ -1,0 +1,806 @@
+// understudy dashboard: the "Network Discovery" view.
+//
+// Plain JavaScript, no framework, no external resources. It reads the gateway's
+// JSON API (docs/openapi.json):
+//   GET  /api/v1/groups                                  the group picker
+//   GET  /api/v1/groups/{g}                              the roster document
+//   PUT  /api/v1/groups/{g}/devices/{d}/score            score editing (token)
+//   PUT  /api/v1/groups/{g}/devices/{d}/online           online/offline (token)
+//   POST /api/v1/groups/{g}/election                     trigger (token)
+//   GET  /api/v1/groups/{g}/events/ws?client=dashboard   live events (WebSocket)
+//   GET  /api/v1/groups/{g}/events?client=dashboard      the same as SSE (fallback)
+// It re-reads the roster on every event and every 2 s. A lost event stream is
+// resumed with `after=<last id>`, and ids already shown are skipped, so no
+// event is missed or shown twice.
+"use strict";
+
+(function () {
+  const API = "/api/v1";
+  const POLL_MS = 2000;
+  const GROUPS_POLL_MS = 5000;
+  const LOG_MAX = 300;
+  const TOKEN_KEY = "understudy.apiToken";
+
+  const $ = (sel) => document.querySelector(sel);
+
+  const state = {
+    group: null,
+    doc: null,
+    statusSeq: 0,
+    refreshTimer: null,
+    // Event stream.
+    streamGen: 0,
+    stream: null,
+    transport: "ws",
+    wsFailures: 0,
+    reconnectAttempt: 0,
+    reconnectTimer: null,
+    lastEventId: null,
+  };
+
+  // ---- small helpers -------------------------------------------------------
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === "className") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else node.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of children || []) node.append(child);
+    return node;
+  }
+
+  function setText(node, text) {
+    const value = String(text);
+    if (node.textContent !== value) node.textContent = value;
+  }
+
+  function setAttr(node, name, value) {
+    const text = String(value);
+    if (node.getAttribute(name) !== text) node.setAttribute(name, text);
+  }
+
+  function groupPath(group) {
+    return `${API}/groups/${encodeURIComponent(group)}`;
+  }
+
+  function token() {
+    return $("#token").value.trim();
+  }
+
+  function formatAgo(ms) {
+    if (typeof ms !== "number" || !isFinite(ms)) return "?";
+    if (ms < 1000) return `${Math.round(ms)} ms`;
+    if (ms < 60000) return `${(ms / 1000).toFixed(1)} s`;
+    if (ms < 3600000) return `${Math.round(ms / 60000)} min`;
+    return `${(ms / 3600000).toFixed(1)} h`;
+  }
+
+  function formatTime(ms) {
+    if (typeof ms !== "number" || !isFinite(ms)) return "";
+    return new Date(ms).toLocaleTimeString([], { hour12: false });
+  }
+
+  // Reads a JSON error `{"error":{"code","message"}}` from a failed response.
+  async function errorText(response) {
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (_) {
+      body = null;
+    }
+    if (body && body.error && (body.error.message || body.error.code)) {
+      const code = body.error.code ? `${body.error.code}: ` : "";
+      return `${code}${body.error.message || ""}`.trim();
+    }
+    return `HTTP ${response.status} ${response.statusText || ""}`.trim();
+  }
+
+  async function send(method, path, body) {
+    const headers = { Accept: "application/json" };
+    const t = token();
+    if (t) headers.Authorization = `Bearer ${t}`;
+    const init = { method, headers };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (e) {
+      throw new Error(`cannot reach the gateway (${e.message || e})`);
+    }
+    if (!response.ok) {
+      let text = await errorText(response);
+      if (response.status === 401 && !t) text += " — enter the API token at the top";
+      throw new Error(text);
+    }
+    try {
+      return await response.json();
+    } catch (_) {
+      return {};
+    }
+  }
+
+  function showMessage(text, ok) {
+    const box = $("#message");
+    box.textContent = text;
+    box.classList.toggle("ok", !!ok);
+    box.setAttribute("role", ok ? "status" : "alert");
+    box.hidden = !text;
+  }
+
+  // ---- problems and colours (B2) ------------------------------------------
+
+  function problemText(p) {
+    if (typeof p === "string") return p;
+    if (!p || typeof p !== "object") return String(p);
+    switch (p.code) {
+      case "no_server":
+        return "Project group has no server";
+      case "missing_peers": {
+        const missing = Math.max(0, (p.expected || 0) - (p.actual || 0));
+        return `Not receiving peer data from ${missing} peer(s): expected ${p.expected}, actual ${p.actual}`;
+      }
+      case "bus_unreachable":
+        return "Cannot reach the message bus";
+      case "duplicate_device_id":
+        return "Duplicate device id";
+      case "project_conflict":
+        return `${p.changes} project change(s) conflict with the server's copy`;
+      default:
+        if (p.message) return String(p.message);
+        if (p.text) return String(p.text);
+        if (p.problem) return (p.device ? `${p.device}: ` : "") + problemText(p.problem);
+        return p.code ? String(p.code).replace(/_/g, " ") : JSON.stringify(p);
+    }
+  }
+
+  function problemTitle(p) {
+    if (p && typeof p === "object" && p.code === "missing_peers") {
+      return `Peers expected: ${p.expected}; peers actually heard: ${p.actual}`;
+    }
+    if (p && typeof p === "object" && p.code === "project_conflict") {
+      return `${p.changes} change(s) kept in the device's conflicts folder`;
+    }
+    return problemText(p);
+  }
+
+  // The colour a device is shown in: a missing device is grey whatever it
+  // last reported.
+  function deviceColour(d) {
+    if (d.live === false) return "grey";
+    return ["grey", "blue", "red"].includes(d.colour) ? d.colour : "grey";
+  }
+
+  function colourLabel(d) {
+    const colour = deviceColour(d);
+    if (d.live === false) return "Grey: missing";
+    if (colour === "grey") return "Grey: offline";
+    if (colour === "red") return "Red: problems";
+    return "Blue: OK";
+  }
+
+  function colourSummary(doc) {
+    const given = [doc.colours, doc.colour_summary, doc.colour_counts, doc.colour].find(
+      (c) => c && typeof c === "object" && !Array.isArray(c)
+    );
+    if (given) return given;
+    const counted = { grey: 0, blue: 0, red: 0 };
+    for (const d of doc.devices || []) counted[deviceColour(d)] += 1;
+    return counted;
+  }
+
+  // ---- the roster ----------------------------------------------------------
+
+  function renderServer(doc) {
+    const server = doc && doc.server;
+    const name = $("#server");
+    const term = $("#term");
+    if (server && server.device) {
+      setText(name, server.device);
+      setAttr(name, "data-server", server.device);
+      name.classList.remove("none");
+      setText(term, server.term);
+    } else {
+      setText(name, doc ? "No server" : "—");
+      setAttr(name, "data-server", "");
+      name.classList.toggle("none", !!doc);
+      setText(term, "—");
+    }
+    const summary = doc ? colourSummary(doc) : { grey: 0, blue: 0, red: 0 };
+    const badge = $("#group-colour");
+    let colour = "grey";
+    let label = "unknown";
+    if (doc) {
+      if (!server || (summary.red || 0) > 0) {
+        colour = "red";
+        label = server ? `Red: ${summary.red} device(s) with problems` : "Red: no server";
+      } else {
+        colour = "blue";
+        label = "Blue: OK";
+      }
+    }
+    badge.className = `badge badge-${colour}`;
+    setAttr(badge, "data-colour", colour);
+    setText(badge, label);
+    setText(
+      $("#colour-summary"),
+      doc ? `${summary.blue || 0} blue · ${summary.red || 0} red · ${summary.grey || 0} grey` : "–"
+    );
+  }
+
+  const COUNT_FIELDS = [
+    "devices_online",
+    "devices_offline",
+    "devices_missing",
+    "servers",
+    "clients",
+    "gui_sessions",
+    "control_sessions",
+  ];
+
+  function renderCounts(doc) {
+    const counts = (doc && doc.counts) || {};
+    for (const field of COUNT_FIELDS) {
+      const node = document.getElementById(`count-${field}`);
+      setText(node, typeof counts[field] === "number" ? counts[field] : "–");
+    }
+    const n = doc && doc.network_counts;
+    setText(
+      $("#network-counts"),
+      n
+        ? `${n.devices_online} online, ${n.devices_offline} offline, ${n.devices_missing} missing; ` +
+            `${n.servers} server(s), ${n.clients} client(s); ` +
+            `${n.gui_sessions} GUI and ${n.control_sessions} control session(s)`
+        : "–"
+    );
+  }
+
+  function renderGroupProblems(doc) {
+    const list = $("#group-problems");
+    const problems = (doc && Array.isArray(doc.problems) && doc.problems) || [];
+    const texts = problems.map((p) => [problemText(p), problemTitle(p)]);
+    const key = JSON.stringify(texts);
+    if (list.dataset.key === key) return;
+    list.dataset.key = key;
+    list.replaceChildren(...texts.map(([text, title]) => el("li", { text, title })));
+  }
+
+  function buildRow(device) {
+    const id = `score-${device.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+    const input = el("input", {
+      id,
+      type: "number",
+      min: 0,
+      max: 255,
+      step: 1,
+      inputmode: "numeric",
+      "data-score-input": true,
+    });
+    const setButton = el("button", {
+      type: "submit",
+      "data-score-set": true,
+      "aria-label": `Set the score of ${device}`,
+      text: "Set",
+    });
+    const onlineButton = el("button", { type: "button", "data-online-toggle": true, text: "Go offline" });
+    const form = el("form", { className: "score-form", "data-score-form": true }, [
+      el("label", { className: "visually-hidden", for: id, text: `New score for ${device}` }),
+      input,
+      setButton,
+      onlineButton,
+    ]);
+    const result = el("span", { className: "score-error", "data-score-error": true, role: "status" });
+    const row = el("tr", { "data-device": device }, [
+      el("td", {}, [el("span", { className: "device-name", "data-field": "device", text: device })]),
+      el("td", {}, [el("span", { className: "badge", "data-field": "colour" })]),
+      el("td", {}, [el("span", { "data-field": "role" }), el("span", { className: "note", "data-field": "role-note" })]),
+      el("td", { className: "num" }, [el("span", { "data-field": "score" })]),
+      el("td", {}, [el("span", { className: "mono", "data-field": "mac" })]),
+      el("td", {}, [el("span", { "data-field": "last-seen" })]),
+      el("td", {}, [el("ul", { className: "problems", "data-field": "problems" })]),
+      el("td", {}, [form, result]),
+    ]);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      setScore(device, input, setButton, result);
+    });
+    onlineButton.addEventListener("click", () => toggleOnline(device, onlineButton, result));
+    return row;
+  }
+
+  function updateRow(row, d) {
+    const colour = deviceColour(d);
+    setAttr(row, "data-colour", colour);
+    setAttr(row, "data-role", d.role || "");
+    setAttr(row, "data-live", d.live === false ? "false" : "true");
+    setAttr(row, "data-online", d.online ? "true" : "false");
+    const field = (name) => row.querySelector(`[data-field="${name}"]`);
+
+    const badge = field("colour");
+    badge.className = `badge badge-${colour}`;
+    setAttr(badge, "data-colour", colour);
+    setText(badge, colourLabel(d));
+
+    const role = field("role");
+    setText(role, d.role || "?");
+    role.className = d.role === "server" ? "role-server" : "";
+    let note = "";
+    if (d.live === false) note = " (last known)";
+    else if (!d.online) note = " (offline)";
+    else if (d.in_grace) note = " (start-up grace)";
+    setText(field("role-note"), note);
+
+    setText(field("score"), d.score);
+    const input = row.querySelector("[data-score-input]");
+    if (document.activeElement !== input) setAttr(input, "placeholder", d.score);
+    setText(field("mac"), d.mac || "");
+
+    const seen = field("last-seen");
+    seen.className = d.live === false ? "" : "seen-live";
+    setText(
+      seen,
+      d.live === false
+        ? `missing — last heard ${formatAgo(d.last_seen_ms_ago)} ago`
+        : `${formatAgo(d.last_seen_ms_ago)} ago`
+    );
+    if (typeof d.sent_at_ms === "number") {
+      setAttr(seen, "title", `its last heartbeat was sent at ${new Date(d.sent_at_ms).toLocaleString()} (device clock)`);
+    }
+
+    const problems = Array.isArray(d.problems) ? d.problems : [];
+    const list = field("problems");
+    const extra = [];
+    if (d.duplicate && !problems.some((p) => p && p.code === "duplicate_device_id")) {
+      extra.push({ code: "duplicate_device_id" });
+    }
+    const all = problems.concat(extra);
+    const key = JSON.stringify(all);
+    if (list.dataset.key !== key) {
+      list.dataset.key = key;
+      list.replaceChildren(
+        ...all.map((p) =>
+          el("li", {
+            text: problemText(p),
+            title: problemTitle(p),
+            "data-problem": (p && p.code) || "other",
+          })
+        )
+      );
+    }
+
+    const lines = [`${d.device}: ${colourLabel(d)}`, `role ${d.role}${note}, score ${d.score}, term ${d.term}`];
+    if (d.instance) lines.push(`instance ${d.instance}`);
+    for (const p of all) lines.push(`${problemText(p)} — ${problemTitle(p)}`);
+    setAttr(row, "title", lines.join("\n"));
+
+    const onlineButton = row.querySelector("[data-online-toggle]");
+    setText(onlineButton, d.online ? "Go offline" : "Go online");
+    setAttr(onlineButton, "aria-label", `${d.online ? "Take" : "Bring"} ${d.device} ${d.online ? "offline" : "online"}`);
+    setAttr(onlineButton, "data-online", d.online ? "true" : "false");
+  }
+
+  function renderDevices(doc) {
+    const body = $("#device-rows");
+    const devices = (doc && Array.isArray(doc.devices) && doc.devices) || [];
+    const existing = new Map();
+    for (const row of body.querySelectorAll("tr[data-device]")) existing.set(row.dataset.device, row);
+    let previous = null;
+    for (const d of devices) {
+      let row = existing.get(d.device);
+      if (!row) row = buildRow(d.device);
+      existing.delete(d.device);
+      updateRow(row, d);
+      const wanted = previous ? previous.nextSibling : body.firstChild;
+      if (wanted !== row) body.insertBefore(row, wanted);
+      previous = row;
+    }
+    for (const row of existing.values()) row.remove();
+    $("#no-devices").hidden = devices.length > 0 || !doc;
+  }
+
+  function render(doc) {
+    state.doc = doc;
+    renderServer(doc);
+    renderCounts(doc);
+    renderGroupProblems(doc);
+    renderDevices(doc);
+  }
+
+  async function refreshStatus() {
+    const group = state.group;
+    if (!group) return;
+    const seq = ++state.statusSeq;
+    try {
+      const response = await fetch(groupPath(group), { headers: { Accept: "application/json" } });
+      if (seq !== state.statusSeq || group !== state.group) return;
+      if (!response.ok) {
+        const text = await errorText(response);
+        if (seq !== state.statusSeq || group !== state.group) return;
+        setText($("#group-note"), `Cannot read group ${group}: ${text}`);
+        if (response.status === 404) render(null);
+        return;
+      }
+      const doc = await response.json();
+      if (seq !== state.statusSeq || group !== state.group) return;
+      const reporter = doc.reporter ? ` (as seen by ${doc.reporter})` : "";
+      setText($("#group-note"), `Group ${group}${reporter}, updated ${formatTime(Date.now())}`);
+      render(doc);
+    } catch (e) {
+      if (seq !== state.statusSeq) return;
+      setText($("#group-note"), `Cannot reach the gateway: ${e.message || e}`);
+    }
+  }
+
+  // Coalesces the refreshes a burst of events asks for.
+  function scheduleRefresh() {
+    if (state.refreshTimer !== null) return;
+    state.refreshTimer = setTimeout(() => {
+      state.refreshTimer = null;
+      refreshStatus();
+    }, 50);
+  }
+
+  // ---- actions -------------------------------------------------------------
+
+  async function setScore(device, input, button, result) {
+    const raw = input.value.trim();
+    result.classList.remove("ok");
+    if (raw === "") {
+      result.textContent = "Enter a score from 0 to 255.";
+      return;
+    }
+    const score = Number(raw);
+    button.disabled = true;
+    result.textContent = "setting…";
+    try {
+      const reply = await send("PUT", `${groupPath(state.group)}/devices/${encodeURIComponent(device)}/score`, {
+        score,
+      });
+      const server = reply.server && typeof reply.server === "object" ? reply.server.device : reply.server;
+      result.classList.add("ok");
+      result.textContent = `Score set to ${reply.score !== undefined ? reply.score : score}` +
+        (server ? `; server: ${server}` : "");
+      input.value = "";
+      showMessage("", true);
+    } catch (e) {
+      result.textContent = e.message;
+      showMessage(`Could not set the score of ${device}: ${e.message}`, false);
+    } finally {
+      button.disabled = false;
+      scheduleRefresh();
+    }
+  }
+
+  async function toggleOnline(device, button, result) {
+    const online = button.getAttribute("data-online") !== "true";
+    button.disabled = true;
+    result.classList.remove("ok");
+    try {
+      await send("PUT", `${groupPath(state.group)}/devices/${encodeURIComponent(device)}/online`, { online });
+      result.classList.add("ok");
+      result.textContent = online ? "Brought online" : "Taken offline";
+      showMessage("", true);
+    } catch (e) {
+      result.textContent = e.message;
+      showMessage(`Could not take ${device} ${online ? "online" : "offline"}: ${e.message}`, false);
+    } finally {
+      button.disabled = false;
+      scheduleRefresh();
+    }
+  }
+
+  async function triggerElection() {
+    const button = $("#trigger");
+    button.disabled = true;
+    try {
+      await send("POST", `${groupPath(state.group)}/election`);
+      showMessage(`Election triggered in ${state.group}.`, true);
+    } catch (e) {
+      showMessage(`Could not trigger an election: ${e.message}`, false);
+    } finally {
+      button.disabled = false;
+      scheduleRefresh();
+    }
+  }
+
+  // ---- the event log -------------------------------------------------------
+
+  function describe(type, ev) {
+    const e = ev || {};
+    const reason = e.reason ? ` (${e.reason})` : "";
+    if (type === "election") {
+      switch (e.type) {
+        case "election_started":
+          return `${e.reporter} started an election${reason}`;
+        case "server_elected":
+          return `${e.device} elected server: term ${e.term}, score ${e.score}${reason}`;
+        case "server_lost":
+          return `server ${e.device} lost (term ${e.term}), noticed by ${e.reporter}`;
+        case "stepped_down":
+          return `${e.device} stepped down (term ${e.term})${reason}`;
+        case "handed_over":
+          return `${e.from} handed over to ${e.to} (term ${e.term})`;
+        case "no_viable_candidate":
+          return "no viable candidate: every online score is 0";
+        default:
+          break;
+      }
+    } else if (type === "project") {
+      switch (e.type) {
+        case "serving_project":
+          return `${e.device} serves the project, revision ${e.revision} (term ${e.term}) at ${e.address}`;
+        case "revision_committed":
+          return `revision ${e.revision} committed by ${e.changed_by} (${e.size} bytes, term ${e.term})`;
+        case "change_conflicted":
+          return `change ${e.change_id} on ${e.device} conflicts (made on revision ${e.base_revision}, head is ${e.head_revision})`;
+        case "change_refused":
+          return `change ${e.change_id} on ${e.device} refused: ${e.reason}`;
+        default:
+          break;
+      }
+    }
+    return `${e.type || "event"} ${JSON.stringify(e)}`;
+  }
+
+  function handleEvent(id, type, ev) {
+    const numeric = typeof id === "number" && isFinite(id) ? id : Number(id);
+    const hasId = id !== null && id !== undefined && id !== "" && isFinite(numeric);
+    if (hasId) {
+      if (state.lastEventId !== null && numeric <= state.lastEventId) return; // already shown
+      state.lastEventId = numeric;
+    }
+    const log = $("#event-log");
+    const placeholder = log.querySelector(".empty");
+    if (placeholder) placeholder.remove();
+    const kind = (ev && ev.type) || "event";
+    const item = el(
+      "li",
+      {
+        "data-event-id": hasId ? numeric : null,
+        "data-event-type": type,
+        "data-kind": kind,
+        className: kind === "server_elected" || kind === "server_lost" ? "important" : null,
+      },
+      [
+        el("span", { className: "when", text: formatTime(ev && ev.at_ms) }),
+        el("span", { className: "kind", text: `${type}: ${kind.replace(/_/g, " ")}` }),
+        el("span", { className: "what", text: describe(type, ev) }),
+      ]
+    );
+    if (ev && ev.reporter) item.title = `reported by ${ev.reporter}${hasId ? `, event #${numeric}` : ""}`;
+    log.prepend(item);
+    while (log.children.length > LOG_MAX) log.lastElementChild.remove();
+    scheduleRefresh();
+  }
+
+  function setConnection(stateName, text) {
+    const node = $("#connection");
+    setAttr(node, "data-state", stateName);
+    setAttr(node, "data-transport", state.transport);
+    setText(node, text);
+  }
+
+  function closeStream() {
+    state.streamGen += 1;
+    if (state.reconnectTimer !== null) {
+      clearTimeout(state.reconnectTimer);
+      state.reconnectTimer = null;
+    }
+    const old = state.stream;
+    state.stream = null;
+    if (old) {
+      try {
+        old.close();
+      } catch (_) {
+        /* already closed */
+      }
+    }
+  }
+
+  function streamQuery() {
+    const query = new URLSearchParams({ client: "dashboard" });
+    if (state.lastEventId !== null) query.set("after", String(state.lastEventId));
+    else query.set("last", "20");
+    return query.toString();
+  }
+
+  function connectEvents() {
+    if (!state.group) return;
+    closeStream();
+    const gen = state.streamGen;
+    if (state.transport === "ws" && "WebSocket" in window) openWebSocket(gen);
+    else openEventSource(gen);
+  }
+
+  function scheduleReconnect(gen) {
+    if (gen !== state.streamGen) return;
+    const delay = Math.min(5000, 500 * 2 ** state.reconnectAttempt);
+    state.reconnectAttempt += 1;
+    setConnection("down", `events: reconnecting in ${(delay / 1000).toFixed(1)} s…`);
+    state.reconnectTimer = setTimeout(() => {
+      state.reconnectTimer = null;
+      if (gen === state.streamGen) connectEvents();
+    }, delay);
+  }
+
+  function openWebSocket(gen) {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const url = `${scheme}//${location.host}${groupPath(state.group)}/events/ws?${streamQuery()}`;
+    let opened = false;
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (_) {
+      state.transport = "sse";
+      openEventSource(gen);
+      return;
+    }
+    state.stream = ws;
+    setConnection("connecting", "events: connecting (WebSocket)…");
+    ws.onopen = () => {
+      if (gen !== state.streamGen) return;
+      opened = true;
+      state.wsFailures = 0;
+      state.reconnectAttempt = 0;
+      setConnection("live", "events: live (WebSocket)");
+      scheduleRefresh();
+    };
+    ws.onmessage = (message) => {
+      if (gen !== state.streamGen) return;
+      let frame;
+      try {
+        frame = JSON.parse(message.data);
+      } catch (_) {
+        return;
+      }
+      if (frame && typeof frame === "object" && frame.event) handleEvent(frame.id, frame.type, frame.event);
+    };
+    ws.onerror = () => {
+      /* onclose follows */
+    };
+    ws.onclose = () => {
+      if (gen !== state.streamGen) return;
+      if (!opened) {
+        state.wsFailures += 1;
+        // A WebSocket that never opens (a proxy that does not pass it, say):
+        // use Server-Sent Events instead.
+        if (state.wsFailures >= 2) state.transport = "sse";
+      }
+      scheduleReconnect(gen);
+    };
+  }
+
+  function openEventSource(gen) {
+    if (!("EventSource" in window)) {
+      setConnection("down", "events: not supported by this browser (status is polled)");
+      return;
+    }
+    const url = `${groupPath(state.group)}/events?${streamQuery()}`;
+    const source = new EventSource(url);
+    state.stream = source;
+    setConnection("connecting", "events: connecting (SSE)…");
+    const listener = (type) => (message) => {
+      if (gen !== state.streamGen) return;
+      let ev;
+      try {
+        ev = JSON.parse(message.data);
+      } catch (_) {
+        return;
+      }
+      handleEvent(message.lastEventId, type, ev);
+    };
+    source.addEventListener("election", listener("election"));
+    source.addEventListener("project", listener("project"));
+    source.onopen = () => {
+      if (gen !== state.streamGen) return;
+      state.reconnectAttempt = 0;
+      setConnection("live", "events: live (SSE)");
+      scheduleRefresh();
+    };
+    source.onerror = () => {
+      if (gen !== state.streamGen) return;
+      // Reconnect ourselves, so the resume point is `after=<last shown id>`.
+      source.close();
+      scheduleReconnect(gen);
+    };
+  }
+
+  // ---- groups --------------------------------------------------------------
+
+  async function refreshGroups() {
+    let groups = [];
+    try {
+      const response = await fetch(`${API}/groups`, { headers: { Accept: "application/json" } });
+      if (response.ok) {
+        const body = await response.json();
+        groups = Array.isArray(body.groups) ? body.groups : [];
+      }
+    } catch (_) {
+      return;
+    }
+    const select = $("#group");
+    const names = groups.map((g) => (typeof g === "string" ? g : g.group)).filter(Boolean);
+    const counts = new Map(groups.filter((g) => g && typeof g === "object").map((g) => [g.group, g.devices]));
+    if (state.group && !names.includes(state.group)) names.push(state.group);
+    names.sort();
+    const options = names.map((name) => {
+      const n = counts.get(name);
+      const label = n === undefined ? `${name} (not seen)` : `${name} (${n} device${n === 1 ? "" : "s"})`;
+      return [name, label];
+    });
+    const key = JSON.stringify(options);
+    if (select.dataset.key !== key) {
+      select.dataset.key = key;
+      select.replaceChildren(...options.map(([value, text]) => el("option", { value, text })));
+    }
+    if (!state.group && names.length > 0) chooseGroup(names[0], false);
+    if (state.group) select.value = state.group;
+    if (names.length === 0) setText($("#group-note"), "No group seen on the bus yet (devices announce themselves every second).");
+  }
+
+  function chooseGroup(group, push) {
+    if (!group || group === state.group) return;
+    state.group = group;
+    state.statusSeq += 1;
+    state.lastEventId = null;
+    state.reconnectAttempt = 0;
+    $("#group").value = group;
+    $("#event-log").replaceChildren(el("li", { className: "empty", text: "No events yet." }));
+    $("#device-rows").replaceChildren();
+    render(null);
+    const url = new URL(location.href);
+    url.searchParams.set("group", group);
+    if (push) history.pushState(null, "", url);
+    else history.replaceState(null, "", url);
+    document.title = `understudy — ${group} — Network Discovery`;
+    refreshStatus();
+    connectEvents();
+  }
+
+  // ---- start ---------------------------------------------------------------
+
+  function start() {
+    const tokenInput = $("#token");
+    try {
+      tokenInput.value = sessionStorage.getItem(TOKEN_KEY) || "";
+    } catch (_) {
+      /* storage disabled */
+    }
+    tokenInput.addEventListener("input", () => {
+      try {
+        sessionStorage.setItem(TOKEN_KEY, tokenInput.value.trim());
+      } catch (_) {
+        /* storage disabled */
+      }
+    });
+    $("#token-forget").addEventListener("click", () => {
+      tokenInput.value = "";
+      try {
+        sessionStorage.removeItem(TOKEN_KEY);
+      } catch (_) {
+        /* storage disabled */
+      }
+    });
+    $("#group").addEventListener("change", (event) => chooseGroup(event.target.value, true));
+    $("#trigger").addEventListener("click", triggerElection);
+    window.addEventListener("popstate", () => {
+      const wanted = new URL(location.href).searchParams.get("group");
+      if (wanted) chooseGroup(wanted, false);
+    });
+
+    render(null);
+    const wanted = new URL(location.href).searchParams.get("group");
+    if (wanted) chooseGroup(wanted, false);
+    refreshGroups();
+    setInterval(refreshStatus, POLL_MS);
+    setInterval(refreshGroups, GROUPS_POLL_MS);
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
