@@ -88,6 +88,8 @@ enum Command {
         #[command(subcommand)]
         action: project::ProjectCmd,
     },
+    /// Run the JSON control gateway: HTTP API, event streams, dashboard, TCP.
+    Gateway(Box<understudy_control_gateway::cli::GatewayArgs>),
     /// Start a local lab: a nats-server and N devices, with elections live.
     Lab(lab::LabArgs),
     /// Measure failover, hand-over and cold-start times (prints figures).
@@ -109,7 +111,9 @@ where
     };
     // Services log what they do; one-shot commands only warnings.
     let default_level = match cli.command {
-        Command::Node(_) | Command::Lab(_) | Command::Bench { .. } => "info",
+        Command::Node(_) | Command::Gateway(_) | Command::Lab(_) | Command::Bench { .. } => {
+            "info"
+        }
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("UNDERSTUDY_LOG")
@@ -146,6 +150,9 @@ where
                 bus,
             } => ctl::events(&bus.nats, &group, last, json, count).await,
             Command::Project { action } => project::run(action).await,
+            Command::Gateway(args) => understudy_control_gateway::cli::run(*args)
+                .await
+                .map_err(anyhow::Error::from),
             Command::Lab(args) => lab::run(args).await,
             Command::Bench { what } => bench::run(what).await,
         }

@@ -1,0 +1,176 @@
+//! The gateway's side of the bus: the same requests `understudy status`,
+//! `score`, `online`/`offline` and `election trigger` make (docs/bus.md,
+//! "Control"), with their failures turned into the contract's error codes.
+//!
+//! - The bus is not connected → `bus_unavailable` (503), at once.
+//! - Nobody subscribes to the subject (NATS "no responders") → the group, or
+//!   the device, is unknown (404): a roster request tells which.
+//! - Somebody is there but does not answer within [`ANSWER_WITHIN`] →
+//!   `device_unavailable` (504).
+
+use std::time::Duration;
+
+use async_nats::{Client, RequestErrorKind};
+use serde_json::Value;
+use understudy_protocol::messages::{
+    self, ControlOp, ControlReply, ControlRequest, ElectionState, Trigger,
+};
+use understudy_protocol::{DeviceId, GroupName, SCHEMA_VERSION, subjects};
+
+use crate::ApiError;
+
+/// How long a device (or a group's discovery service) has to answer.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(3);
+
+/// Requests to the devices of any group, over one NATS connection.
+#[derive(Debug, Clone)]
+pub struct BusApi {
+    client: Client,
+}
+
+/// Why a request got no answer.
+enum NoAnswer {
+    NoResponders,
+    TimedOut,
+    Bus(String),
+}
+
+impl BusApi {
+    /// Wraps a NATS client.
+    pub fn new(client: Client) -> BusApi {
+        BusApi { client }
+    }
+
+    /// The NATS client (for JetStream and presence).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// A JetStream context on the same connection (for the event stream).
+    pub fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.client.clone())
+    }
+
+    /// Fails with `bus_unavailable` unless the client is connected now.
+    pub fn ensure_connected(&self) -> Result<(), ApiError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            other => Err(ApiError::BusUnavailable(format!(
+                "the gateway is not connected to NATS ({other}); try again when the bus is back"
+            ))),
+        }
+    }
+
+    async fn request(&self, subject: String, payload: Vec<u8>) -> Result<Vec<u8>, NoAnswer> {
+        let asked = tokio::time::timeout(
+            ANSWER_WITHIN,
+            self.client.request(subject, payload.into()),
+        )
+        .await;
+        match asked {
+            Err(_) => Err(NoAnswer::TimedOut),
+            Ok(Err(e)) => Err(match e.kind() {
+                RequestErrorKind::NoResponders => NoAnswer::NoResponders,
+                RequestErrorKind::TimedOut => NoAnswer::TimedOut,
+                _ => NoAnswer::Bus(e.to_string()),
+            }),
+            Ok(Ok(msg)) => Ok(msg.payload.to_vec()),
+        }
+    }
+
+    /// The group's roster document (`understudy status --json`), as the
+    /// first device that answers sees it.
+    pub async fn roster(&self, group: &GroupName) -> Result<Value, ApiError> {
+        self.ensure_connected()?;
+        match self.request(subjects::roster(group), Vec::new()).await {
+            Ok(payload) => serde_json::from_slice(&payload).map_err(|e| {
+                ApiError::DeviceUnavailable(format!(
+                    "group {group} answered with a roster that is not JSON: {e}"
+                ))
+            }),
+            Err(NoAnswer::NoResponders) => Err(ApiError::UnknownGroup {
+                group: group.to_string(),
+            }),
+            Err(NoAnswer::TimedOut) => Err(ApiError::DeviceUnavailable(format!(
+                "no device of group {group} answered within {} s",
+                ANSWER_WITHIN.as_secs()
+            ))),
+            Err(NoAnswer::Bus(e)) => Err(ApiError::BusUnavailable(format!(
+                "asking group {group} for its roster: {e}"
+            ))),
+        }
+    }
+
+    /// Sends a control request to one device and returns its state after it.
+    pub async fn control(
+        &self,
+        group: &GroupName,
+        device: &DeviceId,
+        op: ControlOp,
+    ) -> Result<ElectionState, ApiError> {
+        self.ensure_connected()?;
+        let req = ControlRequest {
+            schema: SCHEMA_VERSION,
+            op,
+        };
+        let payload = match self
+            .request(subjects::control(group, device), messages::encode(&req))
+            .await
+        {
+            Ok(p) => p,
+            Err(NoAnswer::NoResponders) => {
+                // Is it the device or the whole group that is missing?
+                return Err(match self.roster(group).await {
+                    Err(e @ ApiError::UnknownGroup { .. }) => e,
+                    _ => ApiError::UnknownDevice {
+                        group: group.to_string(),
+                        device: device.to_string(),
+                    },
+                });
+            }
+            Err(NoAnswer::TimedOut) => {
+                return Err(ApiError::DeviceUnavailable(format!(
+                    "device {device} of group {group} did not answer within {} s",
+                    ANSWER_WITHIN.as_secs()
+                )));
+            }
+            Err(NoAnswer::Bus(e)) => {
+                return Err(ApiError::BusUnavailable(format!(
+                    "asking device {device} of group {group}: {e}"
+                )));
+            }
+        };
+        let reply: ControlReply = messages::decode(&payload).map_err(|e| {
+            ApiError::DeviceUnavailable(format!("device {device} answered unreadably: {e}"))
+        })?;
+        if !reply.ok {
+            let why = reply.error.unwrap_or_else(|| "no reason given".into());
+            return Err(if why.contains("out of range") {
+                ApiError::ScoreOutOfRange(format!("device {device} refused: {why}"))
+            } else {
+                ApiError::InvalidJson(format!("device {device} refused: {why}"))
+            });
+        }
+        reply.state.ok_or_else(|| {
+            ApiError::DeviceUnavailable(format!("device {device} answered without its state"))
+        })
+    }
+
+    /// Asks every device of the group to hold an election (after checking
+    /// that the group answers at all).
+    pub async fn trigger(&self, group: &GroupName, by: &str) -> Result<(), ApiError> {
+        self.roster(group).await?;
+        let t = Trigger {
+            schema: SCHEMA_VERSION,
+            by: Some(by.to_owned()),
+        };
+        self.client
+            .publish(subjects::trigger(group), messages::encode(&t).into())
+            .await
+            .map_err(|e| ApiError::BusUnavailable(format!("publishing the trigger: {e}")))?;
+        tokio::time::timeout(ANSWER_WITHIN, self.client.flush())
+            .await
+            .map_err(|_| ApiError::BusUnavailable("the bus did not take the trigger in time".into()))?
+            .map_err(|e| ApiError::BusUnavailable(format!("publishing the trigger: {e}")))
+    }
+}

@@ -1,0 +1,456 @@
+//! The HTTP API (docs/openapi.json, docs/control.md): JSON in, JSON out, and
+//! the event streams (Server-Sent Events and WebSocket) and the dashboard.
+//!
+//! Nothing axum would answer in plain text reaches a client: bodies are read
+//! by [`json_body`] (content type, 16 KiB limit, JSON), path names by
+//! [`Names`], queries by [`stream_query`], and unknown paths and methods get
+//! JSON fallbacks. Every failure is an [`ApiError`].
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{FromRequestParts, RawPathParams, RawQuery, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use futures::StreamExt;
+use serde_json::{Map, Value};
+use understudy_protocol::messages::InstanceKind;
+use understudy_protocol::{DeviceId, GroupName};
+
+use crate::events::{self, FeedEvent, Start};
+use crate::ops::Shared;
+use crate::{ApiError, assets, input};
+
+/// Every route: method and path (axum syntax), as the OpenAPI document lists
+/// them (a unit test holds the two together).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/v1/groups"),
+    ("GET", "/api/v1/groups/{group}"),
+    ("GET", "/api/v1/groups/{group}/devices"),
+    ("GET", "/api/v1/groups/{group}/devices/{device}"),
+    ("GET", "/api/v1/groups/{group}/devices/{device}/score"),
+    ("PUT", "/api/v1/groups/{group}/devices/{device}/score"),
+    ("PUT", "/api/v1/groups/{group}/devices/{device}/online"),
+    ("POST", "/api/v1/groups/{group}/election"),
+    ("GET", "/api/v1/groups/{group}/events"),
+    ("GET", "/api/v1/groups/{group}/events/ws"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/"),
+    ("GET", "/dashboard.js"),
+    ("GET", "/dashboard.css"),
+];
+
+/// How often an idle SSE stream sends a comment, so proxies keep it open.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+type St = State<Arc<Shared>>;
+
+/// The HTTP router over the shared state.
+pub fn router(shared: Arc<Shared>) -> Router {
+    let g = "/api/v1/groups/{group}";
+    Router::new()
+        .route("/api/v1/groups", get(groups))
+        .route(g, get(status))
+        .route(&format!("{g}/devices"), get(devices))
+        .route(&format!("{g}/devices/{{device}}"), get(device))
+        .route(
+            &format!("{g}/devices/{{device}}/score"),
+            get(get_score).put(put_score),
+        )
+        .route(&format!("{g}/devices/{{device}}/online"), put(put_online))
+        .route(&format!("{g}/election"), post(post_election))
+        .route(&format!("{g}/events"), get(events_sse))
+        .route(&format!("{g}/events/ws"), get(events_ws))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/", get(|| async { assets::index() }))
+        .route("/dashboard.js", get(|| async { assets::script() }))
+        .route("/dashboard.css", get(|| async { assets::style() }))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(shared)
+}
+
+/// A JSON answer.
+pub fn json_response(status: StatusCode, value: &Value) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    (
+        status,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        json_response(self.status(), &self.document())
+    }
+}
+
+fn answer(result: Result<Value, ApiError>, status: StatusCode) -> Response {
+    match result {
+        Ok(v) => json_response(status, &v),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such path; the API is under /api/v1 (see /api/v1/openapi.json)".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed(
+        "this path does not take this method (see /api/v1/openapi.json)".into(),
+    )
+}
+
+/// The `{group}` and `{device}` of a path, validated when asked for.
+#[derive(Debug)]
+pub struct Names {
+    group: String,
+    device: String,
+}
+
+impl Names {
+    fn group(&self) -> Result<GroupName, ApiError> {
+        input::group(&self.group)
+    }
+    fn device(&self) -> Result<DeviceId, ApiError> {
+        input::device(&self.device)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Names {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let raw = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::InvalidName(e.body_text()))?;
+        let mut names = Names {
+            group: String::new(),
+            device: String::new(),
+        };
+        for (key, value) in &raw {
+            match key {
+                "group" => names.group = value.to_owned(),
+                "device" => names.device = value.to_owned(),
+                _ => {}
+            }
+        }
+        Ok(names)
+    }
+}
+
+fn authorise(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+    shared
+        .token
+        .check_header(headers.get(AUTHORIZATION).map(HeaderValue::as_bytes))
+}
+
+/// Reads a JSON object body: `Content-Type: application/json`, at most
+/// [`input::MAX_BODY`] bytes, valid JSON.
+pub async fn json_body(headers: &HeaderMap, body: Body) -> Result<Map<String, Value>, ApiError> {
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "the body must be JSON with `Content-Type: application/json` (got {:?})",
+            content_type
+        )));
+    }
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!(
+            "the body is larger than the limit of {} bytes",
+            input::MAX_BODY
+        ))
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > input::MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::InvalidJson(format!("the body could not be read: {e}")))?;
+        if bytes.len() + chunk.len() > input::MAX_BODY {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    input::object(&bytes)
+}
+
+async fn openapi() -> Response {
+    (
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        crate::openapi::DOCUMENT,
+    )
+        .into_response()
+}
+
+async fn groups(State(s): St) -> Response {
+    json_response(StatusCode::OK, &s.groups())
+}
+
+async fn status(State(s): St, names: Names) -> Response {
+    let r = async { s.status(&names.group()?).await }.await;
+    answer(r, StatusCode::OK)
+}
+
+async fn devices(State(s): St, names: Names) -> Response {
+    let r = async { s.devices(&names.group()?).await }.await;
+    answer(r, StatusCode::OK)
+}
+
+async fn device(State(s): St, names: Names) -> Response {
+    let r = async { s.device(&names.group()?, &names.device()?).await }.await;
+    answer(r, StatusCode::OK)
+}
+
+async fn get_score(State(s): St, names: Names) -> Response {
+    let r = async { s.get_score(&names.group()?, &names.device()?).await }.await;
+    answer(r, StatusCode::OK)
+}
+
+async fn put_score(State(s): St, names: Names, headers: HeaderMap, body: Body) -> Response {
+    let r = async {
+        authorise(&s, &headers)?;
+        let (group, device) = (names.group()?, names.device()?);
+        let map = json_body(&headers, body).await?;
+        let score = input::score(input::field(&map, "score")?)?;
+        s.set_score(&group, &device, score).await
+    }
+    .await;
+    answer(r, StatusCode::OK)
+}
+
+async fn put_online(State(s): St, names: Names, headers: HeaderMap, body: Body) -> Response {
+    let r = async {
+        authorise(&s, &headers)?;
+        let (group, device) = (names.group()?, names.device()?);
+        let map = json_body(&headers, body).await?;
+        let online = input::boolean(&map, "online")?;
+        s.set_online(&group, &device, online).await
+    }
+    .await;
+    answer(r, StatusCode::OK)
+}
+
+async fn post_election(State(s): St, names: Names, headers: HeaderMap) -> Response {
+    let r = async {
+        authorise(&s, &headers)?;
+        s.trigger(&names.group()?).await
+    }
+    .await;
+    answer(r, StatusCode::ACCEPTED)
+}
+
+/// The query of an event stream: `after`, `last`, `client`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct StreamQuery {
+    /// `after=N`: events with id above N.
+    pub after: Option<u64>,
+    /// `last=K`: the last K events.
+    pub last: Option<u64>,
+    /// `client=dashboard`: the session is a GUI.
+    pub dashboard: bool,
+}
+
+/// Parses an event stream's query; unknown parameters are ignored.
+pub fn stream_query(query: Option<&str>) -> Result<StreamQuery, ApiError> {
+    let mut q = StreamQuery::default();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = || {
+            value.parse::<u64>().map_err(|_| {
+                ApiError::InvalidJson(format!(
+                    "query parameter {key}={value:?} must be a non-negative integer"
+                ))
+            })
+        };
+        match key {
+            "after" => q.after = Some(number()?),
+            "last" => q.last = Some(number()?),
+            "client" => q.dashboard = value == "dashboard",
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+/// Where a stream starts: `Last-Event-ID` (an EventSource reconnecting), else
+/// `after`, else `last`.
+fn stream_start(headers: &HeaderMap, q: &StreamQuery) -> Result<Start, ApiError> {
+    let last_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::InvalidJson(
+                        "the Last-Event-ID header must be a non-negative integer".into(),
+                    )
+                })?,
+        ),
+    };
+    Ok(Start::from_request(last_id.or(q.after), q.last))
+}
+
+fn session_kind(q: &StreamQuery) -> InstanceKind {
+    if q.dashboard {
+        InstanceKind::Gui
+    } else {
+        InstanceKind::Control
+    }
+}
+
+/// An event's type as an SSE `event:` field (only subject-token characters).
+fn sse_type(kind: &str) -> String {
+    kind.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect()
+}
+
+fn sse_event(ev: &FeedEvent) -> Event {
+    Event::default()
+        .id(ev.id.to_string())
+        .event(sse_type(&ev.kind))
+        .data(ev.event.to_string())
+}
+
+async fn events_sse(
+    State(s): St,
+    names: Names,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let prepared = (|| {
+        let group = names.group()?;
+        let q = stream_query(query.as_deref())?;
+        let start = stream_start(&headers, &q)?;
+        s.bus.ensure_connected()?;
+        Ok::<_, ApiError>((group, q, start))
+    })();
+    let (group, q, start) = match prepared {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let guard = s.sessions.open(session_kind(&q), Some(group.clone()));
+    let rx = events::subscribe(s.bus.jetstream(), group, start, s.shutdown.clone());
+    let stream = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+        let ev = rx.recv().await?;
+        Some((Ok::<_, Infallible>(sse_event(&ev)), (rx, guard)))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+        .into_response()
+}
+
+async fn events_ws(
+    State(s): St,
+    names: Names,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let prepared = (|| {
+        let group = names.group()?;
+        let q = stream_query(query.as_deref())?;
+        let start = stream_start(&headers, &q)?;
+        let ws = ws.map_err(|e| {
+            ApiError::UpgradeRequired(format!(
+                "this path is a WebSocket: connect with a WebSocket client ({})",
+                e.body_text()
+            ))
+        })?;
+        s.bus.ensure_connected()?;
+        Ok::<_, ApiError>((group, q, start, ws))
+    })();
+    let (group, q, start, ws) = match prepared {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let kind = session_kind(&q);
+    ws.on_upgrade(move |socket| ws_session(socket, s, group, start, kind))
+}
+
+/// Sends the group's events as text frames until the client goes away or the
+/// gateway stops. Whatever the client sends is ignored (except a close).
+async fn ws_session(
+    mut socket: WebSocket,
+    s: Arc<Shared>,
+    group: GroupName,
+    start: Start,
+    kind: InstanceKind,
+) {
+    let _session = s.sessions.open(kind, Some(group.clone()));
+    let mut rx = events::subscribe(s.bus.jetstream(), group, start, s.shutdown.clone());
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                let frame = Message::Text(ev.frame().to_string().into());
+                if socket.send(frame).await.is_err() {
+                    return;
+                }
+            }
+            msg = socket.recv() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_queries_parse_and_refuse_bad_numbers() {
+        assert_eq!(
+            stream_query(Some("after=5&client=dashboard&x=y")),
+            Ok(StreamQuery {
+                after: Some(5),
+                last: None,
+                dashboard: true
+            })
+        );
+        assert_eq!(stream_query(None), Ok(StreamQuery::default()));
+        assert_eq!(
+            stream_query(Some("last=-1")).map_err(|e| e.code()),
+            Err("invalid_json")
+        );
+    }
+
+    #[test]
+    fn last_event_id_wins_over_after() {
+        let mut h = HeaderMap::new();
+        h.insert("last-event-id", HeaderValue::from_static("9"));
+        let q = StreamQuery {
+            after: Some(3),
+            last: Some(1),
+            dashboard: false,
+        };
+        assert_eq!(stream_start(&h, &q), Ok(Start::After(9)));
+        assert_eq!(stream_start(&HeaderMap::new(), &q), Ok(Start::After(3)));
+    }
+}

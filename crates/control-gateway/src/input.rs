@@ -1,0 +1,157 @@
+//! Validating what a client sends, the same way for HTTP and TCP.
+//!
+//! Names become `GroupName`/`DeviceId` (bus.md's naming rule) and a score
+//! becomes a `Score` (B3) here, at the edge, so the rest of the gateway only
+//! handles valid values. The contract tells two score mistakes apart: a value
+//! of the wrong *type* (`"ten"`, `1.5`, `true`) is `invalid_json` (400), an
+//! integer out of 0–255 (`256`, `-1`) is `score_out_of_range` (422).
+
+use serde_json::Value;
+use understudy_protocol::{DeviceId, GroupName, Score};
+
+use crate::ApiError;
+
+/// The most bytes one HTTP body or one TCP line may hold: 16 KiB.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// Parses a group name.
+pub fn group(text: &str) -> Result<GroupName, ApiError> {
+    text.parse()
+        .map_err(|e: understudy_protocol::ProtocolError| ApiError::InvalidName(e.to_string()))
+}
+
+/// Parses a device id.
+pub fn device(text: &str) -> Result<DeviceId, ApiError> {
+    text.parse()
+        .map_err(|e: understudy_protocol::ProtocolError| ApiError::InvalidName(e.to_string()))
+}
+
+/// Parses a request body (or a TCP line) as a JSON object.
+pub fn object(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(ApiError::InvalidJson(format!(
+            "expected a JSON object, got {}",
+            kind(&other)
+        ))),
+        Err(e) => Err(ApiError::InvalidJson(format!("the body is not valid JSON: {e}"))),
+    }
+}
+
+/// A required field of an object.
+pub fn field<'a>(
+    map: &'a serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<&'a Value, ApiError> {
+    map.get(name)
+        .ok_or_else(|| ApiError::InvalidJson(format!("missing field `{name}`")))
+}
+
+/// A required string field.
+pub fn string<'a>(map: &'a serde_json::Map<String, Value>, name: &str) -> Result<&'a str, ApiError> {
+    match field(map, name)? {
+        Value::String(s) => Ok(s),
+        other => Err(ApiError::InvalidJson(format!(
+            "field `{name}` must be a string, got {}",
+            kind(other)
+        ))),
+    }
+}
+
+/// A required boolean field.
+pub fn boolean(map: &serde_json::Map<String, Value>, name: &str) -> Result<bool, ApiError> {
+    match field(map, name)? {
+        Value::Bool(b) => Ok(*b),
+        other => Err(ApiError::InvalidJson(format!(
+            "field `{name}` must be true or false, got {}",
+            kind(other)
+        ))),
+    }
+}
+
+/// An optional non-negative integer field (`after`, `last`).
+pub fn count(map: &serde_json::Map<String, Value>, name: &str) -> Result<Option<u64>, ApiError> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            ApiError::InvalidJson(format!(
+                "field `{name}` must be a non-negative integer, got {}",
+                kind(v)
+            ))
+        }),
+    }
+}
+
+/// A score: a JSON integer 0–255.
+pub fn score(value: &Value) -> Result<Score, ApiError> {
+    let out_of_range = |shown: String| {
+        ApiError::ScoreOutOfRange(format!("score {shown} is out of range 0–255"))
+    };
+    match value {
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Score::try_from(i).map_err(|_| out_of_range(i.to_string()))
+            } else if n.as_u64().is_some() {
+                Err(out_of_range(n.to_string()))
+            } else {
+                // A float: a whole one too large for an integer is still out
+                // of range; anything with a fraction is not a score at all.
+                match n.as_f64() {
+                    Some(f) if f.fract() == 0.0 && f.is_finite() => Err(out_of_range(n.to_string())),
+                    _ => Err(ApiError::InvalidJson(format!(
+                        "score must be an integer 0–255, got {n}"
+                    ))),
+                }
+            }
+        }
+        other => Err(ApiError::InvalidJson(format!(
+            "score must be an integer 0–255, got {}",
+            kind(other)
+        ))),
+    }
+}
+
+/// How a JSON value is described in an error message.
+pub fn kind(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) if s.chars().count() <= 32 => format!("the string {s:?}"),
+        Value::String(_) => "a string".into(),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn scores_tell_wrong_type_from_out_of_range() {
+        assert_eq!(score(&json!(0)).map(Score::get), Ok(0));
+        assert_eq!(score(&json!(255)).map(Score::get), Ok(255));
+        for bad in [json!(256), json!(-1), json!(1e30), json!(u64::MAX)] {
+            assert_eq!(score(&bad).map_err(|e| e.code()), Err("score_out_of_range"), "{bad}");
+        }
+        for bad in [json!(1.5), json!("ten"), json!(true), json!(null), json!([1])] {
+            assert_eq!(score(&bad).map_err(|e| e.code()), Err("invalid_json"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_follow_the_bus_rule() {
+        assert!(group("stage").is_ok());
+        assert_eq!(group("a.b").map_err(|e| e.code()), Err("invalid_name"));
+        assert_eq!(device("").map_err(|e| e.code()), Err("invalid_name"));
+    }
+
+    #[test]
+    fn bodies_must_be_objects() {
+        assert!(object(br#"{"score":1}"#).is_ok());
+        assert_eq!(object(b"{").map_err(|e| e.code()), Err("invalid_json"));
+        assert_eq!(object(b"[1]").map_err(|e| e.code()), Err("invalid_json"));
+    }
+}

@@ -1,0 +1,188 @@
+//! understudy's JSON control gateway (DESIGN.md B9, B10; issue 5): read and
+//! set scores, take devices online and offline, trigger elections, read a
+//! group's status, roster and counts, and follow its events — over HTTP
+//! (with Server-Sent Events and WebSocket streams and a web dashboard) and
+//! over a newline-delimited JSON TCP protocol.
+//!
+//! The gateway is a service like the others: it talks to the devices only
+//! through the bus (docs/bus.md) — roster and control requests, trigger
+//! publishes, the JetStream event stream — and announces each of its client
+//! sessions as presence so every device's counts show them. It holds no
+//! state of the group itself. The contract for clients is
+//! `docs/openapi.json` and `docs/control.md`.
+//!
+//! One file per concern: [`input`] validates what clients send, [`auth`] the
+//! token, [`bus`] asks the devices, [`ops`] is each call once for both
+//! protocols, [`events`] reads the event stream, [`presence`] announces
+//! sessions and lists groups, [`http`] and [`tcp`] are the two front doors,
+//! [`cli`] the `understudy gateway` command.
+
+mod assets;
+pub mod auth;
+pub mod bus;
+pub mod cli;
+mod error;
+pub mod events;
+pub mod http;
+pub mod input;
+pub mod openapi;
+pub mod ops;
+pub mod presence;
+pub mod tcp;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use error::{ApiError, GatewayError};
+
+/// The default HTTP listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The default TCP listen address.
+pub const DEFAULT_TCP_LISTEN: &str = "127.0.0.1:8081";
+
+/// How long the servers get to finish at shutdown before they are dropped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// A gateway's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// NATS server(s), comma-separated.
+    pub nats: String,
+    /// Where the HTTP API listens.
+    pub listen: String,
+    /// Where the TCP protocol listens.
+    pub tcp_listen: String,
+    /// The API token mutating calls need; none makes the gateway read-only.
+    pub api_token: Option<String>,
+}
+
+/// Splits `a,b,c` into NATS server addresses.
+fn nats_servers(list: &str) -> Result<Vec<async_nats::ServerAddr>, GatewayError> {
+    let mut out = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        out.push(part.parse().map_err(|e| GatewayError::Connect {
+            url: list.to_owned(),
+            detail: format!("address {part:?} is invalid: {e}"),
+        })?);
+    }
+    if out.is_empty() {
+        return Err(GatewayError::Config(
+            "no NATS address given (--nats or UNDERSTUDY_NATS)".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Connects to NATS; if the bus is not up yet the gateway starts anyway,
+/// answers `bus_unavailable` and connects as soon as it can.
+async fn connect(list: &str) -> Result<async_nats::Client, GatewayError> {
+    async_nats::ConnectOptions::new()
+        .name("understudy-gateway")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .ping_interval(Duration::from_secs(1))
+        .connection_timeout(Duration::from_secs(2))
+        .request_timeout(Some(bus::ANSWER_WITHIN))
+        .connect(nats_servers(list)?)
+        .await
+        .map_err(|e| GatewayError::Connect {
+            url: list.to_owned(),
+            detail: e.to_string(),
+        })
+}
+
+async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, GatewayError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            what,
+            addr: addr.to_owned(),
+            source,
+        })?;
+    if let Ok(local) = listener.local_addr()
+        && !local.ip().is_loopback()
+    {
+        warn!(%local, "{what} listens beyond this machine: anyone who can reach it can read the group's state");
+    }
+    Ok(listener)
+}
+
+fn local(l: &TcpListener) -> String {
+    l.local_addr()
+        .map_or_else(|_| "?".into(), |a: SocketAddr| a.to_string())
+}
+
+/// Runs the gateway until `shutdown` resolves; then closes every session
+/// (announcing them gone) and stops.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+    let token = auth::Token::new(config.api_token.as_deref());
+    let http_listener = bind("--listen", &config.listen).await?;
+    let tcp_listener = bind("--tcp-listen", &config.tcp_listen).await?;
+    let client = connect(&config.nats).await?;
+    if !token.is_set() {
+        warn!("no API token configured (--api-token or UNDERSTUDY_API_TOKEN): every mutating call will be refused with 401");
+    }
+    info!(
+        http = %local(&http_listener),
+        tcp = %local(&tcp_listener),
+        nats = %config.nats,
+        "gateway listening"
+    );
+    let (stop, stopped) = watch::channel(false);
+    let shared = Arc::new(ops::Shared {
+        bus: bus::BusApi::new(client.clone()),
+        token,
+        sessions: presence::Sessions::new(),
+        groups: presence::GroupsSeen::new(),
+        shutdown: stopped.clone(),
+    });
+    let announcer = tokio::spawn(presence::announce(
+        client.clone(),
+        Arc::clone(&shared.sessions),
+        stopped.clone(),
+    ));
+    let watcher = tokio::spawn(presence::watch_groups(
+        client.clone(),
+        Arc::clone(&shared.groups),
+        stopped.clone(),
+    ));
+    let tcp = tokio::spawn(tcp::serve(tcp_listener, Arc::clone(&shared)));
+    let mut http_stop = stopped.clone();
+    let mut http = tokio::spawn(
+        axum::serve(http_listener, http::router(Arc::clone(&shared)))
+            .with_graceful_shutdown(async move { understudy_bus::stopped(&mut http_stop).await })
+            .into_future(),
+    );
+    let http_ended = tokio::select! {
+        () = shutdown => None,
+        r = &mut http => Some(r),
+    };
+    info!("gateway stopping");
+    let _ = stop.send(true);
+    let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let _ = tcp.await;
+        let _ = watcher.await;
+        let _ = announcer.await;
+        match http_ended {
+            Some(r) => r,
+            None => (&mut http).await,
+        }
+    })
+    .await;
+    http.abort();
+    match finished {
+        Ok(Ok(Err(source))) => return Err(GatewayError::Serve { what: "HTTP", source }),
+        Ok(Err(e)) if !e.is_cancelled() => {
+            return Err(GatewayError::Config(format!("the HTTP server stopped: {e}")));
+        }
+        _ => {}
+    }
+    info!("gateway stopped");
+    Ok(())
+}
