@@ -14,14 +14,22 @@ pub struct Token(Option<Vec<u8>>);
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the secret.
-        f.write_str(if self.0.is_some() { "Token(set)" } else { "Token(none)" })
+        f.write_str(if self.0.is_some() {
+            "Token(set)"
+        } else {
+            "Token(none)"
+        })
     }
 }
 
 impl Token {
     /// A token; an empty string counts as none.
     pub fn new(token: Option<&str>) -> Token {
-        Token(token.filter(|t| !t.is_empty()).map(|t| t.as_bytes().to_vec()))
+        Token(
+            token
+                .filter(|t| !t.is_empty())
+                .map(|t| t.as_bytes().to_vec()),
+        )
     }
 
     /// Whether a token is configured.
@@ -68,7 +76,10 @@ impl Token {
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
     let end = b
         .iter()
         .rposition(|c| !c.is_ascii_whitespace())
@@ -96,7 +107,13 @@ mod tests {
         let t = Token::new(Some("s3cret"));
         assert!(t.check_header(Some(b"Bearer s3cret")).is_ok());
         assert!(t.check_header(Some(b"bearer s3cret ")).is_ok());
-        for bad in [&b"Bearer s3cre"[..], b"Bearer s3cret2", b"s3cret", b"Bearer ", b""] {
+        for bad in [
+            &b"Bearer s3cre"[..],
+            b"Bearer s3cret2",
+            b"s3cret",
+            b"Bearer ",
+            b"",
+        ] {
             assert_eq!(
                 t.check_header(Some(bad)).map_err(|e| e.code()),
                 Err("unauthorized")

@@ -62,11 +62,8 @@ impl BusApi {
     }
 
     async fn request(&self, subject: String, payload: Vec<u8>) -> Result<Vec<u8>, NoAnswer> {
-        let asked = tokio::time::timeout(
-            ANSWER_WITHIN,
-            self.client.request(subject, payload.into()),
-        )
-        .await;
+        let asked =
+            tokio::time::timeout(ANSWER_WITHIN, self.client.request(subject, payload.into())).await;
         match asked {
             Err(_) => Err(NoAnswer::TimedOut),
             Ok(Err(e)) => Err(match e.kind() {
@@ -170,7 +167,9 @@ impl BusApi {
             .map_err(|e| ApiError::BusUnavailable(format!("publishing the trigger: {e}")))?;
         tokio::time::timeout(ANSWER_WITHIN, self.client.flush())
             .await
-            .map_err(|_| ApiError::BusUnavailable("the bus did not take the trigger in time".into()))?
+            .map_err(|_| {
+                ApiError::BusUnavailable("the bus did not take the trigger in time".into())
+            })?
             .map_err(|e| ApiError::BusUnavailable(format!("publishing the trigger: {e}")))
     }
 }

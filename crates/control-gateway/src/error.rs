@@ -27,13 +27,17 @@ pub enum ApiError {
     #[error("{0}")]
     InvalidName(String),
     /// No device of the group answers.
-    #[error("no device of group {group} answers (is the group's name right, and is any device running?)")]
+    #[error(
+        "no device of group {group} answers (is the group's name right, and is any device running?)"
+    )]
     UnknownGroup {
         /// The group asked about.
         group: String,
     },
     /// The group answers but this device does not.
-    #[error("device {device} of group {group} does not answer (it is not running or not in this group)")]
+    #[error(
+        "device {device} of group {group} does not answer (it is not running or not in this group)"
+    )]
     UnknownDevice {
         /// The group asked about.
         group: String,

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::ws::{
+    Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+};
 use axum::extract::{FromRequestParts, RawPathParams, RawQuery, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
@@ -180,20 +182,41 @@ pub async fn json_body(headers: &HeaderMap, body: Body) -> Result<Map<String, Va
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut chunks = body.into_data_stream();
     if declared.is_some_and(|n| n > input::MAX_BODY as u64) {
+        drain(&mut chunks, declared).await;
         return Err(too_large());
     }
     let mut bytes = Vec::new();
-    let mut chunks = body.into_data_stream();
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::InvalidJson(format!("the body could not be read: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::InvalidJson(format!("the body could not be read: {e}")))?;
         if bytes.len() + chunk.len() > input::MAX_BODY {
+            drain(&mut chunks, None).await;
             return Err(too_large());
         }
         bytes.extend_from_slice(&chunk);
     }
     input::object(&bytes)
+}
+
+/// Reads and drops the rest of a refused body, when it is not huge, so the
+/// client (still sending) reads the 413 instead of a connection reset.
+async fn drain(chunks: &mut axum::body::BodyDataStream, declared: Option<u64>) {
+    const DRAIN_AT_MOST: usize = 1024 * 1024;
+    if declared.is_some_and(|n| n > DRAIN_AT_MOST as u64) {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut seen = 0usize;
+        while let Some(Ok(chunk)) = chunks.next().await {
+            seen += chunk.len();
+            if seen > DRAIN_AT_MOST {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 async fn openapi() -> Response {

@@ -34,7 +34,9 @@ pub fn object(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> 
             "expected a JSON object, got {}",
             kind(&other)
         ))),
-        Err(e) => Err(ApiError::InvalidJson(format!("the body is not valid JSON: {e}"))),
+        Err(e) => Err(ApiError::InvalidJson(format!(
+            "the body is not valid JSON: {e}"
+        ))),
     }
 }
 
@@ -48,7 +50,10 @@ pub fn field<'a>(
 }
 
 /// A required string field.
-pub fn string<'a>(map: &'a serde_json::Map<String, Value>, name: &str) -> Result<&'a str, ApiError> {
+pub fn string<'a>(
+    map: &'a serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<&'a str, ApiError> {
     match field(map, name)? {
         Value::String(s) => Ok(s),
         other => Err(ApiError::InvalidJson(format!(
@@ -84,9 +89,8 @@ pub fn count(map: &serde_json::Map<String, Value>, name: &str) -> Result<Option<
 
 /// A score: a JSON integer 0–255.
 pub fn score(value: &Value) -> Result<Score, ApiError> {
-    let out_of_range = |shown: String| {
-        ApiError::ScoreOutOfRange(format!("score {shown} is out of range 0–255"))
-    };
+    let out_of_range =
+        |shown: String| ApiError::ScoreOutOfRange(format!("score {shown} is out of range 0–255"));
     match value {
         Value::Number(n) => {
             if let Some(i) = n.as_i64() {
@@ -97,7 +101,9 @@ pub fn score(value: &Value) -> Result<Score, ApiError> {
                 // A float: a whole one too large for an integer is still out
                 // of range; anything with a fraction is not a score at all.
                 match n.as_f64() {
-                    Some(f) if f.fract() == 0.0 && f.is_finite() => Err(out_of_range(n.to_string())),
+                    Some(f) if f.fract() == 0.0 && f.is_finite() => {
+                        Err(out_of_range(n.to_string()))
+                    }
                     _ => Err(ApiError::InvalidJson(format!(
                         "score must be an integer 0–255, got {n}"
                     ))),
@@ -134,10 +140,24 @@ mod tests {
         assert_eq!(score(&json!(0)).map(Score::get), Ok(0));
         assert_eq!(score(&json!(255)).map(Score::get), Ok(255));
         for bad in [json!(256), json!(-1), json!(1e30), json!(u64::MAX)] {
-            assert_eq!(score(&bad).map_err(|e| e.code()), Err("score_out_of_range"), "{bad}");
+            assert_eq!(
+                score(&bad).map_err(|e| e.code()),
+                Err("score_out_of_range"),
+                "{bad}"
+            );
         }
-        for bad in [json!(1.5), json!("ten"), json!(true), json!(null), json!([1])] {
-            assert_eq!(score(&bad).map_err(|e| e.code()), Err("invalid_json"), "{bad}");
+        for bad in [
+            json!(1.5),
+            json!("ten"),
+            json!(true),
+            json!(null),
+            json!([1]),
+        ] {
+            assert_eq!(
+                score(&bad).map_err(|e| e.code()),
+                Err("invalid_json"),
+                "{bad}"
+            );
         }
     }
 

@@ -126,7 +126,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let tcp_listener = bind("--tcp-listen", &config.tcp_listen).await?;
     let client = connect(&config.nats).await?;
     if !token.is_set() {
-        warn!("no API token configured (--api-token or UNDERSTUDY_API_TOKEN): every mutating call will be refused with 401");
+        warn!(
+            "no API token configured (--api-token or UNDERSTUDY_API_TOKEN): every mutating call will be refused with 401"
+        );
     }
     info!(
         http = %local(&http_listener),
@@ -177,9 +179,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     .await;
     http.abort();
     match finished {
-        Ok(Ok(Err(source))) => return Err(GatewayError::Serve { what: "HTTP", source }),
+        Ok(Ok(Err(source))) => {
+            return Err(GatewayError::Serve {
+                what: "HTTP",
+                source,
+            });
+        }
         Ok(Err(e)) if !e.is_cancelled() => {
-            return Err(GatewayError::Config(format!("the HTTP server stopped: {e}")));
+            return Err(GatewayError::Config(format!(
+                "the HTTP server stopped: {e}"
+            )));
         }
         _ => {}
     }

@@ -136,7 +136,12 @@ pub fn summarise(mut roster: Value) -> Value {
                 _ => colours[0] += 1,
             }
             let name = d.get("device").cloned().unwrap_or(Value::Null);
-            for p in d.get("problems").and_then(Value::as_array).into_iter().flatten() {
+            for p in d
+                .get("problems")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let text = serde_json::from_value::<Problem>(p.clone()).map_or_else(
                     |_| {
                         p.get("code")

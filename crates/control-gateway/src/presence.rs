@@ -74,7 +74,11 @@ impl Sessions {
     /// How many sessions of each kind are open: (gui, control).
     pub fn counts(&self) -> (usize, usize) {
         let t = lock(&self.table);
-        let gui = t.open.values().filter(|s| s.kind == InstanceKind::Gui).count();
+        let gui = t
+            .open
+            .values()
+            .filter(|s| s.kind == InstanceKind::Gui)
+            .count();
         (gui, t.open.len() - gui)
     }
 
@@ -143,7 +147,11 @@ impl Drop for SessionGuard {
 
 /// Announces the sessions every [`ANNOUNCE_EVERY`] and whenever one opens or
 /// closes, until `shutdown`; then announces every session closed.
-pub async fn announce(client: Client, sessions: Arc<Sessions>, mut shutdown: watch::Receiver<bool>) {
+pub async fn announce(
+    client: Client,
+    sessions: Arc<Sessions>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = understudy_bus::ticker(ANNOUNCE_EVERY);
     loop {
         tokio::select! {
@@ -203,7 +211,11 @@ impl GroupsSeen {
 }
 
 /// Follows `understudy.presence.*` into `groups` until `shutdown`.
-pub async fn watch_groups(client: Client, groups: Arc<GroupsSeen>, mut shutdown: watch::Receiver<bool>) {
+pub async fn watch_groups(
+    client: Client,
+    groups: Arc<GroupsSeen>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut sub = match client.subscribe(subjects::PRESENCE_ALL).await {
         Ok(s) => Some(s),
         Err(e) => {
@@ -258,7 +270,10 @@ mod tests {
                 .map(|(g, n)| format!("{g}:{n}"))
                 .collect::<Vec<_>>()
         };
-        assert_eq!(names(g.groups(t0 + Duration::from_secs(1))), ["foyer:1", "stage:2"]);
+        assert_eq!(
+            names(g.groups(t0 + Duration::from_secs(1))),
+            ["foyer:1", "stage:2"]
+        );
         assert_eq!(names(g.groups(t0 + Duration::from_secs(11))), ["foyer:1"]);
     }
 
@@ -271,7 +286,10 @@ mod tests {
         let first = s.drain_announcements(0);
         assert_eq!(first.len(), 1);
         assert!(first[0].online);
-        assert_eq!(first[0].group.as_ref().map(GroupName::as_str), Some("stage"));
+        assert_eq!(
+            first[0].group.as_ref().map(GroupName::as_str),
+            Some("stage")
+        );
         drop(guard);
         let last = s.drain_announcements(0);
         assert_eq!(last.len(), 1);

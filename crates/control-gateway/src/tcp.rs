@@ -258,7 +258,8 @@ impl Conn {
             }
             "subscribe" => {
                 let g = group()?;
-                let start = Start::from_request(input::count(map, "after")?, input::count(map, "last")?);
+                let start =
+                    Start::from_request(input::count(map, "after")?, input::count(map, "last")?);
                 s.bus.ensure_connected()?;
                 self.pending = Some(Pending {
                     group: g.clone(),
