@@ -111,9 +111,7 @@ where
     };
     // Services log what they do; one-shot commands only warnings.
     let default_level = match cli.command {
-        Command::Node(_) | Command::Gateway(_) | Command::Lab(_) | Command::Bench { .. } => {
-            "info"
-        }
+        Command::Node(_) | Command::Gateway(_) | Command::Lab(_) | Command::Bench { .. } => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("UNDERSTUDY_LOG")
