@@ -62,16 +62,20 @@ impl Token {
 
     /// Checks an HTTP `Authorization` header value (`Bearer <token>`).
     pub fn check_header(&self, header: Option<&[u8]>) -> Result<(), ApiError> {
-        let presented = header.map(|h| {
-            let h = trim(h);
-            if h.len() >= 7 && h[..7].eq_ignore_ascii_case(b"bearer ") {
-                trim(&h[7..])
-            } else {
-                // Not a bearer credential: compare it anyway, it will not match.
-                h
+        let Some(h) = header.map(trim) else {
+            return self.check(None);
+        };
+        if h.len() >= 7 && h[..7].eq_ignore_ascii_case(b"bearer ") {
+            self.check(Some(trim(&h[7..])))
+        } else {
+            if !self.is_set() {
+                // A read-only gateway says so, whatever was presented.
+                return self.check(None);
             }
-        });
-        self.check(presented)
+            Err(ApiError::Unauthorized(
+                "the Authorization header must be `Bearer <token>`".into(),
+            ))
+        }
     }
 }
 

@@ -3,3 +3,252 @@
 
 /// The document, as written in `docs/openapi.json`.
 pub const DOCUMENT: &str = include_str!("../../../docs/openapi.json");
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    use super::DOCUMENT;
+    use crate::http::{ROUTES, router};
+    use crate::ops::Shared;
+    use crate::{auth, bus, presence};
+
+    fn document() -> Value {
+        serde_json::from_str(DOCUMENT).expect("docs/openapi.json is JSON")
+    }
+
+    /// A gateway whose bus is not connected (nothing listens on port 1).
+    async fn offline_router() -> axum::Router {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("nats://127.0.0.1:1")
+            .await
+            .expect("a client that connects later");
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        router(Arc::new(Shared {
+            bus: bus::BusApi::new(client),
+            token: auth::Token::new(Some("t")),
+            sessions: presence::Sessions::new(),
+            groups: presence::GroupsSeen::new(),
+            shutdown: stopped,
+        }))
+    }
+
+    async fn call(
+        app: &axum::Router,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Body::from(body)).expect("request");
+        let res = app.clone().oneshot(req).await.expect("infallible");
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1_and_lists_exactly_the_routes() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut listed = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                if method == "parameters" {
+                    continue;
+                }
+                assert!(op["responses"].is_object(), "{method} {path} has responses");
+                listed.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+        let routed: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(listed, routed);
+    }
+
+    #[test]
+    fn every_error_code_is_in_the_error_schema() {
+        let doc = document();
+        let codes = &doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]
+            ["enum"];
+        for code in [
+            "unauthorized",
+            "invalid_json",
+            "score_out_of_range",
+            "invalid_name",
+            "unknown_group",
+            "unknown_device",
+            "unsupported_media_type",
+            "payload_too_large",
+            "not_found",
+            "method_not_allowed",
+            "upgrade_required",
+            "device_unavailable",
+            "bus_unavailable",
+        ] {
+            assert!(
+                codes
+                    .as_array()
+                    .is_some_and(|c| c.contains(&Value::from(code))),
+                "{code}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_router_serves_every_listed_route() {
+        let app = offline_router().await;
+        for (method, path) in ROUTES {
+            let path = path
+                .replace("{group}", "stage")
+                .replace("{device}", "dev-1");
+            let (status, body) = call(&app, method, &path, &[], Vec::new()).await;
+            let code = body["error"]["code"].as_str().unwrap_or("");
+            assert!(
+                code != "not_found" && code != "method_not_allowed",
+                "{method} {path}: {status} {body}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_answers_in_plain_text() {
+        let app = offline_router().await;
+        let score = "/api/v1/groups/stage/devices/dev-1/score";
+        let json = ("content-type", "application/json");
+        let auth = ("authorization", "Bearer t");
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            Vec<(&'a str, &'a str)>,
+            Vec<u8>,
+            u16,
+            &'a str,
+        );
+        let cases: Vec<Case> = vec![
+            ("GET", "/nope", vec![], vec![], 404, "not_found"),
+            (
+                "DELETE",
+                "/api/v1/groups",
+                vec![],
+                vec![],
+                405,
+                "method_not_allowed",
+            ),
+            (
+                "PUT",
+                score,
+                vec![json],
+                b"{\"score\":1}".to_vec(),
+                401,
+                "unauthorized",
+            ),
+            (
+                "PUT",
+                score,
+                vec![auth],
+                b"{\"score\":1}".to_vec(),
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                "PUT",
+                score,
+                vec![auth, json],
+                b"{\"score\":".to_vec(),
+                400,
+                "invalid_json",
+            ),
+            (
+                "PUT",
+                score,
+                vec![auth, json],
+                vec![b' '; 20_000],
+                413,
+                "payload_too_large",
+            ),
+            (
+                "PUT",
+                score,
+                vec![auth, json],
+                b"{\"score\":256}".to_vec(),
+                422,
+                "score_out_of_range",
+            ),
+            (
+                "PUT",
+                score,
+                vec![auth, json],
+                b"{\"score\":\"ten\"}".to_vec(),
+                400,
+                "invalid_json",
+            ),
+            (
+                "GET",
+                "/api/v1/groups/a%2Eb",
+                vec![],
+                vec![],
+                400,
+                "invalid_name",
+            ),
+            (
+                "GET",
+                "/api/v1/groups/stage/events/ws",
+                vec![],
+                vec![],
+                426,
+                "upgrade_required",
+            ),
+            (
+                "GET",
+                "/api/v1/groups/stage/events?after=x",
+                vec![],
+                vec![],
+                400,
+                "invalid_json",
+            ),
+            (
+                "GET",
+                "/api/v1/groups/stage",
+                vec![],
+                vec![],
+                503,
+                "bus_unavailable",
+            ),
+            (
+                "PUT",
+                score,
+                vec![auth, json],
+                b"{\"score\":1}".to_vec(),
+                503,
+                "bus_unavailable",
+            ),
+        ];
+        for (method, path, headers, body, status, code) in cases {
+            let (got, doc) = call(&app, method, path, &headers, body).await;
+            assert_eq!(
+                (got.as_u16(), doc["error"]["code"].as_str()),
+                (status, Some(code)),
+                "{method} {path}: {doc}"
+            );
+        }
+    }
+}
