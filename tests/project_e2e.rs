@@ -571,7 +571,9 @@ async fn changes_made_without_a_server_are_submitted_after_reelection() {
 async fn a_conflicting_edit_is_reported_and_kept() {
     let nats = NatsServer::start().await;
     let urls = vec![nats.url()];
-    let _a = spawn(&urls, 1, 50, &[]);
+    // The server takes projects up to 1 KiB, so a larger queued change is
+    // refused for its size (not a conflict).
+    let _a = spawn(&urls, 1, 50, &["--max-project-size", "1024"]);
     let b = spawn(&urls, 2, 0, &[]);
     let project = Project::new(&nats.url()).await;
     let mut pc = project.client(FIRST_SERVER_WITHIN).await.unwrap();
@@ -619,23 +621,92 @@ async fn a_conflicting_edit_is_reported_and_kept() {
     .expect("a conflict event on the bus");
     assert_eq!(conflict, ("dev-2".into(), "mine".into(), 1, r2.revision));
 
-    // The change is kept, with its content, and the device shows it.
+    // The change is kept, with its content.
     let outbox = Outbox::open(&b.data_dir().join("project")).unwrap();
     let kept = outbox.conflicts().unwrap();
     assert_eq!(kept.len(), 1);
     assert_eq!(outbox.conflict_content(&kept[0]).unwrap(), mine);
+    assert_eq!(kept[0].reason, None);
+
+    // A change the server refuses for another reason (too large), and one
+    // whose queued content was damaged on disk, are set aside too, with the
+    // reason, and reported; the queue goes on.
+    let big = vec![b'x'; 2000];
+    queue(&b, r2.revision, "too-big", &big);
+    let scratch = TempDir::new("damaged");
+    let damaged = Outbox::open(scratch.path()).unwrap();
+    let entry = damaged
+        .add(r2.revision, "dev-2", Some("damaged"), b"intact\n")
+        .unwrap();
+    std::fs::write(
+        scratch
+            .path()
+            .join("outbox")
+            .join(format!("{}.bin", entry.key)),
+        b"rotten\n",
+    )
+    .unwrap();
+    // Into dev-2's outbox, content first: the entry exists once its .json does.
+    for ext in ["bin", "json"] {
+        let name = format!("{}.{ext}", entry.key);
+        std::fs::copy(
+            scratch.path().join("outbox").join(&name),
+            b.data_dir().join("project").join("outbox").join(&name),
+        )
+        .unwrap();
+    }
+    let mut refused = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut got = Vec::new();
+        while let Some(m) = events.next().await {
+            if let Ok(ProjectEvent {
+                kind:
+                    ProjectEventKind::ChangeRefused {
+                        device,
+                        change_id,
+                        reason,
+                        ..
+                    },
+                ..
+            }) = messages::decode::<ProjectEvent>(&m.payload)
+            {
+                assert_eq!(device.to_string(), "dev-2");
+                got.push((change_id, reason));
+                if got.len() == 2 {
+                    return got;
+                }
+            }
+        }
+        panic!("event stream ended")
+    })
+    .await
+    .expect("two change_refused events on the bus");
+    refused.sort();
+    assert_eq!(refused[0].0, "damaged");
+    assert!(refused[0].1.contains("unreadable"), "{}", refused[0].1);
+    assert_eq!(refused[1].0, "too-big");
+    assert!(refused[1].1.contains("over the limit"), "{}", refused[1].1);
+    let kept = outbox.conflicts().unwrap();
+    assert_eq!(kept.len(), 3);
+    let big_kept = kept
+        .iter()
+        .find(|c| c.entry.change_id == "too-big")
+        .unwrap();
+    assert_eq!(outbox.conflict_content(big_kept).unwrap(), big);
+    assert!(outbox.pending().unwrap().is_empty());
+
+    // The device shows all three as a problem.
     tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(m) = statuses.next().await {
             if let Ok(s) = messages::decode::<DeviceStatus>(&m.payload)
                 && s.problems
-                    .contains(&Problem::ProjectConflict { changes: 1 })
+                    .contains(&Problem::ProjectConflict { changes: 3 })
             {
                 return;
             }
         }
     })
     .await
-    .expect("dev-2 shows the conflict as a problem");
+    .expect("dev-2 shows the set-aside changes as a problem");
     // Nothing was applied blindly.
     let head = project.head().await.unwrap().current.unwrap();
     assert_eq!((head.revision, head.sha256), (r2.revision, r2.sha256));
