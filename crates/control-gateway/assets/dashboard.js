@@ -263,7 +263,11 @@
   function renderGroupProblems(doc) {
     const list = $("#group-problems");
     const problems = (doc && Array.isArray(doc.problems) && doc.problems) || [];
-    const texts = problems.map((p) => [problemText(p), problemTitle(p)]);
+    const texts = problems.map((p) => {
+      const who = p && typeof p === "object" && p.device ? `${p.device}: ` : "";
+      const text = p && typeof p === "object" && p.text && !p.code ? String(p.text) : problemText(p);
+      return [`${who}${text}`, problemTitle(p)];
+    });
     const key = JSON.stringify(texts);
     if (list.dataset.key === key) return;
     list.dataset.key = key;
@@ -461,10 +465,10 @@
       const reply = await send("PUT", `${groupPath(state.group)}/devices/${encodeURIComponent(device)}/score`, {
         score,
       });
-      const server = reply.server && typeof reply.server === "object" ? reply.server.device : reply.server;
+      // The reply's `server` is the device's view at once, before the
+      // election the change starts; the roster shows the outcome.
       result.classList.add("ok");
-      result.textContent = `Score set to ${reply.score !== undefined ? reply.score : score}` +
-        (server ? `; server: ${server}` : "");
+      result.textContent = `Score set to ${reply.score !== undefined ? reply.score : score}; an election follows.`;
       input.value = "";
       showMessage("", true);
     } catch (e) {
