@@ -105,13 +105,20 @@ fn change(base: u64, id: &str, data: impl Into<Bytes>) -> Change {
 }
 
 async fn commit(pc: &mut ProjectClient, base: u64, id: &str, data: &[u8]) -> pb::Revision {
-    match pc
-        .submit(change(base, id, data.to_vec()))
-        .await
-        .unwrap_or_else(|e| panic!("submit {id}: {e}"))
-    {
-        Submitted::Committed(r) => r,
-        other => panic!("submit {id}: expected a commit, got {other:?}"),
+    // A transient refusal ("nothing was committed, try again", a busy store)
+    // is answered as clients do: the same change again, same id, so it is
+    // applied at most once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match pc.submit(change(base, id, data.to_vec())).await {
+            Ok(Submitted::Committed(r)) | Ok(Submitted::AlreadyCommitted(r)) => return r,
+            Ok(other) => panic!("submit {id}: expected a commit, got {other:?}"),
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                eprintln!("submit {id}: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("submit {id}: {e}"),
+        }
     }
 }
 

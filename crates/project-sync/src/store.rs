@@ -221,7 +221,7 @@ impl ProjectStore {
         {
             return Ok(());
         }
-        let timeout = self.timeout + Duration::from_millis(data.len() as u64 / 20_000);
+        let timeout = self.timeout + content_allowance(data.len() as u64);
         let meta = object_store::ObjectMetadata {
             name: name.clone(),
             chunk_size: Some(CHUNK),
@@ -242,7 +242,7 @@ impl ProjectStore {
     /// Reads the content with this SHA-256 and checks it.
     pub async fn get_content(&self, sha256: &str, size: u64) -> Result<Vec<u8>, StoreError> {
         let name = object_name(sha256);
-        let timeout = self.timeout + Duration::from_millis(size / 20_000);
+        let timeout = self.timeout + content_allowance(size);
         let data = bounded(timeout, "reading the content", async {
             let mut object = self
                 .objects
@@ -343,4 +343,11 @@ async fn read_head_from(
             .map(|h| Some((e.revision, h)))
             .map_err(|err| StoreError::BadHead(err.to_string())),
     }
+}
+
+/// Extra time a content transfer of `size` bytes gets beyond the call
+/// timeout: 1 ms per 4 KB, i.e. it fails only below about 4 MB/s (a busy
+/// or slow store still finishes; a hung one is still noticed).
+fn content_allowance(size: u64) -> Duration {
+    Duration::from_millis(size / 4_000)
 }
