@@ -41,6 +41,12 @@ pub struct LabArgs {
     /// Stop by itself after this long (e.g. 60s) [default: run until Ctrl-C].
     #[arg(long)]
     duration: Option<String>,
+    /// Do not start the control gateway (HTTP API and dashboard).
+    #[arg(long)]
+    no_gateway: bool,
+    /// The API token of the lab's gateway (mutating calls need it).
+    #[arg(long, default_value = "lab-secret")]
+    api_token: String,
 }
 
 pub(crate) struct Proc {
@@ -156,6 +162,44 @@ pub(crate) fn spawn_device_with(
     Ok(Proc { name, child })
 }
 
+/// Starts the control gateway on 127.0.0.1:8080 and :8081 (other free ports
+/// if those are taken); returns it and its HTTP and TCP addresses.
+fn spawn_gateway(
+    exe: &Path,
+    dir: &Path,
+    nats: &str,
+    token: &str,
+) -> Result<(Proc, String, String)> {
+    let http = format!("127.0.0.1:{}", free_port(8080)?);
+    let tcp = format!("127.0.0.1:{}", free_port(8081)?);
+    let log = std::fs::File::create(dir.join("gateway.log"))?;
+    let child = Command::new(exe)
+        .args([
+            "gateway",
+            "--nats",
+            nats,
+            "--listen",
+            &http,
+            "--tcp-listen",
+            &tcp,
+        ])
+        .env("UNDERSTUDY_API_TOKEN", token)
+        .env("UNDERSTUDY_LOG", "info")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("cannot start the gateway")?;
+    Ok((
+        Proc {
+            name: "gateway".into(),
+            child,
+        },
+        http,
+        tcp,
+    ))
+}
+
 pub(crate) fn scores(n: usize) -> Vec<u8> {
     (0..n)
         .map(|i| 200u8.saturating_sub((i * 200 / n.max(1)) as u8).max(1))
@@ -205,6 +249,17 @@ pub async fn run(a: LabArgs) -> Result<()> {
             a.dir.join(format!("{}.log", d.name)).display()
         );
     }
+    let _gateway = if a.no_gateway {
+        None
+    } else {
+        let (p, http, tcp) = spawn_gateway(&exe, &a.dir, &url, &a.api_token)?;
+        println!(
+            "gateway:      dashboard http://{http}/?group={group}  API http://{http}/api/v1  TCP {tcp}  token {} (log {})",
+            a.api_token,
+            a.dir.join("gateway.log").display()
+        );
+        Some(p)
+    };
     println!("look at it:   understudy status --group {group} --nats {url}");
     println!("events:       understudy events --group {group} --nats {url}");
     println!("fail over:    kill -9 <pid of the server>   (the best remaining device takes over)");
