@@ -7,7 +7,10 @@
 //! The test sees the devices and the server, is refused a score change
 //! without the API token (and shows the gateway's error message), enters the
 //! token, raises a client's score above the server's and sees the server
-//! change on screen. Screenshots go to `target/test-artifacts/`
+//! change on screen. Then it follows the events over Server-Sent Events
+//! instead of the WebSocket, restarts the gateway while the server changes
+//! again, and sees the page resume the stream after the last event it showed:
+//! the missed election appears once, nothing is doubled. Screenshots go to `target/test-artifacts/`
 //! (`dashboard-before.png`, `dashboard.png`).
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian's `chromium`
@@ -343,11 +346,8 @@ impl Drop for Proc {
     }
 }
 
-/// `understudy gateway` on free loopback ports, with an API token.
-fn start_gateway(nats_url: &str) -> (Proc, SocketAddr) {
-    let ports = free_ports(2);
-    let http: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
-    let tcp: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+/// `understudy gateway` listening on `http` and `tcp`, with an API token.
+fn start_gateway(nats_url: &str, http: SocketAddr, tcp: SocketAddr) -> Proc {
     let mut cmd = Command::new(understudy_bin());
     scrub_env(&mut cmd);
     cmd.args(["gateway", "--nats", nats_url, "--listen"])
@@ -357,7 +357,7 @@ fn start_gateway(nats_url: &str) -> (Proc, SocketAddr) {
         .args(["--api-token", TOKEN])
         .env("NO_COLOR", "1")
         .env("RUST_BACKTRACE", "1");
-    (Proc::spawn("gateway", cmd, false), http)
+    Proc::spawn("gateway", cmd, false)
 }
 
 /// chromedriver on a free loopback port, in its own process group.
@@ -610,7 +610,7 @@ async fn roster(gateway: SocketAddr) -> Result<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_shows_the_group_and_a_score_change_moves_the_server() {
+async fn dashboard_shows_the_group_follows_a_score_change_and_resumes_its_events() {
     let Some((browser, driver_bin)) = browser_tools() else {
         return;
     };
@@ -637,7 +637,10 @@ async fn dashboard_shows_the_group_and_a_score_change_moves_the_server() {
     assert_eq!(first, "dev-1", "the highest score serves");
 
     // The gateway sees the same.
-    let (mut gateway, gateway_addr) = start_gateway(&nats.url());
+    let ports = free_ports(2);
+    let gateway_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+    let gateway_tcp: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let mut gateway = start_gateway(&nats.url(), gateway_addr, gateway_tcp);
     wait_until(
         "the gateway to report dev-1 serving three devices",
         secs(20),
@@ -879,4 +882,104 @@ async fn dashboard_shows_the_group_and_a_score_change_moves_the_server() {
         .await
         .unwrap();
     assert_eq!(kept, TOKEN, "the token survives a reload of the tab");
+
+    // Server-Sent Events, and a gateway restart: the page resumes after the
+    // last event it showed, so it neither misses nor doubles one.
+    session
+        .goto(&format!("{page}&transport=sse"))
+        .await
+        .unwrap();
+    wait_until(
+        "the SSE stream to be live with dev-3's election in the log",
+        ON_SCREEN_WITHIN,
+        || async move {
+            let (state, transport) = connection(s).await?;
+            ensure!(
+                state == "live" && transport == "sse",
+                "connection {state} over {transport}"
+            );
+            let log = s.text_of("#event-log").await?;
+            ensure!(log.contains("dev-3 elected server"), "log: {log:?}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    let before = event_ids(s).await.unwrap();
+    drop(gateway);
+    let url = nats.url();
+    run_cli_ok(&[
+        "score", "set", "--group", GROUP, "--device", "dev-1", "255", "--nats", &url,
+    ])
+    .await;
+    let (server, term) = obs
+        .wait_for(
+            |v: &View| v.converged().filter(|(d, _)| d == "dev-1"),
+            FIRST_SERVER_WITHIN,
+        )
+        .await
+        .unwrap();
+    assert_eq!(server, "dev-1");
+    let _gateway = start_gateway(&nats.url(), gateway_addr, gateway_tcp);
+    let elected = format!("dev-1 elected server: term {}", term.get());
+    let elected = elected.as_str();
+    wait_until(
+        "the page to resume and show dev-1's election while the gateway was down",
+        ON_SCREEN_WITHIN,
+        || async move {
+            let (state, transport) = connection(s).await?;
+            ensure!(
+                state == "live" && transport == "sse",
+                "connection {state} over {transport}"
+            );
+            let server = s.text_of("#server").await?;
+            ensure!(server == "dev-1", "#server shows {server:?}");
+            let log = s.text_of("#event-log").await?;
+            ensure!(log.contains(elected), "no {elected:?} in the log: {log:?}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    let after = event_ids(s).await.unwrap();
+    assert!(
+        after.windows(2).all(|w| w[0] > w[1]),
+        "event ids are unique, newest first: {after:?}"
+    );
+    assert!(
+        before.iter().all(|id| after.contains(id)) && after.len() > before.len(),
+        "the log keeps what it showed and adds what it missed: {before:?} then {after:?}"
+    );
+    let log = session.text_of("#event-log").await.unwrap();
+    assert_eq!(log.matches(elected).count(), 1, "shown once: {log:?}");
+    obs.check_one_server().unwrap();
+}
+
+/// The event stream's state and transport as the page shows them.
+async fn connection(s: &Session) -> Result<(String, String)> {
+    let v = s
+        .execute(
+            "const c = document.querySelector('#connection');
+             return [c.dataset.state, c.dataset.transport];",
+        )
+        .await?;
+    Ok((
+        v[0].as_str().unwrap_or_default().to_string(),
+        v[1].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+/// The ids of the events in the log, in page order (newest first).
+async fn event_ids(s: &Session) -> Result<Vec<u64>> {
+    let v = s
+        .execute(
+            "return Array.from(document.querySelectorAll('#event-log li[data-event-id]'))
+                 .map(li => Number(li.dataset.eventId));",
+        )
+        .await?;
+    v.as_array()
+        .ok_or_else(|| anyhow!("not a list: {v}"))?
+        .iter()
+        .map(|id| id.as_u64().ok_or_else(|| anyhow!("bad id {id}")))
+        .collect()
 }

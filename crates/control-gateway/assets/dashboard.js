@@ -9,6 +9,7 @@
 //   POST /api/v1/groups/{g}/election                     trigger (token)
 //   GET  /api/v1/groups/{g}/events/ws?client=dashboard   live events (WebSocket)
 //   GET  /api/v1/groups/{g}/events?client=dashboard      the same as SSE (fallback)
+// `?transport=sse` in the page URL skips the WebSocket and uses SSE at once.
 // It re-reads the roster on every event and every 2 s. A lost event stream is
 // resumed with `after=<last id>`, and ids already shown are skipped, so no
 // event is missed or shown twice.
@@ -798,6 +799,7 @@
     });
 
     render(null);
+    if (new URL(location.href).searchParams.get("transport") === "sse") state.transport = "sse";
     const wanted = new URL(location.href).searchParams.get("group");
     if (wanted) chooseGroup(wanted, false);
     refreshGroups();
