@@ -64,6 +64,23 @@ pub async fn recv(sub: &mut Option<Subscriber>, what: &str) -> Message {
     std::future::pending().await
 }
 
+/// Resolves on SIGTERM or Ctrl-C (SIGINT): what every long-running command
+/// stops on.
+pub async fn terminate_or_interrupt() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// Resolves when `shutdown` turns true or its sender is gone.
 pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // An error means the sender was dropped: nobody can tell us to stop any

@@ -193,22 +193,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
     };
     tokio::select! {
         r = work => r,
-        _ = interrupted() => Err(anyhow!("interrupted; stopped the processes it started")),
-    }
-}
-
-async fn interrupted() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        _ = understudy_bus::terminate_or_interrupt() => Err(anyhow!("interrupted; stopped the processes it started")),
     }
 }
 

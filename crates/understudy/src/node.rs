@@ -385,7 +385,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     // Run until a signal, or until a service stops on its own (an error that
     // leaves the device half alive must not go unnoticed).
     let failed: Option<String> = tokio::select! {
-        _ = wait_for_signal() => None,
+        _ = understudy_bus::terminate_or_interrupt() => None,
         r = &mut election_task => Some(format!("election service stopped: {r:?}")),
         r = &mut heartbeat_task => Some(format!("heartbeat service stopped: {r:?}")),
         r = &mut discovery_task => Some(format!("discovery service stopped: {r:?}")),
@@ -437,19 +437,4 @@ async fn idle(mut stop: watch::Receiver<bool>) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
