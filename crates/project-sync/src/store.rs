@@ -212,7 +212,7 @@ impl ProjectStore {
     }
 
     /// Stores content under its SHA-256 (nothing to do when it is there).
-    /// The timeout grows with the size (at least 20 MB/s is assumed).
+    /// The timeout grows with the size (at least about 4 MB/s is assumed).
     pub async fn put_content(&self, sha256: &str, data: &[u8]) -> Result<(), StoreError> {
         let name = object_name(sha256);
         if let Ok(Ok(info)) = tokio::time::timeout(self.timeout, self.objects.info(&name)).await
