@@ -224,6 +224,56 @@ async fn writer(
     Ok(())
 }
 
+/// Every acknowledged change is in the final history, in order, once; the
+/// final content is the last acknowledged, and holds exactly `changes` lines.
+async fn assert_history(project: &Project, acked: &Mutex<Vec<Ack>>, changes: usize) {
+    let mut acks = acked.lock().unwrap().clone();
+    assert_eq!(acks.len(), changes);
+    acks.sort_by_key(|a| a.revision);
+    let revisions: BTreeSet<u64> = acks.iter().map(|a| a.revision).collect();
+    assert_eq!(
+        revisions.len(),
+        acks.len(),
+        "two acknowledgements name one revision"
+    );
+    let last = acks.last().unwrap().clone();
+    let mut pc = project.client(Duration::from_secs(30)).await.unwrap();
+    let Fetched::Content(head, content) = pc.fetch(None).await.unwrap() else {
+        panic!("no content")
+    };
+    assert_eq!(
+        head.revision, last.revision,
+        "the head is the last acknowledged revision"
+    );
+    assert_eq!(
+        head.sha256, last.sha256,
+        "the final content is the last acknowledged"
+    );
+    let text = String::from_utf8(content).unwrap();
+    let position: BTreeMap<&str, usize> = text.lines().enumerate().map(|(i, l)| (l, i)).collect();
+    assert_eq!(position.len(), text.lines().count(), "a line appears twice");
+    let mut prev = None;
+    for a in &acks {
+        let at = *position.get(a.line.as_str()).unwrap_or_else(|| {
+            panic!(
+                "acknowledged change {} (revision {}) is lost",
+                a.line, a.revision
+            )
+        });
+        assert!(
+            prev.is_none_or(|p| at > p),
+            "change {} is out of order",
+            a.line
+        );
+        prev = Some(at);
+    }
+    assert_eq!(
+        text.lines().count(),
+        changes,
+        "the history holds exactly the acknowledged changes"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_changes_from_three_clients_survive_losing_the_server_every_fifty() {
     const CHANGES: usize = 1000;
@@ -305,53 +355,83 @@ async fn a_thousand_changes_from_three_clients_survive_losing_the_server_every_f
         "only {kills} kills and {pauses} pauses happened"
     );
 
-    // Every acknowledged change is in the final history, in order, once;
-    // the final content is the last acknowledged.
-    let mut acks = acked.lock().unwrap().clone();
-    assert_eq!(acks.len(), CHANGES);
-    acks.sort_by_key(|a| a.revision);
-    let revisions: BTreeSet<u64> = acks.iter().map(|a| a.revision).collect();
-    assert_eq!(
-        revisions.len(),
-        acks.len(),
-        "two acknowledgements name one revision"
-    );
-    let last = acks.last().unwrap().clone();
-    let mut pc = project.client(Duration::from_secs(30)).await.unwrap();
-    let Fetched::Content(head, content) = pc.fetch(None).await.unwrap() else {
-        panic!("no content")
+    assert_history(&project, &acked, CHANGES).await;
+    obs.check_one_server().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_changes_survive_losing_a_nats_node_and_the_server_on_a_cluster() {
+    const CHANGES: usize = 150;
+    let mut cluster = NatsCluster::start(3).await;
+    let all = cluster.urls();
+    // The test's own clients go through the two nodes that stay up.
+    let survivors = format!("{},{}", cluster.url(1), cluster.url(2));
+    let obs = Observer::start(&survivors, GROUP).await;
+    let mut devs: Vec<Device> = (1..=3)
+        .map(|i| spawn(&all, i, 40 - i * 10, &["--replicas", "3"]))
+        .collect();
+    let project = Project::new(&survivors).await;
+    project.client(FIRST_SERVER_WITHIN).await.unwrap();
+
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let total = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..2)
+        .map(|id| {
+            tokio::spawn(writer(
+                survivors.clone(),
+                id,
+                CHANGES / 2,
+                acked.clone(),
+                total.clone(),
+            ))
+        })
+        .collect();
+    // A third of the way: a NATS node dies (the replicated head and content
+    // stay on the other two). Two thirds: the server device dies too.
+    let progress = |n: usize| {
+        let total = total.clone();
+        move || {
+            let total = total.clone();
+            async move {
+                let done = total.load(Ordering::SeqCst);
+                if done >= n {
+                    Ok(())
+                } else {
+                    bail!("{done} of {n} changes acknowledged")
+                }
+            }
+        }
     };
-    assert_eq!(
-        head.revision, last.revision,
-        "the head is the last acknowledged revision"
-    );
-    assert_eq!(
-        head.sha256, last.sha256,
-        "the final content is the last acknowledged"
-    );
-    let text = String::from_utf8(content).unwrap();
-    let position: BTreeMap<&str, usize> = text.lines().enumerate().map(|(i, l)| (l, i)).collect();
-    assert_eq!(position.len(), text.lines().count(), "a line appears twice");
-    let mut prev = None;
-    for a in &acks {
-        let at = *position.get(a.line.as_str()).unwrap_or_else(|| {
-            panic!(
-                "acknowledged change {} (revision {}) is lost",
-                a.line, a.revision
-            )
-        });
-        assert!(
-            prev.is_none_or(|p| at > p),
-            "change {} is out of order",
-            a.line
-        );
-        prev = Some(at);
+    wait_until(
+        "a third of the changes",
+        Duration::from_secs(120),
+        progress(CHANGES / 3),
+    )
+    .await
+    .unwrap();
+    cluster.kill(0);
+    wait_until(
+        "two thirds of the changes",
+        Duration::from_secs(120),
+        progress(2 * CHANGES / 3),
+    )
+    .await
+    .unwrap();
+    let server = project.server_device().await;
+    let d = devs
+        .iter_mut()
+        .find(|d| Some(d.id().to_string()) == server)
+        .expect("a server device");
+    d.kill9();
+    d.restart();
+    for w in writers {
+        tokio::time::timeout(Duration::from_secs(240), w)
+            .await
+            .expect("writers finish")
+            .expect("writer task")
+            .expect("writer");
     }
-    assert_eq!(
-        text.lines().count(),
-        CHANGES,
-        "the history holds exactly the acknowledged changes"
-    );
+    assert_history(&project, &acked, CHANGES).await;
     obs.check_one_server().unwrap();
 }
 
