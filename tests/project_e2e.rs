@@ -435,6 +435,53 @@ async fn acknowledged_changes_survive_losing_a_nats_node_and_the_server_on_a_clu
     obs.check_one_server().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_changes_survive_a_nats_server_killed_and_restarted() {
+    const CHANGES: usize = 100;
+    let mut nats = NatsServer::start().await;
+    let urls = vec![nats.url()];
+    let _devs: Vec<Device> = (1..=3).map(|i| spawn(&urls, i, 40 - i * 10, &[])).collect();
+    let project = Project::new(&nats.url()).await;
+    project.client(FIRST_SERVER_WITHIN).await.unwrap();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let total = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..2)
+        .map(|id| {
+            tokio::spawn(writer(
+                nats.url(),
+                id,
+                CHANGES / 2,
+                acked.clone(),
+                total.clone(),
+            ))
+        })
+        .collect();
+    // Halfway, the bus dies (SIGKILL) under the writers and comes back on the
+    // same store: what JetStream acknowledged is still there.
+    wait_until("half of the changes", Duration::from_secs(120), || {
+        let total = total.clone();
+        async move {
+            let done = total.load(Ordering::SeqCst);
+            if done >= CHANGES / 2 {
+                Ok(())
+            } else {
+                bail!("{done} changes acknowledged")
+            }
+        }
+    })
+    .await
+    .unwrap();
+    nats.restart().await;
+    for w in writers {
+        tokio::time::timeout(Duration::from_secs(240), w)
+            .await
+            .expect("writers finish")
+            .expect("writer task")
+            .expect("writer");
+    }
+    assert_history(&project, &acked, CHANGES).await;
+}
+
 // ---------------------------------------------------------------------------
 // S1: a deposed server cannot commit
 // ---------------------------------------------------------------------------
