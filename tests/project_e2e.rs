@@ -224,6 +224,77 @@ async fn writer(
     Ok(())
 }
 
+/// `n` [`writer`]s sharing `changes` changes, and what they got acknowledged.
+struct Writers {
+    acked: Arc<Mutex<Vec<Ack>>>,
+    total: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl Writers {
+    fn start(url: &str, n: usize, changes: usize) -> Writers {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let total = Arc::new(AtomicUsize::new(0));
+        let tasks = (0..n)
+            .map(|id| {
+                let count = changes / n + usize::from(id < changes % n);
+                tokio::spawn(writer(
+                    url.to_string(),
+                    id,
+                    count,
+                    acked.clone(),
+                    total.clone(),
+                ))
+            })
+            .collect();
+        Writers {
+            acked,
+            total,
+            tasks,
+        }
+    }
+
+    /// Changes acknowledged so far.
+    fn done(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    /// Whether a writer is still at work.
+    fn running(&self) -> bool {
+        self.tasks.iter().any(|t| !t.is_finished())
+    }
+
+    /// Waits until `n` changes are acknowledged.
+    async fn wait_for(&self, n: usize) {
+        wait_until(
+            &format!("{n} changes acknowledged"),
+            Duration::from_secs(120),
+            || async {
+                let done = self.done();
+                if done >= n {
+                    Ok(())
+                } else {
+                    bail!("{done} of {n} changes acknowledged")
+                }
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Waits for every writer to finish (each must succeed).
+    async fn finish(self) -> Arc<Mutex<Vec<Ack>>> {
+        for w in self.tasks {
+            tokio::time::timeout(Duration::from_secs(240), w)
+                .await
+                .expect("writers finish")
+                .expect("writer task")
+                .expect("writer");
+        }
+        self.acked
+    }
+}
+
 /// Every acknowledged change is in the final history, in order, once; the
 /// final content is the last acknowledged, and holds exactly `changes` lines.
 async fn assert_history(project: &Project, acked: &Mutex<Vec<Ack>>, changes: usize) {
@@ -285,14 +356,7 @@ async fn a_thousand_changes_from_three_clients_survive_losing_the_server_every_f
     let project = Project::new(&nats.url()).await;
     project.client(FIRST_SERVER_WITHIN).await.unwrap();
 
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let total = Arc::new(AtomicUsize::new(0));
-    let writers: Vec<_> = (0..3)
-        .map(|id| {
-            let count = CHANGES / 3 + usize::from(id < CHANGES % 3);
-            tokio::spawn(writer(nats.url(), id, count, acked.clone(), total.clone()))
-        })
-        .collect();
+    let writers = Writers::start(&nats.url(), 3, CHANGES);
 
     // Every ~50 acknowledged changes, take the server out: alternately kill
     // -9 it (and start it again at once: it comes back as a client and, if
@@ -304,8 +368,8 @@ async fn a_thousand_changes_from_three_clients_survive_losing_the_server_every_f
     let mut kills = 0;
     let mut pauses = 0;
     let mut next_kill = KILL_EVERY;
-    while total.load(Ordering::SeqCst) < CHANGES && writers.iter().any(|w| !w.is_finished()) {
-        if total.load(Ordering::SeqCst) >= next_kill {
+    while writers.done() < CHANGES && writers.running() {
+        if writers.done() >= next_kill {
             next_kill += KILL_EVERY;
             let server = project.server_device().await;
             let Some(d) = devs.iter_mut().find(|d| Some(d.id().to_string()) == server) else {
@@ -318,13 +382,13 @@ async fn a_thousand_changes_from_three_clients_survive_losing_the_server_every_f
             } else {
                 d.sigstop();
                 let frozen = d.id().to_string();
-                let before = total.load(Ordering::SeqCst);
+                let before = writers.done();
                 let moved_on = wait_until(
                     "another server committing",
                     Duration::from_secs(15),
                     || async {
                         let now = project.server_device().await;
-                        let done = total.load(Ordering::SeqCst);
+                        let done = writers.done();
                         if now.is_some()
                             && now.as_deref() != Some(frozen.as_str())
                             && (done >= before + 5 || done >= CHANGES)
@@ -343,13 +407,7 @@ async fn a_thousand_changes_from_three_clients_survive_losing_the_server_every_f
         }
         tokio::time::sleep(POLL).await;
     }
-    for w in writers {
-        tokio::time::timeout(Duration::from_secs(240), w)
-            .await
-            .expect("writers finish")
-            .expect("writer task")
-            .expect("writer");
-    }
+    let acked = writers.finish().await;
     assert!(
         kills + pauses >= CHANGES / KILL_EVERY - 2,
         "only {kills} kills and {pauses} pauses happened"
@@ -373,50 +431,12 @@ async fn acknowledged_changes_survive_losing_a_nats_node_and_the_server_on_a_clu
     let project = Project::new(&survivors).await;
     project.client(FIRST_SERVER_WITHIN).await.unwrap();
 
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let total = Arc::new(AtomicUsize::new(0));
-    let writers: Vec<_> = (0..2)
-        .map(|id| {
-            tokio::spawn(writer(
-                survivors.clone(),
-                id,
-                CHANGES / 2,
-                acked.clone(),
-                total.clone(),
-            ))
-        })
-        .collect();
+    let writers = Writers::start(&survivors, 2, CHANGES);
     // A third of the way: a NATS node dies (the replicated head and content
     // stay on the other two). Two thirds: the server device dies too.
-    let progress = |n: usize| {
-        let total = total.clone();
-        move || {
-            let total = total.clone();
-            async move {
-                let done = total.load(Ordering::SeqCst);
-                if done >= n {
-                    Ok(())
-                } else {
-                    bail!("{done} of {n} changes acknowledged")
-                }
-            }
-        }
-    };
-    wait_until(
-        "a third of the changes",
-        Duration::from_secs(120),
-        progress(CHANGES / 3),
-    )
-    .await
-    .unwrap();
+    writers.wait_for(CHANGES / 3).await;
     cluster.kill(0);
-    wait_until(
-        "two thirds of the changes",
-        Duration::from_secs(120),
-        progress(2 * CHANGES / 3),
-    )
-    .await
-    .unwrap();
+    writers.wait_for(2 * CHANGES / 3).await;
     let server = project.server_device().await;
     let d = devs
         .iter_mut()
@@ -424,13 +444,7 @@ async fn acknowledged_changes_survive_losing_a_nats_node_and_the_server_on_a_clu
         .expect("a server device");
     d.kill9();
     d.restart();
-    for w in writers {
-        tokio::time::timeout(Duration::from_secs(240), w)
-            .await
-            .expect("writers finish")
-            .expect("writer task")
-            .expect("writer");
-    }
+    let acked = writers.finish().await;
     assert_history(&project, &acked, CHANGES).await;
     obs.check_one_server().unwrap();
 }
@@ -443,42 +457,12 @@ async fn acknowledged_changes_survive_a_nats_server_killed_and_restarted() {
     let _devs: Vec<Device> = (1..=3).map(|i| spawn(&urls, i, 40 - i * 10, &[])).collect();
     let project = Project::new(&nats.url()).await;
     project.client(FIRST_SERVER_WITHIN).await.unwrap();
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let total = Arc::new(AtomicUsize::new(0));
-    let writers: Vec<_> = (0..2)
-        .map(|id| {
-            tokio::spawn(writer(
-                nats.url(),
-                id,
-                CHANGES / 2,
-                acked.clone(),
-                total.clone(),
-            ))
-        })
-        .collect();
+    let writers = Writers::start(&nats.url(), 2, CHANGES);
     // Halfway, the bus dies (SIGKILL) under the writers and comes back on the
     // same store: what JetStream acknowledged is still there.
-    wait_until("half of the changes", Duration::from_secs(120), || {
-        let total = total.clone();
-        async move {
-            let done = total.load(Ordering::SeqCst);
-            if done >= CHANGES / 2 {
-                Ok(())
-            } else {
-                bail!("{done} changes acknowledged")
-            }
-        }
-    })
-    .await
-    .unwrap();
+    writers.wait_for(CHANGES / 2).await;
     nats.restart().await;
-    for w in writers {
-        tokio::time::timeout(Duration::from_secs(240), w)
-            .await
-            .expect("writers finish")
-            .expect("writer task")
-            .expect("writer");
-    }
+    let acked = writers.finish().await;
     assert_history(&project, &acked, CHANGES).await;
 }
 
