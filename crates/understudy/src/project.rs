@@ -13,7 +13,7 @@ use bytes::Bytes;
 use clap::Subcommand;
 use futures::StreamExt;
 use understudy_project_sync::client::{
-    Change, ClientError, Fetched, ProjectClient, ServerRef, Submitted, find_server,
+    Change, ClientError, ProjectClient, ServerRef, Submitted, find_server,
 };
 use understudy_project_sync::local::{LocalCopy, Outbox, sha256_hex};
 use understudy_project_sync::pb;
@@ -298,21 +298,45 @@ async fn get(nats: &str, group: &GroupName, file: &Path) -> Result<()> {
     let client = connect_once(nats, "understudy-project").await?;
     let js = jetstream::new(client);
     let mut pc = connect_server(&js, group).await?;
-    match pc.fetch(None).await? {
-        Fetched::Content(r, data) => {
-            write_atomically(file, &data)?;
-            println!(
-                "revision {} (term {}, {} bytes, sha256 {}) written to {}",
-                r.revision,
-                r.committed_term,
-                r.size,
-                r.sha256,
-                file.display()
-            );
-            Ok(())
-        }
-        Fetched::UpToDate(_) => bail!("the server sent no content"),
+    // Streamed to disk beside the target (hashed, verified, fsynced), then
+    // renamed over it: a 256 MiB project never sits in memory.
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = file
+        .file_name()
+        .ok_or_else(|| anyhow!("--file {} names no file", file.display()))?;
+    if !dir.is_dir() {
+        bail!(
+            "cannot write {}: {} is not a folder",
+            file.display(),
+            dir.display()
+        );
     }
+    let staging = dir.join(format!(".{}.understudy-get", name.to_string_lossy()));
+    let result = async {
+        let local = LocalCopy::open(&staging)?;
+        let meta = pc.fetch_into(&local).await?;
+        let content = local
+            .content_path()?
+            .ok_or_else(|| anyhow!("the download left no content"))?;
+        std::fs::rename(&content, file)
+            .with_context(|| format!("cannot replace {}", file.display()))?;
+        anyhow::Ok(meta)
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&staging);
+    let meta = result?;
+    println!(
+        "revision {} (term {}, {} bytes, sha256 {}) written to {}",
+        meta.revision,
+        meta.committed_term,
+        meta.size,
+        meta.sha256,
+        file.display()
+    );
+    Ok(())
 }
 
 fn get_local(data_dir: &Path, file: &Path) -> Result<()> {
