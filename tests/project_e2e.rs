@@ -470,6 +470,19 @@ async fn acknowledged_changes_survive_a_nats_server_killed_and_restarted() {
 // S1: a deposed server cannot commit
 // ---------------------------------------------------------------------------
 
+/// Sets a device's score through the CLI, as an operator would.
+async fn set_score(url: &str, device: &str, score: u8) {
+    let score = score.to_string();
+    let out = run_cli_ok(&[
+        "score", "set", "--group", GROUP, "--device", device, &score, "--nats", url,
+    ])
+    .await;
+    assert!(
+        out.contains(&format!("score of {device} set to {score}")),
+        "{out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_server_that_wakes_up_deposed_cannot_commit() {
     let nats = NatsServer::start().await;
@@ -507,6 +520,11 @@ async fn a_paused_server_that_wakes_up_deposed_cannot_commit() {
     .await;
     assert!(to_b.seen_term() > to_a.seen_term());
 
+    // While dev-1 wakes, dev-2 must outrank it; otherwise dev-1 (score 30)
+    // is handed the lease back within milliseconds (P1) and then serves
+    // legitimately in a newer term, which is not what this part checks.
+    set_score(&nats.url(), "dev-2", 40).await;
+
     // Wake the deposed server: neither the queued change nor a new one may
     // commit, whatever it believes for the first instants.
     a.sigcont();
@@ -537,8 +555,13 @@ async fn a_paused_server_that_wakes_up_deposed_cannot_commit() {
     assert_eq!(current.sha256, r2.sha256);
     assert!(!a.log().contains("from-the-past") || !a.log().contains("committed revision=3"));
 
-    // The woken device rejoins; it ranks first, so it takes the lease back
-    // with a newer term, fences, and serves revision two unchanged.
+    // dev-1 stays a client as long as dev-2 outranks it: the fresh change
+    // was refused, not queued for later.
+    assert_eq!(project.server_device().await.as_deref(), Some("dev-2"));
+
+    // The woken device rejoins; once it ranks first again it takes the lease
+    // back with a newer term, fences, and serves revision two unchanged.
+    set_score(&nats.url(), "dev-2", 20).await;
     let mut back = wait_until("dev-1 serving again", Duration::from_secs(15), || async {
         let pc = project.client(CALL).await?;
         if pc.server().device.as_str() != "dev-1" {
