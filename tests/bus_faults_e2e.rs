@@ -7,11 +7,12 @@
 #[path = "harness/mod.rs"]
 mod harness;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use harness::*;
-use understudy_protocol::Role;
 use understudy_protocol::messages::{ElectionEventKind, StepDownReason};
+use understudy_protocol::{Problem, Role};
 
 const GROUP: &str = "stage";
 const FIRST_SERVER_WITHIN: Duration = Duration::from_secs(8);
@@ -156,17 +157,77 @@ async fn two_devices_with_one_id_are_reported_not_merged() {
     let _b = Device::spawn(&urls, opts("dev-2", 2, 100, &[]));
     let _twin = Device::spawn(&urls, opts("dev-2", 3, 50, &[]));
     let obs = Observer::start(&nats.url(), GROUP).await;
-    obs.wait_for(
-        |v: &View| {
-            v.device("dev-2").is_some_and(|h| {
-                h.problems
-                    .contains(&understudy_protocol::Problem::DuplicateDeviceId)
-            })
-        },
+    // Both processes named dev-2 say so in their own heartbeats (B2)...
+    wait_until(
+        "both dev-2 processes to flag the duplicate",
         secs(10),
+        || {
+            let beats = obs.heartbeats();
+            async move {
+                let flagging: BTreeSet<String> = beats
+                    .iter()
+                    .map(|b| &b.msg)
+                    .filter(|h| h.device.as_str() == "dev-2")
+                    .filter(|h| h.problems.contains(&Problem::DuplicateDeviceId))
+                    .map(|h| h.mac.to_string())
+                    .collect();
+                if flagging.len() == 2 {
+                    Ok(())
+                } else {
+                    anyhow::bail!("flagged by {flagging:?} only")
+                }
+            }
+        },
     )
     .await
     .unwrap();
+    // ...and neither is merged into the other: each process beats under its
+    // own instance, always with its own MAC and its own score. (Before the
+    // services followed one election service, a twin's heartbeat service
+    // took the other's election state, reported four times a second, and
+    // beat as it now and then.) Judge on at least 3 s of beats from each.
+    wait_until("30 beats from each dev-2 process", secs(10), || {
+        let beats = obs.heartbeats();
+        async move {
+            let mut per_mac: BTreeMap<String, usize> = BTreeMap::new();
+            for h in beats.iter().map(|b| &b.msg) {
+                if h.device.as_str() == "dev-2" {
+                    *per_mac.entry(h.mac.to_string()).or_default() += 1;
+                }
+            }
+            if per_mac.len() == 2 && per_mac.values().all(|n| *n >= 30) {
+                Ok(())
+            } else {
+                anyhow::bail!("beats so far: {per_mac:?}")
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let mut seen: BTreeMap<String, BTreeSet<(String, u8)>> = BTreeMap::new();
+    for h in obs.heartbeats().iter().map(|b| &b.msg) {
+        if h.device.as_str() == "dev-2" {
+            seen.entry(h.instance.to_string())
+                .or_default()
+                .insert((h.mac.to_string(), h.score.get()));
+        }
+    }
+    let mut pairs: Vec<(String, u8)> = seen
+        .values()
+        .map(|p| {
+            assert_eq!(p.len(), 1, "one instance beat as two devices: {seen:?}");
+            p.iter().next().cloned().unwrap()
+        })
+        .collect();
+    pairs.sort();
+    assert_eq!(
+        pairs,
+        vec![
+            ("02:00:00:00:00:02".to_string(), 100),
+            ("02:00:00:00:00:03".to_string(), 50)
+        ],
+        "{seen:?}"
+    );
     // Whichever device answers the status request flags it too, once it has
     // heard both instances.
     let url = nats.url();

@@ -7,6 +7,8 @@
 //! until it is told to stop. These helpers are that shared way, and no more:
 //! every rule stays in the services' pure cores.
 
+pub mod follow;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::{Client, Message, Subscriber};
@@ -15,6 +17,8 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, warn};
 use understudy_protocol::messages::{self, BusMessage};
+
+pub use follow::{ElectionFollower, Followed};
 
 /// The longest a publish may wait to be queued. The client's queue fills up
 /// only when the bus has been down for a long time; the loop must not stall

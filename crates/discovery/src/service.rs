@@ -26,7 +26,9 @@ use async_nats::{Client, Message};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
-use understudy_bus::{decoded, publish, publish_bytes, recv, stopped, ticker};
+use understudy_bus::{
+    ElectionFollower, Followed, decoded, publish, publish_bytes, recv, stopped, ticker,
+};
 use understudy_protocol::messages::{
     DeviceStatus, ElectionState, Heartbeat, Leave, Presence, ProjectState,
 };
@@ -66,6 +68,11 @@ pub struct DiscoveryConfig {
     /// [`DEFAULT_PUBLISH_INTERVAL`] (1 s) by default. Must lie in
     /// [`MIN_INTERVAL`]`..=`[`MAX_INTERVAL`].
     pub publish_interval: Duration,
+    /// The device's election service instance when it runs in this process:
+    /// only its state is this device's. `None` (the services run apart): the
+    /// first election service to report is followed, and another only once
+    /// that one falls silent (`understudy_bus::follow`).
+    pub election_instance: Option<InstanceId>,
 }
 
 impl DiscoveryConfig {
@@ -76,6 +83,7 @@ impl DiscoveryConfig {
             device,
             instance,
             publish_interval: DEFAULT_PUBLISH_INTERVAL,
+            election_instance: None,
         }
     }
 
@@ -144,6 +152,9 @@ pub async fn run(
     info!(%group, %device, instance = %cfg.instance, "discovery service started");
 
     let mut identity = cfg.instance;
+    // B2: a second process with this device id hears our local subjects and
+    // we hear its; only one election service's state is this device's.
+    let mut follower = ElectionFollower::new(cfg.election_instance);
     let mut core = Discovery::new(cfg.device.clone(), identity, Duration::ZERO);
     core.set_bus_connected(is_connected(&client), Duration::ZERO);
     let mut me: Option<SelfState> = None;
@@ -177,6 +188,14 @@ pub async fn run(
             }
             msg = recv(&mut election_sub, "election state") => {
                 if let Some(state) = decoded::<ElectionState>(&msg) {
+                    if state.device == cfg.device
+                        && state.group == cfg.group
+                        && let Followed::Other { followed } =
+                            follower.follow(state.instance, std::time::Instant::now())
+                    {
+                        debug!(instance = %state.instance, %followed, "election state of another process with this device id ignored");
+                        continue;
+                    }
                     // The device's identity is its election service's
                     // instance (it beats under it); when the services run as
                     // separate processes, adopt it so our own beats are not
@@ -197,6 +216,7 @@ pub async fn run(
             msg = recv(&mut project_sub, "project state") => {
                 if let Some(state) = decoded::<ProjectState>(&msg)
                     && state.device == cfg.device
+                    && state.instance.is_none_or(|i| follower.followed() == Some(i))
                 {
                     conflicts = state.conflicts;
                     core.set_project_conflicts(conflicts);
@@ -228,7 +248,7 @@ pub async fn run(
             if !periodic {
                 publish_tick.reset();
             }
-            let message = device_status(&cfg, status);
+            let message = device_status(&cfg, status, follower.followed());
             publish(&client, subjects::local_status(group, device), &message).await;
         }
     }
@@ -276,13 +296,18 @@ fn self_state(cfg: &DiscoveryConfig, state: &ElectionState) -> Option<SelfState>
     })
 }
 
-fn device_status(cfg: &DiscoveryConfig, status: Status) -> DeviceStatus {
+fn device_status(
+    cfg: &DiscoveryConfig,
+    status: Status,
+    instance: Option<InstanceId>,
+) -> DeviceStatus {
     DeviceStatus {
         schema: SCHEMA_VERSION,
         group: cfg.group.clone(),
         device: cfg.device.clone(),
         colour: status.colour,
         problems: status.problems,
+        instance,
     }
 }
 

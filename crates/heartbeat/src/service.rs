@@ -27,7 +27,9 @@ use async_nats::Client;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
-use understudy_bus::{decoded, publish, recv, stopped, ticker, unix_ms};
+use understudy_bus::{
+    ElectionFollower, Followed, decoded, publish, recv, stopped, ticker, unix_ms,
+};
 use understudy_protocol::messages::{
     DeviceStatus, ElectionState, Heartbeat, InstanceKind, Leave, PeerChangeKind, PeerNotice,
     Presence,
@@ -74,6 +76,11 @@ pub struct HeartbeatConfig {
     /// How often to announce presence; [`DEFAULT_PRESENCE_INTERVAL`] (1 s) by
     /// default. Must lie in [`MIN_INTERVAL`]`..=`[`MAX_INTERVAL`].
     pub presence_interval: Duration,
+    /// The device's election service instance when it runs in this process:
+    /// only its state is announced. `None` (the services run apart): the
+    /// first election service to report is followed, and another only once
+    /// that one falls silent (`understudy_bus::follow`).
+    pub election_instance: Option<InstanceId>,
 }
 
 impl HeartbeatConfig {
@@ -87,6 +94,7 @@ impl HeartbeatConfig {
             interval: DEFAULT_INTERVAL,
             misses: DetectorConfig::DEFAULT_MISSES,
             presence_interval: DEFAULT_PRESENCE_INTERVAL,
+            election_instance: None,
         }
     }
 
@@ -240,6 +248,9 @@ pub async fn run(
 #[derive(Debug)]
 struct Announcer {
     cfg: HeartbeatConfig,
+    /// Which election service's state is this device's (B2: a second
+    /// process with this device id must not be merged into this one).
+    follower: ElectionFollower,
     election: Option<ElectionState>,
     /// When the latest election state arrived.
     election_at: Option<std::time::Instant>,
@@ -251,6 +262,7 @@ struct Announcer {
 impl Announcer {
     fn new(cfg: HeartbeatConfig) -> Self {
         Self {
+            follower: ElectionFollower::new(cfg.election_instance),
             cfg,
             election: None,
             election_at: None,
@@ -270,6 +282,20 @@ impl Announcer {
         if state.device != self.cfg.device || state.group != self.cfg.group {
             debug!(device = %state.device, group = %state.group, "election state of another device ignored");
             return false;
+        }
+        match self
+            .follower
+            .follow(state.instance, std::time::Instant::now())
+        {
+            Followed::Same => {}
+            Followed::Switched { from: None } => {}
+            Followed::Switched { from: Some(from) } => {
+                info!(%from, to = %state.instance, "following a new election service (the old one fell silent)");
+            }
+            Followed::Other { followed } => {
+                debug!(instance = %state.instance, %followed, "election state of another process with this device id ignored");
+                return false;
+            }
         }
         let urgent = self.election.as_ref().is_none_or(|old| {
             (old.role, old.term, old.online, old.score, old.in_grace)
@@ -299,6 +325,12 @@ impl Announcer {
     fn take_status(&mut self, status: DeviceStatus) {
         if status.device != self.cfg.device || status.group != self.cfg.group {
             debug!(device = %status.device, group = %status.group, "status of another device ignored");
+            return;
+        }
+        if let Some(from) = status.instance
+            && self.follower.followed() != Some(from)
+        {
+            debug!(instance = %from, "status from another process with this device id ignored");
             return;
         }
         self.status = Some(status);
@@ -465,6 +497,7 @@ mod tests {
             device: cfg().device,
             colour: StatusColour::Red,
             problems: vec![Problem::NoServer],
+            instance: None,
         });
         let second = me.heartbeat(1_100).expect("state known");
         assert_eq!(second.seq, 2);
@@ -497,6 +530,44 @@ mod tests {
         other.device = "other".parse().expect("valid device");
         assert!(!me.take_election(other));
         assert!(!me.knows_election());
+    }
+
+    #[test]
+    fn a_second_process_with_this_device_id_is_not_merged_in() {
+        // The election service runs in this process as instance 8.
+        let mut c = cfg();
+        c.election_instance = Some(InstanceId::new(8));
+        let mut me = Announcer::new(c);
+        me.take_election(state());
+        let mut twin = state();
+        twin.instance = InstanceId::new(9);
+        twin.score = Score::new(200);
+        twin.role = Role::Server;
+        assert!(!me.take_election(twin));
+        let beat = me.heartbeat(1).expect("state known");
+        assert_eq!(
+            (beat.instance, beat.score),
+            (InstanceId::new(8), Score::new(10))
+        );
+        // Nor is the twin's status taken for ours.
+        let status = |instance, colour| DeviceStatus {
+            schema: SCHEMA_VERSION,
+            group: cfg().group,
+            device: cfg().device,
+            colour,
+            problems: vec![],
+            instance: Some(InstanceId::new(instance)),
+        };
+        me.take_status(status(9, StatusColour::Blue));
+        assert_eq!(
+            me.heartbeat(2).expect("state known").colour,
+            StatusColour::Grey
+        );
+        me.take_status(status(8, StatusColour::Red));
+        assert_eq!(
+            me.heartbeat(3).expect("state known").colour,
+            StatusColour::Red
+        );
     }
 
     #[test]

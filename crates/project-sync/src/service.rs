@@ -23,9 +23,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
-use understudy_bus::unix_ms;
+use understudy_bus::{ElectionFollower, Followed, unix_ms};
 use understudy_protocol::messages::{ElectionState, ProjectEvent, ProjectEventKind, ProjectState};
-use understudy_protocol::{DeviceId, GroupName, Role, SCHEMA_VERSION, Term, subjects};
+use understudy_protocol::{DeviceId, GroupName, InstanceId, Role, SCHEMA_VERSION, Term, subjects};
 
 use crate::client::{Change, ClientError, ProjectClient, ServerRef, Submitted, lease_server};
 use crate::local::{CopyState, LocalCopy, LocalError, Outbox, OutboxEntry};
@@ -49,6 +49,13 @@ pub struct ProjectSyncConfig {
     pub max_size: u64,
     /// A JetStream call unanswered for this long has failed.
     pub store_timeout: Duration,
+    /// The device's election service instance when it runs in this process:
+    /// only its state says whether this device serves. `None` (the services
+    /// run apart): the first election service to report is followed, and
+    /// another only once that one falls silent (`understudy_bus::follow`).
+    /// Either way a second process with this device id (B2) cannot make
+    /// this one serve.
+    pub election_instance: Option<InstanceId>,
 }
 
 /// Why the project-sync service stopped.
@@ -131,6 +138,7 @@ pub async fn run(
     // holds the head, and the election will step this device down.
     let mut deposed: Option<Term> = None;
     let mut last_state: Option<(ElectionState, Instant)> = None;
+    let mut follower = ElectionFollower::new(cfg.election_instance);
     let mut tick = understudy_bus::ticker(Duration::from_millis(200));
     let mut report = understudy_bus::ticker(Duration::from_secs(1));
 
@@ -140,6 +148,19 @@ pub async fn run(
             Some(msg) = election.next() => {
                 let Some(state) = understudy_bus::decoded::<ElectionState>(&msg) else { continue };
                 let now = Instant::now();
+                if state.device != cfg.device || state.group != cfg.group {
+                    continue;
+                }
+                match follower.follow(state.instance, now) {
+                    Followed::Other { followed } => {
+                        debug!(instance = %state.instance, %followed, "election state of another process with this device id ignored");
+                        continue;
+                    }
+                    Followed::Switched { from: Some(from) } => {
+                        info!(%from, to = %state.instance, "following a new election service (the old one fell silent)");
+                    }
+                    Followed::Same | Followed::Switched { from: None } => {}
+                }
                 if state.role == Role::Server {
                     svc.confirm(state.term, now);
                     if svc.serving_term() != Some(state.term)
@@ -225,7 +246,7 @@ pub async fn run(
                 }
             }
             _ = report.tick() => {
-                let state = project_state(&cfg, svc.serving_term().is_some());
+                let state = project_state(&cfg, svc.serving_term().is_some(), follower.followed());
                 understudy_bus::publish(
                     &client,
                     subjects::local_project(&cfg.group, &cfg.device),
@@ -308,7 +329,11 @@ async fn publish_event(
     understudy_bus::publish(client, subjects::project_events(&cfg.group), &event).await;
 }
 
-fn project_state(cfg: &ProjectSyncConfig, serving: bool) -> ProjectState {
+fn project_state(
+    cfg: &ProjectSyncConfig,
+    serving: bool,
+    instance: Option<InstanceId>,
+) -> ProjectState {
     let local = LocalCopy::open(&cfg.data_dir).ok();
     let outbox = Outbox::open(&cfg.data_dir).ok();
     ProjectState {
@@ -327,6 +352,7 @@ fn project_state(cfg: &ProjectSyncConfig, serving: bool) -> ProjectState {
             .as_ref()
             .and_then(|o| o.conflicts().ok())
             .map_or(0, |c| c.len() as u32),
+        instance,
     }
 }
 

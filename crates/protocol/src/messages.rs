@@ -421,6 +421,11 @@ pub struct DeviceStatus {
     /// Its problems.
     #[serde(default)]
     pub problems: Vec<Problem>,
+    /// The election service instance the publishing discovery service
+    /// follows, so that a second process with this device id is not taken
+    /// for this one (B2). Absent from older senders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceId>,
 }
 
 impl BusMessage for DeviceStatus {
@@ -645,6 +650,10 @@ pub struct ProjectState {
     pub outbox: u32,
     /// Changes refused with a conflict, kept for an operator.
     pub conflicts: u32,
+    /// The election service instance the publishing project-sync service
+    /// follows (see [`DeviceStatus::instance`]). Absent from older senders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceId>,
 }
 
 impl BusMessage for ProjectState {

@@ -300,6 +300,9 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     let (stop_others, others_rx) = watch::channel(false);
 
     let svc = n.services;
+    // With the election service in this process, the others follow only it
+    // (a second process with this device id must not be merged in, B2).
+    let election_instance = svc.election.then_some(instance);
     let election_cfg = ElectionServiceConfig {
         group: n.group.clone(),
         device: n.device.clone(),
@@ -320,6 +323,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         replicas: n.replicas,
         max_size: n.max_project_size,
         store_timeout: Duration::from_secs(2),
+        election_instance,
     };
     let heartbeat_cfg = HeartbeatConfig {
         group: n.group.clone(),
@@ -329,12 +333,14 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         interval: n.heartbeat,
         misses: 3,
         presence_interval: Duration::from_secs(1),
+        election_instance,
     };
     let discovery_cfg = DiscoveryConfig {
         group: n.group.clone(),
         device: n.device.clone(),
         instance,
         publish_interval: Duration::from_secs(1),
+        election_instance,
     };
     let (c1, c2, c3, c4) = (
         client.clone(),
