@@ -34,7 +34,10 @@ async fn the_group_recovers_after_nats_restarts() {
     {
         let obs = Observer::start(&nats.url(), GROUP).await;
         let (server, _) = obs
-            .wait_for(View::converged, FIRST_SERVER_WITHIN)
+            .wait_for(
+                |v: &View| v.converged().filter(|(d, _)| d == "dev-1"),
+                FIRST_SERVER_WITHIN,
+            )
             .await
             .unwrap();
         assert_eq!(server, "dev-1");
@@ -45,7 +48,10 @@ async fn the_group_recovers_after_nats_restarts() {
     let obs = Observer::start(&nats.url(), GROUP).await;
     let (server, _) = obs
         .wait_for(
-            |v: &View| v.converged().filter(|_| v.live().len() == 3),
+            |v: &View| {
+                v.converged()
+                    .filter(|(d, _)| d == "dev-1" && v.live().len() == 3)
+            },
             secs(15),
         )
         .await
@@ -82,10 +88,18 @@ async fn losing_one_node_of_a_three_node_cluster_never_yields_two_servers() {
     let survivors = format!("{},{}", cluster.url(1), cluster.url(2));
     let obs = Observer::start(&survivors, GROUP).await;
     obs.wait_for(View::converged, secs(15)).await.unwrap();
+    let killed_ms = unix_ms_now();
     cluster.kill(0);
-    // Whoever it is, the group has a server again, and only one.
+    // Whoever it is, the group has a server again, and only one: judged on
+    // beats every device sent well after the node died (so those that were
+    // connected through it have reconnected), not on the view from before.
     obs.wait_for(
-        |v: &View| v.converged().filter(|_| v.live().len() == 3),
+        |v: &View| {
+            v.converged().filter(|_| {
+                let live = v.live();
+                live.len() == 3 && live.iter().all(|h| h.sent_at_ms > killed_ms + 3_000)
+            })
+        },
         secs(20),
     )
     .await
@@ -101,12 +115,15 @@ async fn a_server_cut_off_from_nats_steps_down_and_the_next_best_takes_over() {
     let direct = vec![nats.url()];
     // A long preempt delay keeps the healed device a client for the test.
     let extra = ["--preempt-delay", "60s"];
-    let _a = Device::spawn(&[proxy.url()], opts("dev-1", 1, 200, &extra));
+    let a = Device::spawn(&[proxy.url()], opts("dev-1", 1, 200, &extra));
     let _b = Device::spawn(&direct, opts("dev-2", 2, 150, &extra));
     let _c = Device::spawn(&direct, opts("dev-3", 3, 100, &extra));
     let obs = Observer::start(&nats.url(), GROUP).await;
     let (server, term) = obs
-        .wait_for(View::converged, FIRST_SERVER_WITHIN)
+        .wait_for(
+            |v: &View| v.converged().filter(|(d, _)| d == "dev-1"),
+            FIRST_SERVER_WITHIN,
+        )
         .await
         .unwrap();
     assert_eq!(server, "dev-1");
@@ -119,11 +136,35 @@ async fn a_server_cut_off_from_nats_steps_down_and_the_next_best_takes_over() {
     assert_eq!(next, "dev-2");
     assert!(new_term > term);
 
+    // Keep it cut off until its own lease has run out and it has stepped
+    // down by itself (healing earlier would let it learn of dev-2 from the
+    // bus instead, which is a different test).
+    wait_until("dev-1 to step down while cut off", secs(10), || async {
+        if a.log().contains("stepped down") {
+            Ok(())
+        } else {
+            anyhow::bail!("dev-1 has not stepped down yet")
+        }
+    })
+    .await
+    .unwrap();
+
+    let healed_at_ms = unix_ms_now();
     proxy.heal();
-    let back = obs
-        .wait_for(|v: &View| v.device("dev-1").cloned(), secs(10))
-        .await
-        .unwrap();
+    // Beats it queued while cut off may arrive late; what it says once it
+    // speaks again is what counts.
+    let back = wait_until("a fresh beat from dev-1", secs(10), || {
+        let beats = obs.heartbeats();
+        async move {
+            beats
+                .into_iter()
+                .map(|b| b.msg)
+                .find(|h| h.device.as_str() == "dev-1" && h.sent_at_ms >= healed_at_ms)
+                .ok_or_else(|| anyhow::anyhow!("no beat from dev-1 since the heal"))
+        }
+    })
+    .await
+    .unwrap();
     assert_eq!(
         back.role,
         Role::Client,
@@ -135,14 +176,15 @@ async fn a_server_cut_off_from_nats_steps_down_and_the_next_best_takes_over() {
     )
     .await
     .unwrap();
-    // It said why it stopped once it could speak again.
+    // It said why it stopped once it could speak again: the event made while
+    // it was cut off is sent again until JetStream has stored it.
     obs.wait_for(
         |v: &View| {
             v.events().iter().any(|e| matches!(&e.msg.kind,
                 ElectionEventKind::SteppedDown { device, reason: StepDownReason::LeaseLost | StepDownReason::Deposed, .. }
                     if device.as_str() == "dev-1"))
         },
-        secs(5),
+        secs(10),
     )
     .await
     .unwrap();
@@ -263,6 +305,6 @@ async fn a_device_stops_promptly_on_sigterm_even_with_the_bus_gone() {
     drop(obs);
     nats.kill();
     dev.sigterm();
-    let status = dev.wait_exit(secs(6)).await.unwrap();
+    let status = dev.wait_exit(secs(10)).await.unwrap();
     assert!(status.success(), "exit status {status}");
 }

@@ -308,10 +308,21 @@ async fn assert_history(project: &Project, acked: &Mutex<Vec<Ack>>, changes: usi
         "two acknowledgements name one revision"
     );
     let last = acks.last().unwrap().clone();
-    let mut pc = project.client(Duration::from_secs(30)).await.unwrap();
-    let Fetched::Content(head, content) = pc.fetch(None).await.unwrap() else {
-        panic!("no content")
-    };
+    // The restarted top-ranked device may take the lease back between
+    // finding the server and fetching: ask again until one answers.
+    let (head, content) = wait_until(
+        "the head from the server",
+        Duration::from_secs(30),
+        || async {
+            let mut pc = project.client(CALL).await?;
+            match pc.fetch(None).await? {
+                Fetched::Content(head, content) => Ok((head, content)),
+                other => bail!("no content: {other:?}"),
+            }
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(
         head.revision, last.revision,
         "the head is the last acknowledged revision"
@@ -370,11 +381,14 @@ async fn a_thousand_changes_from_three_clients_survive_losing_the_server_every_f
     let mut next_kill = KILL_EVERY;
     while writers.done() < CHANGES && writers.running() {
         if writers.done() >= next_kill {
-            next_kill += KILL_EVERY;
+            // No server named at this instant (a hand-back, a read timing
+            // out): look again at the next poll rather than skip this one.
             let server = project.server_device().await;
             let Some(d) = devs.iter_mut().find(|d| Some(d.id().to_string()) == server) else {
+                tokio::time::sleep(POLL).await;
                 continue;
             };
+            next_kill += KILL_EVERY;
             if (kills + pauses) % 2 == 0 {
                 d.kill9();
                 d.restart();
@@ -437,10 +451,23 @@ async fn acknowledged_changes_survive_losing_a_nats_node_and_the_server_on_a_clu
     writers.wait_for(CHANGES / 3).await;
     cluster.kill(0);
     writers.wait_for(2 * CHANGES / 3).await;
-    let server = project.server_device().await;
+    // The lease bucket's stream may still be choosing a new leader: wait for
+    // the lease to name a server.
+    let server = wait_until(
+        "a server named in the lease",
+        Duration::from_secs(30),
+        || async {
+            project
+                .server_device()
+                .await
+                .ok_or_else(|| anyhow!("no server in the lease yet"))
+        },
+    )
+    .await
+    .unwrap();
     let d = devs
         .iter_mut()
-        .find(|d| Some(d.id().to_string()) == server)
+        .find(|d| d.id() == server)
         .expect("a server device");
     d.kill9();
     d.restart();
@@ -693,13 +720,22 @@ async fn changes_made_without_a_server_are_submitted_after_reelection() {
         .filter_map(|r| r.change_id.clone())
         .collect();
     assert_eq!(ids, ["one", "offline-1", "offline-2"]);
-    assert!(
-        Outbox::open(&b.data_dir().join("project"))
-            .unwrap()
-            .pending()
-            .unwrap()
-            .is_empty()
-    );
+    // dev-2 clears its outbox when the server's reply reaches it, a moment
+    // after the head moved.
+    wait_until(
+        "dev-2's outbox to empty",
+        Duration::from_secs(10),
+        || async {
+            let pending = Outbox::open(&b.data_dir().join("project"))?.pending()?;
+            if pending.is_empty() {
+                Ok(())
+            } else {
+                bail!("{} changes still queued", pending.len())
+            }
+        },
+    )
+    .await
+    .unwrap();
     wait_local_copy(&c, 3, &head.sha256, Duration::from_secs(10))
         .await
         .unwrap();

@@ -126,6 +126,73 @@ struct Driver {
     replies: mpsc::Sender<(OpId, StoreOutcome)>,
     store: Option<kv::Store>,
     store_timeout: Duration,
+    /// Election events, encoded, on their way to the stream (in order).
+    events: Option<mpsc::Sender<Vec<u8>>>,
+    events_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// How many election events may wait for the bus; beyond that the newest are
+/// dropped with a warning (a device makes a handful per election).
+const EVENTS_QUEUE: usize = 256;
+
+/// How long a stopping device waits for its last election events to be
+/// stored.
+const EVENTS_DRAIN: Duration = Duration::from_secs(1);
+
+/// Publishes election events to the events stream one at a time, in order,
+/// each until JetStream acknowledges it: an event made while the bus was
+/// silently gone (before the client noticed) is not lost but sent again once
+/// it is back. Each carries a `Nats-Msg-Id` of this instance and a sequence
+/// number, so a retry after a lost acknowledgement is stored once.
+///
+/// A refusal (no stream answers: it could not be made at start, or was
+/// deleted) makes it create the stream again before the next try.
+async fn publish_events(
+    js: jetstream::Context,
+    subject: String,
+    instance: InstanceId,
+    stream: (usize, Duration),
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) {
+    let mut seq: u64 = 0;
+    while let Some(payload) = rx.recv().await {
+        seq += 1;
+        let id = format!("{instance}-{seq}");
+        let mut backoff = Duration::from_millis(100);
+        let mut attempts = 0u32;
+        loop {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            let sent = tokio::time::timeout(Duration::from_secs(2), async {
+                js.publish_with_headers(subject.clone(), headers, payload.clone().into())
+                    .await?
+                    .await
+            })
+            .await;
+            match sent {
+                Ok(Ok(_ack)) => break,
+                Ok(Err(e)) => {
+                    debug!(%id, error = %e, "election event not stored yet; retrying");
+                    let (replicas, max_age) = stream;
+                    let made = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        ensure_events_stream(&js, replicas, max_age),
+                    )
+                    .await;
+                    if let Ok(Err(e)) = made {
+                        debug!("{e}");
+                    }
+                }
+                Err(_) => debug!(%id, "election event not acknowledged in time; retrying"),
+            }
+            attempts += 1;
+            if attempts == 5 {
+                warn!(%id, "an election event is waiting for the bus");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
 }
 
 /// Runs the election service until `shutdown` turns true; then hands over
@@ -173,7 +240,20 @@ pub async fn run(
         last_state: None,
         replies: tx,
         store: None,
+        events: None,
+        events_task: None,
     };
+    {
+        let (events_tx, events_rx) = mpsc::channel(EVENTS_QUEUE);
+        d.events = Some(events_tx);
+        d.events_task = Some(tokio::spawn(publish_events(
+            jetstream::new(client.clone()),
+            subjects::election_events(&d.cfg.group),
+            d.cfg.instance,
+            (d.cfg.replicas, d.cfg.events_max_age),
+            events_rx,
+        )));
+    }
     d.publish_state(true).await;
 
     let js = jetstream::new(client.clone());
@@ -401,13 +481,10 @@ impl Driver {
                         kind,
                     };
                     info!(event = ?event.kind, "election event");
-                    let subject = subjects::election_events(&self.cfg.group);
-                    if let Err(e) = self
-                        .client
-                        .publish(subject, messages::encode(&event).into())
-                        .await
+                    if let Some(events) = &self.events
+                        && events.try_send(messages::encode(&event)).is_err()
                     {
-                        warn!("cannot publish an election event: {e}");
+                        warn!("election event dropped: {EVENTS_QUEUE} are waiting for the bus");
                     }
                 }
             }
@@ -597,6 +674,21 @@ impl Driver {
             }
         }
         self.publish_state(true).await;
-        let _ = self.client.flush().await;
+        // Let the last events (the hand-over) reach the stream, briefly.
+        // Not when the bus is known to be gone: nothing would get through.
+        self.events = None;
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        if let Some(task) = self.events_task.take()
+            && connected
+            && tokio::time::timeout(EVENTS_DRAIN, task).await.is_err()
+        {
+            debug!("stopping with election events not yet stored");
+        }
+        if tokio::time::timeout(Duration::from_secs(1), self.client.flush())
+            .await
+            .is_err()
+        {
+            debug!("flush at shutdown timed out");
+        }
     }
 }
