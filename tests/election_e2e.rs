@@ -42,6 +42,23 @@ async fn group_of(scores: &[u8], extra: &[&str]) -> (NatsServer, Observer, Vec<D
     (nats, obs, devices)
 }
 
+/// Waits (5 s at most) for an election event `what` that `matches`: events
+/// travel through JetStream and may arrive a moment after the heartbeats
+/// that show their effect.
+async fn wait_event(obs: &Observer, what: &str, matches: impl Fn(&ElectionEventKind) -> bool) {
+    obs.wait_for(
+        |v: &View| {
+            v.events()
+                .iter()
+                .any(|e| matches(&e.msg.kind))
+                .then_some(())
+        },
+        secs(5),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("no event: {what}: {e}"));
+}
+
 fn elected(obs: &Observer) -> Vec<(String, u64, ElectionReason)> {
     obs.events()
         .into_iter()
@@ -85,14 +102,17 @@ async fn kill_9_of_the_server_fails_over_to_the_next_best() {
     obs.wait_for(View::converged, FAILOVER_WITHIN)
         .await
         .unwrap();
-    let events = obs.events();
-    assert!(events.iter().any(|e| matches!(&e.msg.kind,
-        ElectionEventKind::ServerLost { device, .. } if device.as_str() == "dev-1")));
-    assert!(
-        elected(&obs).iter().any(|(d, t, r)| d == "dev-2"
-            && *t == new_term.get()
-            && *r == ElectionReason::ServerLost)
-    );
+    wait_event(&obs, "dev-1 lost", |k| {
+        matches!(k,
+        ElectionEventKind::ServerLost { device, .. } if device.as_str() == "dev-1")
+    })
+    .await;
+    wait_event(&obs, "dev-2 elected as dev-1 was lost", |k| {
+        matches!(k,
+        ElectionEventKind::ServerElected { device, term, reason: ElectionReason::ServerLost, .. }
+            if device.as_str() == "dev-2" && *term == new_term)
+    })
+    .await;
     obs.check_one_server().unwrap();
 }
 
@@ -112,13 +132,15 @@ async fn sigterm_hands_over_at_once() {
         .unwrap();
     assert_eq!(next, "dev-2");
     devs[0].wait_exit(secs(5)).await.unwrap();
-    assert!(obs.events().iter().any(|e| matches!(&e.msg.kind,
-        ElectionEventKind::HandedOver { from, to, .. } if from.as_str() == "dev-1" && to.as_str() == "dev-2")));
-    assert!(
-        elected(&obs)
-            .iter()
-            .any(|(d, _, r)| d == "dev-2" && *r == ElectionReason::HandOver)
-    );
+    wait_event(&obs, "dev-1 handing over to dev-2", |k| matches!(k,
+        ElectionEventKind::HandedOver { from, to, .. } if from.as_str() == "dev-1" && to.as_str() == "dev-2"))
+    .await;
+    wait_event(&obs, "dev-2 elected by hand-over", |k| {
+        matches!(k,
+        ElectionEventKind::ServerElected { device, reason: ElectionReason::HandOver, .. }
+            if device.as_str() == "dev-2")
+    })
+    .await;
     obs.check_one_server().unwrap();
 }
 
@@ -183,9 +205,10 @@ async fn a_server_paused_past_its_lease_comes_back_as_a_client() {
     )
     .await
     .unwrap();
-    assert!(obs.events().iter().any(|e| matches!(&e.msg.kind,
+    wait_event(&obs, "dev-1 stepping down", |k| matches!(k,
         ElectionEventKind::SteppedDown { device, reason: StepDownReason::LeaseLost | StepDownReason::Deposed, .. }
-            if device.as_str() == "dev-1")));
+            if device.as_str() == "dev-1"))
+    .await;
     obs.check_one_server().unwrap();
 }
 
@@ -216,11 +239,12 @@ async fn raising_a_clients_score_makes_it_the_server() {
         .await
         .unwrap();
     assert_eq!(server, "dev-3");
-    assert!(
-        elected(&obs)
-            .iter()
-            .any(|(d, _, r)| d == "dev-3" && *r == ElectionReason::HandOver)
-    );
+    wait_event(&obs, "dev-3 elected by hand-over", |k| {
+        matches!(k,
+        ElectionEventKind::ServerElected { device, reason: ElectionReason::HandOver, .. }
+            if device.as_str() == "dev-3")
+    })
+    .await;
     obs.check_one_server().unwrap();
 }
 
@@ -269,8 +293,14 @@ async fn manual_assignment_waits_for_an_operator_after_its_server_dies() {
     assert_eq!(server, "dev-3", "the operator's choice serves at once");
     // Nobody was elected before the operator acted; after, only dev-3 (a
     // renewal stalled under load may make it claim again, in a newer term).
+    // (The event may arrive a moment after the beats that show it.)
+    obs.wait_for(
+        |v: &View| (v.elected().len() > before).then_some(()),
+        FAILOVER_WITHIN,
+    )
+    .await
+    .expect("an election after the operator acted");
     let after: Vec<_> = elected(&obs).into_iter().skip(before).collect();
-    assert!(!after.is_empty(), "no election after the operator acted");
     assert!(
         after.iter().all(|(d, _, _)| d == "dev-3"),
         "only the operator's choice is elected: {after:?}"

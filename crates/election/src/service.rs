@@ -131,6 +131,11 @@ struct Driver {
     events_task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// A peer-lost notice older than this (in milliseconds) when it arrives
+/// waited for the bus; it travels between two services of one device, which
+/// takes a millisecond or so otherwise.
+const STALE_NOTICE_MS: u64 = 1_000;
+
 /// How many election events may wait for the bus; beyond that the newest are
 /// dropped with a warning (a device makes a handful per election).
 const EVENTS_QUEUE: usize = 256;
@@ -561,6 +566,17 @@ impl Driver {
                     let status = status.clone();
                     self.feed(Event::PeerSeen(status)).await;
                 }
+            }
+            PeerChangeKind::Lost
+                if notice.sent_at_ms.is_some_and(|sent| {
+                    unix_ms(SystemTime::now()).saturating_sub(sent) > STALE_NOTICE_MS
+                }) =>
+            {
+                // Made while this device was cut off from the bus and sent
+                // on reconnecting: the peer may be back (or never gone). Act
+                // on fresh news only; a peer really gone lets its lease
+                // expire, which the machine sees anyway.
+                info!(peer = %notice.device, "stale peer-lost notice ignored (it waited for the bus)");
             }
             PeerChangeKind::Lost | PeerChangeKind::Left => {
                 if self.live.get(&notice.device) == Some(&notice.instance) {

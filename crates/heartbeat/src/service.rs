@@ -396,7 +396,12 @@ impl Announcer {
 }
 
 /// The detector's verdict as the bus message for this device's services.
-fn peer_notice(group: &GroupName, observer: &DeviceId, change: &PeerChange) -> PeerNotice {
+fn peer_notice(
+    group: &GroupName,
+    observer: &DeviceId,
+    change: &PeerChange,
+    sent_at_ms: u64,
+) -> PeerNotice {
     let (kind, device, instance) = match change {
         PeerChange::Joined { device, instance } => (PeerChangeKind::Joined, device, *instance),
         PeerChange::Restarted { device, new, .. } => (PeerChangeKind::Restarted, device, *new),
@@ -410,6 +415,7 @@ fn peer_notice(group: &GroupName, observer: &DeviceId, change: &PeerChange) -> P
         change: kind,
         device: device.clone(),
         instance,
+        sent_at_ms: Some(sent_at_ms),
     }
 }
 
@@ -422,7 +428,7 @@ async fn publish_beat(client: &Client, me: &mut Announcer) {
 
 async fn publish_notice(client: &Client, cfg: &HeartbeatConfig, change: &PeerChange) {
     debug!(?change, "peer change");
-    let notice = peer_notice(&cfg.group, &cfg.device, change);
+    let notice = peer_notice(&cfg.group, &cfg.device, change, unix_ms(SystemTime::now()));
     publish(
         client,
         subjects::local_peers(&cfg.group, &cfg.device),
@@ -579,7 +585,7 @@ mod tests {
             old: InstanceId::new(1),
             new: InstanceId::new(2),
         };
-        let notice = peer_notice(&c.group, &c.device, &restarted);
+        let notice = peer_notice(&c.group, &c.device, &restarted, 1);
         assert_eq!(notice.change, PeerChangeKind::Restarted);
         assert_eq!(notice.instance, InstanceId::new(2));
         assert_eq!(
@@ -591,7 +597,7 @@ mod tests {
             instance: InstanceId::new(2),
         };
         assert_eq!(
-            peer_notice(&c.group, &c.device, &lost).change,
+            peer_notice(&c.group, &c.device, &lost, 1).change,
             PeerChangeKind::Lost
         );
     }

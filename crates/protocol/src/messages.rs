@@ -401,6 +401,11 @@ pub struct PeerNotice {
     pub device: DeviceId,
     /// The peer's instance.
     pub instance: InstanceId,
+    /// When the detector decided, in Unix milliseconds (the device's own
+    /// clock). A verdict that waited for the bus (made while the device was
+    /// cut off) is old news by the time it arrives. Absent from older senders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at_ms: Option<u64>,
 }
 
 impl BusMessage for PeerNotice {
