@@ -211,9 +211,7 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 
 /// The wall clock in Unix milliseconds, as heartbeats' `sent_at_ms` give it.
 pub fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    understudy_bus::unix_ms(SystemTime::now())
 }
 
 /// A fresh temporary directory, removed on drop unless the thread is

@@ -140,6 +140,9 @@ const STALE_NOTICE_MS: u64 = 1_000;
 /// dropped with a warning (a device makes a handful per election).
 const EVENTS_QUEUE: usize = 256;
 
+/// How often an election event the bus refused is offered again.
+const EVENTS_RETRY: Duration = Duration::from_millis(250);
+
 /// How long a stopping device waits for its last election events to be
 /// stored.
 const EVENTS_DRAIN: Duration = Duration::from_secs(1);
@@ -163,7 +166,10 @@ async fn publish_events(
     while let Some(payload) = rx.recv().await {
         seq += 1;
         let id = format!("{instance}-{seq}");
-        let mut backoff = Duration::from_millis(100);
+        // Retries are paced by this task's own timer; each attempt is also
+        // bounded by the 2 s acknowledgement timeout below.
+        let mut retry = understudy_bus::ticker(EVENTS_RETRY);
+        retry.tick().await; // the first tick is immediate
         let mut attempts = 0u32;
         loop {
             let mut headers = async_nats::HeaderMap::new();
@@ -194,8 +200,7 @@ async fn publish_events(
             if attempts == 5 {
                 warn!(%id, "an election event is waiting for the bus");
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            retry.tick().await;
         }
     }
 }
