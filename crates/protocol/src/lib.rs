@@ -16,6 +16,7 @@ mod score;
 mod status;
 pub mod subjects;
 mod term;
+pub mod timing;
 
 pub use error::ProtocolError;
 pub use ids::{DeviceId, GroupName, InstanceId};
