@@ -23,6 +23,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use futures::StreamExt;
+use serde::Serialize;
 use serde_json::{Map, Value};
 use understudy_protocol::messages::InstanceKind;
 use understudy_protocol::{DeviceId, GroupName};
@@ -81,7 +82,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// A JSON answer.
-pub fn json_response(status: StatusCode, value: &Value) -> Response {
+pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
     let body = serde_json::to_vec(value).unwrap_or_default();
     (
         status,
@@ -97,7 +98,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn answer(result: Result<Value, ApiError>, status: StatusCode) -> Response {
+fn answer(result: Result<impl Serialize, ApiError>, status: StatusCode) -> Response {
     match result {
         Ok(v) => json_response(status, &v),
         Err(e) => e.into_response(),

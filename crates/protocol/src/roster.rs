@@ -32,13 +32,15 @@
 //! }
 //! ```
 //!
-//! Decoding is tolerant of unknown fields, like the bus messages, so an older
-//! reader can read a newer reply.
+//! Decoding ([`crate::messages::decode`]) checks `schema` first and is
+//! tolerant of unknown fields, like the bus messages, so an older reader can
+//! read a newer reply.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::messages::BusMessage;
 use crate::{
     DeviceId, GroupName, InstanceId, Mac, Problem, Role, SCHEMA_VERSION, Score, StatusColour, Term,
 };
@@ -181,6 +183,10 @@ pub trait RosterSource {
     fn roster_devices(&self, group: &GroupName, now: Duration) -> Vec<RosterDevice>;
     /// The counts of `group`, or of the whole network for `None`.
     fn roster_counts(&self, group: Option<&GroupName>, now: Duration) -> Counts;
+}
+
+impl BusMessage for RosterReply {
+    const KIND: &'static str = "roster reply";
 }
 
 impl RosterReply {
