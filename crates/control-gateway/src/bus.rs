@@ -206,10 +206,16 @@ mod tests {
         assert_eq!(e.to_string(), "device dev-1 refused: that will not do");
         let e = refused(
             &dev,
-            &refusal(ControlErrorCode::InvalidRequest, "score 300 is out of range"),
+            &refusal(
+                ControlErrorCode::InvalidRequest,
+                "score 300 is out of range",
+            ),
         );
         assert_eq!(e.code(), "invalid_json");
-        for code in [ControlErrorCode::UnsupportedSchema, ControlErrorCode::Unknown] {
+        for code in [
+            ControlErrorCode::UnsupportedSchema,
+            ControlErrorCode::Unknown,
+        ] {
             assert_eq!(refused(&dev, &refusal(code, "x")).code(), "invalid_json");
         }
     }

@@ -29,7 +29,10 @@ impl RosterSource for Discovery {
     }
 
     fn roster_devices(&self, group: &GroupName, now: Duration) -> Vec<RosterDevice> {
-        self.roster(group, now).into_iter().map(roster_device).collect()
+        self.roster(group, now)
+            .into_iter()
+            .map(roster_device)
+            .collect()
     }
 
     fn roster_counts(&self, group: Option<&GroupName>, now: Duration) -> roster::Counts {

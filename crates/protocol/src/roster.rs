@@ -275,7 +275,10 @@ mod tests {
                 "server"
             ]
         );
-        assert_eq!(json["server"], serde_json::json!({"device": "a", "term": 7}));
+        assert_eq!(
+            json["server"],
+            serde_json::json!({"device": "a", "term": 7})
+        );
         let mut device_keys: Vec<_> = json["devices"][0]
             .as_object()
             .unwrap()

@@ -229,13 +229,34 @@ fn a_refused_control_request_carries_a_snake_case_code_and_a_message() {
 fn every_unreadable_request_maps_to_a_code() {
     for (body, code) in [
         (&b"{not json"[..], ControlErrorCode::InvalidRequest),
-        (br#"{"schema":1,"op":"dance"}"#, ControlErrorCode::InvalidRequest),
-        (br#"{"schema":1,"op":"set_score","score":-1}"#, ControlErrorCode::ScoreOutOfRange),
-        (br#"{"schema":9,"op":"get"}"#, ControlErrorCode::UnsupportedSchema),
-        (br#"{"schema":1,"op":"set_score","score":1.5}"#, ControlErrorCode::InvalidRequest),
-        (br#"{"schema":1,"op":"set_score","score":"ten"}"#, ControlErrorCode::InvalidRequest),
-        (br#"{"schema":1,"op":"set_score"}"#, ControlErrorCode::InvalidRequest),
-        (br#"{"schema":1,"op":"set_score","score":18446744073709551615}"#, ControlErrorCode::ScoreOutOfRange),
+        (
+            br#"{"schema":1,"op":"dance"}"#,
+            ControlErrorCode::InvalidRequest,
+        ),
+        (
+            br#"{"schema":1,"op":"set_score","score":-1}"#,
+            ControlErrorCode::ScoreOutOfRange,
+        ),
+        (
+            br#"{"schema":9,"op":"get"}"#,
+            ControlErrorCode::UnsupportedSchema,
+        ),
+        (
+            br#"{"schema":1,"op":"set_score","score":1.5}"#,
+            ControlErrorCode::InvalidRequest,
+        ),
+        (
+            br#"{"schema":1,"op":"set_score","score":"ten"}"#,
+            ControlErrorCode::InvalidRequest,
+        ),
+        (
+            br#"{"schema":1,"op":"set_score"}"#,
+            ControlErrorCode::InvalidRequest,
+        ),
+        (
+            br#"{"schema":1,"op":"set_score","score":18446744073709551615}"#,
+            ControlErrorCode::ScoreOutOfRange,
+        ),
     ] {
         let err = decode::<ControlRequest>(body).expect_err("refused");
         assert_eq!(ControlErrorCode::from(&err), code, "{err}");
