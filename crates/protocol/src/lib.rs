@@ -1,7 +1,7 @@
 //! The shared vocabulary of understudy.
 //!
 //! Every service speaks in these types: names that cannot hold a character a
-//! NATS subject would choke on, scores that cannot leave 0–255 (DESIGN.md B3),
+//! NATS subject would choke on, scores that cannot leave 0–255 (B3),
 //! MAC addresses ordered as 48-bit numbers (B4), terms that only grow (S1),
 //! the JSON messages that travel on the bus, each with a schema version, the
 //! roster reply ([`roster`]) and every subject ([`subjects`]).

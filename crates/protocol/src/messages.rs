@@ -310,7 +310,7 @@ pub struct LeaseHolder {
     /// Its score when it wrote the record.
     pub score: Score,
     /// Where its project-sync gRPC service listens (`host:port`), so clients
-    /// find the server with the lease (issue 4); `None` when it has none.
+    /// find the server with the lease; `None` when it has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_addr: Option<String>,
 }
@@ -319,7 +319,7 @@ pub struct LeaseHolder {
 ///
 /// The entry is only ever changed by compare-and-set on its revision. The write
 /// that claims the lease leaves `term` empty: its own revision is the term
-/// (DESIGN.md: "the revision is the term"). Renewals keep the term they hold.
+/// (S1). Renewals keep the term they hold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRecord {
     /// Always [`SCHEMA_VERSION`].
@@ -699,7 +699,7 @@ pub struct RevisionSummary {
 
 /// The project head: the value of key `head` in the group's project bucket
 /// (JetStream KV `understudy-project-<group>`), changed only by
-/// compare-and-set on the entry's revision (DESIGN.md S2, issue 4).
+/// compare-and-set on the entry's revision (S2).
 ///
 /// `term` is the fencing term: a new server rewrites the head with its own
 /// term before it serves, and a server commits only on the KV revision it

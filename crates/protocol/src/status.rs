@@ -1,4 +1,4 @@
-//! What a device shows: its role, its status colour and its problems (DESIGN.md B1, B2).
+//! What a device shows: its role, its status colour and its problems (B1, B2).
 
 use std::fmt;
 
