@@ -1,4 +1,4 @@
-//! The API token that mutating calls need (DESIGN.md §4).
+//! The API token that mutating calls need (the control contract, docs/control.md).
 //!
 //! With no token configured every mutating call is refused: a gateway started
 //! without one is read-only, never open. Tokens are compared over every byte,

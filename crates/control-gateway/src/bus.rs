@@ -7,14 +7,17 @@
 //!   the device, is unknown (404): a roster request tells which.
 //! - Somebody is there but does not answer within [`ANSWER_WITHIN`] →
 //!   `device_unavailable` (504).
+//! - A device refuses a control request → by the reply's code
+//!   ([`ControlErrorCode`]), never by its wording: see [`refused`].
 
 use std::time::Duration;
 
 use async_nats::{Client, RequestErrorKind};
-use serde_json::Value;
 use understudy_protocol::messages::{
-    self, ControlOp, ControlReply, ControlRequest, ElectionState, Trigger,
+    self, ControlErrorCode, ControlOp, ControlReply, ControlRequest, ElectionState, Refusal,
+    Trigger,
 };
+use understudy_protocol::roster::RosterReply;
 use understudy_protocol::{DeviceId, GroupName, SCHEMA_VERSION, subjects};
 
 use crate::ApiError;
@@ -75,14 +78,14 @@ impl BusApi {
         }
     }
 
-    /// The group's roster document (`understudy status --json`), as the
-    /// first device that answers sees it.
-    pub async fn roster(&self, group: &GroupName) -> Result<Value, ApiError> {
+    /// The group's roster (`understudy status --json`), as the first device
+    /// that answers sees it.
+    pub async fn roster(&self, group: &GroupName) -> Result<RosterReply, ApiError> {
         self.ensure_connected()?;
         match self.request(subjects::roster(group), Vec::new()).await {
-            Ok(payload) => serde_json::from_slice(&payload).map_err(|e| {
+            Ok(payload) => messages::decode(&payload).map_err(|e| {
                 ApiError::DeviceUnavailable(format!(
-                    "group {group} answered with a roster that is not JSON: {e}"
+                    "group {group} answered with a roster this gateway cannot read: {e}"
                 ))
             }),
             Err(NoAnswer::NoResponders) => Err(ApiError::UnknownGroup {
@@ -140,13 +143,8 @@ impl BusApi {
         let reply: ControlReply = messages::decode(&payload).map_err(|e| {
             ApiError::DeviceUnavailable(format!("device {device} answered unreadably: {e}"))
         })?;
-        if !reply.ok {
-            let why = reply.error.unwrap_or_else(|| "no reason given".into());
-            return Err(if why.contains("out of range") {
-                ApiError::ScoreOutOfRange(format!("device {device} refused: {why}"))
-            } else {
-                ApiError::InvalidJson(format!("device {device} refused: {why}"))
-            });
+        if let Some(refusal) = reply.refusal() {
+            return Err(refused(device, &refusal));
         }
         reply.state.ok_or_else(|| {
             ApiError::DeviceUnavailable(format!("device {device} answered without its state"))
@@ -171,5 +169,54 @@ impl BusApi {
                 ApiError::BusUnavailable("the bus did not take the trigger in time".into())
             })?
             .map_err(|e| ApiError::BusUnavailable(format!("publishing the trigger: {e}")))
+    }
+}
+
+/// The answer to a client whose request a device refused, chosen by the
+/// refusal's code; the device's own words become the message.
+pub fn refused(device: &DeviceId, refusal: &Refusal) -> ApiError {
+    let message = format!("device {device} refused: {}", refusal.message);
+    match refusal.code {
+        ControlErrorCode::ScoreOutOfRange => ApiError::ScoreOutOfRange(message),
+        ControlErrorCode::InvalidRequest
+        | ControlErrorCode::UnsupportedSchema
+        | ControlErrorCode::Unknown => ApiError::InvalidJson(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(code: ControlErrorCode, message: &str) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_answered_by_its_code_not_its_wording() {
+        let dev: DeviceId = "dev-1".parse().expect("a device id");
+        let e = refused(
+            &dev,
+            &refusal(ControlErrorCode::ScoreOutOfRange, "that will not do"),
+        );
+        assert_eq!(e.code(), "score_out_of_range");
+        assert_eq!(e.to_string(), "device dev-1 refused: that will not do");
+        let e = refused(
+            &dev,
+            &refusal(
+                ControlErrorCode::InvalidRequest,
+                "score 300 is out of range",
+            ),
+        );
+        assert_eq!(e.code(), "invalid_json");
+        for code in [
+            ControlErrorCode::UnsupportedSchema,
+            ControlErrorCode::Unknown,
+        ] {
+            assert_eq!(refused(&dev, &refusal(code, "x")).code(), "invalid_json");
+        }
     }
 }

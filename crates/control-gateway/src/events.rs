@@ -128,7 +128,7 @@ async fn follow(
     };
     let consumer = match stream
         .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: format!("understudy.{group}.events.>"),
+            filter_subject: subjects::group_events(group),
             deliver_policy,
             ..Default::default()
         })
@@ -163,11 +163,7 @@ async fn follow(
             continue;
         }
         *start = Start::After(id);
-        let kind = msg
-            .subject
-            .as_str()
-            .rsplit('.')
-            .next()
+        let kind = subjects::event_type(msg.subject.as_str())
             .unwrap_or_default()
             .to_owned();
         let event = match serde_json::from_slice::<Value>(&msg.payload) {

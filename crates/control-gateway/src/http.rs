@@ -23,10 +23,15 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use futures::StreamExt;
+use serde::Serialize;
 use serde_json::{Map, Value};
 use understudy_protocol::messages::InstanceKind;
+use understudy_protocol::roster::RosterDevice;
 use understudy_protocol::{DeviceId, GroupName};
 
+use crate::answers::{
+    DeviceList, GroupList, OnlineAnswer, ScoreAnswer, SetScoreAnswer, StatusDocument, TriggerAnswer,
+};
 use crate::events::{self, FeedEvent, Start};
 use crate::ops::Shared;
 use crate::{ApiError, assets, input};
@@ -81,7 +86,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// A JSON answer.
-pub fn json_response(status: StatusCode, value: &Value) -> Response {
+pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
     let body = serde_json::to_vec(value).unwrap_or_default();
     (
         status,
@@ -97,10 +102,29 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn answer(result: Result<Value, ApiError>, status: StatusCode) -> Response {
-    match result {
-        Ok(v) => json_response(status, &v),
-        Err(e) => e.into_response(),
+/// A typed answer document with its status: what every handler returns
+/// on success (an [`ApiError`] otherwise).
+#[derive(Debug)]
+pub struct Answer<T> {
+    /// 200, or 202 for a call that only starts something.
+    pub status: StatusCode,
+    /// The document.
+    pub body: T,
+}
+
+impl<T> Answer<T> {
+    /// A 200 answer.
+    pub fn ok(body: T) -> Self {
+        Answer {
+            status: StatusCode::OK,
+            body,
+        }
+    }
+}
+
+impl<T: Serialize> IntoResponse for Answer<T> {
+    fn into_response(self) -> Response {
+        json_response(self.status, &self.body)
     }
 }
 
@@ -227,61 +251,65 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-async fn groups(State(s): St) -> Response {
-    json_response(StatusCode::OK, &s.groups())
+async fn groups(State(s): St) -> Answer<GroupList> {
+    Answer::ok(s.groups())
 }
 
-async fn status(State(s): St, names: Names) -> Response {
-    let r = async { s.status(&names.group()?).await }.await;
-    answer(r, StatusCode::OK)
+async fn status(State(s): St, names: Names) -> Result<Answer<StatusDocument>, ApiError> {
+    Ok(Answer::ok(s.status(&names.group()?).await?))
 }
 
-async fn devices(State(s): St, names: Names) -> Response {
-    let r = async { s.devices(&names.group()?).await }.await;
-    answer(r, StatusCode::OK)
+async fn devices(State(s): St, names: Names) -> Result<Answer<DeviceList>, ApiError> {
+    Ok(Answer::ok(s.devices(&names.group()?).await?))
 }
 
-async fn device(State(s): St, names: Names) -> Response {
-    let r = async { s.device(&names.group()?, &names.device()?).await }.await;
-    answer(r, StatusCode::OK)
+async fn device(State(s): St, names: Names) -> Result<Answer<RosterDevice>, ApiError> {
+    let (group, device) = (names.group()?, names.device()?);
+    Ok(Answer::ok(s.device(&group, &device).await?))
 }
 
-async fn get_score(State(s): St, names: Names) -> Response {
-    let r = async { s.get_score(&names.group()?, &names.device()?).await }.await;
-    answer(r, StatusCode::OK)
+async fn get_score(State(s): St, names: Names) -> Result<Answer<ScoreAnswer>, ApiError> {
+    let (group, device) = (names.group()?, names.device()?);
+    Ok(Answer::ok(s.get_score(&group, &device).await?))
 }
 
-async fn put_score(State(s): St, names: Names, headers: HeaderMap, body: Body) -> Response {
-    let r = async {
-        authorise(&s, &headers)?;
-        let (group, device) = (names.group()?, names.device()?);
-        let map = json_body(&headers, body).await?;
-        let score = input::score(input::field(&map, "score")?)?;
-        s.set_score(&group, &device, score).await
-    }
-    .await;
-    answer(r, StatusCode::OK)
+async fn put_score(
+    State(s): St,
+    names: Names,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Answer<SetScoreAnswer>, ApiError> {
+    authorise(&s, &headers)?;
+    let (group, device) = (names.group()?, names.device()?);
+    let map = json_body(&headers, body).await?;
+    let score = input::score(input::field(&map, "score")?)?;
+    Ok(Answer::ok(s.set_score(&group, &device, score).await?))
 }
 
-async fn put_online(State(s): St, names: Names, headers: HeaderMap, body: Body) -> Response {
-    let r = async {
-        authorise(&s, &headers)?;
-        let (group, device) = (names.group()?, names.device()?);
-        let map = json_body(&headers, body).await?;
-        let online = input::boolean(&map, "online")?;
-        s.set_online(&group, &device, online).await
-    }
-    .await;
-    answer(r, StatusCode::OK)
+async fn put_online(
+    State(s): St,
+    names: Names,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Answer<OnlineAnswer>, ApiError> {
+    authorise(&s, &headers)?;
+    let (group, device) = (names.group()?, names.device()?);
+    let map = json_body(&headers, body).await?;
+    let online = input::boolean(&map, "online")?;
+    Ok(Answer::ok(s.set_online(&group, &device, online).await?))
 }
 
-async fn post_election(State(s): St, names: Names, headers: HeaderMap) -> Response {
-    let r = async {
-        authorise(&s, &headers)?;
-        s.trigger(&names.group()?).await
-    }
-    .await;
-    answer(r, StatusCode::ACCEPTED)
+async fn post_election(
+    State(s): St,
+    names: Names,
+    headers: HeaderMap,
+) -> Result<Answer<TriggerAnswer>, ApiError> {
+    authorise(&s, &headers)?;
+    let answer = s.trigger(&names.group()?).await?;
+    Ok(Answer {
+        status: StatusCode::ACCEPTED,
+        body: answer,
+    })
 }
 
 /// The query of an event stream: `after`, `last`, `client`.
@@ -363,27 +391,20 @@ async fn events_sse(
     names: Names,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Response {
-    let prepared = (|| {
-        let group = names.group()?;
-        let q = stream_query(query.as_deref())?;
-        let start = stream_start(&headers, &q)?;
-        s.bus.ensure_connected()?;
-        Ok::<_, ApiError>((group, q, start))
-    })();
-    let (group, q, start) = match prepared {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let group = names.group()?;
+    let q = stream_query(query.as_deref())?;
+    let start = stream_start(&headers, &q)?;
+    s.bus.ensure_connected()?;
     let guard = s.sessions.open(session_kind(&q), Some(group.clone()));
     let rx = events::subscribe(s.bus.jetstream(), group, start, s.shutdown.clone());
     let stream = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
         let ev = rx.recv().await?;
         Some((Ok::<_, Infallible>(sse_event(&ev)), (rx, guard)))
     });
-    Sse::new(stream)
+    Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
-        .into_response()
+        .into_response())
 }
 
 async fn events_ws(
@@ -392,26 +413,19 @@ async fn events_ws(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    let prepared = (|| {
-        let group = names.group()?;
-        let q = stream_query(query.as_deref())?;
-        let start = stream_start(&headers, &q)?;
-        let ws = ws.map_err(|e| {
-            ApiError::UpgradeRequired(format!(
-                "this path is a WebSocket: connect with a WebSocket client ({})",
-                e.body_text()
-            ))
-        })?;
-        s.bus.ensure_connected()?;
-        Ok::<_, ApiError>((group, q, start, ws))
-    })();
-    let (group, q, start, ws) = match prepared {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let group = names.group()?;
+    let q = stream_query(query.as_deref())?;
+    let start = stream_start(&headers, &q)?;
+    let ws = ws.map_err(|e| {
+        ApiError::UpgradeRequired(format!(
+            "this path is a WebSocket: connect with a WebSocket client ({})",
+            e.body_text()
+        ))
+    })?;
+    s.bus.ensure_connected()?;
     let kind = session_kind(&q);
-    ws.on_upgrade(move |socket| ws_session(socket, s, group, start, kind))
+    Ok(ws.on_upgrade(move |socket| ws_session(socket, s, group, start, kind)))
 }
 
 /// Sends the group's events as text frames until the client goes away or the

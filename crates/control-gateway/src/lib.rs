@@ -1,4 +1,4 @@
-//! understudy's JSON control gateway (DESIGN.md B9, B10; issue 5): read and
+//! understudy's JSON control gateway (B9, B10): read and
 //! set scores, take devices online and offline, trigger elections, read a
 //! group's status, roster and counts, and follow its events — over HTTP
 //! (with Server-Sent Events and WebSocket streams and a web dashboard) and
@@ -13,10 +13,12 @@
 //!
 //! One file per concern: [`input`] validates what clients send, [`auth`] the
 //! token, [`bus`] asks the devices, [`ops`] is each call once for both
-//! protocols, [`events`] reads the event stream, [`presence`] announces
-//! sessions and lists groups, [`http`] and [`tcp`] are the two front doors,
-//! [`cli`] the `understudy gateway` command.
+//! protocols, [`answers`] the documents they answer with, [`events`] reads
+//! the event stream, [`presence`] announces sessions and lists groups,
+//! [`http`] and [`tcp`] are the two front doors, [`cli`] the `understudy
+//! gateway` command.
 
+pub mod answers;
 mod assets;
 pub mod auth;
 pub mod bus;

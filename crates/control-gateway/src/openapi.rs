@@ -84,6 +84,160 @@ mod tests {
         assert_eq!(listed, routed);
     }
 
+    /// `schema`, with a `$ref` followed.
+    fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+        match schema["$ref"].as_str() {
+            Some(r) => {
+                let name = r.trim_start_matches("#/components/schemas/");
+                &doc["components"]["schemas"][name]
+            }
+            None => schema,
+        }
+    }
+
+    /// Checks that `value` has every field `schema` requires and no field it
+    /// does not list, down through objects, arrays, `allOf` and `oneOf`.
+    fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) {
+        let schema = resolve(doc, schema);
+        if let Some(variants) = schema["oneOf"].as_array() {
+            if value.is_null() {
+                return;
+            }
+            let object = variants.iter().find(|v| v["type"] == "object");
+            return conforms(doc, object.expect("an object variant"), value, at);
+        }
+        if let Some(items) = value.as_array() {
+            for (i, item) in items.iter().enumerate() {
+                conforms(doc, &schema["items"], item, &format!("{at}[{i}]"));
+            }
+            return;
+        }
+        let Some(object) = value.as_object() else {
+            return;
+        };
+        let mut properties = serde_json::Map::new();
+        let mut required = Vec::new();
+        let parts: Vec<&Value> = match schema["allOf"].as_array() {
+            Some(all) => all.iter().map(|p| resolve(doc, p)).collect(),
+            None => vec![schema],
+        };
+        for part in parts {
+            if let Some(p) = part["properties"].as_object() {
+                properties.extend(p.clone());
+            }
+            if let Some(r) = part["required"].as_array() {
+                required.extend(r.iter().filter_map(Value::as_str).map(str::to_owned));
+            }
+        }
+        for key in required {
+            assert!(object.contains_key(&key), "{at}: `{key}` is required");
+        }
+        for (key, v) in object {
+            let field = properties
+                .get(key)
+                .unwrap_or_else(|| panic!("{at}: `{key}` is not in the document"));
+            conforms(doc, field, v, &format!("{at}.{key}"));
+        }
+    }
+
+    /// The schema of the success answer of `method path`.
+    fn answer_schema<'a>(doc: &'a Value, method: &str, path: &str) -> &'a Value {
+        let responses = &doc["paths"][path][method]["responses"];
+        let ok = if responses["200"].is_object() {
+            &responses["200"]
+        } else {
+            &responses["202"]
+        };
+        &ok["content"]["application/json"]["schema"]
+    }
+
+    #[test]
+    fn every_answer_the_gateway_serialises_is_what_the_document_describes() {
+        use crate::answers::*;
+        let doc = document();
+        let roster = crate::answers::tests::roster();
+        let group = roster.group.clone();
+        let device = roster.devices[0].device.clone();
+        let g = "/api/v1/groups/{group}";
+        let d = "/api/v1/groups/{group}/devices/{device}";
+        let cases: Vec<(&str, String, Value)> = vec![
+            (
+                "get",
+                "/api/v1/groups".into(),
+                serde_json::to_value(GroupList {
+                    groups: vec![GroupSeen {
+                        group: group.clone(),
+                        devices: 3,
+                    }],
+                })
+                .unwrap(),
+            ),
+            (
+                "get",
+                g.into(),
+                serde_json::to_value(StatusDocument::from(roster.clone())).unwrap(),
+            ),
+            (
+                "get",
+                format!("{g}/devices"),
+                serde_json::to_value(DeviceList {
+                    devices: roster.devices.clone(),
+                })
+                .unwrap(),
+            ),
+            (
+                "get",
+                d.into(),
+                serde_json::to_value(&roster.devices[1]).unwrap(),
+            ),
+            (
+                "get",
+                format!("{d}/score"),
+                serde_json::to_value(ScoreAnswer {
+                    group: group.clone(),
+                    device: device.clone(),
+                    score: understudy_protocol::Score::new(9),
+                })
+                .unwrap(),
+            ),
+            (
+                "put",
+                format!("{d}/score"),
+                serde_json::to_value(SetScoreAnswer {
+                    group: group.clone(),
+                    device: device.clone(),
+                    score: understudy_protocol::Score::new(9),
+                    server: None,
+                })
+                .unwrap(),
+            ),
+            (
+                "put",
+                format!("{d}/online"),
+                serde_json::to_value(OnlineAnswer {
+                    group: group.clone(),
+                    device,
+                    online: false,
+                })
+                .unwrap(),
+            ),
+            (
+                "post",
+                format!("{g}/election"),
+                serde_json::to_value(TriggerAnswer {
+                    group,
+                    triggered: true,
+                })
+                .unwrap(),
+            ),
+        ];
+        for (method, path, value) in cases {
+            let schema = answer_schema(&doc, method, &path);
+            assert!(schema.is_object(), "{method} {path} documents its answer");
+            conforms(&doc, schema, &value, &format!("{method} {path}"));
+        }
+    }
+
     #[test]
     fn every_error_code_is_in_the_error_schema() {
         let doc = document();

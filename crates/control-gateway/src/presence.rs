@@ -1,4 +1,4 @@
-//! Presence, both ways (DESIGN.md B10, docs/bus.md "Presence").
+//! Presence, both ways (B10, docs/bus.md "Presence").
 //!
 //! - **Sessions announce themselves.** Every open SSE or WebSocket stream and
 //!   every TCP connection is a session with its own fresh instance id; the

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,6 +19,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info};
 use understudy_protocol::messages::InstanceKind;
 
+use crate::answers::{AuthAnswer, SubscribeAnswer};
 use crate::events::{self, Start};
 use crate::ops::Shared;
 use crate::presence::SessionGuard;
@@ -161,6 +163,13 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     let _ = writer.await;
 }
 
+/// An answer document as the `result` of a reply line.
+fn document(answer: impl Serialize) -> Value {
+    // The answer types are plain structs with string keys: serialising them
+    // cannot fail.
+    serde_json::to_value(answer).unwrap_or(Value::Null)
+}
+
 fn success(id: Value, result: Value) -> Value {
     json!({ "id": id, "ok": true, "result": result })
 }
@@ -234,27 +243,27 @@ impl Conn {
                 self.authorised = false;
                 s.token.check(Some(token.as_bytes()))?;
                 self.authorised = true;
-                Ok(json!({ "authorised": true }))
+                Ok(document(AuthAnswer { authorised: true }))
             }
-            "groups" => Ok(s.groups()),
-            "status" => s.status(&group()?).await,
-            "devices" => s.devices(&group()?).await,
-            "get_score" => s.get_score(&group()?, &device()?).await,
+            "groups" => Ok(document(s.groups())),
+            "status" => s.status(&group()?).await.map(document),
+            "devices" => s.devices(&group()?).await.map(document),
+            "get_score" => s.get_score(&group()?, &device()?).await.map(document),
             "set_score" => {
                 self.authorised()?;
                 let (g, d) = (group()?, device()?);
                 let score = input::score(input::field(map, "score")?)?;
-                s.set_score(&g, &d, score).await
+                s.set_score(&g, &d, score).await.map(document)
             }
             "set_online" => {
                 self.authorised()?;
                 let (g, d) = (group()?, device()?);
                 let online = input::boolean(map, "online")?;
-                s.set_online(&g, &d, online).await
+                s.set_online(&g, &d, online).await.map(document)
             }
             "trigger" => {
                 self.authorised()?;
-                s.trigger(&group()?).await
+                s.trigger(&group()?).await.map(document)
             }
             "subscribe" => {
                 let g = group()?;
@@ -265,7 +274,10 @@ impl Conn {
                     group: g.clone(),
                     start,
                 });
-                Ok(json!({ "group": g, "subscribed": true }))
+                Ok(document(SubscribeAnswer {
+                    group: g,
+                    subscribed: true,
+                }))
             }
             other => Err(ApiError::NotFound(format!(
                 "unknown command {:?}: auth, groups, status, devices, get_score, set_score, \

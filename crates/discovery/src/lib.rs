@@ -14,8 +14,9 @@
 //! Every answer is deterministic: the same inputs give the same output, in the
 //! same order.
 //!
-//! [`reply`] is the answer to a roster request (`understudy status --json`),
-//! a stable JSON contract built from the core. With the `driver` feature (on
+//! [`reply`] fills in the answer to a roster request (`understudy status
+//! --json`) from the core; the reply's type and JSON contract are the
+//! protocol's ([`understudy_protocol::roster::RosterReply`]). With the `driver` feature (on
 //! by default), `service` is the NATS driver around the core: `service::run`
 //! feeds it the bus, publishes this device's status and answers roster
 //! requests.
@@ -29,4 +30,3 @@ pub use crate::core::counts::Counts;
 pub use crate::core::roster::{DeviceEntry, PeerTally, Roster, SessionEntry};
 pub use crate::core::status::{Findings, SelfState, Status, assess};
 pub use crate::core::{BusLink, Discovery};
-pub use crate::reply::{RosterDevice, RosterReply, ServerRef};

@@ -595,12 +595,7 @@ impl Driver {
 
     async fn on_control(&mut self, msg: async_nats::Message) {
         let reply = match messages::decode::<ControlRequest>(&msg.payload) {
-            Err(e) => ControlReply {
-                schema: SCHEMA_VERSION,
-                ok: false,
-                error: Some(e.to_string()),
-                state: Some(self.state()),
-            },
+            Err(e) => ControlReply::unreadable(&e, Some(self.state())),
             Ok(req) => {
                 match req.op {
                     ControlOp::SetScore { score } => {
@@ -617,12 +612,7 @@ impl Driver {
                     }
                     ControlOp::Get => {}
                 }
-                ControlReply {
-                    schema: SCHEMA_VERSION,
-                    ok: true,
-                    error: None,
-                    state: Some(self.state()),
-                }
+                ControlReply::ok(self.state())
             }
         };
         if let Some(to) = msg.reply {

@@ -89,7 +89,7 @@ name_type!(
 /// One run of one process, chosen at random when it starts.
 ///
 /// Two processes that claim the same [`DeviceId`] have different instance ids,
-/// which is how a duplicate device id is told from a restart (DESIGN.md B2).
+/// which is how a duplicate device id is told from a restart (B2).
 /// Written as 16 lowercase hexadecimal digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

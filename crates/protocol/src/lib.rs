@@ -1,9 +1,10 @@
 //! The shared vocabulary of understudy.
 //!
 //! Every service speaks in these types: names that cannot hold a character a
-//! NATS subject would choke on, scores that cannot leave 0–255 (DESIGN.md B3),
+//! NATS subject would choke on, scores that cannot leave 0–255 (B3),
 //! MAC addresses ordered as 48-bit numbers (B4), terms that only grow (S1),
-//! and the JSON messages that travel on the bus, each with a schema version.
+//! the JSON messages that travel on the bus, each with a schema version, the
+//! roster reply ([`roster`]) and every subject ([`subjects`]).
 //!
 //! Validation happens at the edge — `FromStr`, `TryFrom` and `Deserialize` —
 //! so code further in can trust a value once it has the type.
@@ -12,6 +13,7 @@ mod error;
 mod ids;
 mod mac;
 pub mod messages;
+pub mod roster;
 mod score;
 mod status;
 pub mod subjects;
@@ -21,7 +23,7 @@ pub mod timing;
 pub use error::ProtocolError;
 pub use ids::{DeviceId, GroupName, InstanceId};
 pub use mac::Mac;
-pub use messages::SCHEMA_VERSION;
+pub use messages::{ControlErrorCode, SCHEMA_VERSION};
 pub use score::Score;
 pub use status::{Problem, Role, StatusColour};
 pub use term::Term;

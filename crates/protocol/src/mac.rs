@@ -1,4 +1,4 @@
-//! MAC addresses, the tie-breaker of the election (DESIGN.md B4).
+//! MAC addresses, the tie-breaker of the election (B4).
 //!
 //! A MAC is ordered as the 48-bit number it spells, so `00:00:00:00:00:02`
 //! ranks before `00:00:00:00:01:00`: the lower number wins a tie.

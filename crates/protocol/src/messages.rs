@@ -20,6 +20,21 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub trait BusMessage: Serialize + DeserializeOwned {
     /// A short name for error messages ("heartbeat", "election event", …).
     const KIND: &'static str;
+
+    /// Decodes the fields, once [`decode`] has checked the schema version.
+    /// A message whose refusals a program must tell apart (a
+    /// [`ControlRequest`]'s score out of range) overrides this to return
+    /// the precise [`ProtocolError`] instead of [`ProtocolError::Malformed`].
+    fn from_json(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        serde_json::from_slice(bytes).map_err(|e| malformed::<Self>(&e))
+    }
+}
+
+fn malformed<M: BusMessage>(e: &serde_json::Error) -> ProtocolError {
+    ProtocolError::Malformed {
+        kind: M::KIND,
+        detail: e.to_string(),
+    }
 }
 
 /// Encodes a message as JSON.
@@ -36,11 +51,7 @@ struct SchemaProbe {
 
 /// Decodes a message, checking its schema version before its fields.
 pub fn decode<M: BusMessage>(bytes: &[u8]) -> Result<M, ProtocolError> {
-    let malformed = |e: serde_json::Error| ProtocolError::Malformed {
-        kind: M::KIND,
-        detail: e.to_string(),
-    };
-    let probe: SchemaProbe = serde_json::from_slice(bytes).map_err(malformed)?;
+    let probe: SchemaProbe = serde_json::from_slice(bytes).map_err(|e| malformed::<M>(&e))?;
     match probe.schema {
         Some(SCHEMA_VERSION) => {}
         Some(found) => {
@@ -56,7 +67,7 @@ pub fn decode<M: BusMessage>(bytes: &[u8]) -> Result<M, ProtocolError> {
             });
         }
     }
-    serde_json::from_slice(bytes).map_err(malformed)
+    M::from_json(bytes)
 }
 
 /// A device's periodic "I am alive" on `understudy.<group>.heartbeat.<device>`.
@@ -299,7 +310,7 @@ pub struct LeaseHolder {
     /// Its score when it wrote the record.
     pub score: Score,
     /// Where its project-sync gRPC service listens (`host:port`), so clients
-    /// find the server with the lease (issue 4); `None` when it has none.
+    /// find the server with the lease; `None` when it has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_addr: Option<String>,
 }
@@ -308,7 +319,7 @@ pub struct LeaseHolder {
 ///
 /// The entry is only ever changed by compare-and-set on its revision. The write
 /// that claims the lease leaves `term` empty: its own revision is the term
-/// (DESIGN.md: "the revision is the term"). Renewals keep the term they hold.
+/// (S1). Renewals keep the term they hold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRecord {
     /// Always [`SCHEMA_VERSION`].
@@ -467,21 +478,183 @@ pub struct ControlRequest {
 
 impl BusMessage for ControlRequest {
     const KIND: &'static str = "control request";
+
+    /// Reads the score as a plain number first, so that a score outside
+    /// 0–255 is refused as [`ProtocolError::ScoreOutOfRange`] (a code the
+    /// reply carries), not as a malformed message.
+    fn from_json(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        #[derive(Deserialize)]
+        #[serde(tag = "op", rename_all = "snake_case")]
+        enum LooseOp {
+            SetScore { score: serde_json::Number },
+            SetOnline { online: bool },
+            Get,
+        }
+        #[derive(Deserialize)]
+        struct Loose {
+            schema: u32,
+            #[serde(flatten)]
+            op: LooseOp,
+        }
+        let loose: Loose = serde_json::from_slice(bytes).map_err(|e| malformed::<Self>(&e))?;
+        let op = match loose.op {
+            LooseOp::SetScore { score } => ControlOp::SetScore {
+                score: control_score(&score)?,
+            },
+            LooseOp::SetOnline { online } => ControlOp::SetOnline { online },
+            LooseOp::Get => ControlOp::Get,
+        };
+        Ok(ControlRequest {
+            schema: loose.schema,
+            op,
+        })
+    }
 }
 
-/// The answer to a [`ControlRequest`].
+/// A control request's score: an integer outside 0–255 is out of range; a
+/// number that is not an integer is malformed.
+fn control_score(n: &serde_json::Number) -> Result<Score, ProtocolError> {
+    if let Some(i) = n.as_i64() {
+        return Score::try_from(i);
+    }
+    if n.is_u64() {
+        return Err(ProtocolError::ScoreOutOfRange {
+            value: n.to_string(),
+        });
+    }
+    Err(ProtocolError::Malformed {
+        kind: ControlRequest::KIND,
+        detail: format!("score {n} is not an integer (expected 0–255)"),
+    })
+}
+
+/// Why a device refused a [`ControlRequest`], as a stable code a program
+/// matches on (the reply's `error` text is for people and may change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlErrorCode {
+    /// The request asked for a score outside 0–255 (B3).
+    ScoreOutOfRange,
+    /// The request was not a control request this device can read: not
+    /// JSON, an unknown `op`, a missing field or one of the wrong type.
+    InvalidRequest,
+    /// The request carried a schema version this device does not speak.
+    UnsupportedSchema,
+    /// A code this build does not know (a newer device sent it).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ControlErrorCode {
+    /// The code as it is written on the bus.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlErrorCode::ScoreOutOfRange => "score_out_of_range",
+            ControlErrorCode::InvalidRequest => "invalid_request",
+            ControlErrorCode::UnsupportedSchema => "unsupported_schema",
+            ControlErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ControlErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&ProtocolError> for ControlErrorCode {
+    fn from(e: &ProtocolError) -> Self {
+        match e {
+            ProtocolError::ScoreOutOfRange { .. } => ControlErrorCode::ScoreOutOfRange,
+            ProtocolError::UnsupportedSchema { .. } => ControlErrorCode::UnsupportedSchema,
+            ProtocolError::InvalidGroupName { .. }
+            | ProtocolError::InvalidDeviceId { .. }
+            | ProtocolError::InvalidInstanceId { .. }
+            | ProtocolError::InvalidMac { .. }
+            | ProtocolError::Malformed { .. } => ControlErrorCode::InvalidRequest,
+        }
+    }
+}
+
+/// The answer to a [`ControlRequest`]: build it with [`ControlReply::ok`] or
+/// [`ControlReply::refused`], read a refusal with [`ControlReply::refusal`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlReply {
     /// Always [`SCHEMA_VERSION`].
     pub schema: u32,
     /// Whether the request was carried out.
     pub ok: bool,
-    /// Why not, when it was not.
+    /// Why not, when it was not: the stable code. Absent from older
+    /// devices; [`ControlReply::refusal`] supplies a default then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ControlErrorCode>,
+    /// Why not, when it was not, in words for people.
     #[serde(default)]
     pub error: Option<String>,
     /// The device's state after the request.
     #[serde(default)]
     pub state: Option<ElectionState>,
+}
+
+/// Why a device refused a control request: [`ControlReply::refusal`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The code to match on.
+    pub code: ControlErrorCode,
+    /// The text for people.
+    pub message: String,
+}
+
+impl ControlReply {
+    /// The request was carried out; `state` is the device's state after it.
+    pub fn ok(state: ElectionState) -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            ok: true,
+            code: None,
+            error: None,
+            state: Some(state),
+        }
+    }
+
+    /// The request was refused with `code` and `message`; `state` is the
+    /// device's (unchanged) state.
+    pub fn refused(
+        code: ControlErrorCode,
+        message: impl Into<String>,
+        state: Option<ElectionState>,
+    ) -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            ok: false,
+            code: Some(code),
+            error: Some(message.into()),
+            state,
+        }
+    }
+
+    /// The request could not be read: the code follows from the error.
+    pub fn unreadable(error: &ProtocolError, state: Option<ElectionState>) -> Self {
+        Self::refused(error.into(), error.to_string(), state)
+    }
+
+    /// Why the request was refused, or `None` when it was carried out. A
+    /// refusal without a code (an older device) is
+    /// [`ControlErrorCode::InvalidRequest`]: the only thing such a device
+    /// refuses is a request it cannot read.
+    pub fn refusal(&self) -> Option<Refusal> {
+        if self.ok {
+            return None;
+        }
+        Some(Refusal {
+            code: self.code.unwrap_or(ControlErrorCode::InvalidRequest),
+            message: self
+                .error
+                .clone()
+                .unwrap_or_else(|| "no reason given".into()),
+        })
+    }
 }
 
 impl BusMessage for ControlReply {
@@ -526,7 +699,7 @@ pub struct RevisionSummary {
 
 /// The project head: the value of key `head` in the group's project bucket
 /// (JetStream KV `understudy-project-<group>`), changed only by
-/// compare-and-set on the entry's revision (DESIGN.md S2, issue 4).
+/// compare-and-set on the entry's revision (S2).
 ///
 /// `term` is the fencing term: a new server rewrites the head with its own
 /// term before it serves, and a server commits only on the KV revision it

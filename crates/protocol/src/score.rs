@@ -1,4 +1,4 @@
-//! Scores: an integer 0–255 per device (DESIGN.md B3). 0 means client only.
+//! Scores: an integer 0–255 per device (B3). 0 means client only.
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,4 +1,4 @@
-//! What a device shows: its role, its status colour and its problems (DESIGN.md B1, B2).
+//! What a device shows: its role, its status colour and its problems (B1, B2).
 
 use std::fmt;
 
@@ -68,6 +68,10 @@ pub enum Problem {
         /// How many changes wait for an operator.
         changes: u32,
     },
+    /// A problem whose code this build does not know (a newer device
+    /// reported it); decoding keeps the rest of the message.
+    #[serde(other)]
+    Unknown,
 }
 
 impl fmt::Display for Problem {
@@ -87,6 +91,7 @@ impl fmt::Display for Problem {
                     "{changes} project change(s) conflict with the server's copy"
                 )
             }
+            Problem::Unknown => f.write_str("A problem this version does not know"),
         }
     }
 }
@@ -114,6 +119,13 @@ mod tests {
             Problem::DuplicateDeviceId.to_string(),
             "Duplicate device id"
         );
+    }
+
+    #[test]
+    fn a_problem_code_from_a_newer_device_still_decodes() {
+        let p: Problem =
+            serde_json::from_value(serde_json::json!({"code": "disk_full", "free": 0})).unwrap();
+        assert_eq!(p, Problem::Unknown);
     }
 
     #[test]

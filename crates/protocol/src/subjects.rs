@@ -23,6 +23,13 @@ pub fn heartbeats(group: &GroupName) -> String {
     format!("understudy.{group}.heartbeat.*")
 }
 
+/// `understudy.*.heartbeat.*`: every heartbeat of every group (discovery
+/// listens network-wide for the counts, B10).
+pub const ALL_HEARTBEATS: &str = "understudy.*.heartbeat.*";
+
+/// `understudy.*.leave.*`: every goodbye of every group.
+pub const ALL_LEAVES: &str = "understudy.*.leave.*";
+
 /// `understudy.<group>.leave.<device>`: a device's clean goodbye.
 pub fn leave(group: &GroupName, device: &DeviceId) -> String {
     format!("understudy.{group}.leave.{device}")
@@ -44,6 +51,46 @@ pub const PRESENCE_ALL: &str = "understudy.presence.*";
 /// `understudy.<group>.events.election`: the group's election events.
 pub fn election_events(group: &GroupName) -> String {
     format!("understudy.{group}.events.election")
+}
+
+/// `understudy.<group>.events.>`: every event of a group, election and
+/// project (what a client following the group reads from [`EVENTS_STREAM`]).
+pub fn group_events(group: &GroupName) -> String {
+    format!("understudy.{group}.events.>")
+}
+
+/// The type of an event from the subject it was published on:
+/// `"election"` for `understudy.<group>.events.election`, `"project"` for
+/// `….events.project`; `None` for a subject that is not an event's.
+pub fn event_type(subject: &str) -> Option<&str> {
+    let mut tokens = subject.split('.');
+    match (
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+    ) {
+        (Some("understudy"), Some(_), Some("events"), Some(kind), None) if !kind.is_empty() => {
+            Some(kind)
+        }
+        _ => None,
+    }
+}
+
+/// Whether `subject` matches the NATS subject `pattern` (`*` is one token,
+/// a final `>` one or more): for readers that filter what they received.
+pub fn matches(pattern: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, subject.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(t)) if p == t => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
 }
 
 /// `understudy.<group>.control.<device>`: requests to one device (request/reply).
@@ -119,5 +166,48 @@ mod tests {
             presence(InstanceId::new(255)),
             "understudy.presence.00000000000000ff"
         );
+    }
+
+    #[test]
+    fn network_wide_subjects_match_every_group() {
+        let g: GroupName = "stage".parse().unwrap();
+        let d: DeviceId = "desk-1".parse().unwrap();
+        assert!(matches(ALL_HEARTBEATS, &heartbeat(&g, &d)));
+        assert!(matches(ALL_LEAVES, &leave(&g, &d)));
+        assert!(!matches(ALL_HEARTBEATS, &leave(&g, &d)));
+        assert!(matches(PRESENCE_ALL, &presence(InstanceId::new(1))));
+        assert!(matches(&heartbeats(&g), &heartbeat(&g, &d)));
+    }
+
+    #[test]
+    fn a_group_s_events_are_its_election_and_project_events_only() {
+        let g: GroupName = "stage".parse().unwrap();
+        let other: GroupName = "stage-2".parse().unwrap();
+        assert_eq!(group_events(&g), "understudy.stage.events.>");
+        assert!(matches(&group_events(&g), &election_events(&g)));
+        assert!(matches(&group_events(&g), &project_events(&g)));
+        assert!(!matches(&group_events(&g), &election_events(&other)));
+        assert!(!matches(&group_events(&g), "understudy.stage.events"));
+        assert!(matches(EVENTS_STREAM_SUBJECTS, &project_events(&other)));
+    }
+
+    #[test]
+    fn an_event_s_type_is_the_last_token_of_its_subject() {
+        let g: GroupName = "stage".parse().unwrap();
+        assert_eq!(event_type(&election_events(&g)), Some("election"));
+        assert_eq!(event_type(&project_events(&g)), Some("project"));
+        assert_eq!(event_type("understudy.stage.trigger"), None);
+        assert_eq!(event_type("understudy.stage.events.a.b"), None);
+        assert_eq!(event_type("other.stage.events.election"), None);
+    }
+
+    #[test]
+    fn patterns_match_token_by_token() {
+        assert!(matches("a.*.c", "a.b.c"));
+        assert!(!matches("a.*.c", "a.b.c.d"));
+        assert!(!matches("a.*", "a"));
+        assert!(matches("a.>", "a.b.c"));
+        assert!(!matches("a.>", "a"));
+        assert!(!matches("a.b", "a.c"));
     }
 }

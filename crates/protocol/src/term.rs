@@ -1,4 +1,4 @@
-//! Terms: the fencing token of the server lease (DESIGN.md S1).
+//! Terms: the fencing token of the server lease (S1).
 //!
 //! A term is the revision of the JetStream KV write that claimed the lease.
 //! Revisions only grow, so a later claim always carries a larger term, and

@@ -193,3 +193,115 @@ fn the_claiming_write_takes_its_revision_as_term() {
     assert_eq!(r.term_at(57), Term::from_revision(41));
     assert_eq!(decode::<LeaseRecord>(&encode(&r)).unwrap(), r);
 }
+
+fn state() -> ElectionState {
+    ElectionState {
+        schema: SCHEMA_VERSION,
+        group: "stage".parse().unwrap(),
+        device: "desk-1".parse().unwrap(),
+        instance: InstanceId::new(7),
+        mac: "02:00:00:00:00:01".parse().unwrap(),
+        score: Score::new(200),
+        online: true,
+        role: Role::Client,
+        term: Term::from_revision(3),
+        in_grace: false,
+        server: None,
+    }
+}
+
+#[test]
+fn a_refused_control_request_carries_a_snake_case_code_and_a_message() {
+    let err = decode::<ControlRequest>(br#"{"schema":1,"op":"set_score","score":300}"#)
+        .expect_err("300 is out of range");
+    let reply = ControlReply::unreadable(&err, Some(state()));
+    let json: serde_json::Value = serde_json::from_slice(&encode(&reply)).unwrap();
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["code"], "score_out_of_range");
+    assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()));
+    let back: ControlReply = decode(&encode(&reply)).unwrap();
+    let refusal = back.refusal().expect("a refusal");
+    assert_eq!(refusal.code, ControlErrorCode::ScoreOutOfRange);
+    assert_eq!(refusal.message, err.to_string());
+}
+
+#[test]
+fn every_unreadable_request_maps_to_a_code() {
+    for (body, code) in [
+        (&b"{not json"[..], ControlErrorCode::InvalidRequest),
+        (
+            br#"{"schema":1,"op":"dance"}"#,
+            ControlErrorCode::InvalidRequest,
+        ),
+        (
+            br#"{"schema":1,"op":"set_score","score":-1}"#,
+            ControlErrorCode::ScoreOutOfRange,
+        ),
+        (
+            br#"{"schema":9,"op":"get"}"#,
+            ControlErrorCode::UnsupportedSchema,
+        ),
+        (
+            br#"{"schema":1,"op":"set_score","score":1.5}"#,
+            ControlErrorCode::InvalidRequest,
+        ),
+        (
+            br#"{"schema":1,"op":"set_score","score":"ten"}"#,
+            ControlErrorCode::InvalidRequest,
+        ),
+        (
+            br#"{"schema":1,"op":"set_score"}"#,
+            ControlErrorCode::InvalidRequest,
+        ),
+        (
+            br#"{"schema":1,"op":"set_score","score":18446744073709551615}"#,
+            ControlErrorCode::ScoreOutOfRange,
+        ),
+    ] {
+        let err = decode::<ControlRequest>(body).expect_err("refused");
+        assert_eq!(ControlErrorCode::from(&err), code, "{err}");
+    }
+}
+
+#[test]
+fn a_carried_out_request_has_no_code_and_no_refusal() {
+    let reply = ControlReply::ok(state());
+    let json: serde_json::Value = serde_json::from_slice(&encode(&reply)).unwrap();
+    assert!(json.get("code").is_none(), "{json}");
+    assert_eq!(json["error"], serde_json::Value::Null);
+    assert_eq!(reply.refusal(), None);
+}
+
+#[test]
+fn a_refusal_from_an_older_device_without_a_code_reads_as_an_invalid_request() {
+    let reply: ControlReply =
+        decode(br#"{"schema":1,"ok":false,"error":"malformed control request: x"}"#).unwrap();
+    let refusal = reply.refusal().expect("a refusal");
+    assert_eq!(refusal.code, ControlErrorCode::InvalidRequest);
+    assert_eq!(refusal.message, "malformed control request: x");
+}
+
+#[test]
+fn a_control_error_code_from_a_newer_device_reads_as_unknown() {
+    let reply: ControlReply =
+        decode(br#"{"schema":1,"ok":false,"code":"disk_full","error":"no room"}"#).unwrap();
+    assert_eq!(
+        reply.refusal().map(|r| r.code),
+        Some(ControlErrorCode::Unknown)
+    );
+}
+
+#[test]
+fn control_requests_round_trip() {
+    for op in [
+        ControlOp::SetScore { score: Score::MAX },
+        ControlOp::SetOnline { online: false },
+        ControlOp::Get,
+    ] {
+        let req = ControlRequest {
+            schema: SCHEMA_VERSION,
+            op,
+        };
+        assert_eq!(decode::<ControlRequest>(&encode(&req)).unwrap(), req);
+    }
+}

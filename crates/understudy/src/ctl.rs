@@ -10,6 +10,7 @@ use futures::StreamExt;
 use understudy_protocol::messages::{
     self, ControlOp, ControlReply, ControlRequest, ElectionEvent, ElectionEventKind, Trigger,
 };
+use understudy_protocol::roster::RosterReply;
 use understudy_protocol::{DeviceId, GroupName, Problem, SCHEMA_VERSION, Score, subjects};
 
 use crate::Bus;
@@ -86,10 +87,11 @@ async fn control(d: &DeviceArgs, op: ControlOp) -> Result<ControlReply> {
         _ => anyhow!("asking device {device} of group {group}: {e}"),
     })?;
     let reply: ControlReply = messages::decode(&msg.payload)?;
-    if !reply.ok {
+    if let Some(refusal) = reply.refusal() {
         bail!(
-            "device {device} refused: {}",
-            reply.error.unwrap_or_else(|| "no reason given".into())
+            "device {device} refused ({}): {}",
+            refusal.code,
+            refusal.message
         );
     }
     Ok(reply)
@@ -169,79 +171,57 @@ pub async fn status(nats: &str, group: &str, json: bool) -> Result<()> {
         }
         _ => anyhow!("asking group {group} for its status: {e}"),
     })?;
-    let doc: serde_json::Value =
-        serde_json::from_slice(&msg.payload).context("the roster reply is not JSON")?;
+    let roster: RosterReply =
+        messages::decode(&msg.payload).context("cannot read the roster reply")?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(());
+        println!("{}", serde_json::to_string_pretty(&roster)?);
+    } else {
+        print!("{}", render_status(&roster));
     }
-    print!("{}", render_status(&group, &doc));
     Ok(())
 }
 
-fn text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
-
-fn render_status(group: &GroupName, doc: &serde_json::Value) -> String {
+fn render_status(roster: &RosterReply) -> String {
     let mut out = String::new();
-    let server = match doc.get("server") {
-        Some(s) if !s.is_null() => format!("{} (term {})", text(&s["device"]), text(&s["term"])),
-        _ => "none".into(),
-    };
-    let c = &doc["counts"];
+    let server = roster
+        .server
+        .as_ref()
+        .map_or("none".into(), |s| format!("{} (term {})", s.device, s.term));
+    let c = &roster.counts;
     out.push_str(&format!(
-        "group {group}: server {server}\ncounts: {} online, {} offline, {} missing; {} server(s), {} client(s); {} GUI, {} control session(s)\n",
-        text(&c["devices_online"]),
-        text(&c["devices_offline"]),
-        text(&c["devices_missing"]),
-        text(&c["servers"]),
-        text(&c["clients"]),
-        text(&c["gui_sessions"]),
-        text(&c["control_sessions"]),
+        "group {}: server {server}\ncounts: {} online, {} offline, {} missing; {} server(s), {} client(s); {} GUI, {} control session(s)\n",
+        roster.group,
+        c.devices_online,
+        c.devices_offline,
+        c.devices_missing,
+        c.servers,
+        c.clients,
+        c.gui_sessions,
+        c.control_sessions,
     ));
     out.push_str(&format!(
         "{:<20} {:<17} {:>5} {:<6} {:<7} {:<6} {:>9}  {}\n",
         "DEVICE", "MAC", "SCORE", "ROLE", "ONLINE", "COLOUR", "LAST SEEN", "PROBLEMS"
     ));
-    if let Some(devices) = doc["devices"].as_array() {
-        for d in devices {
-            let problems: Vec<String> = d["problems"]
-                .as_array()
-                .map(|ps| {
-                    ps.iter()
-                        .map(|p| {
-                            serde_json::from_value::<Problem>(p.clone())
-                                .map_or_else(|_| text(&p["code"]), |p| p.to_string())
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let seen = d["last_seen_ms_ago"]
-                .as_u64()
-                .map_or("-".into(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0));
-            let online = match (d["live"].as_bool(), d["online"].as_bool()) {
-                (Some(false), _) => "MISSING",
-                (_, Some(true)) => "yes",
-                (_, Some(false)) => "no",
-                _ => "-",
-            };
-            out.push_str(&format!(
-                "{:<20} {:<17} {:>5} {:<6} {:<7} {:<6} {:>9}  {}\n",
-                text(&d["device"]),
-                text(&d["mac"]),
-                text(&d["score"]),
-                text(&d["role"]),
-                online,
-                text(&d["colour"]),
-                seen,
-                problems.join("; ")
-            ));
-        }
+    for d in &roster.devices {
+        let problems: Vec<String> = d.problems.iter().map(Problem::to_string).collect();
+        let seen = format!("{:.1}s ago", d.last_seen_ms_ago as f64 / 1000.0);
+        let online = match (d.live, d.online) {
+            (false, _) => "MISSING",
+            (true, true) => "yes",
+            (true, false) => "no",
+        };
+        out.push_str(&format!(
+            "{:<20} {:<17} {:>5} {:<6} {:<7} {:<6} {:>9}  {}\n",
+            d.device.as_str(),
+            d.mac.to_string(),
+            d.score.to_string(),
+            d.role.to_string(),
+            online,
+            d.colour.to_string(),
+            seen,
+            problems.join("; ")
+        ));
     }
     out
 }
@@ -327,4 +307,45 @@ pub async fn events(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A roster reply as docs/bus.md shows it: one live server, one missing
+    /// client with a problem.
+    const REPLY: &str = r#"{
+      "schema": 1, "group": "stage", "reporter": "desk-1",
+      "server": { "device": "desk-1", "term": 7 },
+      "devices": [
+        { "device": "desk-1", "group": "stage", "instance": "00000000000000a1",
+          "mac": "02:00:00:00:00:01", "score": 200, "online": true, "role": "server",
+          "term": 7, "in_grace": false, "colour": "blue", "problems": [],
+          "live": true, "last_seen_ms_ago": 40, "sent_at_ms": 1767225600000,
+          "interval_ms": 100, "duplicate": false, "expected": true },
+        { "device": "desk-2", "group": "stage", "instance": "00000000000000a2",
+          "mac": "02:00:00:00:00:02", "score": 100, "online": true, "role": "client",
+          "term": 7, "in_grace": false, "colour": "red", "problems": [{"code": "no_server"}],
+          "live": false, "last_seen_ms_ago": 2500, "sent_at_ms": 1767225600000,
+          "interval_ms": 100, "duplicate": false, "expected": true }
+      ],
+      "counts": { "devices_online": 1, "devices_offline": 0, "devices_missing": 1,
+                  "clients": 0, "servers": 1, "gui_sessions": 2, "control_sessions": 0 },
+      "network_counts": { "devices_online": 1, "devices_offline": 0, "devices_missing": 1,
+                  "clients": 0, "servers": 1, "gui_sessions": 2, "control_sessions": 0 }
+    }"#;
+
+    #[test]
+    fn status_shows_the_server_the_counts_and_each_device() {
+        let roster: RosterReply = messages::decode(REPLY.as_bytes()).expect("the documented reply");
+        let text = render_status(&roster);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "group stage: server desk-1 (term 7)");
+        assert!(lines[1].starts_with("counts: 1 online, 0 offline, 1 missing; 1 server(s)"));
+        assert!(lines[1].ends_with("2 GUI, 0 control session(s)"));
+        assert!(lines[3].starts_with("desk-1 ") && lines[3].contains(" yes "));
+        assert!(lines[4].contains("MISSING") && lines[4].contains("2.5s ago"));
+        assert!(lines[4].ends_with("Project group has no server"));
+    }
 }
