@@ -1,5 +1,5 @@
-//! The sans-IO core of the discovery service: decisions only, time as a
-//! parameter (DESIGN.md §3, "Pure cores, thin drivers").
+//! The sans-IO core of the discovery service: every decision, with time as
+//! a parameter; the driver only carries them out.
 //!
 //! - [`roster`]: every device instance and session heard on the bus, with
 //!   staleness, clean leaves, duplicate ids and the peers a group expects.
