@@ -12,12 +12,13 @@
 //!
 //! Both `next` methods are cancel-safe: a message is lost only if it was bad.
 //! Only subscribing can fail, at start, with a [`SubscribeError`] naming the
-//! subject.
+//! subject. Both also wrap any stream of messages ([`Subscription::from_stream`],
+//! [`Inbox::from_stream`]), which is how they are tested without a server.
 
 use std::marker::PhantomData;
 
 use async_nats::{Client, Message, Subject, Subscriber};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use tracing::warn;
 use understudy_protocol::messages::BusMessage;
 
@@ -37,9 +38,9 @@ pub struct SubscribeError {
 
 /// Raw messages of one subject; never ends (module docs).
 #[derive(Debug)]
-pub struct Subscription {
+pub struct Subscription<S = Subscriber> {
     subject: String,
-    sub: Option<Subscriber>,
+    sub: Option<S>,
 }
 
 impl Subscription {
@@ -50,11 +51,18 @@ impl Subscription {
     ) -> Result<Self, SubscribeError> {
         let subject = subject.into();
         match client.subscribe(subject.clone()).await {
-            Ok(sub) => Ok(Self {
-                subject,
-                sub: Some(sub),
-            }),
+            Ok(sub) => Ok(Self::from_stream(subject, sub)),
             Err(source) => Err(SubscribeError { subject, source }),
+        }
+    }
+}
+
+impl<S: Stream<Item = Message> + Unpin> Subscription<S> {
+    /// Reads `stream` as the messages of `subject`.
+    pub fn from_stream(subject: impl Into<String>, stream: S) -> Self {
+        Self {
+            subject: subject.into(),
+            sub: Some(stream),
         }
     }
 
@@ -80,8 +88,8 @@ impl Subscription {
 /// Messages of type `M` on one subject, decoded; bad ones are dropped and
 /// the inbox never ends (module docs).
 #[derive(Debug)]
-pub struct Inbox<M> {
-    raw: Subscription,
+pub struct Inbox<M, S = Subscriber> {
+    raw: Subscription<S>,
     kind: PhantomData<fn() -> M>,
 }
 
@@ -105,6 +113,16 @@ impl<M: BusMessage> Inbox<M> {
             kind: PhantomData,
         })
     }
+}
+
+impl<M: BusMessage, S: Stream<Item = Message> + Unpin> Inbox<M, S> {
+    /// Reads `stream` as the messages of `subject`.
+    pub fn from_stream(subject: impl Into<String>, stream: S) -> Self {
+        Self {
+            raw: Subscription::from_stream(subject, stream),
+            kind: PhantomData,
+        }
+    }
 
     /// The subject subscribed to.
     pub fn subject(&self) -> &str {
@@ -127,5 +145,58 @@ impl<M: BusMessage> Inbox<M> {
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::{FutureExt, stream};
+    use understudy_protocol::messages::{self, Trigger};
+
+    use super::*;
+
+    fn message(payload: Vec<u8>, reply: Option<&str>) -> Message {
+        Message {
+            subject: "understudy.g.trigger".into(),
+            reply: reply.map(Subject::from),
+            length: payload.len(),
+            payload: payload.into(),
+            headers: None,
+            status: None,
+            description: None,
+        }
+    }
+
+    fn trigger(by: &str) -> Trigger {
+        Trigger {
+            schema: understudy_protocol::SCHEMA_VERSION,
+            by: Some(by.to_owned()),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_inbox_drops_bad_messages_and_returns_the_next_good_one() {
+        let sent = vec![
+            message(b"not json".to_vec(), None),
+            message(br#"{"schema":1,"by":7}"#.to_vec(), None),
+            message(br#"{"schema":999}"#.to_vec(), None),
+            message(messages::encode(&trigger("rig")), Some("_INBOX.1")),
+        ];
+        let mut inbox: Inbox<Trigger, _> = Inbox::from_stream("t", stream::iter(sent));
+        let request = inbox.next_request().await;
+        assert_eq!(request.message, trigger("rig"));
+        assert_eq!(request.reply, Some(Subject::from("_INBOX.1")));
+    }
+
+    #[tokio::test]
+    async fn an_ended_subscription_waits_instead_of_ending_the_loop() {
+        let mut sub = Subscription::from_stream("t", stream::iter(vec![message(vec![], None)]));
+        assert_eq!(sub.subject(), "t");
+        sub.next().await;
+        assert!(
+            sub.next().now_or_never().is_none(),
+            "nothing more, and no end either"
+        );
+        assert!(sub.next().now_or_never().is_none(), "still waiting");
     }
 }
