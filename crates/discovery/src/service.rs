@@ -137,10 +137,10 @@ pub async fn run(
                 d.answer_roster(&msg).await;
                 continue;
             }
-            state = input.election.next() => d.view.take_election(&state, d.now(), d.connected()),
+            state = input.election.next() => d.view.take_election(&state, d.now()),
             state = input.project.next() => {
                 if state.device == d.view.cfg.device && input.election.is_followed(state.instance) {
-                    d.view.take_conflicts(state.conflicts);
+                    d.view.core.set_project_conflicts(state.conflicts);
                 }
             }
             leave = input.leaves.next() => {
@@ -211,10 +211,6 @@ impl Driver {
         self.start.elapsed()
     }
 
-    fn connected(&self) -> bool {
-        connected(&self.client)
-    }
-
     /// When the core next needs a poll, if ever.
     fn wake(&self) -> Option<Instant> {
         let deadline = self.view.core.next_deadline(self.now())?;
@@ -224,7 +220,7 @@ impl Driver {
     /// Tells the core whether the client holds a connection, and polls it.
     fn check_bus(&mut self) {
         let now = self.now();
-        let connected = self.connected();
+        let connected = connected(&self.client);
         if connected != self.view.core.bus().connected {
             info!(connected, "bus connection changed");
         }
@@ -275,15 +271,11 @@ impl Driver {
     }
 }
 
-/// What the driver keeps between messages, without I/O: the core, the
-/// device's identity and own state, and the status last published.
+/// What the driver keeps between messages, without I/O: the core, this
+/// device's own state and the status last published.
 struct View {
     cfg: DiscoveryConfig,
     core: Discovery,
-    /// The instance this device beats under: its election service's.
-    identity: InstanceId,
-    /// Project changes refused with a conflict on this device.
-    conflicts: u32,
     /// This device's own state, once its election service has reported.
     me: Option<SelfState>,
     shown: Shown,
@@ -291,37 +283,23 @@ struct View {
 
 impl View {
     fn new(cfg: DiscoveryConfig, connected: bool) -> Self {
-        let identity = cfg.instance;
-        let mut core = Discovery::new(cfg.device.clone(), identity, Duration::ZERO);
+        let mut core = Discovery::new(cfg.device.clone(), cfg.instance, Duration::ZERO);
         core.set_bus_connected(connected, Duration::ZERO);
         Self {
             cfg,
             core,
-            identity,
-            conflicts: 0,
             me: None,
             shown: Shown::default(),
         }
     }
 
-    /// Takes a state of this device's followed election service. The
-    /// device's identity is that service's instance (it beats under it):
-    /// when the services run as separate processes it is adopted, with a
-    /// fresh core, so our own beats are not taken for a duplicate.
-    fn take_election(&mut self, state: &ElectionState, now: Duration, connected: bool) {
-        if state.instance != self.identity {
-            self.identity = state.instance;
-            self.core = Discovery::new(self.cfg.device.clone(), self.identity, now);
-            self.core.set_bus_connected(connected, now);
-            self.core.set_project_conflicts(self.conflicts);
+    /// Takes a state of this device's followed election service, received
+    /// at `now`: its instance is the device's identity.
+    fn take_election(&mut self, state: &ElectionState, now: Duration) {
+        if self.core.adopt_identity(state.instance, now) {
+            debug!(instance = %state.instance, "beating under the election service's instance");
         }
         self.me = Some(self_state(&self.cfg.group, state));
-    }
-
-    /// Takes the number of project changes refused on this device.
-    fn take_conflicts(&mut self, conflicts: u32) {
-        self.conflicts = conflicts;
-        self.core.set_project_conflicts(conflicts);
     }
 
     /// The status to publish now, if any: none before this device's own
@@ -440,7 +418,7 @@ mod tests {
     fn no_status_is_published_before_the_election_service_reports() {
         let mut view = View::new(cfg(), true);
         assert_eq!(view.status_due(Duration::ZERO, true), None);
-        view.take_election(&election_state(), Duration::ZERO, true);
+        view.take_election(&election_state(), Duration::ZERO);
         let status = view
             .status_due(Duration::ZERO, false)
             .expect("first status");
@@ -451,21 +429,9 @@ mod tests {
     #[test]
     fn the_device_beats_under_its_election_services_instance() {
         let mut view = View::new(cfg(), true);
-        view.take_conflicts(2);
-        assert_eq!(view.identity, InstanceId::new(1));
-        view.take_election(&election_state(), Duration::from_millis(5), true);
-        assert_eq!(view.identity, InstanceId::new(2), "adopted");
-        let status = view
-            .status_due(Duration::from_millis(5), false)
-            .expect("own state known");
-        assert!(
-            status
-                .problems
-                .iter()
-                .any(|p| matches!(p, Problem::ProjectConflict { .. })),
-            "conflicts survive the fresh core: {:?}",
-            status.problems
-        );
+        assert_eq!(view.core.identity(), InstanceId::new(1));
+        view.take_election(&election_state(), Duration::from_millis(5));
+        assert_eq!(view.core.identity(), InstanceId::new(2), "adopted");
     }
 
     #[test]
