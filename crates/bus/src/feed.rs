@@ -78,6 +78,17 @@ impl<S: Stream<Item = Message> + Unpin> ElectionFeed<S> {
         self.local.followed()
     }
 
+    /// Whether this device's election service is live at `now` (see
+    /// [`LocalElection::is_live`]).
+    pub fn is_live(&self, now: Instant) -> bool {
+        self.local.is_live(now)
+    }
+
+    /// When the last state was yielded, if any was.
+    pub fn heard_at(&self) -> Option<Instant> {
+        self.local.heard_at()
+    }
+
     /// Whether a sibling service's local message tagged with `tag` belongs
     /// with this device (see [`LocalElection::is_followed`]).
     pub fn is_followed(&self, tag: Option<InstanceId>) -> bool {

@@ -20,9 +20,10 @@
 //!   of a device takes its election service as gone.
 //!
 //! A [`LocalElection`] adds what every service checks before that: that the
-//! report names this device and group. It decides which reports are the
-//! device's; the driver-side [`ElectionFeed`](crate::ElectionFeed) feeds it
-//! the bus.
+//! report names this device and group; and what every service checks after:
+//! whether the election service followed is still live (it reported less
+//! than [`LIVENESS_WINDOW`] ago). It decides which reports are the device's;
+//! the driver-side [`ElectionFeed`](crate::ElectionFeed) feeds it the bus.
 //!
 //! Both are pure: the caller passes the time.
 
@@ -125,6 +126,8 @@ pub struct LocalElection {
     group: GroupName,
     device: DeviceId,
     follower: ElectionFollower,
+    /// When the last state was accepted.
+    heard_at: Option<Instant>,
 }
 
 impl LocalElection {
@@ -136,6 +139,7 @@ impl LocalElection {
             group,
             device,
             follower: ElectionFollower::new(pinned),
+            heard_at: None,
         }
     }
 
@@ -147,16 +151,31 @@ impl LocalElection {
             return false;
         }
         match self.follower.follow(state.instance, now) {
-            Followed::Same | Followed::Switched { from: None } => true,
+            Followed::Same | Followed::Switched { from: None } => {}
             Followed::Switched { from: Some(from) } => {
                 info!(%from, to = %state.instance, "following a new election service (the old one fell silent)");
-                true
             }
             Followed::Other { followed } => {
                 debug!(instance = %state.instance, %followed, "election state of another process with this device id ignored");
-                false
+                return false;
             }
         }
+        self.heard_at = Some(now);
+        true
+    }
+
+    /// When the last state was accepted, if any was.
+    pub fn heard_at(&self) -> Option<Instant> {
+        self.heard_at
+    }
+
+    /// Whether this device's election service is live at `now`: a state was
+    /// accepted less than [`LIVENESS_WINDOW`] ago. Silent longer, it is gone
+    /// (or this process was paused): the device must stop serving and stop
+    /// claiming a role.
+    pub fn is_live(&self, now: Instant) -> bool {
+        self.heard_at
+            .is_some_and(|at| now.saturating_duration_since(at) < LIVENESS_WINDOW)
     }
 
     /// The election service followed, if any has reported yet. Services tag
@@ -278,6 +297,22 @@ mod tests {
         assert!(
             l.accept(&state("me", 2), t0 + LIVENESS_WINDOW),
             "a silent one is replaced"
+        );
+    }
+
+    #[test]
+    fn the_election_service_is_live_for_one_window_after_its_last_state() {
+        let t0 = Instant::now();
+        let mut l = local(Some(1));
+        assert!(!l.is_live(t0), "not before it reports");
+        l.accept(&state("me", 1), t0);
+        assert_eq!(l.heard_at(), Some(t0));
+        assert!(l.is_live(t0 + LIVENESS_WINDOW - ms(1)));
+        assert!(!l.is_live(t0 + LIVENESS_WINDOW), "silent a window: gone");
+        l.accept(&state("me", 2), t0 + LIVENESS_WINDOW);
+        assert!(
+            !l.is_live(t0 + LIVENESS_WINDOW),
+            "a twin does not revive it"
         );
     }
 

@@ -12,8 +12,9 @@
 //! | `understudy_protocol::timing::check_interval` | refuses an interval outside 10 ms–60 s at start, with a typed `IntervalError` |
 //! | [`Inbox`] | a subscription decoding one message type; a bad message is logged at debug level and dropped; it never ends the loop |
 //! | [`Subscription`] | the same for raw messages (requests whose payload is not a bus message) |
-//! | [`ElectionFeed`] | this device's election state, only from the one election service followed ([`follow`]) |
+//! | [`ElectionFeed`] | this device's election state, only from the one election service followed ([`follow`]), and whether that service is still live (`protocol::timing::LIVENESS_WINDOW`) |
 //! | [`stopped`] | the shutdown wait |
+//! | [`flush`] | the last words at shutdown (a goodbye, a final state), waited for at most [`FLUSH_TIMEOUT`] |
 //! | [`ticker`] | a timer that does not burst after a late tick |
 //! | [`publish`] | a publish that never blocks the loop nor fails it: a failure is logged and dropped (the bus may be down) |
 //! | [`connected`] | whether the client holds a connection now |
@@ -109,6 +110,21 @@ pub async fn publish_bytes(client: &Client, subject: String, payload: Vec<u8>) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(%subject, error = %e, "publish failed"),
         Err(_) => debug!(%subject, "publish dropped: the client's queue is full"),
+    }
+}
+
+/// The longest a stopping service waits for its last messages to reach the
+/// server.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Waits at most [`FLUSH_TIMEOUT`] for everything published so far to reach
+/// the server: a stopping service's last words. A failure or a timeout (the
+/// bus is down) is logged at debug level, never returned.
+pub async fn flush(client: &Client) {
+    match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "flush at shutdown failed"),
+        Err(_) => debug!("flush at shutdown timed out"),
     }
 }
 
