@@ -57,7 +57,10 @@ mod tests {
     fn intervals_outside_the_bounds_are_refused_with_their_name() {
         assert!(check_interval("heartbeat interval", Duration::from_millis(100)).is_ok());
         let err = check_interval("heartbeat interval", Duration::ZERO).unwrap_err();
-        assert_eq!(err.to_string(), "heartbeat interval 0ns is out of range 10ms–60s");
+        assert_eq!(
+            err.to_string(),
+            "heartbeat interval 0ns is out of range 10ms–60s"
+        );
         assert!(check_interval("x", MAX_INTERVAL + Duration::from_millis(1)).is_err());
     }
 
