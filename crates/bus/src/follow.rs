@@ -15,20 +15,24 @@
 //!   instance ([`ElectionFollower::pinned`]);
 //! - when the services run apart, on the first instance that reports, and on
 //!   another only after the followed one has been silent for
-//!   [`SWITCH_AFTER`] (its process restarted, say)
-//!   ([`ElectionFollower::adopting`]).
+//!   [`LIVENESS_WINDOW`] (its process restarted, say)
+//!   ([`ElectionFollower::adopting`]): the window after which every service
+//!   of a device takes its election service as gone.
 //!
-//! It is pure: the caller passes the time.
+//! A [`LocalElection`] adds what every service checks before that: that the
+//! report names this device and group; and what every service checks after:
+//! whether the election service followed is still live (it reported less
+//! than [`LIVENESS_WINDOW`] ago). It decides which reports are the device's;
+//! the driver-side [`ElectionFeed`](crate::ElectionFeed) feeds it the bus.
+//!
+//! Both are pure: the caller passes the time.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use understudy_protocol::InstanceId;
-
-/// How long the followed election service must have been silent before an
-/// adopting follower takes another one. The election service reports four
-/// times a second, and the other services treat a second of silence as its
-/// loss, so a second is when it is gone.
-pub const SWITCH_AFTER: Duration = Duration::from_secs(1);
+use tracing::{debug, info};
+use understudy_protocol::messages::ElectionState;
+use understudy_protocol::timing::LIVENESS_WINDOW;
+use understudy_protocol::{DeviceId, GroupName, InstanceId};
 
 /// What [`ElectionFollower::follow`] made of a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +77,7 @@ impl ElectionFollower {
     }
 
     /// Follows the first election service that reports, and another only
-    /// once that one has been silent for [`SWITCH_AFTER`].
+    /// once that one has been silent for [`LIVENESS_WINDOW`].
     pub fn adopting() -> Self {
         Self {
             pinned: false,
@@ -99,7 +103,7 @@ impl ElectionFollower {
                 Followed::Same
             }
             Some((current, last))
-                if self.pinned || now.saturating_duration_since(last) < SWITCH_AFTER =>
+                if self.pinned || now.saturating_duration_since(last) < LIVENESS_WINDOW =>
             {
                 Followed::Other { followed: current }
             }
@@ -113,9 +117,86 @@ impl ElectionFollower {
     }
 }
 
+/// Which election states are this device's: those that name its group and
+/// device and come from the election service followed (module docs). Logs
+/// what it ignores at debug level and a switch to a new election service at
+/// info level, so every service reports the same way.
+#[derive(Debug, Clone)]
+pub struct LocalElection {
+    group: GroupName,
+    device: DeviceId,
+    follower: ElectionFollower,
+    /// When the last state was accepted.
+    heard_at: Option<Instant>,
+}
+
+impl LocalElection {
+    /// Judges the reports of `device`'s election service in `group`;
+    /// `pinned` is that service's instance when it runs in this process
+    /// (see [`ElectionFollower::new`]).
+    pub fn new(group: GroupName, device: DeviceId, pinned: Option<InstanceId>) -> Self {
+        Self {
+            group,
+            device,
+            follower: ElectionFollower::new(pinned),
+            heard_at: None,
+        }
+    }
+
+    /// Whether `state`, received at `now`, is this device's: for it, and
+    /// from the election service followed (which it may now become).
+    pub fn accept(&mut self, state: &ElectionState, now: Instant) -> bool {
+        if state.device != self.device || state.group != self.group {
+            debug!(device = %state.device, group = %state.group, "election state of another device ignored");
+            return false;
+        }
+        match self.follower.follow(state.instance, now) {
+            Followed::Same | Followed::Switched { from: None } => {}
+            Followed::Switched { from: Some(from) } => {
+                info!(%from, to = %state.instance, "following a new election service (the old one fell silent)");
+            }
+            Followed::Other { followed } => {
+                debug!(instance = %state.instance, %followed, "election state of another process with this device id ignored");
+                return false;
+            }
+        }
+        self.heard_at = Some(now);
+        true
+    }
+
+    /// When the last state was accepted, if any was.
+    pub fn heard_at(&self) -> Option<Instant> {
+        self.heard_at
+    }
+
+    /// Whether this device's election service is live at `now`: a state was
+    /// accepted less than [`LIVENESS_WINDOW`] ago. Silent longer, it is gone
+    /// (or this process was paused): the device must stop serving and stop
+    /// claiming a role.
+    pub fn is_live(&self, now: Instant) -> bool {
+        self.heard_at
+            .is_some_and(|at| now.saturating_duration_since(at) < LIVENESS_WINDOW)
+    }
+
+    /// The election service followed, if any has reported yet. Services tag
+    /// what they publish on the device's local subjects with it.
+    pub fn followed(&self) -> Option<InstanceId> {
+        self.follower.followed()
+    }
+
+    /// Whether a message another service of this device published on a
+    /// local subject, tagged with the election service *it* follows, belongs
+    /// with this one: untagged (an older sender), or tagged with the same
+    /// election service. A twin process's status or project state is not.
+    pub fn is_followed(&self, tag: Option<InstanceId>) -> bool {
+        tag.is_none_or(|i| self.followed() == Some(i))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -157,14 +238,95 @@ mod tests {
         let (old, new) = (InstanceId::new(1), InstanceId::new(2));
         let mut f = ElectionFollower::adopting();
         f.follow(old, t0);
-        assert!(!f.follow(new, t0 + SWITCH_AFTER - ms(1)).taken());
+        assert!(!f.follow(new, t0 + LIVENESS_WINDOW - ms(1)).taken());
         assert_eq!(
-            f.follow(new, t0 + SWITCH_AFTER),
+            f.follow(new, t0 + LIVENESS_WINDOW),
             Followed::Switched { from: Some(old) }
         );
         assert!(
-            !f.follow(old, t0 + SWITCH_AFTER + ms(10)).taken(),
+            !f.follow(old, t0 + LIVENESS_WINDOW + ms(10)).taken(),
             "the old one does not take it back while the new one reports"
         );
+    }
+    fn state(device: &str, instance: u64) -> ElectionState {
+        ElectionState {
+            schema: understudy_protocol::SCHEMA_VERSION,
+            group: "g".parse().expect("valid group"),
+            device: device.parse().expect("valid device"),
+            instance: InstanceId::new(instance),
+            mac: understudy_protocol::Mac::from_octets([0, 0, 0, 0, 0, 1]),
+            score: understudy_protocol::Score::new(5),
+            online: true,
+            role: understudy_protocol::Role::Client,
+            term: understudy_protocol::Term::ZERO,
+            in_grace: false,
+            server: None,
+        }
+    }
+
+    fn local(pinned: Option<u64>) -> LocalElection {
+        LocalElection::new(
+            "g".parse().expect("valid group"),
+            "me".parse().expect("valid device"),
+            pinned.map(InstanceId::new),
+        )
+    }
+
+    #[test]
+    fn a_local_election_takes_only_this_devices_and_groups_state() {
+        let t0 = Instant::now();
+        let mut l = local(None);
+        assert!(!l.accept(&state("other", 1), t0));
+        let mut elsewhere = state("me", 1);
+        elsewhere.group = "h".parse().expect("valid group");
+        assert!(!l.accept(&elsewhere, t0));
+        assert_eq!(l.followed(), None, "nothing foreign is followed");
+        assert!(l.accept(&state("me", 1), t0));
+        assert_eq!(l.followed(), Some(InstanceId::new(1)));
+    }
+
+    #[test]
+    fn a_local_election_follows_one_election_service_of_the_device() {
+        let t0 = Instant::now();
+        let mut l = local(Some(2));
+        assert!(!l.accept(&state("me", 1), t0), "a twin is not this device");
+        assert!(l.accept(&state("me", 2), t0));
+        let mut l = local(None);
+        assert!(l.accept(&state("me", 1), t0));
+        assert!(!l.accept(&state("me", 2), t0 + ms(10)));
+        assert!(
+            l.accept(&state("me", 2), t0 + LIVENESS_WINDOW),
+            "a silent one is replaced"
+        );
+    }
+
+    #[test]
+    fn the_election_service_is_live_for_one_window_after_its_last_state() {
+        let t0 = Instant::now();
+        let mut l = local(Some(1));
+        assert!(!l.is_live(t0), "not before it reports");
+        l.accept(&state("me", 1), t0);
+        assert_eq!(l.heard_at(), Some(t0));
+        assert!(l.is_live(t0 + LIVENESS_WINDOW - ms(1)));
+        assert!(!l.is_live(t0 + LIVENESS_WINDOW), "silent a window: gone");
+        l.accept(&state("me", 2), t0 + LIVENESS_WINDOW);
+        assert!(
+            !l.is_live(t0 + LIVENESS_WINDOW),
+            "a twin does not revive it"
+        );
+    }
+
+    #[test]
+    fn sibling_messages_are_taken_untagged_or_tagged_with_the_followed_service() {
+        let mut l = local(None);
+        assert!(l.is_followed(None));
+        assert!(
+            !l.is_followed(Some(InstanceId::new(1))),
+            "none followed yet"
+        );
+        l.accept(&state("me", 1), Instant::now());
+        assert!(l.is_followed(Some(InstanceId::new(1))));
+        assert!(!l.is_followed(Some(InstanceId::new(2))));
+        assert!(l.is_followed(None));
     }
 }

@@ -1,16 +1,80 @@
-//! Plumbing shared by the NATS drivers: nothing here decides anything.
+//! The driver skeleton shared by the NATS drivers: plumbing only, nothing
+//! here decides anything.
 //!
-//! The service drivers (heartbeat, discovery, election) all talk to the bus
-//! the same way: a publish that fails or cannot be queued in time is logged at
-//! debug level and dropped, a bad message is logged and dropped, a
-//! subscription that ends is given up with a warning, and the loop goes on
-//! until it is told to stop. These helpers are that shared way, and no more:
-//! every rule stays in the services' pure cores.
+//! Every service driver (heartbeat, discovery, election, project-sync) has
+//! the same shape: check its configured intervals, subscribe, then loop on a
+//! biased `select!` — the shutdown first, then timers and messages, each fed
+//! to the service's pure core — and publish what the core asks for. The
+//! pieces of that shape live here, so that a driver is only its own wiring:
+//!
+//! | piece | what it does |
+//! |-------|--------------|
+//! | `understudy_protocol::timing::check_interval` | refuses an interval outside 10 ms–60 s at start, with a typed `IntervalError` |
+//! | [`Inbox`] | a subscription decoding one message type; a bad message is logged at debug level and dropped; it never ends the loop |
+//! | [`Subscription`] | the same for raw messages (requests whose payload is not a bus message) |
+//! | [`ElectionFeed`] | this device's election state, only from the one election service followed ([`follow`]), and whether that service is still live (`protocol::timing::LIVENESS_WINDOW`) |
+//! | [`stopped`] | the shutdown wait |
+//! | [`flush`] | the last words at shutdown (a goodbye, a final state), waited for at most [`FLUSH_TIMEOUT`] |
+//! | [`ticker`] | a timer that does not burst after a late tick |
+//! | [`publish`] | a publish that never blocks the loop nor fails it: a failure is logged and dropped (the bus may be down) |
+//! | [`connected`] | whether the client holds a connection now |
+//!
+//! Only subscribing can fail, at start, with a [`SubscribeError`] naming the
+//! subject; every later bus failure is ridden out.
+//!
+//! # Example
+//!
+//! A driver that follows its device's election service and counts the
+//! group's heartbeats, until told to stop:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tokio::sync::watch;
+//! use understudy_bus::{ElectionFeed, Inbox, SubscribeError, stopped, ticker};
+//! use understudy_protocol::messages::Heartbeat;
+//! use understudy_protocol::timing::{IntervalError, check_interval};
+//! use understudy_protocol::{DeviceId, GroupName, subjects};
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! enum ServiceError {
+//!     #[error(transparent)]
+//!     Subscribe(#[from] SubscribeError),
+//!     #[error(transparent)]
+//!     Interval(#[from] IntervalError),
+//! }
+//!
+//! async fn run(
+//!     client: async_nats::Client,
+//!     group: GroupName,
+//!     device: DeviceId,
+//!     period: Duration,
+//!     mut shutdown: watch::Receiver<bool>,
+//! ) -> Result<u64, ServiceError> {
+//!     let period = check_interval("report interval", period)?;
+//!     let mut election = ElectionFeed::subscribe(&client, &group, &device, None).await?;
+//!     let mut beats: Inbox<Heartbeat> = Inbox::subscribe(&client, subjects::heartbeats(&group)).await?;
+//!     let mut tick = ticker(period);
+//!     let mut seen = 0;
+//!     loop {
+//!         tokio::select! {
+//!             biased;
+//!             () = stopped(&mut shutdown) => break,
+//!             _ = tick.tick() => { /* poll the core */ }
+//!             state = election.next() => { /* feed the core this device's state */ let _ = state; }
+//!             beat = beats.next() => { seen += 1; let _ = beat; }
+//!         }
+//!     }
+//!     Ok(seen)
+//! }
+//! ```
 
+pub mod feed;
 pub mod follow;
+pub mod inbox;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_nats::connection::State;
 use async_nats::{Client, Message, Subscriber};
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -18,7 +82,9 @@ use tokio::time::MissedTickBehavior;
 use tracing::{debug, warn};
 use understudy_protocol::messages::{self, BusMessage};
 
-pub use follow::{ElectionFollower, Followed};
+pub use feed::ElectionFeed;
+pub use follow::{ElectionFollower, Followed, LocalElection};
+pub use inbox::{Inbox, Request, SubscribeError, Subscription};
 
 /// The longest a publish may wait to be queued. The client's queue fills up
 /// only when the bus has been down for a long time; the loop must not stall
@@ -47,6 +113,21 @@ pub async fn publish_bytes(client: &Client, subject: String, payload: Vec<u8>) {
     }
 }
 
+/// The longest a stopping service waits for its last messages to reach the
+/// server.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Waits at most [`FLUSH_TIMEOUT`] for everything published so far to reach
+/// the server: a stopping service's last words. A failure or a timeout (the
+/// bus is down) is logged at debug level, never returned.
+pub async fn flush(client: &Client) {
+    match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "flush at shutdown failed"),
+        Err(_) => debug!("flush at shutdown timed out"),
+    }
+}
+
 /// Decodes a bus message; a bad one is logged at debug level and dropped.
 pub fn decoded<M: BusMessage>(msg: &Message) -> Option<M> {
     messages::decode(&msg.payload)
@@ -57,6 +138,7 @@ pub fn decoded<M: BusMessage>(msg: &Message) -> Option<M> {
 /// The next message of `sub`. If the subscription ends (the client was
 /// closed), it is dropped with a warning naming `what` and this waits
 /// forever, so the other branches of a driver's loop go on until shutdown.
+/// [`Subscription`] and [`Inbox`] do the same and keep the subject with it.
 pub async fn recv(sub: &mut Option<Subscriber>, what: &str) -> Message {
     if let Some(s) = sub {
         if let Some(msg) = s.next().await {
@@ -66,6 +148,11 @@ pub async fn recv(sub: &mut Option<Subscriber>, what: &str) -> Message {
         *sub = None;
     }
     std::future::pending().await
+}
+
+/// Whether `client` holds a connection to the bus now.
+pub fn connected(client: &Client) -> bool {
+    client.connection_state() == State::Connected
 }
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT): what every long-running command

@@ -1,7 +1,7 @@
 //! The discovery service of understudy: who is on the bus, and how this device
 //! is doing.
 //!
-//! [`core`] is the decision logic, sans-IO (DESIGN.md §3): it is fed the
+//! [`core`] is the decision logic, sans-IO (no clock, no bus): it is fed the
 //! heartbeats, presence announcements and goodbyes heard on the bus, the state
 //! of the bus connection and the current time, and answers
 //!

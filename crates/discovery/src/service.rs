@@ -1,5 +1,5 @@
 //! The NATS driver of the discovery service: plumbing between the bus and the
-//! pure [`Discovery`] core (DESIGN.md §3, "Pure cores, thin drivers").
+//! pure [`Discovery`] core, built from the `understudy_bus` driver skeleton.
 //!
 //! It makes no decision of its own. It
 //!
@@ -7,7 +7,8 @@
 //!   ([`HEARTBEATS_ALL`], [`LEAVES_ALL`]) and every presence announcement
 //!   (`understudy.presence.*`), so the network-wide counts are true (B10);
 //! - keeps this device's own state from its election service
-//!   (`understudy.<group>.local.<device>.election`);
+//!   (`understudy.<group>.local.<device>.election`, through an
+//!   [`ElectionFeed`]: only the one election service followed counts, B2);
 //! - tells the core every 100 ms whether the client holds a connection;
 //! - publishes this device's colour and problems (B2) as a [`DeviceStatus`] on
 //!   `…local.<device>.status` at once when they change, and every
@@ -17,25 +18,25 @@
 //!
 //! The bus may be down at any moment: a publish that fails or cannot be
 //! queued in time is logged at debug level and dropped, and the loop goes on.
-//! Only failing to subscribe at start is an error.
+//! Only a bad interval or failing to subscribe at start is an error.
 
 use std::time::Duration;
 
-use async_nats::connection::State;
 use async_nats::{Client, Message};
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Interval};
 use tracing::{debug, info, warn};
 use understudy_bus::{
-    ElectionFollower, Followed, decoded, publish, publish_bytes, recv, stopped, ticker,
+    ElectionFeed, Inbox, SubscribeError, Subscription, connected, publish, publish_bytes, stopped,
+    ticker,
 };
 use understudy_protocol::messages::{
     DeviceStatus, ElectionState, Heartbeat, Leave, Presence, ProjectState,
 };
+use understudy_protocol::timing::{IntervalError, check_interval};
 use understudy_protocol::{DeviceId, GroupName, InstanceId, SCHEMA_VERSION, subjects};
 
 use crate::core::Discovery;
-use crate::core::roster::{MAX_INTERVAL, MIN_INTERVAL};
 use crate::core::status::{SelfState, Status};
 use crate::reply::RosterReply;
 
@@ -66,7 +67,7 @@ pub struct DiscoveryConfig {
     pub instance: InstanceId,
     /// How often the status is published when it does not change;
     /// [`DEFAULT_PUBLISH_INTERVAL`] (1 s) by default. Must lie in
-    /// [`MIN_INTERVAL`]`..=`[`MAX_INTERVAL`].
+    /// `understudy_protocol::timing::MIN_INTERVAL..=MAX_INTERVAL`.
     pub publish_interval: Duration,
     /// The device's election service instance when it runs in this process:
     /// only its state is this device's. `None` (the services run apart): the
@@ -88,14 +89,7 @@ impl DiscoveryConfig {
     }
 
     fn validate(&self) -> Result<(), ServiceError> {
-        if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&self.publish_interval) {
-            return Err(ServiceError::IntervalOutOfRange {
-                what: "status publish interval",
-                value: self.publish_interval,
-                min: MIN_INTERVAL,
-                max: MAX_INTERVAL,
-            });
-        }
+        check_interval("status publish interval", self.publish_interval)?;
         Ok(())
     }
 }
@@ -105,20 +99,11 @@ impl DiscoveryConfig {
 pub enum ServiceError {
     /// A subscription could not be made at start (the client is closed or the
     /// subject was refused).
-    #[error("cannot subscribe to the discovery service's subjects: {0}")]
-    Subscribe(#[from] async_nats::SubscribeError),
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
     /// An interval in [`DiscoveryConfig`] is out of range.
-    #[error("{what} {value:?} is out of range {min:?}–{max:?}")]
-    IntervalOutOfRange {
-        /// Which interval.
-        what: &'static str,
-        /// The value given.
-        value: Duration,
-        /// The shortest allowed.
-        min: Duration,
-        /// The longest allowed.
-        max: Duration,
-    },
+    #[error(transparent)]
+    Interval(#[from] IntervalError),
 }
 
 /// Runs the discovery service of `cfg.device` on `client` until `shutdown`
@@ -132,129 +117,197 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServiceError> {
     cfg.validate()?;
-    let start = Instant::now();
-    let (group, device) = (&cfg.group, &cfg.device);
-    let mut beats_sub = Some(client.subscribe(HEARTBEATS_ALL).await?);
-    let mut leaves_sub = Some(client.subscribe(LEAVES_ALL).await?);
-    let mut presence_sub = Some(client.subscribe(subjects::PRESENCE_ALL).await?);
-    let mut election_sub = Some(
-        client
-            .subscribe(subjects::local_election(group, device))
-            .await?,
-    );
-    let mut roster_sub = Some(client.subscribe(subjects::roster(group)).await?);
-    let mut project_sub = Some(
-        client
-            .subscribe(subjects::local_project(group, device))
-            .await?,
-    );
-    let mut conflicts = 0u32;
-    info!(%group, %device, instance = %cfg.instance, "discovery service started");
-
-    let mut identity = cfg.instance;
-    // B2: a second process with this device id hears our local subjects and
-    // we hear its; only one election service's state is this device's.
-    let mut follower = ElectionFollower::new(cfg.election_instance);
-    let mut core = Discovery::new(cfg.device.clone(), identity, Duration::ZERO);
-    core.set_bus_connected(is_connected(&client), Duration::ZERO);
-    let mut me: Option<SelfState> = None;
-    let mut shown = Shown::default();
+    let mut input = Inputs::subscribe(&client, &cfg).await?;
+    info!(group = %cfg.group, device = %cfg.device, instance = %cfg.instance, "discovery service started");
     let mut bus_tick = ticker(BUS_CHECK_INTERVAL);
     let mut publish_tick = ticker(cfg.publish_interval);
+    let mut d = Driver::new(client, cfg);
 
     loop {
-        let wake = core
-            .next_deadline(start.elapsed())
-            .and_then(|d| start.checked_add(d));
+        let wake = d.wake();
         let mut periodic = false;
         // Order matters (biased): stopping first, then the timers and the
         // rare local messages, so a flood of heartbeats cannot starve them.
         tokio::select! {
             biased;
             () = stopped(&mut shutdown) => break,
-            _ = bus_tick.tick() => {
-                let now = start.elapsed();
-                let connected = is_connected(&client);
-                if connected != core.bus().connected {
-                    info!(connected, "bus connection changed");
-                }
-                core.set_bus_connected(connected, now);
-                core.poll(now);
-            }
+            _ = bus_tick.tick() => d.check_bus(),
             _ = publish_tick.tick() => periodic = true,
-            msg = recv(&mut roster_sub, "roster requests") => {
-                answer_roster(&client, &core, group, &msg, start.elapsed()).await;
+            msg = input.roster.next() => {
+                d.answer_roster(&msg).await;
                 continue;
             }
-            msg = recv(&mut election_sub, "election state") => {
-                if let Some(state) = decoded::<ElectionState>(&msg) {
-                    if state.device == cfg.device
-                        && state.group == cfg.group
-                        && let Followed::Other { followed } =
-                            follower.follow(state.instance, std::time::Instant::now())
-                    {
-                        debug!(instance = %state.instance, %followed, "election state of another process with this device id ignored");
-                        continue;
-                    }
-                    // The device's identity is its election service's
-                    // instance (it beats under it); when the services run as
-                    // separate processes, adopt it so our own beats are not
-                    // taken for a duplicate.
-                    if state.device == cfg.device
-                        && state.group == cfg.group
-                        && state.instance != identity
-                    {
-                        identity = state.instance;
-                        let now = start.elapsed();
-                        core = Discovery::new(cfg.device.clone(), identity, now);
-                        core.set_bus_connected(is_connected(&client), now);
-                        core.set_project_conflicts(conflicts);
-                    }
-                    me = self_state(&cfg, &state).or(me);
+            state = input.election.next() => d.view.take_election(&state, d.now()),
+            state = input.project.next() => {
+                if state.device == d.view.cfg.device && input.election.is_followed(state.instance) {
+                    d.view.core.set_project_conflicts(state.conflicts);
                 }
             }
-            msg = recv(&mut project_sub, "project state") => {
-                if let Some(state) = decoded::<ProjectState>(&msg)
-                    && state.device == cfg.device
-                    && state.instance.is_none_or(|i| follower.followed() == Some(i))
-                {
-                    conflicts = state.conflicts;
-                    core.set_project_conflicts(conflicts);
-                }
+            leave = input.leaves.next() => {
+                d.view.core.observe_leave(&leave, d.now());
             }
-            msg = recv(&mut leaves_sub, "leaves") => {
-                if let Some(leave) = decoded::<Leave>(&msg) {
-                    core.observe_leave(&leave, start.elapsed());
-                }
+            presence = input.presence.next() => {
+                d.view.core.observe_presence(&presence, d.now());
             }
-            msg = recv(&mut presence_sub, "presence") => {
-                if let Some(presence) = decoded::<Presence>(&msg) {
-                    core.observe_presence(&presence, start.elapsed());
-                }
+            beat = input.beats.next() => {
+                d.view.core.observe_heartbeat(&beat, d.now());
             }
-            msg = recv(&mut beats_sub, "heartbeats") => {
-                if let Some(beat) = decoded::<Heartbeat>(&msg) {
-                    core.observe_heartbeat(&beat, start.elapsed());
-                }
-            }
-            () = tokio::time::sleep_until(wake.unwrap_or(start)), if wake.is_some() => {
-                core.poll(start.elapsed());
+            () = tokio::time::sleep_until(wake.unwrap_or(d.start)), if wake.is_some() => {
+                d.view.core.poll(d.now());
             }
         }
+        d.publish_status(periodic, &mut publish_tick, input.election.followed())
+            .await;
+    }
 
-        let Some(me) = &me else { continue };
-        let status = core.status(start.elapsed(), me);
-        if shown.due(&status, periodic) {
-            if !periodic {
-                publish_tick.reset();
-            }
-            let message = device_status(&cfg, status, follower.followed());
-            publish(&client, subjects::local_status(group, device), &message).await;
+    info!(group = %d.view.cfg.group, device = %d.view.cfg.device, "discovery service stopped");
+    Ok(())
+}
+
+/// Everything the discovery service listens to.
+struct Inputs {
+    beats: Inbox<Heartbeat>,
+    leaves: Inbox<Leave>,
+    presence: Inbox<Presence>,
+    election: ElectionFeed,
+    project: Inbox<ProjectState>,
+    /// Roster requests: their payload is ignored, so they stay raw.
+    roster: Subscription,
+}
+
+impl Inputs {
+    async fn subscribe(client: &Client, cfg: &DiscoveryConfig) -> Result<Self, SubscribeError> {
+        let (group, device) = (&cfg.group, &cfg.device);
+        Ok(Self {
+            beats: Inbox::subscribe(client, HEARTBEATS_ALL).await?,
+            leaves: Inbox::subscribe(client, LEAVES_ALL).await?,
+            presence: Inbox::subscribe(client, subjects::PRESENCE_ALL).await?,
+            election: ElectionFeed::subscribe(client, group, device, cfg.election_instance).await?,
+            project: Inbox::subscribe(client, subjects::local_project(group, device)).await?,
+            roster: Subscription::subscribe(client, subjects::roster(group)).await?,
+        })
+    }
+}
+
+/// The driver's I/O side: the client and the clock, around the [`View`].
+struct Driver {
+    client: Client,
+    start: Instant,
+    view: View,
+}
+
+impl Driver {
+    fn new(client: Client, cfg: DiscoveryConfig) -> Self {
+        let view = View::new(cfg, connected(&client));
+        Self {
+            client,
+            start: Instant::now(),
+            view,
         }
     }
 
-    info!(%group, %device, "discovery service stopped");
-    Ok(())
+    /// The core's time: since the driver started.
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// When the core next needs a poll, if ever.
+    fn wake(&self) -> Option<Instant> {
+        let deadline = self.view.core.next_deadline(self.now())?;
+        self.start.checked_add(deadline)
+    }
+
+    /// Tells the core whether the client holds a connection, and polls it.
+    fn check_bus(&mut self) {
+        let now = self.now();
+        let connected = connected(&self.client);
+        if connected != self.view.core.bus().connected {
+            info!(connected, "bus connection changed");
+        }
+        self.view.core.set_bus_connected(connected, now);
+        self.view.core.poll(now);
+    }
+
+    /// Publishes this device's status if it changed or `periodic` says it is
+    /// time; a change also restarts the periodic timer. Tagged with the
+    /// election service `followed`.
+    async fn publish_status(
+        &mut self,
+        periodic: bool,
+        tick: &mut Interval,
+        followed: Option<InstanceId>,
+    ) {
+        let Some(status) = self.view.status_due(self.now(), periodic) else {
+            return;
+        };
+        if !periodic {
+            tick.reset();
+        }
+        let cfg = &self.view.cfg;
+        let message = device_status(cfg, status, followed);
+        publish(
+            &self.client,
+            subjects::local_status(&cfg.group, &cfg.device),
+            &message,
+        )
+        .await;
+    }
+
+    /// Replies to a roster request; the request's payload is ignored.
+    async fn answer_roster(&self, msg: &Message) {
+        let Some(reply_to) = msg.reply.clone() else {
+            debug!("roster request without a reply subject ignored");
+            return;
+        };
+        let reply = RosterReply::build(&self.view.core, &self.view.cfg.group, self.now());
+        let payload = match serde_json::to_vec(&reply) {
+            Ok(payload) => payload,
+            Err(e) => {
+                warn!(error = %e, "cannot encode the roster reply");
+                return;
+            }
+        };
+        publish_bytes(&self.client, reply_to.to_string(), payload).await;
+    }
+}
+
+/// What the driver keeps between messages, without I/O: the core, this
+/// device's own state and the status last published.
+struct View {
+    cfg: DiscoveryConfig,
+    core: Discovery,
+    /// This device's own state, once its election service has reported.
+    me: Option<SelfState>,
+    shown: Shown,
+}
+
+impl View {
+    fn new(cfg: DiscoveryConfig, connected: bool) -> Self {
+        let mut core = Discovery::new(cfg.device.clone(), cfg.instance, Duration::ZERO);
+        core.set_bus_connected(connected, Duration::ZERO);
+        Self {
+            cfg,
+            core,
+            me: None,
+            shown: Shown::default(),
+        }
+    }
+
+    /// Takes a state of this device's followed election service, received
+    /// at `now`: its instance is the device's identity.
+    fn take_election(&mut self, state: &ElectionState, now: Duration) {
+        if self.core.adopt_identity(state.instance, now) {
+            debug!(instance = %state.instance, "beating under the election service's instance");
+        }
+        self.me = Some(self_state(&self.cfg.group, state));
+    }
+
+    /// The status to publish now, if any: none before this device's own
+    /// state is known, else as [`Shown::due`] says.
+    fn status_due(&mut self, now: Duration, periodic: bool) -> Option<Status> {
+        let status = self.core.status(now, self.me.as_ref()?);
+        self.shown.due(&status, periodic).then_some(status)
+    }
 }
 
 /// The status last published, to publish again only on a change or a tick.
@@ -278,22 +331,17 @@ impl Shown {
     }
 }
 
-/// This device's state for the core, from its election service's report;
-/// `None` if the report is about another device or group.
-fn self_state(cfg: &DiscoveryConfig, state: &ElectionState) -> Option<SelfState> {
-    if state.device != cfg.device || state.group != cfg.group {
-        debug!(device = %state.device, group = %state.group, "election state of another device ignored");
-        return None;
-    }
-    Some(SelfState {
-        group: cfg.group.clone(),
+/// This device's state for the core, from its election service's report.
+fn self_state(group: &GroupName, state: &ElectionState) -> SelfState {
+    SelfState {
+        group: group.clone(),
         online: state.online,
         role: state.role,
         term: state.term,
         score: state.score,
         mac: state.mac,
         in_grace: state.in_grace,
-    })
+    }
 }
 
 fn device_status(
@@ -309,33 +357,6 @@ fn device_status(
         problems: status.problems,
         instance,
     }
-}
-
-/// Replies to a roster request; the request's payload is ignored.
-async fn answer_roster(
-    client: &Client,
-    core: &Discovery,
-    group: &GroupName,
-    msg: &Message,
-    now: Duration,
-) {
-    let Some(reply_to) = msg.reply.clone() else {
-        debug!("roster request without a reply subject ignored");
-        return;
-    };
-    let reply = RosterReply::build(core, group, now);
-    let payload = match serde_json::to_vec(&reply) {
-        Ok(payload) => payload,
-        Err(e) => {
-            warn!(error = %e, "cannot encode the roster reply");
-            return;
-        }
-    };
-    publish_bytes(client, reply_to.to_string(), payload).await;
-}
-
-fn is_connected(client: &Client) -> bool {
-    client.connection_state() == State::Connected
 }
 
 #[cfg(test)]
@@ -385,14 +406,32 @@ mod tests {
     }
 
     #[test]
-    fn self_state_comes_from_this_devices_election_state_only() {
-        let me = self_state(&cfg(), &election_state()).expect("our own state");
+    fn own_state_comes_from_the_election_state() {
+        let me = self_state(&cfg().group, &election_state());
         assert_eq!(me.role, Role::Server);
         assert_eq!(me.term, Term::from_revision(3));
+        assert_eq!(me.score, Score::new(5));
         assert!(me.online);
-        let mut other = election_state();
-        other.device = "other".parse().expect("valid device");
-        assert_eq!(self_state(&cfg(), &other), None);
+    }
+
+    #[test]
+    fn no_status_is_published_before_the_election_service_reports() {
+        let mut view = View::new(cfg(), true);
+        assert_eq!(view.status_due(Duration::ZERO, true), None);
+        view.take_election(&election_state(), Duration::ZERO);
+        let status = view
+            .status_due(Duration::ZERO, false)
+            .expect("first status");
+        assert_eq!(status.colour, StatusColour::Blue, "a live server: blue");
+        assert_eq!(view.status_due(Duration::ZERO, false), None, "unchanged");
+    }
+
+    #[test]
+    fn the_device_beats_under_its_election_services_instance() {
+        let mut view = View::new(cfg(), true);
+        assert_eq!(view.core.identity(), InstanceId::new(1));
+        view.take_election(&election_state(), Duration::from_millis(5));
+        assert_eq!(view.core.identity(), InstanceId::new(2), "adopted");
     }
 
     #[test]
@@ -400,6 +439,11 @@ mod tests {
         assert!(cfg().validate().is_ok());
         let mut c = cfg();
         c.publish_interval = Duration::ZERO;
-        assert!(c.validate().is_err());
+        let err = c.validate().expect_err("zero interval");
+        assert!(matches!(err, ServiceError::Interval(_)));
+        assert_eq!(
+            err.to_string(),
+            "status publish interval 0ns is out of range 10ms–60s"
+        );
     }
 }

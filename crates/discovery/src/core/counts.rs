@@ -1,4 +1,4 @@
-//! The status-bar counts, per group and network-wide (DESIGN.md B10).
+//! The status-bar counts, per group and network-wide (B10).
 //!
 //! Every device in the roster falls in exactly one of three buckets, so
 //! `devices_online + devices_offline + devices_missing` is the number of devices

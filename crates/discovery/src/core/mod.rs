@@ -1,5 +1,5 @@
-//! The sans-IO core of the discovery service: decisions only, time as a
-//! parameter (DESIGN.md §3, "Pure cores, thin drivers").
+//! The sans-IO core of the discovery service: every decision, with time as
+//! a parameter; the driver only carries them out.
 //!
 //! - [`roster`]: every device instance and session heard on the bus, with
 //!   staleness, clean leaves, duplicate ids and the peers a group expects.
@@ -70,6 +70,26 @@ impl Discovery {
     /// This device.
     pub fn me(&self) -> &DeviceId {
         self.roster.me()
+    }
+
+    /// This device's identity: the instance it beats under.
+    pub fn identity(&self) -> InstanceId {
+        self.roster.my_instance()
+    }
+
+    /// This device's identity is its election service's instance: the one
+    /// named in the lease, under which its heartbeat service beats. When the
+    /// services run as separate processes, that is not this process, and it
+    /// changes when the election service restarts. Adopting `instance` at
+    /// `now` starts the roster afresh under it, so this device's own beats
+    /// are not taken for a duplicate (B2); the bus link and the project
+    /// conflicts are kept. Returns whether the identity changed.
+    pub fn adopt_identity(&mut self, instance: InstanceId, now: Duration) -> bool {
+        if instance == self.identity() {
+            return false;
+        }
+        self.roster = Roster::new(self.roster.me().clone(), instance, now);
+        true
     }
 
     /// Takes in a heartbeat (this device's own echo included, so it is listed).
@@ -479,6 +499,25 @@ mod tests {
         assert_eq!(s.problems[0].to_string(), "Duplicate device id");
         let mine = &d.roster(&group("g"), ms(20))[0];
         assert!(mine.duplicate);
+    }
+
+    #[test]
+    fn beats_under_the_adopted_election_instance_are_mine_not_a_duplicate() {
+        // The services run apart: the device beats under its election
+        // service's instance (77), not this process's (ME).
+        let mut d = Discovery::new(device("me"), InstanceId::new(ME), ms(0));
+        d.set_bus_connected(true, ms(0));
+        d.set_project_conflicts(1);
+        assert!(d.adopt_identity(InstanceId::new(77), ms(5)));
+        assert!(!d.adopt_identity(InstanceId::new(77), ms(6)), "no change");
+        assert_eq!(d.identity(), InstanceId::new(77));
+        d.observe_heartbeat(&beat("g", "me", 77, 1), ms(10));
+        let s = d.status(ms(20), &me(true, Role::Server));
+        assert_eq!(
+            s.problems,
+            vec![Problem::ProjectConflict { changes: 1 }],
+            "no duplicate; the bus link and the conflicts are kept"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The roster: every device instance and every GUI/control session heard on
-//! the bus, network-wide, and whether each is still live (DESIGN.md B1, B2, B10).
+//! the bus, network-wide, and whether each is still live (B1, B2, B10).
 //!
 //! The rules, in one place:
 //!
@@ -13,9 +13,10 @@
 //!   published by another process (another [`InstanceId`]) than its heartbeat,
 //!   which would look like a duplicate id.
 //! - **Staleness.** An instance is live until [`MISSES`] × *its own* advertised
-//!   interval passes without a message; the interval is clamped to
-//!   [`MIN_INTERVAL`]`..=`[`MAX_INTERVAL`], so a hostile value can neither hide
-//!   a dead device nor make a live one look dead. A stale device **stays** in
+//!   interval passes without a message; the interval is clamped
+//!   ([`clamp_interval`]: 10 ms–60 s, the bounds every service shares), so a
+//!   hostile value can neither hide a dead device nor make a live one look
+//!   dead. A stale device **stays** in
 //!   the roster, not live ("missing"), so a vanished device stands out; a stale
 //!   session is removed by [`Roster::poll`]. Liveness is always computed from
 //!   the `now` of the query, so queries do not depend on when `poll` ran.
@@ -50,15 +51,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use understudy_protocol::messages::{Heartbeat, InstanceKind, Leave, Presence};
+use understudy_protocol::timing::clamp_interval;
 use understudy_protocol::{
     DeviceId, GroupName, InstanceId, Mac, Problem, Role, Score, StatusColour, Term,
 };
-
-/// The shortest interval an instance may advertise; shorter ones count as this.
-pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
-
-/// The longest interval an instance may advertise; longer ones count as this.
-pub const MAX_INTERVAL: Duration = Duration::from_secs(60);
 
 /// An instance is stale after this many of its own intervals without a message.
 pub const MISSES: u32 = 3;
@@ -67,10 +63,9 @@ pub const MISSES: u32 = 3;
 pub const INSTANCES_KEPT: usize = 8;
 
 /// How long an instance advertising `interval_ms` stays live after its last
-/// message: [`MISSES`] × the interval clamped to
-/// [`MIN_INTERVAL`]`..=`[`MAX_INTERVAL`].
+/// message: [`MISSES`] × the interval, [clamped](clamp_interval).
 pub fn stale_window(interval_ms: u32) -> Duration {
-    let interval = Duration::from_millis(u64::from(interval_ms)).clamp(MIN_INTERVAL, MAX_INTERVAL);
+    let interval = clamp_interval(Duration::from_millis(u64::from(interval_ms)));
     interval.checked_mul(MISSES).unwrap_or(Duration::MAX)
 }
 

@@ -1,4 +1,4 @@
-//! This device's status colour and problems (DESIGN.md B1, B2).
+//! This device's status colour and problems (B1, B2).
 //!
 //! - **Offline** (B1) is grey, whatever else is true: an offline device is out
 //!   of any group, so nothing is computed for it. Anything it shows beside the
@@ -8,7 +8,7 @@
 //!   [`Problem::NoServer`] (no live, online device of the group — this one
 //!   included — acts as server), [`Problem::MissingPeers`] (fewer expected
 //!   peers are live than the group expects), [`Problem::ProjectConflict`]
-//!   (project changes made here were refused with a conflict, issue 4).
+//!   (project changes made here were refused with a conflict, B11).
 //! - **Colour** follows from the list: blue when it is empty (the group has a
 //!   live server and nothing is wrong), red otherwise, so every red carries at
 //!   least one human-readable problem.
