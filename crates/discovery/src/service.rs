@@ -4,8 +4,9 @@
 //! It makes no decision of its own. It
 //!
 //! - feeds the core every heartbeat and goodbye of **every** group
-//!   ([`HEARTBEATS_ALL`], [`LEAVES_ALL`]) and every presence announcement
-//!   (`understudy.presence.*`), so the network-wide counts are true (B10);
+//!   (`subjects::ALL_HEARTBEATS`, `subjects::ALL_LEAVES`) and every presence
+//!   announcement (`understudy.presence.*`), so the network-wide counts are
+//!   true (B10);
 //! - keeps this device's own state from its election service
 //!   (`understudy.<group>.local.<device>.election`, through an
 //!   [`ElectionFeed`]: only the one election service followed counts, B2);
@@ -46,15 +47,6 @@ pub const DEFAULT_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the bus connection is checked (and stale entries dropped).
 pub const BUS_CHECK_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Every heartbeat of every group. Discovery listens network-wide because the
-/// counts are network-wide too (B10).
-// TODO(protocol): belongs in `understudy_protocol::subjects` beside `heartbeats`.
-pub const HEARTBEATS_ALL: &str = "understudy.*.heartbeat.*";
-
-/// Every goodbye of every group, for the same reason as [`HEARTBEATS_ALL`].
-// TODO(protocol): belongs in `understudy_protocol::subjects` beside `leaves`.
-pub const LEAVES_ALL: &str = "understudy.*.leave.*";
 
 /// What the discovery service of one device needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,8 +171,8 @@ impl Inputs {
     async fn subscribe(client: &Client, cfg: &DiscoveryConfig) -> Result<Self, SubscribeError> {
         let (group, device) = (&cfg.group, &cfg.device);
         Ok(Self {
-            beats: Inbox::subscribe(client, HEARTBEATS_ALL).await?,
-            leaves: Inbox::subscribe(client, LEAVES_ALL).await?,
+            beats: Inbox::subscribe(client, subjects::ALL_HEARTBEATS).await?,
+            leaves: Inbox::subscribe(client, subjects::ALL_LEAVES).await?,
             presence: Inbox::subscribe(client, subjects::PRESENCE_ALL).await?,
             election: ElectionFeed::subscribe(client, group, device, cfg.election_instance).await?,
             project: Inbox::subscribe(client, subjects::local_project(group, device)).await?,
