@@ -1,4 +1,4 @@
-//! understudy's project-sync service (DESIGN.md B11, S1, S2; issue 4): the
+//! understudy's project-sync service (B11, S1, S2): the
 //! group's project file, served over gRPC by the elected device, with
 //! fenced, durable revisions in JetStream.
 //!
