@@ -246,7 +246,10 @@ mod tests {
             panic!("{d:?}")
         };
         assert!(landed(Some(&head), t(3), &revision));
-        assert!(!landed(Some(&before), t(3), &revision), "an unchanged head proves nothing");
+        assert!(
+            !landed(Some(&before), t(3), &revision),
+            "an unchanged head proves nothing"
+        );
         assert!(!landed(Some(&fence_to(&head, 4)), t(3), &revision));
         assert!(!landed(None, t(3), &revision));
     }

@@ -236,9 +236,9 @@ impl Serving {
         let report = self.report?;
         match self.phase {
             Phase::Serving(_) => Some(report.at + LIVENESS_WINDOW),
-            Phase::Idle if self.wants_fence(report) => self
-                .retry_at
-                .filter(|r| *r < report.at + LIVENESS_WINDOW),
+            Phase::Idle if self.wants_fence(report) => {
+                self.retry_at.filter(|r| *r < report.at + LIVENESS_WINDOW)
+            }
             _ => None,
         }
     }
@@ -257,7 +257,11 @@ impl Serving {
     }
 
     fn election(&mut self, role: Role, term: Term, now: Duration, out: &mut Vec<Action>) {
-        self.report = Some(Report { role, term, at: now });
+        self.report = Some(Report {
+            role,
+            term,
+            at: now,
+        });
         if role != Role::Server {
             return self.stop(StopReason::NotServer, out);
         }
@@ -303,7 +307,9 @@ impl Serving {
         match outcome {
             // Acknowledged: announced even if serving stopped meanwhile.
             CommitOutcome::Written { revision } => {
-                out.push(Action::Publish(ProjectEventKind::RevisionCommitted { revision }));
+                out.push(Action::Publish(ProjectEventKind::RevisionCommitted {
+                    revision,
+                }));
             }
             CommitOutcome::Deposed if self.serving() == Some(term) => {
                 self.stop(StopReason::Deposed, out);
@@ -427,7 +433,10 @@ mod tests {
     #[test]
     fn a_server_fences_before_it_serves_and_announces_it() {
         let mut c = core();
-        assert_eq!(c.handle(server(5), 0 * MS), vec![Action::Fence { term: t(5) }]);
+        assert_eq!(
+            c.handle(server(5), Duration::ZERO),
+            vec![Action::Fence { term: t(5) }]
+        );
         assert_eq!(c.serving(), None);
         assert_eq!(c.handle(server(5), 250 * MS), vec![], "one fence at a time");
         let acts = c.handle(fenced(5, FenceOutcome::Fenced { revision: 7 }), 300 * MS);
@@ -442,42 +451,55 @@ mod tests {
     #[test]
     fn a_fence_that_ends_after_the_election_moved_on_does_not_serve() {
         let mut c = core();
-        c.handle(server(5), 0 * MS);
+        c.handle(server(5), Duration::ZERO);
         c.handle(client(6), 100 * MS);
         assert_eq!(c.handle(fenced(5, ok()), 200 * MS), vec![]);
         assert_eq!(c.serving(), None);
 
         let mut c = core();
-        c.handle(server(5), 0 * MS);
-        assert_eq!(c.handle(server(6), 100 * MS), vec![Action::Fence { term: t(6) }]);
-        assert_eq!(c.handle(fenced(5, ok()), 200 * MS), vec![], "the older fence is ignored");
+        c.handle(server(5), Duration::ZERO);
+        assert_eq!(
+            c.handle(server(6), 100 * MS),
+            vec![Action::Fence { term: t(6) }]
+        );
+        assert_eq!(
+            c.handle(fenced(5, ok()), 200 * MS),
+            vec![],
+            "the older fence is ignored"
+        );
         assert_eq!(c.phase(), Phase::Fencing(t(6)));
     }
 
     #[test]
     fn a_fence_that_ends_after_election_silence_does_not_serve() {
         let mut c = core();
-        c.handle(server(5), 0 * MS);
+        c.handle(server(5), Duration::ZERO);
         assert_eq!(c.handle(fenced(5, ok()), LIVENESS_WINDOW), vec![]);
         assert_eq!(c.serving(), None);
-        assert_eq!(c.handle(server(5), LIVENESS_WINDOW + MS), vec![Action::Fence { term: t(5) }]);
+        assert_eq!(
+            c.handle(server(5), LIVENESS_WINDOW + MS),
+            vec![Action::Fence { term: t(5) }]
+        );
     }
 
     #[test]
     fn a_deposed_term_is_never_fenced_again() {
         let mut c = core();
-        c.handle(server(5), 0 * MS);
+        c.handle(server(5), Duration::ZERO);
         c.handle(fenced(5, FenceOutcome::Deposed { by: t(9) }), 10 * MS);
         assert_eq!(c.phase(), Phase::Deposed(t(5)));
         assert_eq!(c.handle(server(5), 250 * MS), vec![]);
         assert_eq!(c.handle(Input::Tick, 500 * MS), vec![]);
         assert_eq!(c.next_deadline(), None);
-        assert_eq!(c.handle(server(10), 600 * MS), vec![Action::Fence { term: t(10) }]);
+        assert_eq!(
+            c.handle(server(10), 600 * MS),
+            vec![Action::Fence { term: t(10) }]
+        );
     }
 
     #[test]
     fn a_commit_that_finds_a_newer_term_stops_serving_for_good() {
-        let mut c = serving(5, 0 * MS);
+        let mut c = serving(5, Duration::ZERO);
         let acts = c.handle(
             Input::Committed {
                 term: t(5),
@@ -499,23 +521,31 @@ mod tests {
     #[test]
     fn a_failed_fence_is_retried_while_the_election_says_server() {
         let mut c = core();
-        c.handle(server(5), 0 * MS);
+        c.handle(server(5), Duration::ZERO);
         assert_eq!(c.handle(fenced(5, FenceOutcome::Failed), 10 * MS), vec![]);
         assert_eq!(c.next_deadline(), Some(10 * MS + FENCE_RETRY));
-        assert_eq!(c.handle(Input::Tick, 100 * MS), vec![], "not before the retry");
+        assert_eq!(
+            c.handle(Input::Tick, 100 * MS),
+            vec![],
+            "not before the retry"
+        );
         assert_eq!(
             c.handle(Input::Tick, 10 * MS + FENCE_RETRY),
             vec![Action::Fence { term: t(5) }]
         );
         c.handle(fenced(5, FenceOutcome::Failed), 300 * MS);
         c.handle(client(5), 400 * MS);
-        assert_eq!(c.handle(Input::Tick, 600 * MS), vec![], "no retry for a client");
+        assert_eq!(
+            c.handle(Input::Tick, 600 * MS),
+            vec![],
+            "no retry for a client"
+        );
         assert_eq!(c.next_deadline(), None);
     }
 
     #[test]
     fn silence_from_the_election_service_stops_serving() {
-        let mut c = serving(5, 0 * MS);
+        let mut c = serving(5, Duration::ZERO);
         assert_eq!(c.next_deadline(), Some(LIVENESS_WINDOW));
         assert_eq!(c.handle(Input::Tick, LIVENESS_WINDOW - MS), vec![]);
         assert_eq!(
@@ -526,12 +556,15 @@ mod tests {
             }]
         );
         assert_eq!(c.next_deadline(), None);
-        assert_eq!(c.handle(server(5), LIVENESS_WINDOW + MS), vec![Action::Fence { term: t(5) }]);
+        assert_eq!(
+            c.handle(server(5), LIVENESS_WINDOW + MS),
+            vec![Action::Fence { term: t(5) }]
+        );
     }
 
     #[test]
     fn the_election_saying_client_stops_serving() {
-        let mut c = serving(5, 0 * MS);
+        let mut c = serving(5, Duration::ZERO);
         assert_eq!(
             c.handle(client(5), 100 * MS),
             vec![Action::Stop {
@@ -543,7 +576,7 @@ mod tests {
 
     #[test]
     fn a_newer_term_of_its_own_stops_the_old_one_and_fences_again() {
-        let mut c = serving(5, 0 * MS);
+        let mut c = serving(5, Duration::ZERO);
         assert_eq!(
             c.handle(server(8), 100 * MS),
             vec![
@@ -558,7 +591,7 @@ mod tests {
 
     #[test]
     fn an_unknown_commit_outcome_stops_serving_and_refences() {
-        let mut c = serving(5, 0 * MS);
+        let mut c = serving(5, Duration::ZERO);
         let acts = c.handle(
             Input::Committed {
                 term: t(5),
@@ -581,7 +614,7 @@ mod tests {
 
     #[test]
     fn a_written_commit_is_announced_and_serving_goes_on() {
-        let mut c = serving(5, 0 * MS);
+        let mut c = serving(5, Duration::ZERO);
         let acts = c.handle(
             Input::Committed {
                 term: t(5),
@@ -602,16 +635,16 @@ mod tests {
 
     #[test]
     fn commits_need_a_fresh_confirmation_of_the_served_term() {
-        let c = serving(5, 0 * MS);
+        let c = serving(5, Duration::ZERO);
         assert!(c.may_commit(t(5), CONFIRM_FRESH - MS));
         assert!(!c.may_commit(t(5), CONFIRM_FRESH));
-        assert!(!c.may_commit(t(4), 0 * MS));
-        assert!(!core().may_commit(t(5), 0 * MS));
+        assert!(!c.may_commit(t(4), Duration::ZERO));
+        assert!(!core().may_commit(t(5), Duration::ZERO));
     }
 
     #[test]
     fn shutting_down_stops_serving() {
-        let mut c = serving(5, 0 * MS);
+        let mut c = serving(5, Duration::ZERO);
         assert_eq!(
             c.handle(Input::Shutdown, MS),
             vec![Action::Stop {
