@@ -295,7 +295,9 @@ impl Driver {
         });
     }
 
-    async fn report(&self) {
+    /// Publishes the device's project state (`&mut self`: the driver is
+    /// `Send` but not `Sync`, and this future must stay `Send`).
+    async fn report(&mut self) {
         let state = project_state(
             &self.cfg,
             self.svc.serving_term().is_some(),

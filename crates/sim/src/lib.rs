@@ -13,12 +13,16 @@
 //! failure carries the seed, the step and the last events.
 
 mod check;
+mod head;
+mod project;
+mod s2;
 mod schedule;
 mod store;
 mod world;
 
+pub use project::Mutation;
 pub use schedule::{Fault, Plan};
-pub use world::{Failure, Report, run_plan, run_seed};
+pub use world::{Failure, Report, run_mutated, run_plan, run_seed};
 
 /// The largest clock-rate error the simulator gives a device, in parts per
 /// million (±2 %). The election's drift allowance (5 %) must cover it.

@@ -328,6 +328,9 @@ impl Serving {
             self.stop(StopReason::ElectionSilent, out);
         }
         if self.phase == Phase::Idle && self.retry_at.is_some_and(|r| now >= r) {
+            // Due: fence now if the election still says "server"; if it has
+            // gone quiet meanwhile, its next report fences at once.
+            self.retry_at = None;
             self.fence_if_due(now, out);
         }
     }
@@ -541,6 +544,20 @@ mod tests {
             "no retry for a client"
         );
         assert_eq!(c.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_retry_that_comes_due_after_election_silence_waits_for_the_next_report() {
+        let mut c = core();
+        c.handle(server(5), Duration::ZERO);
+        c.handle(fenced(5, FenceOutcome::Failed), 10 * MS);
+        let late = LIVENESS_WINDOW + 10 * MS;
+        assert_eq!(c.handle(Input::Tick, late), vec![]);
+        assert_eq!(c.next_deadline(), None, "no deadline left in the past");
+        assert_eq!(
+            c.handle(server(5), late),
+            vec![Action::Fence { term: t(5) }]
+        );
     }
 
     #[test]
