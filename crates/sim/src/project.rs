@@ -119,13 +119,18 @@ enum Op {
         tries: u32,
         step: FenceStep,
     },
-    Commit {
-        submit: Submit,
-        snap: Snap,
-        head: ProjectHead,
-        revision: RevisionSummary,
-        step: CommitStep,
-    },
+    Commit(Box<Commit>),
+}
+
+/// A commit in flight: the change, the snapshot it was decided on, the head
+/// to write and the revision it makes.
+#[derive(Debug)]
+struct Commit {
+    submit: Submit,
+    snap: Snap,
+    head: ProjectHead,
+    revision: RevisionSummary,
+    step: CommitStep,
 }
 
 #[derive(Debug)]
@@ -341,10 +346,10 @@ fn on_device(w: &mut World, ev: Ev) -> Result<(), Failure> {
             let at = w.now + REPORT_EVERY;
             push(w, at, Ev::StateTick { dev, inc: current });
         }
-        Ev::Wake { generation, .. } => {
-            if proc_mut(w, dev).is_some_and(|p| p.generation == generation) {
-                feed(w, dev, Input::Tick, None);
-            }
+        Ev::Wake { generation, .. }
+            if proc_mut(w, dev).is_some_and(|p| p.generation == generation) =>
+        {
+            feed(w, dev, Input::Tick, None)
         }
         Ev::Reply { op, rep, .. } => {
             if let Some(o) = proc_mut(w, dev).and_then(|p| p.ops.remove(&op)) {
@@ -533,13 +538,7 @@ fn at_store(w: &mut World, dev: usize, inc: u64, op: u64, req: Req) -> Result<()
 fn resume_op(w: &mut World, dev: usize, op: Op, rep: Option<Rep>) {
     match op {
         Op::Fence { term, tries, step } => fence_step(w, dev, term, tries, step, rep),
-        Op::Commit {
-            submit,
-            snap,
-            head,
-            revision,
-            step,
-        } => commit_step(w, dev, submit, snap, head, revision, step, rep),
+        Op::Commit(c) => commit_step(w, dev, *c, rep),
     }
 }
 
@@ -682,13 +681,13 @@ fn next_commit(w: &mut World, dev: usize) {
             }
             CommitDecision::Apply { head, revision } => {
                 let req = Req::PutContent(revision.sha256.clone());
-                let op = Op::Commit {
+                let op = Op::Commit(Box::new(Commit {
                     submit,
                     snap,
                     head,
                     revision,
                     step: CommitStep::Content,
-                };
+                }));
                 return start_op(w, dev, op, req);
             }
         }
@@ -699,17 +698,16 @@ fn committed(term: Term, outcome: CommitOutcome) -> Input {
     Input::Committed { term, outcome }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn commit_step(
-    w: &mut World,
-    dev: usize,
-    submit: Submit,
-    snap: Snap,
-    head: ProjectHead,
-    revision: RevisionSummary,
-    step: CommitStep,
-    rep: Option<Rep>,
-) {
+/// The next step of a commit once its store call answered (`Some`) or timed
+/// out (`None`), as the gRPC server's `commit_locked` and `write_head`.
+fn commit_step(w: &mut World, dev: usize, c: Commit, rep: Option<Rep>) {
+    let Commit {
+        submit,
+        snap,
+        head,
+        revision,
+        step,
+    } = c;
     let term = snap.term;
     let written = |kv, head| {
         let next = Snap { term, kv, head };
@@ -726,13 +724,13 @@ fn commit_step(
                 term,
                 commit: true,
             };
-            let op = Op::Commit {
+            let op = Op::Commit(Box::new(Commit {
                 submit,
                 snap,
                 head,
                 revision,
                 step: CommitStep::Cas,
-            };
+            }));
             return start_op(w, dev, op, req);
         }
         (CommitStep::Content, _) => {
@@ -742,13 +740,13 @@ fn commit_step(
         (CommitStep::Cas, Some(Rep::Written(Ok(kv)))) => written(kv, head),
         (CommitStep::Cas, Some(Rep::Written(Err(Refused)))) => (CommitOutcome::Deposed, None),
         (CommitStep::Cas, _) => {
-            let op = Op::Commit {
+            let op = Op::Commit(Box::new(Commit {
                 submit,
                 snap,
                 head,
                 revision,
                 step: CommitStep::ReadBack,
-            };
+            }));
             return start_op(w, dev, op, Req::Read);
         }
         (CommitStep::ReadBack, Some(Rep::Read(Some((kv, h)))))
