@@ -126,7 +126,7 @@ pub enum FenceError {
     Contended,
 }
 
-/// Fences the head with `term` (DESIGN.md "Fast and fenced takeover") and
+/// Fences the head with `term` (the fenced takeover, S1) and
 /// loads the head's content: what a new server does before it serves.
 pub async fn fence_and_load(
     store: &ProjectStore,
