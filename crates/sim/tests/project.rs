@@ -59,3 +59,32 @@ fn a_head_written_without_compare_and_set_is_caught() {
         "{failure}"
     );
 }
+
+/// Replays one seed with a mutation:
+/// `UNDERSTUDY_SEED=350 UNDERSTUDY_MUTATION=skip_fence cargo test -p understudy-sim --test project replay_one_mutated_seed -- --nocapture`
+/// (`skip_fence` or `blind_head_writes`).
+#[test]
+fn replay_one_mutated_seed() {
+    let (Ok(seed), Ok(which)) = (
+        std::env::var("UNDERSTUDY_SEED"),
+        std::env::var("UNDERSTUDY_MUTATION"),
+    ) else {
+        return;
+    };
+    let seed: u64 = seed.parse().expect("UNDERSTUDY_SEED must be a number");
+    let mutation = match which.as_str() {
+        "skip_fence" => Mutation {
+            skip_fence: true,
+            ..Mutation::default()
+        },
+        "blind_head_writes" => Mutation {
+            blind_head_writes: true,
+            ..Mutation::default()
+        },
+        other => panic!("UNDERSTUDY_MUTATION {other:?}: expected skip_fence or blind_head_writes"),
+    };
+    match run_mutated(Plan::from_seed(seed), mutation) {
+        Ok(report) => println!("seed={seed} {which} passed: {report:?}"),
+        Err(f) => panic!("{f}"),
+    }
+}
