@@ -15,7 +15,7 @@ use futures::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use understudy_protocol::messages::{self, LeaseRecord};
-use understudy_protocol::{DeviceId, GroupName, Term, subjects};
+use understudy_protocol::{DeviceId, GroupName, Term, grpc, subjects};
 
 use crate::core::TermGuard;
 use crate::local::{CopyMeta, Incoming, LocalCopy, LocalError, sha256_hex};
@@ -116,12 +116,12 @@ impl From<Status> for ClientError {
             let md = s.metadata();
             let get = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
             let server = match (
-                get("understudy-server").and_then(|d| d.parse::<DeviceId>().ok()),
-                get("understudy-term").and_then(|t| t.parse::<u64>().ok()),
+                get(grpc::SERVER).and_then(|d| d.parse::<DeviceId>().ok()),
+                get(grpc::TERM).and_then(|t| t.parse::<u64>().ok()),
             ) {
                 (Some(device), Some(term)) => Some(ServerRef {
                     device,
-                    address: get("understudy-server-address"),
+                    address: get(grpc::SERVER_ADDRESS),
                     term: Term::from_revision(term),
                 }),
                 _ => None,

@@ -1,4 +1,4 @@
-//! understudy's project-sync service (DESIGN.md B11, S1, S2; issue 4): the
+//! understudy's project-sync service (B11, S1, S2): the
 //! group's project file, served over gRPC by the elected device, with
 //! fenced, durable revisions in JetStream.
 //!
@@ -10,7 +10,8 @@
 //!   `proto/understudy/v1/project.proto`), [`store`] (the head in JetStream KV,
 //!   the content in a JetStream object store), [`server`] (the gRPC service of
 //!   the elected device), [`client`] (finding the server with the lease and
-//!   talking to it) and [`service`] (the device's driver).
+//!   talking to it), [`events`] (publishing project events) and [`service`]
+//!   (the device's driver).
 
 pub mod core;
 pub mod local;
@@ -29,6 +30,8 @@ pub use tonic;
 
 #[cfg(feature = "driver")]
 pub mod client;
+#[cfg(feature = "driver")]
+pub mod events;
 #[cfg(feature = "driver")]
 pub mod server;
 #[cfg(feature = "driver")]

@@ -1,16 +1,19 @@
 //! The gRPC service of the elected device (`understudy.v1.Project`).
 //!
-//! Every device runs it, but only the device that won the lease *and* fenced
-//! the project head with its term answers project calls; any other answers
-//! `FAILED_PRECONDITION` naming the server it knows (trailers
-//! `understudy-server`, `understudy-server-address`, `understudy-term`).
+//! Every device runs it, but only the device whose serving core
+//! ([`crate::core::Serving`]) says it serves — it won the lease *and* fenced
+//! the project head with its term — answers project calls; any other answers
+//! `FAILED_PRECONDITION` naming the server it knows (trailers named in
+//! [`understudy_protocol::grpc`]).
 //!
 //! A change is acknowledged only after its content is in the object store and
 //! the head names it, written by compare-and-set on the KV revision this
-//! server last wrote ([`crate::core::commit`]). A refused compare-and-set
-//! means a newer server fenced the head: this one stops serving at once. A
-//! commit is also refused when the election service has not confirmed the
-//! lease recently (a process that was paused must not act on an old belief).
+//! server last wrote ([`crate::core::commit`]). What a refused or unanswered
+//! compare-and-set means (deposed; outcome unknown) is the serving core's
+//! decision; this file carries it out. A commit is also refused when the
+//! election service has not confirmed the lease recently
+//! ([`crate::core::CONFIRM_FRESH`]: a process that was paused must not act
+//! on an old belief).
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
@@ -19,28 +22,25 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 use understudy_bus::unix_ms;
-use understudy_protocol::messages::{
-    self, ProjectEvent, ProjectEventKind, ProjectHead, RevisionSummary,
-};
-use understudy_protocol::{DeviceId, GroupName, SCHEMA_VERSION, Term, subjects};
+use understudy_protocol::messages::{ProjectEventKind, ProjectHead, RevisionSummary};
+use understudy_protocol::{DeviceId, GroupName, Term, grpc};
 
 use crate::client::ServerRef;
-use crate::core::{self, ChangeMeta, CommitDecision, FenceDecision, Upload, UploadError};
+use crate::core::{
+    self, Action, ChangeMeta, CommitDecision, CommitOutcome, FenceDecision, Input, Serving, Upload,
+    UploadError,
+};
 use crate::local::valid_change_id;
 use crate::pb::{self, submit_chunk::Part};
 use crate::store::{CasError, ProjectStore, StoreError};
 
 /// Content is streamed to clients in chunks of this size.
 pub const FETCH_CHUNK: usize = 1024 * 1024;
-
-/// How long a confirmation from the election service that this device holds
-/// the lease stays good for commits (it confirms four times a second).
-pub const CONFIRM_FRESH: Duration = Duration::from_millis(800);
 
 /// How many recent revisions keep their content in the object store.
 const KEEP_CONTENT: usize = 4;
@@ -89,17 +89,22 @@ pub struct ServerConfig {
     pub group: GroupName,
     /// This device.
     pub device: DeviceId,
+    /// Where clients dial this device (named in `serving_project`).
+    pub advertise: Option<String>,
     /// The largest project accepted, in bytes.
     pub max_size: u64,
 }
 
 struct Shared {
     cfg: ServerConfig,
+    origin: Instant,
+    /// The serving core; `serving` changes only while it is locked.
+    core: Mutex<Serving>,
     serving: watch::Sender<Option<Arc<Snapshot>>>,
     commit: tokio::sync::Mutex<()>,
     known: Mutex<Option<ServerRef>>,
-    confirmed: Mutex<Option<(Term, Instant)>>,
     events: Option<async_nats::Client>,
+    fences: mpsc::UnboundedSender<Term>,
 }
 
 /// The `understudy.v1.Project` service of one device.
@@ -107,7 +112,6 @@ struct Shared {
 pub struct ProjectService {
     shared: Arc<Shared>,
 }
-
 /// Why a new server could not fence the head.
 #[derive(Debug, thiserror::Error)]
 pub enum FenceError {
@@ -122,7 +126,7 @@ pub enum FenceError {
     Contended,
 }
 
-/// Fences the head with `term` (DESIGN.md "Fast and fenced takeover") and
+/// Fences the head with `term` (the fenced takeover, S1) and
 /// loads the head's content: what a new server does before it serves.
 pub async fn fence_and_load(
     store: &ProjectStore,
@@ -194,20 +198,28 @@ fn upload_status(e: UploadError) -> Status {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 impl ProjectService {
-    /// A service that does not serve until [`ProjectService::start_serving`].
-    /// `events` publishes project events on the bus when given.
-    pub fn new(cfg: ServerConfig, events: Option<async_nats::Client>) -> ProjectService {
+    /// A service that serves nothing until the serving core says so (fed
+    /// through [`ProjectService::feed`]). `events` publishes project events
+    /// on the bus when given. The receiver gets the terms the core asks to
+    /// fence: the driver fences them and feeds the outcome back.
+    pub fn new(
+        cfg: ServerConfig,
+        events: Option<async_nats::Client>,
+    ) -> (ProjectService, mpsc::UnboundedReceiver<Term>) {
         let (serving, _) = watch::channel(None);
-        ProjectService {
-            shared: Arc::new(Shared {
-                cfg,
-                serving,
-                commit: tokio::sync::Mutex::new(()),
-                known: Mutex::new(None),
-                confirmed: Mutex::new(None),
-                events,
-            }),
-        }
+        let (fences, fence_rx) = mpsc::unbounded_channel();
+        let core = Serving::new(cfg.device.clone(), cfg.advertise.clone());
+        let shared = Arc::new(Shared {
+            cfg,
+            origin: Instant::now(),
+            core: Mutex::new(core),
+            serving,
+            commit: tokio::sync::Mutex::new(()),
+            known: Mutex::new(None),
+            events,
+            fences,
+        });
+        (ProjectService { shared }, fence_rx)
     }
 
     /// The tonic server for this service, with message limits fitted to the
@@ -218,17 +230,60 @@ impl ProjectService {
             .max_encoding_message_size(FETCH_CHUNK * 2 + 4096)
     }
 
-    /// Serve `snapshot` (fenced) from now on.
-    pub fn start_serving(&self, snapshot: Snapshot) {
-        info!(term = %snapshot.term, revision = snapshot.head.revision(), "serving the project");
-        self.shared.serving.send_replace(Some(Arc::new(snapshot)));
+    /// The serving core's clock: time since this service was made.
+    fn now(&self) -> Duration {
+        self.shared.origin.elapsed()
     }
 
-    /// Stop serving (stepped down, deposed, or the lease cannot be confirmed).
-    pub fn stop_serving(&self, why: &str) {
-        let was = self.shared.serving.send_replace(None);
-        if let Some(s) = was {
-            info!(term = %s.term, why, "stopped serving the project");
+    /// When the serving core next wants [`Input::Tick`], if ever.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let core = self.shared.core.lock().ok()?;
+        core.next_deadline().map(|d| self.shared.origin + d)
+    }
+
+    /// Feeds the serving core and carries out what it decides: stop (at
+    /// once), fence (asked of the driver), serve — `snapshot` is installed
+    /// if the core serves its term afterwards (a fence's result, a commit's
+    /// new head). Returns the events to publish, for the caller to
+    /// [`ProjectService::publish`] once it holds no lock.
+    pub fn feed(&self, input: Input, snapshot: Option<Snapshot>) -> Vec<ProjectEventKind> {
+        let Ok(mut core) = self.shared.core.lock() else {
+            return Vec::new();
+        };
+        let mut events = Vec::new();
+        for action in core.handle(input, self.now()) {
+            match action {
+                Action::Fence { term } => {
+                    info!(%term, "fencing the project head before serving");
+                    let _ = self.shared.fences.send(term);
+                }
+                Action::Serve { term } => info!(%term, "serving the project"),
+                Action::Stop { term, reason } => {
+                    info!(%term, why = reason.as_str(), "stopped serving the project");
+                    self.shared.serving.send_replace(None);
+                }
+                Action::Publish(kind) => events.push(kind),
+            }
+        }
+        if let Some(s) = snapshot.filter(|s| core.serving() == Some(s.term)) {
+            self.shared.serving.send_replace(Some(Arc::new(s)));
+        }
+        events
+    }
+
+    /// Publishes `events` (see [`crate::events`]).
+    pub async fn publish(&self, events: Vec<ProjectEventKind>) {
+        let Some(client) = &self.shared.events else {
+            return;
+        };
+        for kind in events {
+            crate::events::publish(
+                client,
+                &self.shared.cfg.group,
+                &self.shared.cfg.device,
+                kind,
+            )
+            .await;
         }
     }
 
@@ -242,14 +297,6 @@ impl ProjectService {
         self.shared.serving.borrow().clone()
     }
 
-    /// The election service says, at `at`, that this device holds the lease
-    /// with `term`.
-    pub fn confirm(&self, term: Term, at: Instant) {
-        if let Ok(mut c) = self.shared.confirmed.lock() {
-            *c = Some((term, at));
-        }
-    }
-
     /// Who serves the group, as the lease says (for "not the server" answers).
     pub fn set_known_server(&self, server: Option<ServerRef>) {
         if let Ok(mut k) = self.shared.known.lock() {
@@ -257,13 +304,12 @@ impl ProjectService {
         }
     }
 
-    fn confirmed_for(&self, term: Term) -> bool {
+    fn may_commit(&self, term: Term) -> bool {
+        let now = self.now();
         self.shared
-            .confirmed
+            .core
             .lock()
-            .ok()
-            .and_then(|c| *c)
-            .is_some_and(|(t, at)| t == term && at.elapsed() < CONFIRM_FRESH)
+            .is_ok_and(|c| c.may_commit(term, now))
     }
 
     fn not_server(&self, why: &str) -> Status {
@@ -284,13 +330,13 @@ impl ProjectService {
         if let Some(s) = known.filter(|s| s.device != self.shared.cfg.device) {
             let md = status.metadata_mut();
             if let Ok(v) = MetadataValue::try_from(s.device.to_string()) {
-                md.insert("understudy-server", v);
+                md.insert(grpc::SERVER, v);
             }
             if let Some(Ok(v)) = s.address.map(MetadataValue::try_from) {
-                md.insert("understudy-server-address", v);
+                md.insert(grpc::SERVER_ADDRESS, v);
             }
             if let Ok(v) = MetadataValue::try_from(s.term.get().to_string()) {
-                md.insert("understudy-term", v);
+                md.insert(grpc::TERM, v);
             }
         }
         status
@@ -320,131 +366,151 @@ impl ProjectService {
         Ok(snap)
     }
 
-    async fn publish(&self, kind: ProjectEventKind) {
-        let Some(client) = &self.shared.events else {
-            return;
+    /// Commits a change: one at a time, then the events are published with
+    /// the commit lock released.
+    async fn commit(&self, meta: ChangeMeta, data: Vec<u8>) -> Result<pb::SubmitReply, Status> {
+        let (reply, events) = {
+            let _one_at_a_time = self.shared.commit.lock().await;
+            self.commit_locked(meta, data).await
         };
-        let event = ProjectEvent {
-            schema: SCHEMA_VERSION,
-            group: self.shared.cfg.group.clone(),
-            reporter: self.shared.cfg.device.clone(),
-            at_ms: unix_ms(SystemTime::now()),
-            kind,
-        };
-        let subject = subjects::project_events(&self.shared.cfg.group);
-        if let Err(e) = client
-            .publish(subject, messages::encode(&event).into())
-            .await
-        {
-            debug!("cannot publish a project event: {e}");
-        }
+        self.publish(events).await;
+        reply
     }
 
-    async fn commit(&self, meta: ChangeMeta, data: Vec<u8>) -> Result<pb::SubmitReply, Status> {
-        let _one_at_a_time = self.shared.commit.lock().await;
+    /// The commit itself (module docs): confirm, decide, store the content,
+    /// compare-and-set the head, and let the serving core judge the outcome.
+    async fn commit_locked(
+        &self,
+        meta: ChangeMeta,
+        data: Vec<u8>,
+    ) -> (Result<pb::SubmitReply, Status>, Vec<ProjectEventKind>) {
         let Some(snap) = self.snapshot() else {
-            return Err(self.not_server("it stopped serving"));
+            return (Err(self.not_server("it stopped serving")), Vec::new());
         };
         let reply = |outcome| pb::SubmitReply {
             term: snap.term.get(),
             outcome: Some(outcome),
         };
-        if !self.confirmed_for(snap.term) {
-            return Err(Status::unavailable(
-                "this server cannot confirm it still holds the lease; nothing was committed, try again",
-            ));
+        if !self.may_commit(snap.term) {
+            return (
+                Err(Status::unavailable(
+                    "this server cannot confirm it still holds the lease; nothing was committed, try again",
+                )),
+                Vec::new(),
+            );
         }
         let now_ms = unix_ms(SystemTime::now());
         let (head, revision) = match core::commit(&snap.head, snap.term, &meta, now_ms) {
             CommitDecision::Deposed { head_term } => {
-                self.stop_serving("deposed");
-                return Err(self.not_server(&format!("it was deposed by term {head_term}")));
+                let events = self.committed(snap.term, CommitOutcome::Deposed, None);
+                return (
+                    Err(self.not_server(&format!("it was deposed by term {head_term}"))),
+                    events,
+                );
             }
             CommitDecision::Conflict { current } => {
-                return Ok(reply(pb::submit_reply::Outcome::Conflict(
-                    current
-                        .as_ref()
-                        .map(to_pb)
-                        .unwrap_or_else(|| head_to_pb(&snap.head)),
-                )));
+                let current = current
+                    .as_ref()
+                    .map(to_pb)
+                    .unwrap_or_else(|| head_to_pb(&snap.head));
+                return (
+                    Ok(reply(pb::submit_reply::Outcome::Conflict(current))),
+                    Vec::new(),
+                );
             }
             CommitDecision::AlreadyCommitted(r) => {
-                return Ok(reply(pb::submit_reply::Outcome::AlreadyCommitted(to_pb(
-                    &r,
-                ))));
+                return (
+                    Ok(reply(pb::submit_reply::Outcome::AlreadyCommitted(to_pb(
+                        &r,
+                    )))),
+                    Vec::new(),
+                );
             }
             CommitDecision::Apply { head, revision } => (head, revision),
         };
         if let Err(e) = snap.store.put_content(&revision.sha256, &data).await {
             warn!("cannot store a change's content: {e}");
-            return Err(Status::unavailable(format!(
-                "cannot store the change: {e}; nothing was committed"
-            )));
+            return (
+                Err(Status::unavailable(format!(
+                    "cannot store the change: {e}; nothing was committed"
+                ))),
+                Vec::new(),
+            );
         }
-        match snap.store.update_head(&head, snap.kv_revision).await {
-            Ok(kv_revision) => {
-                let next = Snapshot {
-                    kv_revision,
-                    head,
-                    content: Bytes::from(data),
-                    ..(*snap).clone()
-                };
-                self.installed(next, &revision).await;
-                Ok(reply(pb::submit_reply::Outcome::Committed(to_pb(
-                    &revision,
-                ))))
-            }
-            Err(CasError::Conflict) => {
-                warn!(term = %snap.term, "the head was fenced by a newer server: deposed");
-                self.stop_serving("deposed: the head's compare-and-set was refused");
-                Err(self
-                    .not_server("a newer server fenced the project head; nothing was committed"))
-            }
-            Err(CasError::Failed(e)) => {
-                // The write may or may not have landed: read the head to know.
-                match snap.store.read_head().await {
-                    Ok(Some((rev, h)))
-                        if h.term == snap.term && h.current.as_ref() == Some(&revision) =>
-                    {
-                        let next = Snapshot {
-                            kv_revision: rev,
-                            head: h,
-                            content: Bytes::from(data),
-                            ..(*snap).clone()
-                        };
-                        self.installed(next, &revision).await;
-                        Ok(reply(pb::submit_reply::Outcome::Committed(to_pb(
-                            &revision,
-                        ))))
-                    }
-                    // Anything else may be a stale read (a follower of a
-                    // replicated bucket): the outcome stays unknown. Stop and
-                    // fence again from the head as it is, so a resubmission
-                    // with the same change_id gets the truth.
-                    _ => {
-                        self.stop_serving("the outcome of a commit is unknown");
-                        Err(Status::unavailable(format!(
-                            "the commit's outcome is unknown ({e}); resubmit with the same change_id"
-                        )))
-                    }
-                }
-            }
-        }
+        let (outcome, written) = write_head(&snap, head, &revision).await;
+        let next = written.map(|(kv_revision, head)| Snapshot {
+            kv_revision,
+            head,
+            content: Bytes::from(data),
+            ..(*snap).clone()
+        });
+        let events = self.committed(snap.term, outcome.clone(), next);
+        let answer =
+            match outcome {
+                CommitOutcome::Written { revision } => Ok(reply(
+                    pb::submit_reply::Outcome::Committed(to_pb(&revision)),
+                )),
+                CommitOutcome::Deposed => Err(self
+                    .not_server("a newer server fenced the project head; nothing was committed")),
+                CommitOutcome::Unknown => Err(Status::unavailable(
+                    "the commit's outcome is unknown; resubmit with the same change_id",
+                )),
+            };
+        (answer, events)
     }
 
-    async fn installed(&self, next: Snapshot, revision: &RevisionSummary) {
-        info!(revision = revision.revision, term = %next.term, size = revision.size, by = ?revision.changed_by, "committed");
-        let store = next.store.clone();
-        let term = next.term;
-        self.shared.serving.send_replace(Some(Arc::new(next)));
-        self.publish(ProjectEventKind::RevisionCommitted {
-            revision: revision.clone(),
-        })
-        .await;
-        if revision.revision.is_multiple_of(PRUNE_EVERY) {
-            let shared = self.shared.clone();
-            tokio::spawn(async move { prune(shared, store, term).await });
+    /// Feeds a commit's outcome to the serving core, installs the new head
+    /// (if still serving), and prunes every [`PRUNE_EVERY`] revisions.
+    fn committed(
+        &self,
+        term: Term,
+        outcome: CommitOutcome,
+        next: Option<Snapshot>,
+    ) -> Vec<ProjectEventKind> {
+        match &outcome {
+            CommitOutcome::Written { revision } => {
+                info!(revision = revision.revision, %term, size = revision.size, by = ?revision.changed_by, "committed");
+                if let Some(n) = next
+                    .as_ref()
+                    .filter(|_| revision.revision.is_multiple_of(PRUNE_EVERY))
+                {
+                    let (shared, store) = (self.shared.clone(), n.store.clone());
+                    tokio::spawn(async move { prune(shared, store, term).await });
+                }
+            }
+            CommitOutcome::Deposed => {
+                warn!(%term, "the head was fenced by a newer server: deposed")
+            }
+            CommitOutcome::Unknown => warn!(%term, "the outcome of a commit is unknown"),
         }
+        self.feed(Input::Committed { term, outcome }, next)
+    }
+}
+
+/// Writes a commit's head by compare-and-set on the KV revision the server
+/// last wrote. Refused: a newer server fenced it. Unanswered: the head is
+/// read back, and only a head that shows the commit ([`core::landed`]) counts
+/// as written; anything else is unknown.
+async fn write_head(
+    snap: &Snapshot,
+    head: ProjectHead,
+    revision: &RevisionSummary,
+) -> (CommitOutcome, Option<(u64, ProjectHead)>) {
+    let written = CommitOutcome::Written {
+        revision: revision.clone(),
+    };
+    match snap.store.update_head(&head, snap.kv_revision).await {
+        Ok(kv_revision) => (written, Some((kv_revision, head))),
+        Err(CasError::Conflict) => (CommitOutcome::Deposed, None),
+        Err(CasError::Failed(e)) => match snap.store.read_head().await {
+            Ok(Some((rev, h))) if core::landed(Some(&h), snap.term, revision) => {
+                (written, Some((rev, h)))
+            }
+            read => {
+                debug!(error = %e, landed = ?read.map(|r| r.map(|(_, h)| h.revision())), "the head compare-and-set went unanswered");
+                (CommitOutcome::Unknown, None)
+            }
+        },
     }
 }
 

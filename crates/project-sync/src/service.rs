@@ -1,10 +1,11 @@
 //! The project-sync driver of one device: plumbing around [`ProjectService`]
 //! (the gRPC side) and the device's local copy and outbox.
 //!
-//! - **Serving.** When the election service says this device serves with term
-//!   T, the driver fences the project head with T and loads its content
-//!   ([`fence_and_load`]) before the gRPC service answers anything; when the
-//!   election says otherwise, or goes quiet for a second, it stops serving.
+//! - **Serving.** The reports of the device's election service, the results
+//!   of fences ([`fence_and_load`]) and the serving core's deadlines are fed
+//!   to the serving core ([`crate::core::Serving`], through
+//!   [`ProjectService::feed`]), which decides when to fence, serve and stop;
+//!   this file only carries those decisions out.
 //! - **Following.** Every device (the server too) watches the lease for the
 //!   server's address, keeps its local copy at the server's head (watch, then
 //!   fetch, verified and atomically replaced), and submits the changes queued
@@ -24,10 +25,12 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 use understudy_bus::{ElectionFollower, Followed, unix_ms};
-use understudy_protocol::messages::{ElectionState, ProjectEvent, ProjectEventKind, ProjectState};
-use understudy_protocol::{DeviceId, GroupName, InstanceId, Role, SCHEMA_VERSION, Term, subjects};
+use understudy_protocol::messages::{ElectionState, ProjectEventKind, ProjectState};
+use understudy_protocol::{DeviceId, GroupName, InstanceId, SCHEMA_VERSION, Term, subjects};
 
 use crate::client::{Change, ClientError, ProjectClient, ServerRef, Submitted, lease_server};
+use crate::core::{FenceOutcome, Input};
+use crate::events;
 use crate::local::{CopyState, LocalCopy, LocalError, Outbox, OutboxEntry};
 use crate::server::{FenceError, ProjectService, ServerConfig, Snapshot, fence_and_load};
 use crate::store::ProjectStore;
@@ -77,48 +80,30 @@ pub enum ServiceError {
     Grpc(String),
 }
 
-/// If the election service is silent this long, stop serving.
-const ELECTION_SILENCE: Duration = Duration::from_secs(1);
-
 /// Runs the service on `listener` until `shutdown` turns true.
 pub async fn run(
     client: async_nats::Client,
     cfg: ProjectSyncConfig,
     listener: tokio::net::TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServiceError> {
     let local = LocalCopy::open(&cfg.data_dir)?;
     let outbox = Outbox::open(&cfg.data_dir)?;
-    let svc = ProjectService::new(
+    let (svc, fence_rx) = ProjectService::new(
         ServerConfig {
             group: cfg.group.clone(),
             device: cfg.device.clone(),
+            advertise: Some(cfg.advertise.clone()),
             max_size: cfg.max_size,
         },
         Some(client.clone()),
     );
     let subject = subjects::local_election(&cfg.group, &cfg.device);
-    let mut election = client
+    let election = client
         .subscribe(subject.clone())
         .await
         .map_err(|source| ServiceError::Subscribe { subject, source })?;
-
-    let mut grpc_stop = shutdown.clone();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .initial_stream_window_size(Some(4 * 1024 * 1024))
-            .initial_connection_window_size(Some(16 * 1024 * 1024))
-            .max_frame_size(Some(crate::client::MAX_FRAME))
-            .http2_keepalive_interval(Some(Duration::from_secs(1)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(2)))
-            .add_service(svc.clone().into_server())
-            .serve_with_incoming_shutdown(incoming, async move {
-                understudy_bus::stopped(&mut grpc_stop).await;
-            }),
-    );
-
+    let grpc = tokio::spawn(serve_grpc(svc.clone(), listener, shutdown.clone()));
     let (server_tx, server_rx) = watch::channel::<Option<ServerRef>>(None);
     let sync = tokio::spawn(sync_loop(
         client.clone(),
@@ -128,134 +113,21 @@ pub async fn run(
         server_rx,
         shutdown.clone(),
     ));
-
-    let js = jetstream::new(client.clone());
-    let mut store: Option<ProjectStore> = None;
-    let mut lease_watch: Option<kv::Watch> = None;
-    let (fenced_tx, mut fenced_rx) = mpsc::channel::<(Term, Result<Snapshot, FenceError>)>(4);
-    let mut fencing: Option<Term> = None;
-    // A term found deposed in the store is not fenced again: a newer server
-    // holds the head, and the election will step this device down.
-    let mut deposed: Option<Term> = None;
-    let mut last_state: Option<(ElectionState, Instant)> = None;
-    let mut follower = ElectionFollower::new(cfg.election_instance);
-    let mut tick = understudy_bus::ticker(Duration::from_millis(200));
-    let mut report = understudy_bus::ticker(Duration::from_secs(1));
-
-    loop {
-        tokio::select! {
-            _ = understudy_bus::stopped(&mut shutdown) => break,
-            Some(msg) = election.next() => {
-                let Some(state) = understudy_bus::decoded::<ElectionState>(&msg) else { continue };
-                let now = Instant::now();
-                if state.device != cfg.device || state.group != cfg.group {
-                    continue;
-                }
-                match follower.follow(state.instance, now) {
-                    Followed::Other { followed } => {
-                        debug!(instance = %state.instance, %followed, "election state of another process with this device id ignored");
-                        continue;
-                    }
-                    Followed::Switched { from: Some(from) } => {
-                        info!(%from, to = %state.instance, "following a new election service (the old one fell silent)");
-                    }
-                    Followed::Same | Followed::Switched { from: None } => {}
-                }
-                if state.role == Role::Server {
-                    svc.confirm(state.term, now);
-                    if svc.serving_term() != Some(state.term)
-                        && fencing != Some(state.term)
-                        && deposed != Some(state.term)
-                    {
-                        if svc.serving_term().is_some() {
-                            svc.stop_serving("a new term");
-                        }
-                        fencing = Some(state.term);
-                        start_fence(&js, &cfg, &mut store, state.term, fenced_tx.clone()).await;
-                    }
-                } else if svc.serving_term().is_some() {
-                    svc.stop_serving("the election service says this device no longer serves");
-                }
-                last_state = Some((state, now));
-            }
-            Some((term, result)) = fenced_rx.recv() => {
-                if fencing == Some(term) {
-                    fencing = None;
-                }
-                let still = last_state.as_ref().is_some_and(|(s, at)| {
-                    s.role == Role::Server && s.term == term && at.elapsed() < ELECTION_SILENCE
-                });
-                match result {
-                    Ok(snapshot) if still => {
-                        let revision = snapshot.head.revision();
-                        svc.start_serving(snapshot);
-                        publish_event(&client, &cfg, ProjectEventKind::ServingProject {
-                            device: cfg.device.clone(),
-                            term,
-                            revision,
-                            address: Some(cfg.advertise.clone()),
-                        }).await;
-                    }
-                    Ok(_) => debug!(%term, "fenced, but no longer the server"),
-                    Err(FenceError::Deposed(by)) => {
-                        warn!(%term, "cannot serve the project: the head is held by term {by}");
-                        deposed = Some(term);
-                    }
-                    Err(e) => {
-                        warn!(%term, "cannot serve the project: {e}");
-                        store = None;
-                    }
-                }
-            }
-            entry = next_lease(&mut lease_watch) => match entry {
-                Some(server) => {
-                    svc.set_known_server(server.clone());
-                    // Renewals rewrite the lease four times a second; only a
-                    // different server (or term) is news for the follower.
-                    server_tx.send_if_modified(|cur| {
-                        let changed = *cur != server;
-                        if changed {
-                            *cur = server;
-                        }
-                        changed
-                    });
-                }
-                None => lease_watch = None,
-            },
-            _ = tick.tick() => {
-                // The election service confirms four times a second; silence
-                // means it is gone or this process was paused: stop serving.
-                if svc.serving_term().is_some()
-                    && last_state.as_ref().is_none_or(|(_, at)| at.elapsed() > ELECTION_SILENCE)
-                {
-                    svc.stop_serving("no word from the election service");
-                }
-                // A server whose fence failed (store away) tries again.
-                if let Some((s, at)) = &last_state
-                    && s.role == Role::Server
-                    && at.elapsed() < ELECTION_SILENCE
-                    && svc.serving_term() != Some(s.term)
-                    && fencing.is_none()
-                    && deposed != Some(s.term)
-                {
-                    fencing = Some(s.term);
-                    start_fence(&js, &cfg, &mut store, s.term, fenced_tx.clone()).await;
-                }
-                if lease_watch.is_none() {
-                    lease_watch = open_lease_watch(&js, &cfg).await;
-                }
-            }
-            _ = report.tick() => {
-                let state = project_state(&cfg, svc.serving_term().is_some(), follower.followed());
-                understudy_bus::publish(
-                    &client,
-                    subjects::local_project(&cfg.group, &cfg.device),
-                    &state,
-                ).await;
-            }
-        }
-    }
-    svc.stop_serving("shutting down");
+    let (fenced_tx, fenced_rx) = mpsc::channel(4);
+    let mut driver = Driver {
+        js: jetstream::new(client.clone()),
+        client,
+        follower: ElectionFollower::new(cfg.election_instance),
+        cfg,
+        svc,
+        store: None,
+        lease_watch: None,
+        server_tx,
+        fenced_tx,
+    };
+    driver.run(election, fence_rx, fenced_rx, shutdown).await;
+    let events = driver.svc.feed(Input::Shutdown, None);
+    driver.svc.publish(events).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), sync).await;
     match tokio::time::timeout(Duration::from_secs(2), grpc).await {
         Ok(Ok(Err(e))) => Err(ServiceError::Grpc(e.to_string())),
@@ -263,29 +135,189 @@ pub async fn run(
     }
 }
 
-async fn start_fence(
-    js: &jetstream::Context,
-    cfg: &ProjectSyncConfig,
-    store: &mut Option<ProjectStore>,
-    term: Term,
-    done: mpsc::Sender<(Term, Result<Snapshot, FenceError>)>,
-) {
-    if store.is_none() {
-        match ProjectStore::open(js, &cfg.group, cfg.replicas, cfg.store_timeout).await {
-            Ok(s) => *store = Some(s),
-            Err(e) => {
-                let _ = done.send((term, Err(e.into()))).await;
-                return;
+/// The gRPC server on `listener`, until `shutdown`.
+async fn serve_grpc(
+    svc: ProjectService,
+    listener: tokio::net::TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .initial_connection_window_size(Some(16 * 1024 * 1024))
+        .max_frame_size(Some(crate::client::MAX_FRAME))
+        .http2_keepalive_interval(Some(Duration::from_secs(1)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+        .add_service(svc.into_server())
+        .serve_with_incoming_shutdown(incoming, async move {
+            understudy_bus::stopped(&mut shutdown).await;
+        })
+        .await
+}
+
+type FenceResult = (Term, Result<Snapshot, FenceError>);
+
+/// The serving side's plumbing: election reports, fences, the lease watch
+/// and timers go to the serving core (through [`ProjectService::feed`]).
+struct Driver {
+    client: async_nats::Client,
+    cfg: ProjectSyncConfig,
+    svc: ProjectService,
+    js: jetstream::Context,
+    store: Option<ProjectStore>,
+    lease_watch: Option<kv::Watch>,
+    follower: ElectionFollower,
+    server_tx: watch::Sender<Option<ServerRef>>,
+    fenced_tx: mpsc::Sender<FenceResult>,
+}
+
+impl Driver {
+    async fn run(
+        &mut self,
+        mut election: async_nats::Subscriber,
+        mut fence_rx: mpsc::UnboundedReceiver<Term>,
+        mut fenced_rx: mpsc::Receiver<FenceResult>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick = understudy_bus::ticker(Duration::from_millis(200));
+        let mut report = understudy_bus::ticker(Duration::from_secs(1));
+        loop {
+            let deadline = self.svc.next_deadline();
+            tokio::select! {
+                _ = understudy_bus::stopped(&mut shutdown) => break,
+                Some(msg) = election.next() => self.on_election(&msg).await,
+                Some(term) = fence_rx.recv() => self.start_fence(term).await,
+                Some((term, result)) = fenced_rx.recv() => self.on_fenced(term, result).await,
+                entry = next_lease(&mut self.lease_watch) => self.on_lease(entry),
+                _ = sleep_until(deadline) => {
+                    let events = self.svc.feed(Input::Tick, None);
+                    self.svc.publish(events).await;
+                }
+                _ = tick.tick() => {
+                    if self.lease_watch.is_none() {
+                        self.lease_watch = open_lease_watch(&self.js, &self.cfg).await;
+                    }
+                }
+                _ = report.tick() => self.report().await,
             }
         }
     }
-    let Some(store) = store.clone() else { return };
-    let group = cfg.group.clone();
-    info!(%term, "fencing the project head before serving");
-    tokio::spawn(async move {
-        let result = fence_and_load(&store, &group, term).await;
-        let _ = done.send((term, result)).await;
-    });
+
+    /// A report of the followed election service goes to the serving core.
+    async fn on_election(&mut self, msg: &async_nats::Message) {
+        let Some(state) = understudy_bus::decoded::<ElectionState>(msg) else {
+            return;
+        };
+        if state.device != self.cfg.device || state.group != self.cfg.group {
+            return;
+        }
+        match self.follower.follow(state.instance, Instant::now()) {
+            Followed::Other { followed } => {
+                debug!(instance = %state.instance, %followed, "election state of another process with this device id ignored");
+                return;
+            }
+            Followed::Switched { from: Some(from) } => {
+                info!(%from, to = %state.instance, "following a new election service (the old one fell silent)");
+            }
+            Followed::Same | Followed::Switched { from: None } => {}
+        }
+        let input = Input::Election {
+            role: state.role,
+            term: state.term,
+        };
+        let events = self.svc.feed(input, None);
+        self.svc.publish(events).await;
+    }
+
+    /// The serving core asked to fence `term`: open the store if needed and
+    /// fence in the background; the result comes back on `fenced_tx`.
+    async fn start_fence(&mut self, term: Term) {
+        if self.store.is_none() {
+            let opened = ProjectStore::open(
+                &self.js,
+                &self.cfg.group,
+                self.cfg.replicas,
+                self.cfg.store_timeout,
+            )
+            .await;
+            match opened {
+                Ok(s) => self.store = Some(s),
+                Err(e) => return self.on_fenced(term, Err(e.into())).await,
+            }
+        }
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let (group, done) = (self.cfg.group.clone(), self.fenced_tx.clone());
+        tokio::spawn(async move {
+            let result = fence_and_load(&store, &group, term).await;
+            let _ = done.send((term, result)).await;
+        });
+    }
+
+    async fn on_fenced(&mut self, term: Term, result: Result<Snapshot, FenceError>) {
+        let (outcome, snapshot) = match result {
+            Ok(s) => (
+                FenceOutcome::Fenced {
+                    revision: s.head.revision(),
+                },
+                Some(s),
+            ),
+            Err(FenceError::Deposed(by)) => {
+                warn!(%term, "cannot serve the project: the head is held by term {by}");
+                (FenceOutcome::Deposed { by }, None)
+            }
+            Err(e) => {
+                warn!(%term, "cannot serve the project: {e}");
+                self.store = None;
+                (FenceOutcome::Failed, None)
+            }
+        };
+        let events = self.svc.feed(Input::Fenced { term, outcome }, snapshot);
+        self.svc.publish(events).await;
+    }
+
+    fn on_lease(&mut self, entry: Option<Option<ServerRef>>) {
+        let Some(server) = entry else {
+            self.lease_watch = None;
+            return;
+        };
+        self.svc.set_known_server(server.clone());
+        // Renewals rewrite the lease four times a second; only a different
+        // server (or term) is news for the follower.
+        self.server_tx.send_if_modified(|cur| {
+            let changed = *cur != server;
+            if changed {
+                *cur = server;
+            }
+            changed
+        });
+    }
+
+    /// Publishes the device's project state (`&mut self`: the driver is
+    /// `Send` but not `Sync`, and this future must stay `Send`).
+    async fn report(&mut self) {
+        let state = project_state(
+            &self.cfg,
+            self.svc.serving_term().is_some(),
+            self.follower.followed(),
+        );
+        understudy_bus::publish(
+            &self.client,
+            subjects::local_project(&self.cfg.group, &self.cfg.device),
+            &state,
+        )
+        .await;
+    }
+}
+
+/// Sleeps until `deadline`; never wakes without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn open_lease_watch(js: &jetstream::Context, cfg: &ProjectSyncConfig) -> Option<kv::Watch> {
@@ -312,21 +344,6 @@ async fn next_lease(w: &mut Option<kv::Watch>) -> Option<Option<ServerRef>> {
         Some(Ok(entry)) => Some(lease_server(&entry)),
         _ => None,
     }
-}
-
-async fn publish_event(
-    client: &async_nats::Client,
-    cfg: &ProjectSyncConfig,
-    kind: ProjectEventKind,
-) {
-    let event = ProjectEvent {
-        schema: SCHEMA_VERSION,
-        group: cfg.group.clone(),
-        reporter: cfg.device.clone(),
-        at_ms: unix_ms(SystemTime::now()),
-        kind,
-    };
-    understudy_bus::publish(client, subjects::project_events(&cfg.group), &event).await;
 }
 
 fn project_state(
@@ -501,9 +518,10 @@ async fn drain(
                     None,
                     unix_ms(SystemTime::now()),
                 )?;
-                publish_event(
+                events::publish(
                     client,
-                    cfg,
+                    &cfg.group,
+                    &cfg.device,
                     ProjectEventKind::ChangeConflicted {
                         device: cfg.device.clone(),
                         change_id: entry.change_id.clone(),
@@ -549,9 +567,10 @@ async fn set_aside(
             return;
         }
     }
-    publish_event(
+    events::publish(
         client,
-        cfg,
+        &cfg.group,
+        &cfg.device,
         ProjectEventKind::ChangeRefused {
             device: cfg.device.clone(),
             change_id: entry.change_id.clone(),

@@ -1,4 +1,4 @@
-//! The project's durable home in JetStream (DESIGN.md S2, issue 4).
+//! The project's durable home in JetStream (S2).
 //!
 //! - The **head** is key `head` of the KV bucket `understudy-project-<group>`,
 //!   changed only by compare-and-set: [`ProjectStore::create_head`] when there

@@ -10,6 +10,7 @@
 //! so code further in can trust a value once it has the type.
 
 mod error;
+pub mod grpc;
 mod ids;
 mod mac;
 pub mod messages;

@@ -13,6 +13,7 @@ use understudy_protocol::messages::LeaseRecord;
 use understudy_protocol::{DeviceId, GroupName, InstanceId, Mac, Score};
 
 use crate::check;
+use crate::project::{Mutation, Projects};
 use crate::schedule::{Fault, Plan};
 use crate::store::{Store, Write};
 
@@ -76,6 +77,8 @@ pub struct Report {
     pub terms_granted: usize,
     /// Election events published.
     pub events_published: u64,
+    /// Project changes acknowledged to writers.
+    pub changes_acknowledged: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -88,7 +91,7 @@ pub(crate) enum Msg {
 }
 
 #[derive(Debug)]
-enum Ev {
+pub(crate) enum Ev {
     Wake {
         dev: usize,
         inc: u64,
@@ -117,6 +120,8 @@ enum Ev {
     Resync,
     Converged,
     End,
+    /// Project-sync and its writers (S2).
+    Project(crate::project::Ev),
 }
 
 pub(crate) struct Proc {
@@ -152,7 +157,7 @@ impl Dev {
     }
 
     /// The true time at which the device's clock reads `local` (rounded up).
-    fn true_at(&self, local: Duration) -> Duration {
+    pub(crate) fn true_at(&self, local: Duration) -> Duration {
         let l = local.saturating_sub(self.offset).as_micros() as i128;
         let t = (l * 1_000_000 + (1_000_000 + self.drift_ppm as i128) - 1)
             / (1_000_000 + self.drift_ppm as i128);
@@ -174,12 +179,13 @@ pub(crate) struct World {
     pub devs: Vec<Dev>,
     pub store: Store,
     store_cut: bool,
-    loss_permille: u32,
+    pub(crate) loss_permille: u32,
     pub faults_over: bool,
     trace: VecDeque<String>,
     pub report: Report,
     pub converged_at: Option<(Option<DeviceId>, Option<understudy_protocol::Term>)>,
     full_trace: bool,
+    pub(crate) project: crate::project::Projects,
 }
 
 /// Runs the plan made from `seed`.
@@ -190,13 +196,23 @@ pub fn run_seed(seed: u64) -> Result<Report, Failure> {
 /// Runs a plan; `blind_renewals` makes the store skip the revision check on
 /// renewals (a deliberately broken store, to prove the checker catches it).
 pub fn run_plan(plan: Plan, blind_renewals: bool) -> Result<Report, Failure> {
-    let mut w = World::new(plan);
-    w.store.blind_updates = blind_renewals;
+    let mutation = Mutation {
+        blind_renewals,
+        ..Mutation::default()
+    };
+    run_mutated(plan, mutation)
+}
+
+/// Runs a plan with a deliberately broken piece (see [`Mutation`]), to
+/// prove the checker catches it.
+pub fn run_mutated(plan: Plan, mutation: Mutation) -> Result<Report, Failure> {
+    let mut w = World::new(plan, mutation);
+    w.store.blind_updates = mutation.blind_renewals;
     w.run()
 }
 
 impl World {
-    fn new(plan: Plan) -> World {
+    fn new(plan: Plan, mutation: Mutation) -> World {
         let n = plan.macs.len();
         let cfg = ElectionConfig {
             preempt_delay: plan.preempt_delay,
@@ -217,9 +233,11 @@ impl World {
                 cut: false,
             })
             .collect();
+        let group: GroupName = "sim".parse().unwrap_or_else(|_| unreachable!());
         World {
             rng: StdRng::seed_from_u64(plan.seed ^ 0x0005_EED0_FB05),
-            group: "sim".parse().unwrap_or_else(|_| unreachable!()),
+            project: Projects::new(plan.seed, n, group.clone(), mutation),
+            group,
             cfg,
             now: Duration::ZERO,
             seq: 0,
@@ -243,7 +261,7 @@ impl World {
         }
     }
 
-    fn push(&mut self, at: Duration, ev: Ev) {
+    pub(crate) fn push(&mut self, at: Duration, ev: Ev) {
         let slot = match self.free.pop() {
             Some(i) => {
                 self.events[i] = Some(ev);
@@ -306,6 +324,7 @@ impl World {
                     check::quiet(&self)?;
                     self.report.steps = self.step;
                     self.report.terms_granted = self.store.grants.len();
+                    self.report.changes_acknowledged = self.project.truth.acknowledged;
                     return Ok(self.report);
                 }
                 Ev::Converged => {
@@ -355,6 +374,7 @@ impl World {
                 let at = self.now + LEASE_READ_INTERVAL;
                 self.push(at, Ev::Resync);
             }
+            Ev::Project(ev) => crate::project::dispatch(self, ev)?,
             Ev::Converged | Ev::End => {}
         }
         Ok(())
@@ -540,6 +560,7 @@ impl World {
             self.broadcast(i, Msg::Beat(b, s));
         }
         self.reschedule(i);
+        crate::project::after_election(self, i)?;
         check::after_step(self, i)
     }
 
@@ -626,7 +647,7 @@ impl World {
         self.devs[a].cut == self.devs[b].cut
     }
 
-    fn reaches_store(&self, a: usize) -> bool {
+    pub(crate) fn reaches_store(&self, a: usize) -> bool {
         self.devs[a].cut == self.store_cut
     }
 

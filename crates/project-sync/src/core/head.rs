@@ -1,4 +1,4 @@
-//! How the project head changes (DESIGN.md S1, S2, "Fast and fenced takeover").
+//! How the project head changes (S1, S2, and the fenced takeover).
 //!
 //! The head ([`ProjectHead`]) is one JetStream KV entry, written only by
 //! compare-and-set on the entry's KV revision. Two writes exist:
@@ -140,6 +140,14 @@ pub fn commit(head: &ProjectHead, term: Term, change: &ChangeMeta, now_ms: u64) 
     }
 }
 
+/// Whether a head read back after a commit's compare-and-set went
+/// unanswered shows the commit landed: it carries the committing `term` and
+/// names `revision` as current. Anything else leaves the outcome unknown (the
+/// read may come from a replica that is behind): the server must not guess.
+pub fn landed(read: Option<&ProjectHead>, term: Term, revision: &RevisionSummary) -> bool {
+    read.is_some_and(|h| h.term == term && h.current.as_ref() == Some(revision))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -228,6 +236,22 @@ mod tests {
             CommitDecision::AlreadyCommitted(r) => assert_eq!(r.revision, 1),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn only_a_head_naming_the_commit_under_its_term_shows_it_landed() {
+        let before = fenced(3);
+        let d = commit(&before, t(3), &change(0, "a"), 1);
+        let CommitDecision::Apply { head, revision } = d else {
+            panic!("{d:?}")
+        };
+        assert!(landed(Some(&head), t(3), &revision));
+        assert!(
+            !landed(Some(&before), t(3), &revision),
+            "an unchanged head proves nothing"
+        );
+        assert!(!landed(Some(&fence_to(&head, 4)), t(3), &revision));
+        assert!(!landed(None, t(3), &revision));
     }
 
     fn fence_to(h: &ProjectHead, term: u64) -> ProjectHead {

@@ -1,4 +1,4 @@
-//! The client side of fencing (DESIGN.md S1): every reply of a server carries
+//! The client side of fencing (S1): every reply of a server carries
 //! its term, and a client drops anything from a term older than the newest it
 //! has seen, so a deposed server that wakes up cannot feed it stale data.
 

@@ -1,5 +1,5 @@
-//! What a submitted change must satisfy before it may be committed (issue 4,
-//! "bad input answered clearly and harmlessly"): a declared size within the
+//! What a submitted change must satisfy before it may be committed, so bad
+//! input is answered clearly and harmlessly: a declared size within the
 //! limit, chunks that never run past the declared size, and content whose
 //! SHA-256 is the one declared. Nothing is committed until [`Upload::finish`]
 //! says the whole content arrived intact.
