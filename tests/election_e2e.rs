@@ -20,18 +20,14 @@ const FIRST_SERVER_WITHIN: Duration = Duration::from_secs(8);
 /// benchmark's job (docs/BENCHMARKS.md), the test proves it happens.
 const FAILOVER_WITHIN: Duration = Duration::from_secs(3);
 
-fn mac(i: u8) -> String {
-    format!("02:00:00:00:00:{i:02x}")
-}
-
 fn spawn(urls: &[String], id: &str, i: u8, score: u8, extra: &[&str]) -> Device {
     let mut opts = DeviceOpts::new(GROUP, id, &mac(i), score);
     opts.extra_args = extra.iter().map(|s| s.to_string()).collect();
-    Device::spawn(urls, opts)
+    spawn_device(urls, opts)
 }
 
 async fn group_of(scores: &[u8], extra: &[&str]) -> (NatsServer, Observer, Vec<Device>) {
-    let nats = NatsServer::start().await;
+    let nats = start_nats().await;
     let obs = Observer::start(&nats.url(), GROUP).await;
     let urls = vec![nats.url()];
     let devices = scores
@@ -122,7 +118,7 @@ async fn sigterm_hands_over_at_once() {
     obs.wait_for(View::converged, FIRST_SERVER_WITHIN)
         .await
         .unwrap();
-    devs[0].sigterm();
+    devs[0].signal(Signal::Term).unwrap();
     let (next, _) = obs
         .wait_for(
             |v: &View| v.server().filter(|(d, _)| d != "dev-1"),
@@ -153,7 +149,7 @@ async fn a_server_paused_past_its_lease_comes_back_as_a_client() {
         .wait_for(View::converged, FIRST_SERVER_WITHIN)
         .await
         .unwrap();
-    devs[0].sigstop();
+    devs[0].signal(Signal::Stop).unwrap();
     let (next, _) = obs
         .wait_for(
             |v: &View| v.server().filter(|(d, _)| d != "dev-1"),
@@ -173,7 +169,7 @@ async fn a_server_paused_past_its_lease_comes_back_as_a_client() {
     .await
     .unwrap();
     let woke_ms = unix_ms_now();
-    devs[0].sigcont();
+    devs[0].signal(Signal::Cont).unwrap();
     // It comes back as a client. (A beat it had queued before the pause may
     // still say server, in its old term, for an instant: checked below.)
     let back = obs
@@ -427,7 +423,7 @@ async fn bad_control_input_is_refused_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_can_run_its_services_as_separate_processes() {
-    let nats = NatsServer::start().await;
+    let nats = start_nats().await;
     let obs = Observer::start(&nats.url(), GROUP).await;
     let urls = vec![nats.url()];
     let mut split: Vec<Device> = ["election", "heartbeat", "discovery"]

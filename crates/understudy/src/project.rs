@@ -1,7 +1,7 @@
 //! `understudy project …`: the group's project file from the command line —
 //! put a new revision, get the current one, watch revisions land, and show
 //! the head. The server is found with the lease on the bus (`--nats`); the
-//! content travels over gRPC (DESIGN.md B11).
+//! content travels over gRPC (B11).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -153,7 +153,7 @@ async fn connect_server(js: &jetstream::Context, group: &GroupName) -> Result<Pr
 
 /// Like [`connect_server`]; `None` waits for a server for as long as it takes
 /// (saying so once on stderr).
-async fn connect_server_within(
+pub(crate) async fn connect_server_within(
     js: &jetstream::Context,
     group: &GroupName,
     within: Option<Duration>,
