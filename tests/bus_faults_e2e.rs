@@ -34,10 +34,7 @@ async fn the_group_recovers_after_nats_restarts() {
     {
         let obs = Observer::start(&nats.url(), GROUP).await;
         let (server, _) = obs
-            .wait_for(
-                |v: &View| v.converged().filter(|(d, _)| d == "dev-1"),
-                FIRST_SERVER_WITHIN,
-            )
+            .wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
             .await
             .unwrap();
         assert_eq!(server, "dev-1");
@@ -120,10 +117,7 @@ async fn a_server_cut_off_from_nats_steps_down_and_the_next_best_takes_over() {
     let _c = spawn_device(&direct, opts("dev-3", 3, 100, &extra));
     let obs = Observer::start(&nats.url(), GROUP).await;
     let (server, term) = obs
-        .wait_for(
-            |v: &View| v.converged().filter(|(d, _)| d == "dev-1"),
-            FIRST_SERVER_WITHIN,
-        )
+        .wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
         .await
         .unwrap();
     assert_eq!(server, "dev-1");
@@ -170,12 +164,7 @@ async fn a_server_cut_off_from_nats_steps_down_and_the_next_best_takes_over() {
         Role::Client,
         "the cut-off server rejoins as a client"
     );
-    obs.wait_for(
-        |v: &View| v.converged().filter(|(d, _)| d == "dev-2"),
-        secs(5),
-    )
-    .await
-    .unwrap();
+    obs.wait_converged_on("dev-2", secs(5)).await.unwrap();
     // It said why it stopped once it could speak again: the event made while
     // it was cut off is sent again until JetStream has stored it.
     obs.wait_for(

@@ -280,10 +280,7 @@ async fn dashboard_shows_the_group_follows_a_score_change_and_resumes_its_events
         .map(|(i, score)| spawn_device(&urls, DeviceOpts::numbered(GROUP, i as u8 + 1, *score)))
         .collect();
     let (first, first_term) = obs
-        .wait_for(
-            |v: &View| v.converged().filter(|(d, _)| d == "dev-1"),
-            FIRST_SERVER_WITHIN,
-        )
+        .wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
         .await
         .unwrap();
     assert_eq!(first, "dev-1", "the highest score serves");
@@ -575,10 +572,7 @@ async fn dashboard_shows_the_group_follows_a_score_change_and_resumes_its_events
     ])
     .await;
     let (server, term) = obs
-        .wait_for(
-            |v: &View| v.converged().filter(|(d, _)| d == "dev-1"),
-            FIRST_SERVER_WITHIN,
-        )
+        .wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
         .await
         .unwrap();
     assert_eq!(server, "dev-1");

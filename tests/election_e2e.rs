@@ -77,10 +77,7 @@ async fn kill_9_of_the_server_fails_over_to_the_next_best() {
     // for a moment at start-up may see a lower one claim first, then hand
     // back — P1).
     let (first, term) = obs
-        .wait_for(
-            |v: &View| v.converged().filter(|(d, _)| d == "dev-1"),
-            FIRST_SERVER_WITHIN,
-        )
+        .wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
         .await
         .unwrap();
     assert_eq!(first, "dev-1", "the highest score serves");
@@ -195,12 +192,7 @@ async fn a_server_paused_past_its_lease_comes_back_as_a_client() {
         Some(old_term),
         "never served with another term"
     );
-    obs.wait_for(
-        |v: &View| v.converged().filter(|(d, _)| d == "dev-2"),
-        secs(3),
-    )
-    .await
-    .unwrap();
+    obs.wait_converged_on("dev-2", secs(3)).await.unwrap();
     wait_event(&obs, "dev-1 stepping down", |k| matches!(k,
         ElectionEventKind::SteppedDown { device, reason: StepDownReason::LeaseLost | StepDownReason::Deposed, .. }
             if device.as_str() == "dev-1"))
@@ -228,10 +220,7 @@ async fn raising_a_clients_score_makes_it_the_server() {
     .await;
     assert!(out.contains("score of dev-3 set to 255"), "{out}");
     let (server, _) = obs
-        .wait_for(
-            |v: &View| v.converged().filter(|(d, _)| d == "dev-3"),
-            FAILOVER_WITHIN,
-        )
+        .wait_converged_on("dev-3", FAILOVER_WITHIN)
         .await
         .unwrap();
     assert_eq!(server, "dev-3");

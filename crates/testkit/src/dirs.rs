@@ -1,6 +1,6 @@
 //! Temporary folders that outlive a failing test.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::Error;
 
@@ -41,6 +41,36 @@ impl Drop for TempDir {
         {
             let kept = dir.keep();
             eprintln!("[testkit] kept {} for the failure", kept.display());
+        }
+    }
+}
+
+/// Where a process keeps its files: a caller's folder or its own temporary one.
+#[derive(Debug)]
+pub(crate) enum Home {
+    Kept(PathBuf),
+    Temporary(TempDir),
+}
+
+impl Home {
+    pub(crate) fn new(dir: Option<&Path>, label: &str) -> Result<Home, Error> {
+        match dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).map_err(Error::io("create", d))?;
+                Ok(Home::Kept(d.to_path_buf()))
+            }
+            None => Ok(Home::Temporary(TempDir::new(label)?)),
+        }
+    }
+
+    pub(crate) fn is_temporary(&self) -> bool {
+        matches!(self, Home::Temporary(_))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        match self {
+            Home::Kept(p) => p,
+            Home::Temporary(t) => t.path(),
         }
     }
 }

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use tokio::io::AsyncReadExt;
 
+use crate::dirs::Home;
 use crate::process::{Launch, Process};
-use crate::{Error, POLL, TempDir, free_ports, port_or_free, wait_until};
+use crate::{Error, POLL, free_ports, port_or_free, wait_until};
 
 /// How long a started server has to accept connections.
 pub const START_DEADLINE: Duration = Duration::from_secs(10);
@@ -183,31 +184,14 @@ async fn read_info(addr: SocketAddr) -> std::io::Result<()> {
 pub struct NatsServer {
     node: Node,
     // Dropped after `node` (fields drop in order), so the process is gone first.
-    _dir: Option<TempDir>,
+    home: Home,
 }
 
 impl NatsServer {
     /// Starts `bin` on a free port with its store and log in a fresh temporary
     /// folder, and waits (at most 10 s) until it accepts connections.
     pub async fn start(bin: &Path) -> Result<NatsServer, Error> {
-        let mut last = String::new();
-        for _ in 0..PORT_ATTEMPTS {
-            let dir = TempDir::new("nats")?;
-            let port = crate::free_port()?;
-            match Self::boot(bin, dir.path(), port).await? {
-                Ok(node) => {
-                    return Ok(NatsServer {
-                        node,
-                        _dir: Some(dir),
-                    });
-                }
-                Err(e) => last = e.to_string(),
-            }
-        }
-        Err(Error::PortsTaken {
-            name: "nats-server".to_string(),
-            last,
-        })
+        Self::start_at(bin, None, None).await
     }
 
     /// Starts `bin` with its store in `<dir>/nats` and its log in
@@ -218,15 +202,23 @@ impl NatsServer {
         dir: &Path,
         preferred: Option<u16>,
     ) -> Result<NatsServer, Error> {
-        std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
+        Self::start_at(bin, Some(dir), preferred).await
+    }
+
+    async fn start_at(
+        bin: &Path,
+        dir: Option<&Path>,
+        preferred: Option<u16>,
+    ) -> Result<NatsServer, Error> {
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
+            let home = Home::new(dir, "nats")?;
             let port = match preferred {
                 Some(p) => port_or_free(p)?,
                 None => crate::free_port()?,
             };
-            match Self::boot(bin, dir, port).await? {
-                Ok(node) => return Ok(NatsServer { node, _dir: None }),
+            match Self::boot(bin, home.path(), port).await? {
+                Ok(node) => return Ok(NatsServer { node, home }),
                 Err(e) => last = e.to_string(),
             }
         }
@@ -322,7 +314,7 @@ impl NatsServer {
 #[derive(Debug)]
 pub struct NatsCluster {
     nodes: Vec<Node>,
-    _dir: Option<TempDir>,
+    home: Home,
 }
 
 impl NatsCluster {
@@ -330,32 +322,20 @@ impl NatsCluster {
     /// in a fresh temporary folder, and waits until JetStream is ready
     /// cluster-wide (see [`NatsCluster::wait_jetstream_ready`], at most 30 s).
     pub async fn start(bin: &Path, n: usize) -> Result<NatsCluster, Error> {
-        let mut last = String::new();
-        for _ in 0..PORT_ATTEMPTS {
-            let dir = TempDir::new("nats-cluster")?;
-            match Self::boot(bin, dir.path(), n).await? {
-                Ok(nodes) => {
-                    return Ok(NatsCluster {
-                        nodes,
-                        _dir: Some(dir),
-                    });
-                }
-                Err(e) => last = e.to_string(),
-            }
-        }
-        Err(Error::PortsTaken {
-            name: format!("a {n}-node NATS cluster"),
-            last,
-        })
+        Self::start_at(bin, None, n).await
     }
 
     /// Like [`NatsCluster::start`], with everything in `dir` (kept).
     pub async fn start_in(bin: &Path, dir: &Path, n: usize) -> Result<NatsCluster, Error> {
-        std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
+        Self::start_at(bin, Some(dir), n).await
+    }
+
+    async fn start_at(bin: &Path, dir: Option<&Path>, n: usize) -> Result<NatsCluster, Error> {
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
-            match Self::boot(bin, dir, n).await? {
-                Ok(nodes) => return Ok(NatsCluster { nodes, _dir: None }),
+            let home = Home::new(dir, "nats-cluster")?;
+            match Self::boot(bin, home.path(), n).await? {
+                Ok(nodes) => return Ok(NatsCluster { nodes, home }),
                 Err(e) => last = e.to_string(),
             }
         }
@@ -388,50 +368,19 @@ impl NatsCluster {
             let label = format!("nats-server {name} :{}", client_ports[i]);
             nodes.push(Node::spawn(label, bin, client_ports[i], store, log, args)?);
         }
-        let mut cluster = NatsCluster { nodes, _dir: None };
-        let booted = cluster.wait_booted().await;
-        match booted {
-            Ok(()) => Ok(Ok(std::mem::take(&mut cluster.nodes))),
-            Err(e) if cluster.nodes.iter().any(Node::port_taken) => Ok(Err(e)),
+        // On failure the nodes are dropped, which kills them.
+        match wait_booted(&mut nodes).await {
+            Ok(()) => Ok(Ok(nodes)),
+            Err(e) if nodes.iter().any(Node::port_taken) => Ok(Err(e)),
             Err(e) => Err(e),
         }
-    }
-
-    async fn wait_booted(&mut self) -> Result<(), Error> {
-        for node in &mut self.nodes {
-            node.wait_accepting(START_DEADLINE).await?;
-        }
-        self.wait_jetstream_ready(CLUSTER_READY_DEADLINE).await
     }
 
     /// Waits until a client (to any running node) can create and delete a KV
     /// bucket replicated on every node; fails after `within`.
     pub async fn wait_jetstream_ready(&self, within: Duration) -> Result<(), Error> {
-        static PROBES: AtomicU64 = AtomicU64::new(0);
-        let urls = self.urls().join(",");
-        let replicas = self.nodes.len();
-        wait_until("JetStream to be ready cluster-wide", within, || {
-            let urls = urls.clone();
-            async move {
-                let client = connect(&urls).await.map_err(|e| e.to_string())?;
-                let js = jetstream::new(client);
-                let bucket = format!("testkit-ready-{}", PROBES.fetch_add(1, Ordering::Relaxed));
-                js.create_key_value(jetstream::kv::Config {
-                    bucket: bucket.clone(),
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("create an R{replicas} KV bucket: {e}"))?;
-                js.delete_key_value(&bucket)
-                    .await
-                    .map_err(|e| format!("delete the KV bucket: {e}"))?;
-                Ok::<(), String>(())
-            }
-        })
-        .await
+        jetstream_ready(&self.nodes, within).await
     }
-
     /// The number of nodes.
     pub fn len(&self) -> usize {
         self.nodes.len()
@@ -493,13 +442,13 @@ impl NatsCluster {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        forget_store_of_failed_test(self._dir.is_some(), [&mut self.node]);
+        forget_store_of_failed_test(self.home.is_temporary(), [&mut self.node]);
     }
 }
 
 impl Drop for NatsCluster {
     fn drop(&mut self) {
-        forget_store_of_failed_test(self._dir.is_some(), self.nodes.iter_mut());
+        forget_store_of_failed_test(self.home.is_temporary(), self.nodes.iter_mut());
     }
 }
 
@@ -515,6 +464,42 @@ fn forget_store_of_failed_test<'a>(temporary: bool, nodes: impl IntoIterator<Ite
         node.proc.kill();
         let _ = std::fs::remove_dir_all(&node.store);
     }
+}
+
+/// Every node listening, then JetStream ready on all of them.
+async fn wait_booted(nodes: &mut [Node]) -> Result<(), Error> {
+    for node in nodes.iter_mut() {
+        node.wait_accepting(START_DEADLINE).await?;
+    }
+    jetstream_ready(nodes, CLUSTER_READY_DEADLINE).await
+}
+
+/// Waits until a client of `nodes` can create and delete a KV bucket with a
+/// replica on each; fails after `within`.
+async fn jetstream_ready(nodes: &[Node], within: Duration) -> Result<(), Error> {
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    let urls = nodes.iter().map(Node::url).collect::<Vec<_>>().join(",");
+    let replicas = nodes.len();
+    wait_until("JetStream to be ready cluster-wide", within, || {
+        let urls = urls.clone();
+        async move {
+            let client = connect(&urls).await.map_err(|e| e.to_string())?;
+            let js = jetstream::new(client);
+            let bucket = format!("testkit-ready-{}", PROBES.fetch_add(1, Ordering::Relaxed));
+            js.create_key_value(jetstream::kv::Config {
+                bucket: bucket.clone(),
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("create an R{replicas} KV bucket: {e}"))?;
+            js.delete_key_value(&bucket)
+                .await
+                .map_err(|e| format!("delete the KV bucket: {e}"))?;
+            Ok::<(), String>(())
+        }
+    })
+    .await
 }
 
 /// The config file of one cluster node.

@@ -11,39 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use crate::dirs::Home;
 use crate::process::{Launch, Process, Signal};
-use crate::{Error, POLL, TempDir, free_ports};
+use crate::{Error, POLL, free_ports};
 
 /// The MAC of numbered device `n` in a lab or test group:
 /// `02:00:00:00:00:<n in hex>` (locally administered).
 pub fn mac(n: u8) -> String {
     format!("02:00:00:00:00:{n:02x}")
-}
-
-/// Where a process keeps its files: a caller's folder or its own temporary one.
-#[derive(Debug)]
-enum Home {
-    Kept(PathBuf),
-    Temporary(TempDir),
-}
-
-impl Home {
-    fn new(dir: Option<&Path>, label: &str) -> Result<Home, Error> {
-        match dir {
-            Some(d) => {
-                std::fs::create_dir_all(d).map_err(Error::io("create", d))?;
-                Ok(Home::Kept(d.to_path_buf()))
-            }
-            None => Ok(Home::Temporary(TempDir::new(label)?)),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        match self {
-            Home::Kept(p) => p,
-            Home::Temporary(t) => t.path(),
-        }
-    }
 }
 
 /// How a device is started.
