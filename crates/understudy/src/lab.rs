@@ -170,18 +170,14 @@ async fn watch(a: &LabArgs, group: &GroupName, url: &str, devices: &mut [Device]
     let client = connect(url, "understudy-lab").await?;
     let mut events = client.subscribe(subjects::election_events(group)).await?;
     let mut beats = client.subscribe(subjects::heartbeats(group)).await?;
-    let kill_every = a
-        .kill_every
-        .as_deref()
-        .map(parse_duration)
-        .transpose()
-        .map_err(|e| anyhow!(e))?;
-    let stop_after = a
-        .duration
-        .as_deref()
-        .map(parse_duration)
-        .transpose()
-        .map_err(|e| anyhow!(e))?;
+    let duration = |flag: &Option<String>| {
+        flag.as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e| anyhow!(e))
+    };
+    let kill_every = duration(&a.kill_every)?;
+    let stop_after = duration(&a.duration)?;
     let started = tokio::time::Instant::now();
     let elapsed = || started.elapsed().as_secs_f64();
     let mut next_kill = kill_every.map(|d| started + d.max(Duration::from_secs(3)));
