@@ -2,6 +2,7 @@
 //! chromedriver: hyper's client (already in the tree through tonic and
 //! axum), with the whole exchange bounded by a deadline.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -75,10 +76,8 @@ pub async fn open(
     }
     let body = Full::new(Bytes::copy_from_slice(body.unwrap_or_default()));
     let req = req.body(body)?;
-    tokio::time::timeout(HTTP_WITHIN, client().request(req))
-        .await
-        .map_err(|_| anyhow!("{method} http://{addr}{path}: no answer within {HTTP_WITHIN:?}"))?
-        .with_context(|| format!("{method} http://{addr}{path}"))
+    let what = format!("{method} http://{addr}{path}");
+    within(&what, async { Ok(client().request(req).await?) }).await
 }
 
 /// Sends one request and reads the whole answer.
@@ -89,22 +88,27 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Result<Reply> {
-    let exchange = async {
-        let response = open(addr, method, path, headers, body).await?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await?.to_bytes();
-        anyhow::Ok(Reply {
-            status,
-            headers,
-            body,
-        })
-    };
+    let response = open(addr, method, path, headers, body).await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let what = format!("the body of {method} http://{addr}{path}");
+    let body = within(&what, async {
+        Ok(response.into_body().collect().await?.to_bytes())
+    })
+    .await?;
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// `exchange`, failing with `what` after [`HTTP_WITHIN`].
+async fn within<T>(what: &str, exchange: impl Future<Output = Result<T>>) -> Result<T> {
     tokio::time::timeout(HTTP_WITHIN, exchange)
         .await
-        .map_err(|_| {
-            anyhow!("{method} http://{addr}{path}: no complete answer within {HTTP_WITHIN:?}")
-        })?
+        .map_err(|_| anyhow!("{what}: no complete answer within {HTTP_WITHIN:?}"))?
+        .with_context(|| what.to_string())
 }
 
 /// `GET path`.
