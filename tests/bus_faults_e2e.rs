@@ -18,9 +18,7 @@ const GROUP: &str = "stage";
 const FIRST_SERVER_WITHIN: Duration = Duration::from_secs(8);
 
 fn opts(id: &str, i: u8, score: u8, extra: &[&str]) -> DeviceOpts {
-    let mut o = DeviceOpts::new(GROUP, id, &format!("02:00:00:00:00:{i:02x}"), score);
-    o.extra_args = extra.iter().map(|s| s.to_string()).collect();
-    o
+    DeviceOpts::new(GROUP, id, &mac(i), score).with_args(extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,9 +21,10 @@ const FIRST_SERVER_WITHIN: Duration = Duration::from_secs(8);
 const FAILOVER_WITHIN: Duration = Duration::from_secs(3);
 
 fn spawn(urls: &[String], id: &str, i: u8, score: u8, extra: &[&str]) -> Device {
-    let mut opts = DeviceOpts::new(GROUP, id, &mac(i), score);
-    opts.extra_args = extra.iter().map(|s| s.to_string()).collect();
-    spawn_device(urls, opts)
+    spawn_device(
+        urls,
+        DeviceOpts::new(GROUP, id, &mac(i), score).with_args(extra),
+    )
 }
 
 async fn group_of(scores: &[u8], extra: &[&str]) -> (NatsServer, Observer, Vec<Device>) {

@@ -41,9 +41,7 @@ fn group() -> GroupName {
 }
 
 fn spawn(urls: &[String], i: u8, score: u8, extra: &[&str]) -> Device {
-    let mut opts = DeviceOpts::new(GROUP, &format!("dev-{i}"), &mac(i), score);
-    opts.extra_args = extra.iter().map(|s| s.to_string()).collect();
-    spawn_device(urls, opts)
+    spawn_device(urls, DeviceOpts::numbered(GROUP, i, score).with_args(extra))
 }
 
 /// The test's own view of the group's project: the lease and the head in
