@@ -566,11 +566,7 @@ async fn dashboard_shows_the_group_follows_a_score_change_and_resumes_its_events
     .unwrap();
     let before = event_ids(s).await.unwrap();
     drop(gateway);
-    let url = nats.url();
-    run_cli_ok(&[
-        "score", "set", "--group", GROUP, "--device", "dev-1", "255", "--nats", &url,
-    ])
-    .await;
+    set_score(&nats.url(), GROUP, "dev-1", 255).await;
     let (server, term) = obs
         .wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
         .await

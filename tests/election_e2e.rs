@@ -207,19 +207,7 @@ async fn raising_a_clients_score_makes_it_the_server() {
     obs.wait_for(View::converged, FIRST_SERVER_WITHIN)
         .await
         .unwrap();
-    let out = run_cli_ok(&[
-        "score",
-        "set",
-        "--group",
-        GROUP,
-        "--device",
-        "dev-3",
-        "255",
-        "--nats",
-        &nats.url(),
-    ])
-    .await;
-    assert!(out.contains("score of dev-3 set to 255"), "{out}");
+    set_score(&nats.url(), GROUP, "dev-3", 255).await;
     let (server, _) = obs
         .wait_converged_on("dev-3", FAILOVER_WITHIN)
         .await
@@ -260,18 +248,7 @@ async fn manual_assignment_waits_for_an_operator_after_its_server_dies() {
     .await
     .unwrap();
     let before = elected(&obs).len();
-    run_cli_ok(&[
-        "score",
-        "set",
-        "--group",
-        GROUP,
-        "--device",
-        "dev-3",
-        "5",
-        "--nats",
-        &nats.url(),
-    ])
-    .await;
+    set_score(&nats.url(), GROUP, "dev-3", 5).await;
     let (server, _) = obs
         .wait_for(|v: &View| v.converged(), FAILOVER_WITHIN)
         .await

@@ -491,19 +491,6 @@ async fn acknowledged_changes_survive_a_nats_server_killed_and_restarted() {
 // S1: a deposed server cannot commit
 // ---------------------------------------------------------------------------
 
-/// Sets a device's score through the CLI, as an operator would.
-async fn set_score(url: &str, device: &str, score: u8) {
-    let score = score.to_string();
-    let out = run_cli_ok(&[
-        "score", "set", "--group", GROUP, "--device", device, &score, "--nats", url,
-    ])
-    .await;
-    assert!(
-        out.contains(&format!("score of {device} set to {score}")),
-        "{out}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_server_that_wakes_up_deposed_cannot_commit() {
     let nats = start_nats().await;
@@ -544,7 +531,7 @@ async fn a_paused_server_that_wakes_up_deposed_cannot_commit() {
     // While dev-1 wakes, dev-2 must outrank it; otherwise dev-1 (score 30)
     // is handed the lease back within milliseconds (P1) and then serves
     // legitimately in a newer term, which is not what this part checks.
-    set_score(&nats.url(), "dev-2", 40).await;
+    set_score(&nats.url(), GROUP, "dev-2", 40).await;
 
     // Wake the deposed server: neither the queued change nor a new one may
     // commit, whatever it believes for the first instants.
@@ -582,7 +569,7 @@ async fn a_paused_server_that_wakes_up_deposed_cannot_commit() {
 
     // The woken device rejoins; once it ranks first again it takes the lease
     // back with a newer term, fences, and serves revision two unchanged.
-    set_score(&nats.url(), "dev-2", 20).await;
+    set_score(&nats.url(), GROUP, "dev-2", 20).await;
     let mut back = wait_until("dev-1 serving again", Duration::from_secs(15), || async {
         let pc = project.client(CALL).await?;
         if pc.server().device.as_str() != "dev-1" {
@@ -682,18 +669,7 @@ async fn changes_made_without_a_server_are_submitted_after_reelection() {
 
     // An operator gives dev-3 a score: it is elected at once, and dev-2's
     // queued changes are submitted, in order.
-    run_cli_ok(&[
-        "score",
-        "set",
-        "--group",
-        GROUP,
-        "--device",
-        "dev-3",
-        "10",
-        "--nats",
-        &nats.url(),
-    ])
-    .await;
+    set_score(&nats.url(), GROUP, "dev-3", 10).await;
     let head = wait_until(
         "both offline edits committed",
         Duration::from_secs(15),

@@ -192,6 +192,20 @@ pub async fn run_cli_ok<S: AsRef<OsStr>>(args: &[S]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Sets a device's score through the CLI (`understudy score set`), as an
+/// operator would, and checks the CLI confirms it.
+pub async fn set_score(url: &str, group: &str, device: &str, score: u8) {
+    let score = score.to_string();
+    let out = run_cli_ok(&[
+        "score", "set", "--group", group, "--device", device, &score, "--nats", url,
+    ])
+    .await;
+    assert!(
+        out.contains(&format!("score of {device} set to {score}")),
+        "{out}"
+    );
+}
+
 /// The wall clock in Unix milliseconds, as heartbeats' `sent_at_ms` give it.
 pub fn unix_ms_now() -> u64 {
     understudy_bus::unix_ms(SystemTime::now())
