@@ -18,33 +18,28 @@ const GROUP: &str = "stage";
 const FIRST_SERVER_WITHIN: Duration = Duration::from_secs(8);
 
 fn opts(id: &str, i: u8, score: u8, extra: &[&str]) -> DeviceOpts {
-    let mut o = DeviceOpts::new(GROUP, id, &format!("02:00:00:00:00:{i:02x}"), score);
-    o.extra_args = extra.iter().map(|s| s.to_string()).collect();
-    o
+    DeviceOpts::new(GROUP, id, &mac(i), score).with_args(extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_group_recovers_after_nats_restarts() {
-    let mut nats = NatsServer::start().await;
+    let mut nats = start_nats().await;
     let urls = vec![nats.url()];
     let _devs: Vec<Device> = [(1, 200), (2, 150), (3, 100)]
         .iter()
-        .map(|(i, s)| Device::spawn(&urls, opts(&format!("dev-{i}"), *i, *s, &[])))
+        .map(|(i, s)| spawn_device(&urls, opts(&format!("dev-{i}"), *i, *s, &[])))
         .collect();
     {
         let obs = Observer::start(&nats.url(), GROUP).await;
         let (server, _) = obs
-            .wait_for(
-                |v: &View| v.converged().filter(|(d, _)| d == "dev-1"),
-                FIRST_SERVER_WITHIN,
-            )
+            .wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
             .await
             .unwrap();
         assert_eq!(server, "dev-1");
         obs.check_one_server().unwrap();
     }
     nats.kill();
-    nats.restart().await;
+    nats.restart().await.unwrap();
     let obs = Observer::start(&nats.url(), GROUP).await;
     let (server, _) = obs
         .wait_for(
@@ -72,13 +67,13 @@ async fn the_group_recovers_after_nats_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_one_node_of_a_three_node_cluster_never_yields_two_servers() {
-    let mut cluster = NatsCluster::start(3).await;
+    let mut cluster = start_cluster(3).await;
     let all = cluster.urls();
     let joined = all.join(",");
     let _devs: Vec<Device> = [(1, 200), (2, 150), (3, 100)]
         .iter()
         .map(|(i, s)| {
-            Device::spawn(
+            spawn_device(
                 &all,
                 opts(&format!("dev-{i}"), *i, *s, &["--replicas", "3"]),
             )
@@ -110,20 +105,17 @@ async fn losing_one_node_of_a_three_node_cluster_never_yields_two_servers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_cut_off_from_nats_steps_down_and_the_next_best_takes_over() {
-    let nats = NatsServer::start().await;
+    let nats = start_nats().await;
     let proxy = FaultProxy::start(nats.addr()).await;
     let direct = vec![nats.url()];
     // A long preempt delay keeps the healed device a client for the test.
     let extra = ["--preempt-delay", "60s"];
-    let a = Device::spawn(&[proxy.url()], opts("dev-1", 1, 200, &extra));
-    let _b = Device::spawn(&direct, opts("dev-2", 2, 150, &extra));
-    let _c = Device::spawn(&direct, opts("dev-3", 3, 100, &extra));
+    let a = spawn_device(&[proxy.url()], opts("dev-1", 1, 200, &extra));
+    let _b = spawn_device(&direct, opts("dev-2", 2, 150, &extra));
+    let _c = spawn_device(&direct, opts("dev-3", 3, 100, &extra));
     let obs = Observer::start(&nats.url(), GROUP).await;
     let (server, term) = obs
-        .wait_for(
-            |v: &View| v.converged().filter(|(d, _)| d == "dev-1"),
-            FIRST_SERVER_WITHIN,
-        )
+        .wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
         .await
         .unwrap();
     assert_eq!(server, "dev-1");
@@ -170,12 +162,7 @@ async fn a_server_cut_off_from_nats_steps_down_and_the_next_best_takes_over() {
         Role::Client,
         "the cut-off server rejoins as a client"
     );
-    obs.wait_for(
-        |v: &View| v.converged().filter(|(d, _)| d == "dev-2"),
-        secs(5),
-    )
-    .await
-    .unwrap();
+    obs.wait_converged_on("dev-2", secs(5)).await.unwrap();
     // It said why it stopped once it could speak again: the event made while
     // it was cut off is sent again until JetStream has stored it.
     obs.wait_for(
@@ -193,11 +180,11 @@ async fn a_server_cut_off_from_nats_steps_down_and_the_next_best_takes_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_with_one_id_are_reported_not_merged() {
-    let nats = NatsServer::start().await;
+    let nats = start_nats().await;
     let urls = vec![nats.url()];
-    let _a = Device::spawn(&urls, opts("dev-1", 1, 200, &[]));
-    let _b = Device::spawn(&urls, opts("dev-2", 2, 100, &[]));
-    let _twin = Device::spawn(&urls, opts("dev-2", 3, 50, &[]));
+    let _a = spawn_device(&urls, opts("dev-1", 1, 200, &[]));
+    let _b = spawn_device(&urls, opts("dev-2", 2, 100, &[]));
+    let _twin = spawn_device(&urls, opts("dev-2", 3, 50, &[]));
     let obs = Observer::start(&nats.url(), GROUP).await;
     // Both processes named dev-2 say so in their own heartbeats (B2)...
     wait_until(
@@ -295,16 +282,16 @@ async fn two_devices_with_one_id_are_reported_not_merged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_stops_promptly_on_sigterm_even_with_the_bus_gone() {
-    let mut nats = NatsServer::start().await;
+    let mut nats = start_nats().await;
     let urls = vec![nats.url()];
-    let mut dev = Device::spawn(&urls, opts("dev-1", 1, 200, &[]));
+    let mut dev = spawn_device(&urls, opts("dev-1", 1, 200, &[]));
     let obs = Observer::start(&nats.url(), GROUP).await;
     obs.wait_for(View::converged, FIRST_SERVER_WITHIN)
         .await
         .unwrap();
     drop(obs);
     nats.kill();
-    dev.sigterm();
+    dev.signal(Signal::Term).unwrap();
     let status = dev.wait_exit(secs(10)).await.unwrap();
     assert!(status.success(), "exit status {status}");
 }

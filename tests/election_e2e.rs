@@ -20,18 +20,15 @@ const FIRST_SERVER_WITHIN: Duration = Duration::from_secs(8);
 /// benchmark's job (docs/BENCHMARKS.md), the test proves it happens.
 const FAILOVER_WITHIN: Duration = Duration::from_secs(3);
 
-fn mac(i: u8) -> String {
-    format!("02:00:00:00:00:{i:02x}")
-}
-
 fn spawn(urls: &[String], id: &str, i: u8, score: u8, extra: &[&str]) -> Device {
-    let mut opts = DeviceOpts::new(GROUP, id, &mac(i), score);
-    opts.extra_args = extra.iter().map(|s| s.to_string()).collect();
-    Device::spawn(urls, opts)
+    spawn_device(
+        urls,
+        DeviceOpts::new(GROUP, id, &mac(i), score).with_args(extra),
+    )
 }
 
 async fn group_of(scores: &[u8], extra: &[&str]) -> (NatsServer, Observer, Vec<Device>) {
-    let nats = NatsServer::start().await;
+    let nats = start_nats().await;
     let obs = Observer::start(&nats.url(), GROUP).await;
     let urls = vec![nats.url()];
     let devices = scores
@@ -81,10 +78,7 @@ async fn kill_9_of_the_server_fails_over_to_the_next_best() {
     // for a moment at start-up may see a lower one claim first, then hand
     // back — P1).
     let (first, term) = obs
-        .wait_for(
-            |v: &View| v.converged().filter(|(d, _)| d == "dev-1"),
-            FIRST_SERVER_WITHIN,
-        )
+        .wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
         .await
         .unwrap();
     assert_eq!(first, "dev-1", "the highest score serves");
@@ -122,7 +116,7 @@ async fn sigterm_hands_over_at_once() {
     obs.wait_for(View::converged, FIRST_SERVER_WITHIN)
         .await
         .unwrap();
-    devs[0].sigterm();
+    devs[0].signal(Signal::Term).unwrap();
     let (next, _) = obs
         .wait_for(
             |v: &View| v.server().filter(|(d, _)| d != "dev-1"),
@@ -153,7 +147,7 @@ async fn a_server_paused_past_its_lease_comes_back_as_a_client() {
         .wait_for(View::converged, FIRST_SERVER_WITHIN)
         .await
         .unwrap();
-    devs[0].sigstop();
+    devs[0].signal(Signal::Stop).unwrap();
     let (next, _) = obs
         .wait_for(
             |v: &View| v.server().filter(|(d, _)| d != "dev-1"),
@@ -173,7 +167,7 @@ async fn a_server_paused_past_its_lease_comes_back_as_a_client() {
     .await
     .unwrap();
     let woke_ms = unix_ms_now();
-    devs[0].sigcont();
+    devs[0].signal(Signal::Cont).unwrap();
     // It comes back as a client. (A beat it had queued before the pause may
     // still say server, in its old term, for an instant: checked below.)
     let back = obs
@@ -199,12 +193,7 @@ async fn a_server_paused_past_its_lease_comes_back_as_a_client() {
         Some(old_term),
         "never served with another term"
     );
-    obs.wait_for(
-        |v: &View| v.converged().filter(|(d, _)| d == "dev-2"),
-        secs(3),
-    )
-    .await
-    .unwrap();
+    obs.wait_converged_on("dev-2", secs(3)).await.unwrap();
     wait_event(&obs, "dev-1 stepping down", |k| matches!(k,
         ElectionEventKind::SteppedDown { device, reason: StepDownReason::LeaseLost | StepDownReason::Deposed, .. }
             if device.as_str() == "dev-1"))
@@ -218,24 +207,9 @@ async fn raising_a_clients_score_makes_it_the_server() {
     obs.wait_for(View::converged, FIRST_SERVER_WITHIN)
         .await
         .unwrap();
-    let out = run_cli_ok(&[
-        "score",
-        "set",
-        "--group",
-        GROUP,
-        "--device",
-        "dev-3",
-        "255",
-        "--nats",
-        &nats.url(),
-    ])
-    .await;
-    assert!(out.contains("score of dev-3 set to 255"), "{out}");
+    set_score(&nats.url(), GROUP, "dev-3", 255).await;
     let (server, _) = obs
-        .wait_for(
-            |v: &View| v.converged().filter(|(d, _)| d == "dev-3"),
-            FAILOVER_WITHIN,
-        )
+        .wait_converged_on("dev-3", FAILOVER_WITHIN)
         .await
         .unwrap();
     assert_eq!(server, "dev-3");
@@ -274,18 +248,7 @@ async fn manual_assignment_waits_for_an_operator_after_its_server_dies() {
     .await
     .unwrap();
     let before = elected(&obs).len();
-    run_cli_ok(&[
-        "score",
-        "set",
-        "--group",
-        GROUP,
-        "--device",
-        "dev-3",
-        "5",
-        "--nats",
-        &nats.url(),
-    ])
-    .await;
+    set_score(&nats.url(), GROUP, "dev-3", 5).await;
     let (server, _) = obs
         .wait_for(|v: &View| v.converged(), FAILOVER_WITHIN)
         .await
@@ -427,7 +390,7 @@ async fn bad_control_input_is_refused_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_can_run_its_services_as_separate_processes() {
-    let nats = NatsServer::start().await;
+    let nats = start_nats().await;
     let obs = Observer::start(&nats.url(), GROUP).await;
     let urls = vec![nats.url()];
     let mut split: Vec<Device> = ["election", "heartbeat", "discovery"]

@@ -1,6 +1,6 @@
-//! End to end: the JSON control gateway (issue 5; docs/control.md) as a real
+//! End to end: the JSON control gateway (docs/control.md) as a real
 //! `understudy gateway` process between test clients and real `understudy
-//! node` devices on a real nats-server. HTTP through a raw socket, TCP as
+//! node` devices on a real nats-server. HTTP through hyper's client, TCP as
 //! newline-delimited JSON, WebSocket through tokio-tungstenite.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -8,17 +8,15 @@
 #[path = "harness/mod.rs"]
 mod harness;
 
-use std::fs::File;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, ensure};
+use anyhow::{Result, ensure};
 use futures::StreamExt;
+use harness::http::{Reply, Sse, get, request};
 use harness::*;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use understudy_protocol::subjects;
@@ -32,90 +30,19 @@ const COUNTS_WITHIN: Duration = Duration::from_secs(10);
 /// One request or one event, on a loaded machine.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
-fn mac(i: u8) -> String {
-    format!("02:00:00:00:00:{i:02x}")
-}
-
-/// A running `understudy gateway`, killed on drop.
-struct Gateway {
-    child: Child,
-    http: SocketAddr,
-    tcp: SocketAddr,
-    log: PathBuf,
-    _dir: TempDir,
-}
-
-impl Gateway {
-    /// Starts a gateway on free loopback ports and waits until it answers.
-    async fn start(nats: &str, token: Option<&str>) -> Gateway {
-        let dir = TempDir::new("gateway");
-        let log = dir.path().join("gateway.log");
-        let ports = free_ports(2);
-        let http = SocketAddr::from(([127, 0, 0, 1], ports[0]));
-        let tcp = SocketAddr::from(([127, 0, 0, 1], ports[1]));
-        let out = File::create(&log).expect("gateway log");
-        let err = out.try_clone().expect("gateway log");
-        let mut cmd = Command::new(understudy_bin());
-        cmd.args(["gateway", "--nats", nats])
-            .args(["--listen", &http.to_string()])
-            .args(["--tcp-listen", &tcp.to_string()])
-            .env_remove("UNDERSTUDY_API_TOKEN")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
-        if let Some(t) = token {
-            cmd.args(["--api-token", t]);
-        }
-        let child = cmd.spawn().expect("spawn understudy gateway");
-        let gw = Gateway {
-            child,
-            http,
-            tcp,
-            log,
-            _dir: dir,
-        };
-        wait_until("the gateway to answer HTTP", secs(15), || async {
-            let r = get(gw.http, "/api/v1/groups").await?;
-            ensure!(r.status == 200, "status {}", r.status);
-            Ok(())
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}\ngateway log:\n{}", tail(&gw.log, 30)));
-        gw
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "[gateway_e2e] gateway log {}:\n{}",
-                self.log.display(),
-                tail(&self.log, 40)
-            );
-        }
-    }
-}
-
 /// A nats-server, `n` devices of [`GROUP`] (dev-1 … dev-n, scores given) and
 /// a gateway with [`TOKEN`]; returns once the group has a server.
 async fn lab(scores: &[u8]) -> (NatsServer, Vec<Device>, Gateway) {
-    let nats = NatsServer::start().await;
+    let nats = start_nats().await;
     let urls = vec![nats.url()];
     let devices: Vec<Device> = scores
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            let opts = DeviceOpts::new(GROUP, &format!("dev-{}", i + 1), &mac(i as u8 + 1), *s);
-            Device::spawn(&urls, opts)
-        })
+        .map(|(i, s)| spawn_device(&urls, DeviceOpts::numbered(GROUP, i as u8 + 1, *s)))
         .collect();
-    let gw = Gateway::start(&nats.url(), Some(TOKEN)).await;
+    let gw = start_gateway(&nats.url(), Some(TOKEN)).await;
     wait_until("the group to have a server", SERVER_WITHIN, || async {
-        let r = get(gw.http, &format!("/api/v1/groups/{GROUP}")).await?;
+        let r = get(gw.http(), &format!("/api/v1/groups/{GROUP}")).await?;
         let doc = r.json()?;
         ensure!(r.status == 200, "status {}: {doc}", r.status);
         ensure!(!doc["server"].is_null(), "no server yet");
@@ -126,143 +53,25 @@ async fn lab(scores: &[u8]) -> (NatsServer, Vec<Device>, Gateway) {
     (nats, devices, gw)
 }
 
-// ---------------------------------------------------------------- HTTP client
-
-/// An HTTP answer.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> Result<Value> {
-        serde_json::from_slice(&self.body).with_context(|| {
-            format!(
-                "status {}: body is not JSON: {:?}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The `error.code` of a JSON error answer, checking its shape.
-    fn error_code(&self) -> String {
-        let doc = self.json().unwrap();
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/json"),
-            "{doc}"
-        );
-        let code = doc["error"]["code"].as_str().unwrap_or_else(|| {
-            panic!("no error.code in {doc}");
-        });
-        assert!(
-            doc["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "no error.message in {doc}"
-        );
-        code.to_string()
-    }
-}
-
-fn request_head(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> String {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head
-}
-
-/// Sends one request (`Connection: close`) and reads the whole answer.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> Result<Reply> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let mut req = request_head(addr, method, path, headers).into_bytes();
-    req.extend_from_slice(b"Connection: close\r\n");
-    if let Some(b) = body {
-        req.extend_from_slice(format!("Content-Length: {}\r\n\r\n", b.len()).as_bytes());
-        req.extend_from_slice(b);
-    } else {
-        req.extend_from_slice(b"\r\n");
-    }
-    stream.write_all(&req).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(ANSWER_WITHIN, stream.read_to_end(&mut raw))
-        .await
-        .map_err(|_| anyhow!("{method} {path}: no complete answer within {ANSWER_WITHIN:?}"))??;
-    parse_reply(&raw).with_context(|| format!("{method} {path}"))
-}
-
-fn parse_reply(raw: &[u8]) -> Result<Reply> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("no end of headers in {:?}", String::from_utf8_lossy(raw)))?;
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("bad status line in {head:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[end + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
-    {
-        body = dechunk(&body)?;
-    }
-    Ok(Reply {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| anyhow!("truncated chunk"))?;
-        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16)?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        ensure!(data.len() >= size + 2, "truncated chunk");
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Result<Reply> {
-    http(addr, "GET", path, &[], None).await
+/// The `error.code` of a JSON error answer, checking its shape.
+fn error_code(r: &Reply) -> String {
+    let doc = r.json().unwrap();
+    assert_eq!(r.header("content-type"), Some("application/json"), "{doc}");
+    let code = doc["error"]["code"].as_str().unwrap_or_else(|| {
+        panic!("no error.code in {doc}");
+    });
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "no error.message in {doc}"
+    );
+    code.to_string()
 }
 
 /// A mutating call with JSON body and the token.
 async fn put_json(addr: SocketAddr, path: &str, body: &Value) -> Reply {
-    http(
+    request(
         addr,
         "PUT",
         path,
@@ -281,7 +90,7 @@ fn score_path(device: &str) -> String {
 }
 
 async fn status_doc(gw: &Gateway) -> Result<Value> {
-    let r = get(gw.http, &format!("/api/v1/groups/{GROUP}")).await?;
+    let r = get(gw.http(), &format!("/api/v1/groups/{GROUP}")).await?;
     ensure!(r.status == 200, "status {}", r.status);
     r.json()
 }
@@ -315,90 +124,6 @@ async fn wait_sessions(gw: &Gateway, gui: u64, control: u64) {
     )
     .await
     .unwrap();
-}
-
-// ----------------------------------------------------------------- SSE client
-
-/// An open Server-Sent Events stream.
-struct Sse {
-    reader: BufReader<TcpStream>,
-    pending: String,
-}
-
-/// One SSE event: (id, event type, data as JSON).
-type SseEvent = (u64, String, Value);
-
-impl Sse {
-    async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Sse> {
-        let mut stream = TcpStream::connect(addr).await?;
-        let mut req = request_head(addr, "GET", path, headers);
-        req.push_str("Accept: text/event-stream\r\n\r\n");
-        stream.write_all(req.as_bytes()).await?;
-        let mut reader = BufReader::new(stream);
-        let mut status = String::new();
-        reader.read_line(&mut status).await?;
-        ensure!(status.contains(" 200 "), "SSE answered {status:?}");
-        let mut chunked = false;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).await?;
-            let l = line.trim().to_ascii_lowercase();
-            if l.is_empty() {
-                break;
-            }
-            if l.starts_with("content-type:") {
-                ensure!(l.contains("text/event-stream"), "SSE content type {l}");
-            }
-            chunked |= l.starts_with("transfer-encoding:") && l.contains("chunked");
-        }
-        ensure!(chunked, "the SSE stream is expected chunked");
-        Ok(Sse {
-            reader,
-            pending: String::new(),
-        })
-    }
-
-    /// The next event (comments and keep-alives skipped).
-    async fn next(&mut self) -> Result<SseEvent> {
-        loop {
-            if let Some(end) = self.pending.find("\n\n") {
-                let block: String = self.pending.drain(..end + 2).collect();
-                let (mut id, mut kind, mut data) = (None, String::new(), String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        id = Some(v.trim().parse::<u64>()?);
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        kind = v.trim().to_string();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    }
-                }
-                if let Some(id) = id {
-                    return Ok((id, kind, serde_json::from_str(&data)?));
-                }
-                continue;
-            }
-            // One chunk: size line, data, CRLF.
-            let mut size = String::new();
-            ensure!(
-                self.reader.read_line(&mut size).await? > 0,
-                "the SSE stream ended"
-            );
-            let size = usize::from_str_radix(size.trim(), 16)?;
-            ensure!(size > 0, "the SSE stream ended");
-            let mut data = vec![0; size + 2];
-            self.reader.read_exact(&mut data).await?;
-            self.pending
-                .push_str(&String::from_utf8_lossy(&data[..size]).replace("\r\n", "\n"));
-        }
-    }
-
-    async fn next_within(&mut self, within: Duration) -> SseEvent {
-        tokio::time::timeout(within, self.next())
-            .await
-            .expect("an SSE event in time")
-            .unwrap()
-    }
 }
 
 // ----------------------------------------------------------------- TCP client
@@ -484,7 +209,7 @@ async fn http_reads_and_controls_a_group() {
 
     // Groups seen in device presence.
     wait_until("the group listed", COUNTS_WITHIN, || async {
-        let doc = get(gw.http, "/api/v1/groups").await?.json()?;
+        let doc = get(gw.http(), "/api/v1/groups").await?.json()?;
         ensure!(
             doc["groups"] == json!([{"group": GROUP, "devices": 3}]),
             "{doc}"
@@ -512,7 +237,7 @@ async fn http_reads_and_controls_a_group() {
     assert!(doc["problems"].is_array());
 
     // Devices and one device.
-    let r = get(gw.http, &format!("/api/v1/groups/{GROUP}/devices"))
+    let r = get(gw.http(), &format!("/api/v1/groups/{GROUP}/devices"))
         .await
         .unwrap();
     assert_eq!(r.status, 200);
@@ -523,32 +248,32 @@ async fn http_reads_and_controls_a_group() {
         .map(|d| d["device"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names, ["dev-1", "dev-2", "dev-3"]);
-    let r = get(gw.http, &format!("/api/v1/groups/{GROUP}/devices/dev-3"))
+    let r = get(gw.http(), &format!("/api/v1/groups/{GROUP}/devices/dev-3"))
         .await
         .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.json().unwrap()["score"], 50);
 
     // Get a score, set one: the server changes.
-    let r = get(gw.http, &score_path("dev-1")).await.unwrap();
+    let r = get(gw.http(), &score_path("dev-1")).await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(
         r.json().unwrap(),
         json!({"group": GROUP, "device": "dev-1", "score": 100})
     );
-    let r = put_json(gw.http, &score_path("dev-3"), &json!({"score": 250})).await;
+    let r = put_json(gw.http(), &score_path("dev-3"), &json!({"score": 250})).await;
     assert_eq!(r.status, 200, "{:?}", r.json());
     let doc = r.json().unwrap();
     assert_eq!(doc["score"], 250);
     assert_eq!(doc["device"], "dev-3");
     assert!(doc.get("server").is_some());
     wait_server(&gw, "dev-3").await;
-    let r = get(gw.http, &score_path("dev-3")).await.unwrap();
+    let r = get(gw.http(), &score_path("dev-3")).await.unwrap();
     assert_eq!(r.json().unwrap()["score"], 250);
 
     // Trigger an election: 202, and the group keeps its rightful server.
-    let r = http(
-        gw.http,
+    let r = request(
+        gw.http(),
         "POST",
         &format!("/api/v1/groups/{GROUP}/election"),
         &[("Authorization", &format!("Bearer {TOKEN}"))],
@@ -565,7 +290,7 @@ async fn http_reads_and_controls_a_group() {
 
     // Offline, then online again.
     let online = format!("/api/v1/groups/{GROUP}/devices/dev-1/online");
-    let r = put_json(gw.http, &online, &json!({"online": false})).await;
+    let r = put_json(gw.http(), &online, &json!({"online": false})).await;
     assert_eq!(r.status, 200);
     assert_eq!(
         r.json().unwrap(),
@@ -578,7 +303,7 @@ async fn http_reads_and_controls_a_group() {
     })
     .await
     .unwrap();
-    let r = put_json(gw.http, &online, &json!({"online": true})).await;
+    let r = put_json(gw.http(), &online, &json!({"online": true})).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json().unwrap()["online"], true);
     wait_until("dev-1 online", COUNTS_WITHIN, || async {
@@ -594,10 +319,10 @@ async fn http_reads_and_controls_a_group() {
     .unwrap();
 
     // The OpenAPI document and the dashboard are served.
-    let r = get(gw.http, "/api/v1/openapi.json").await.unwrap();
+    let r = get(gw.http(), "/api/v1/openapi.json").await.unwrap();
     assert_eq!(r.status, 200);
     assert!(r.json().unwrap()["paths"].is_object());
-    let r = get(gw.http, "/").await.unwrap();
+    let r = get(gw.http(), "/").await.unwrap();
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/html"));
 }
@@ -616,9 +341,9 @@ async fn bad_input_gets_a_json_error_with_the_right_status_on_http_and_tcp() {
     ];
     for (body, status, code) in cases {
         let v: Value = serde_json::from_str(body).unwrap();
-        let r = put_json(gw.http, &path, &v).await;
+        let r = put_json(gw.http(), &path, &v).await;
         assert_eq!(
-            (r.status, r.error_code().as_str()),
+            (r.status, error_code(&r).as_str()),
             (status, code),
             "{body}"
         );
@@ -630,18 +355,18 @@ async fn bad_input_gets_a_json_error_with_the_right_status_on_http_and_tcp() {
     ];
     let check = |r: Reply, status: u16, code: &str, what: &str| {
         assert_eq!(
-            (r.status, r.error_code().as_str()),
+            (r.status, error_code(&r).as_str()),
             (status, code),
             "{what}"
         );
     };
     // Malformed JSON, wrong content type, oversized body.
-    let r = http(gw.http, "PUT", &path, &json_auth, Some(b"{\"score\": 1"))
+    let r = request(gw.http(), "PUT", &path, &json_auth, Some(b"{\"score\": 1"))
         .await
         .unwrap();
     check(r, 400, "invalid_json", "malformed JSON");
-    let r = http(
-        gw.http,
+    let r = request(
+        gw.http(),
         "PUT",
         &path,
         &[("Content-Type", "text/plain"), ("Authorization", &auth)],
@@ -651,31 +376,31 @@ async fn bad_input_gets_a_json_error_with_the_right_status_on_http_and_tcp() {
     .unwrap();
     check(r, 415, "unsupported_media_type", "text/plain body");
     let big = format!("{{\"score\": 1, \"pad\": \"{}\"}}", "x".repeat(20_000));
-    let r = http(gw.http, "PUT", &path, &json_auth, Some(big.as_bytes()))
+    let r = request(gw.http(), "PUT", &path, &json_auth, Some(big.as_bytes()))
         .await
         .unwrap();
     check(r, 413, "payload_too_large", "20 kB body");
     // Unknown group, unknown device, bad names.
     let r = put_json(
-        gw.http,
+        gw.http(),
         "/api/v1/groups/nosuchgroup/devices/dev-1/score",
         &json!({"score": 1}),
     )
     .await;
     check(r, 404, "unknown_group", "unknown group (PUT)");
-    let r = get(gw.http, "/api/v1/groups/nosuchgroup").await.unwrap();
+    let r = get(gw.http(), "/api/v1/groups/nosuchgroup").await.unwrap();
     check(r, 404, "unknown_group", "unknown group (GET)");
-    let r = put_json(gw.http, &score_path("dev-9"), &json!({"score": 1})).await;
+    let r = put_json(gw.http(), &score_path("dev-9"), &json!({"score": 1})).await;
     check(r, 404, "unknown_device", "unknown device (PUT)");
-    let r = get(gw.http, &format!("/api/v1/groups/{GROUP}/devices/dev-9"))
+    let r = get(gw.http(), &format!("/api/v1/groups/{GROUP}/devices/dev-9"))
         .await
         .unwrap();
     check(r, 404, "unknown_device", "unknown device (GET)");
-    let r = get(gw.http, "/api/v1/groups/bad%20name").await.unwrap();
+    let r = get(gw.http(), "/api/v1/groups/bad%20name").await.unwrap();
     check(r, 400, "invalid_name", "a name with a space");
     // Missing or wrong token.
-    let r = http(
-        gw.http,
+    let r = request(
+        gw.http(),
         "PUT",
         &path,
         &[("Content-Type", "application/json")],
@@ -684,8 +409,8 @@ async fn bad_input_gets_a_json_error_with_the_right_status_on_http_and_tcp() {
     .await
     .unwrap();
     check(r, 401, "unauthorized", "no token");
-    let r = http(
-        gw.http,
+    let r = request(
+        gw.http(),
         "POST",
         &format!("/api/v1/groups/{GROUP}/election"),
         &[("Authorization", "Bearer wrong")],
@@ -695,18 +420,18 @@ async fn bad_input_gets_a_json_error_with_the_right_status_on_http_and_tcp() {
     .unwrap();
     check(r, 401, "unauthorized", "wrong token");
     // Unknown path, wrong method.
-    let r = get(gw.http, "/api/v1/nothing/here").await.unwrap();
+    let r = get(gw.http(), "/api/v1/nothing/here").await.unwrap();
     check(r, 404, "not_found", "unknown path");
-    let r = http(gw.http, "DELETE", "/api/v1/groups", &[], None)
+    let r = request(gw.http(), "DELETE", "/api/v1/groups", &[], None)
         .await
         .unwrap();
     check(r, 405, "method_not_allowed", "DELETE");
     // Nothing changed.
-    let r = get(gw.http, &path).await.unwrap();
+    let r = get(gw.http(), &path).await.unwrap();
     assert_eq!(r.json().unwrap()["score"], 100);
 
     // The same over TCP.
-    let mut tcp = Tcp::connect(gw.tcp).await;
+    let mut tcp = Tcp::connect(gw.tcp()).await;
     let set = |id: u64, score: Value| json!({"id": id, "cmd": "set_score", "group": GROUP, "device": "dev-1", "score": score});
     assert_eq!(tcp.error(set(1, json!(5))).await, "unauthorized");
     assert_eq!(
@@ -770,10 +495,10 @@ async fn bad_input_gets_a_json_error_with_the_right_status_on_http_and_tcp() {
     );
 
     // A gateway without a token refuses every mutating call, even with one.
-    let open = Gateway::start(&nats.url(), None).await;
-    let r = put_json(open.http, &path, &json!({"score": 1})).await;
+    let open = start_gateway(&nats.url(), None).await;
+    let r = put_json(open.http(), &path, &json!({"score": 1})).await;
     check(r, 401, "unauthorized", "gateway without a token");
-    let mut tcp = Tcp::connect(open.tcp).await;
+    let mut tcp = Tcp::connect(open.tcp()).await;
     assert_eq!(
         tcp.error(json!({"id": 1, "cmd": "auth", "token": TOKEN}))
             .await,
@@ -792,7 +517,7 @@ async fn open_sessions_show_in_the_counts() {
     wait_sessions(&gw, 0, 0).await;
 
     let dashboard = Sse::open(
-        gw.http,
+        gw.http(),
         &format!("/api/v1/groups/{GROUP}/events?client=dashboard&last=0"),
         &[],
     )
@@ -802,13 +527,13 @@ async fn open_sessions_show_in_the_counts() {
 
     let (ws, _) = tokio_tungstenite::connect_async(format!(
         "ws://{}/api/v1/groups/{GROUP}/events/ws?last=0",
-        gw.http
+        gw.http()
     ))
     .await
     .unwrap();
     wait_sessions(&gw, 1, 1).await;
 
-    let mut tcp = Tcp::connect(gw.tcp).await;
+    let mut tcp = Tcp::connect(gw.tcp()).await;
     let r = tcp
         .call(json!({"id": 1, "cmd": "subscribe", "group": GROUP, "last": 0}))
         .await;
@@ -880,7 +605,7 @@ async fn late_subscribers_get_exactly_the_missed_events_then_live_ones() {
     let client = nats.client().await.unwrap();
     wait_server(&gw, "dev-2").await;
     // Some history: a score change moves the server (more events).
-    put_json(gw.http, &score_path("dev-1"), &json!({"score": 250})).await;
+    put_json(gw.http(), &score_path("dev-1"), &json!({"score": 250})).await;
     wait_server(&gw, "dev-1").await;
     let last = last_sequence(&client).await;
     let history = stream_events(&client, 1, last).await;
@@ -892,7 +617,7 @@ async fn late_subscribers_get_exactly_the_missed_events_then_live_ones() {
     // WebSocket with after=N.
     let (mut ws, _) = tokio_tungstenite::connect_async(format!(
         "ws://{}/api/v1/groups/{GROUP}/events/ws?after={seen}",
-        gw.http
+        gw.http()
     ))
     .await
     .unwrap();
@@ -903,7 +628,7 @@ async fn late_subscribers_get_exactly_the_missed_events_then_live_ones() {
 
     // SSE with Last-Event-ID (which wins over ?after=0) and TCP with after.
     let mut sse = Sse::open(
-        gw.http,
+        gw.http(),
         &format!("/api/v1/groups/{GROUP}/events?after=0"),
         &[("Last-Event-ID", &seen.to_string())],
     )
@@ -916,7 +641,7 @@ async fn late_subscribers_get_exactly_the_missed_events_then_live_ones() {
         assert_eq!(data["group"], GROUP);
         sse_ids.push(id);
     }
-    let mut tcp = Tcp::connect(gw.tcp).await;
+    let mut tcp = Tcp::connect(gw.tcp()).await;
     let r = tcp
         .call(json!({"id": 1, "cmd": "subscribe", "group": GROUP, "after": seen}))
         .await;
@@ -927,7 +652,7 @@ async fn late_subscribers_get_exactly_the_missed_events_then_live_ones() {
     }
 
     // A live event: give dev-3 the top score.
-    put_json(gw.http, &score_path("dev-3"), &json!({"score": 255})).await;
+    put_json(gw.http(), &score_path("dev-3"), &json!({"score": 255})).await;
     ws_ids.push(next_ws(&mut ws).await);
     sse_ids.push(sse.next_within(ANSWER_WITHIN).await.0);
     tcp_ids.push(tcp.event().await["id"].as_u64().unwrap());
@@ -946,7 +671,7 @@ async fn late_subscribers_get_exactly_the_missed_events_then_live_ones() {
     let now_last = last_sequence(&client).await;
     let all = stream_events(&client, 1, now_last).await;
     let mut recent = Sse::open(
-        gw.http,
+        gw.http(),
         &format!("/api/v1/groups/{GROUP}/events?last=2"),
         &[],
     )

@@ -64,7 +64,7 @@ async fn kv_get(kv: &kv::Store, key: &str) -> Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_server_starts_kills_and_restarts_with_its_store() -> Result<()> {
-    let mut nats = NatsServer::start().await;
+    let mut nats = start_nats().await;
     assert!(nats.is_running());
     let client = nats.client().await?;
     let js = jetstream::new(client.clone());
@@ -88,7 +88,7 @@ async fn nats_server_starts_kills_and_restarts_with_its_store() -> Result<()> {
         "a killed server must refuse connections"
     );
 
-    nats.restart().await;
+    nats.restart().await.unwrap();
     assert!(nats.is_running());
     // The old client reconnects by itself, and the store survived.
     let value = wait_until("the KV value after a restart", secs(10), || {
@@ -102,7 +102,7 @@ async fn nats_server_starts_kills_and_restarts_with_its_store() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_cluster_keeps_an_r3_bucket_readable_when_a_node_dies() -> Result<()> {
-    let mut cluster = NatsCluster::start(3).await;
+    let mut cluster = start_cluster(3).await;
     assert_eq!(cluster.urls().len(), 3);
     let client = cluster.client().await?;
     let js = jetstream::new(client);
@@ -136,14 +136,14 @@ async fn nats_cluster_keeps_an_r3_bucket_readable_when_a_node_dies() -> Result<(
     assert_eq!(value, "v1");
     eprintln!("KV readable {:?} after killing n1", started.elapsed());
 
-    cluster.restart(0).await;
+    cluster.restart(0).await.unwrap();
     assert!(cluster.is_running(0));
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fault_proxy_cuts_blackholes_and_heals() -> Result<()> {
-    let nats = NatsServer::start().await;
+    let nats = start_nats().await;
     // A responder connected directly to the server.
     let direct = nats.client().await?;
     let mut requests = direct.subscribe("selftest.echo").await?;
@@ -217,7 +217,7 @@ async fn fault_proxy_cuts_blackholes_and_heals() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn observer_records_heartbeats_and_sees_the_server() -> Result<()> {
-    let nats = NatsServer::start().await;
+    let nats = start_nats().await;
     let observer = Observer::start(&nats.url(), "selftest").await;
     let device = nats.client().await?;
     let publisher = tokio::spawn(async move {

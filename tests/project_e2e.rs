@@ -1,5 +1,5 @@
 //! End to end: the project file over gRPC between real `understudy node`
-//! processes on a real nats-server (issue 4; DESIGN.md B11, S1, S2).
+//! processes on a real nats-server (B11, S1, S2).
 //!
 //! The clients in these tests are the project-sync client library (what the
 //! CLI and the devices use), so every acknowledgement a test counts is one a
@@ -36,18 +36,12 @@ const GROUP: &str = "stage";
 const FIRST_SERVER_WITHIN: Duration = Duration::from_secs(10);
 const CALL: Duration = Duration::from_secs(3);
 
-fn mac(i: u8) -> String {
-    format!("02:00:00:00:00:{i:02x}")
-}
-
 fn group() -> GroupName {
     GROUP.parse().unwrap()
 }
 
 fn spawn(urls: &[String], i: u8, score: u8, extra: &[&str]) -> Device {
-    let mut opts = DeviceOpts::new(GROUP, &format!("dev-{i}"), &mac(i), score);
-    opts.extra_args = extra.iter().map(|s| s.to_string()).collect();
-    Device::spawn(urls, opts)
+    spawn_device(urls, DeviceOpts::numbered(GROUP, i, score).with_args(extra))
 }
 
 /// The test's own view of the group's project: the lease and the head in
@@ -360,7 +354,7 @@ async fn assert_history(project: &Project, acked: &Mutex<Vec<Ack>>, changes: usi
 async fn a_thousand_changes_from_three_clients_survive_losing_the_server_every_fifty() {
     const CHANGES: usize = 1000;
     const KILL_EVERY: usize = 50;
-    let nats = NatsServer::start().await;
+    let nats = start_nats().await;
     let obs = Observer::start(&nats.url(), GROUP).await;
     let urls = vec![nats.url()];
     let mut devs: Vec<Device> = (1..=3).map(|i| spawn(&urls, i, 40 - i * 10, &[])).collect();
@@ -391,10 +385,10 @@ async fn a_thousand_changes_from_three_clients_survive_losing_the_server_every_f
             next_kill += KILL_EVERY;
             if (kills + pauses) % 2 == 0 {
                 d.kill9();
-                d.restart();
+                d.restart().unwrap();
                 kills += 1;
             } else {
-                d.sigstop();
+                d.signal(Signal::Stop).unwrap();
                 let frozen = d.id().to_string();
                 let before = writers.done();
                 let moved_on = wait_until(
@@ -414,7 +408,7 @@ async fn a_thousand_changes_from_three_clients_survive_losing_the_server_every_f
                     },
                 )
                 .await;
-                d.sigcont();
+                d.signal(Signal::Cont).unwrap();
                 moved_on.unwrap();
                 pauses += 1;
             }
@@ -434,7 +428,7 @@ async fn a_thousand_changes_from_three_clients_survive_losing_the_server_every_f
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_changes_survive_losing_a_nats_node_and_the_server_on_a_cluster() {
     const CHANGES: usize = 150;
-    let mut cluster = NatsCluster::start(3).await;
+    let mut cluster = start_cluster(3).await;
     let all = cluster.urls();
     // The test's own clients go through the two nodes that stay up.
     let survivors = format!("{},{}", cluster.url(1), cluster.url(2));
@@ -470,7 +464,7 @@ async fn acknowledged_changes_survive_losing_a_nats_node_and_the_server_on_a_clu
         .find(|d| d.id() == server)
         .expect("a server device");
     d.kill9();
-    d.restart();
+    d.restart().unwrap();
     let acked = writers.finish().await;
     assert_history(&project, &acked, CHANGES).await;
     obs.check_one_server().unwrap();
@@ -479,7 +473,7 @@ async fn acknowledged_changes_survive_losing_a_nats_node_and_the_server_on_a_clu
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_changes_survive_a_nats_server_killed_and_restarted() {
     const CHANGES: usize = 100;
-    let mut nats = NatsServer::start().await;
+    let mut nats = start_nats().await;
     let urls = vec![nats.url()];
     let _devs: Vec<Device> = (1..=3).map(|i| spawn(&urls, i, 40 - i * 10, &[])).collect();
     let project = Project::new(&nats.url()).await;
@@ -488,7 +482,7 @@ async fn acknowledged_changes_survive_a_nats_server_killed_and_restarted() {
     // Halfway, the bus dies (SIGKILL) under the writers and comes back on the
     // same store: what JetStream acknowledged is still there.
     writers.wait_for(CHANGES / 2).await;
-    nats.restart().await;
+    nats.restart().await.unwrap();
     let acked = writers.finish().await;
     assert_history(&project, &acked, CHANGES).await;
 }
@@ -497,22 +491,9 @@ async fn acknowledged_changes_survive_a_nats_server_killed_and_restarted() {
 // S1: a deposed server cannot commit
 // ---------------------------------------------------------------------------
 
-/// Sets a device's score through the CLI, as an operator would.
-async fn set_score(url: &str, device: &str, score: u8) {
-    let score = score.to_string();
-    let out = run_cli_ok(&[
-        "score", "set", "--group", GROUP, "--device", device, &score, "--nats", url,
-    ])
-    .await;
-    assert!(
-        out.contains(&format!("score of {device} set to {score}")),
-        "{out}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_server_that_wakes_up_deposed_cannot_commit() {
-    let nats = NatsServer::start().await;
+    let nats = start_nats().await;
     let obs = Observer::start(&nats.url(), GROUP).await;
     let urls = vec![nats.url()];
     let mut a = spawn(&urls, 1, 30, &[]);
@@ -523,7 +504,7 @@ async fn a_paused_server_that_wakes_up_deposed_cannot_commit() {
     let r1 = commit(&mut to_a, 0, "one", b"revision one\n").await;
 
     // Freeze the server; a change sent to it now waits in its socket.
-    a.sigstop();
+    a.signal(Signal::Stop).unwrap();
     let mut late = to_a.clone();
     let pending = tokio::spawn(async move {
         late.submit(change(r1.revision, "from-the-past", &b"stale write\n"[..]))
@@ -550,11 +531,11 @@ async fn a_paused_server_that_wakes_up_deposed_cannot_commit() {
     // While dev-1 wakes, dev-2 must outrank it; otherwise dev-1 (score 30)
     // is handed the lease back within milliseconds (P1) and then serves
     // legitimately in a newer term, which is not what this part checks.
-    set_score(&nats.url(), "dev-2", 40).await;
+    set_score(&nats.url(), GROUP, "dev-2", 40).await;
 
     // Wake the deposed server: neither the queued change nor a new one may
     // commit, whatever it believes for the first instants.
-    a.sigcont();
+    a.signal(Signal::Cont).unwrap();
     let queued = tokio::time::timeout(Duration::from_secs(10), pending)
         .await
         .expect("the queued submit ends")
@@ -588,7 +569,7 @@ async fn a_paused_server_that_wakes_up_deposed_cannot_commit() {
 
     // The woken device rejoins; once it ranks first again it takes the lease
     // back with a newer term, fences, and serves revision two unchanged.
-    set_score(&nats.url(), "dev-2", 20).await;
+    set_score(&nats.url(), GROUP, "dev-2", 20).await;
     let mut back = wait_until("dev-1 serving again", Duration::from_secs(15), || async {
         let pc = project.client(CALL).await?;
         if pc.server().device.as_str() != "dev-1" {
@@ -620,7 +601,7 @@ fn queue(dev: &Device, base: u64, id: &str, data: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changes_made_without_a_server_are_submitted_after_reelection() {
-    let nats = NatsServer::start().await;
+    let nats = start_nats().await;
     let urls = vec![nats.url()];
     // Manual assignment (B8): only dev-1 may serve.
     let mut a = spawn(&urls, 1, 50, &[]);
@@ -646,7 +627,7 @@ async fn changes_made_without_a_server_are_submitted_after_reelection() {
     // Two edits on dev-2 while nobody serves, made one after the other on
     // its copy of revision one — through the CLI, as an operator would.
     let v2 = b"cue list v1\ncue 2 added offline\n";
-    let f2 = TempDir::new("edit");
+    let f2 = TempDir::new("edit").unwrap();
     std::fs::write(f2.path().join("v2"), v2).unwrap();
     let out = run_cli_ok(&[
         "project",
@@ -688,18 +669,7 @@ async fn changes_made_without_a_server_are_submitted_after_reelection() {
 
     // An operator gives dev-3 a score: it is elected at once, and dev-2's
     // queued changes are submitted, in order.
-    run_cli_ok(&[
-        "score",
-        "set",
-        "--group",
-        GROUP,
-        "--device",
-        "dev-3",
-        "10",
-        "--nats",
-        &nats.url(),
-    ])
-    .await;
+    set_score(&nats.url(), GROUP, "dev-3", 10).await;
     let head = wait_until(
         "both offline edits committed",
         Duration::from_secs(15),
@@ -746,7 +716,7 @@ async fn changes_made_without_a_server_are_submitted_after_reelection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_conflicting_edit_is_reported_and_kept() {
-    let nats = NatsServer::start().await;
+    let nats = start_nats().await;
     let urls = vec![nats.url()];
     // The server takes projects up to 1 KiB, so a larger queued change is
     // refused for its size (not a conflict).
@@ -810,7 +780,7 @@ async fn a_conflicting_edit_is_reported_and_kept() {
     // reason, and reported; the queue goes on.
     let big = vec![b'x'; 2000];
     queue(&b, r2.revision, "too-big", &big);
-    let scratch = TempDir::new("damaged");
+    let scratch = TempDir::new("damaged").unwrap();
     let damaged = Outbox::open(scratch.path()).unwrap();
     let entry = damaged
         .add(r2.revision, "dev-2", Some("damaged"), b"intact\n")
@@ -895,7 +865,7 @@ async fn a_conflicting_edit_is_reported_and_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_64_mib_project_reaches_ten_clients_intact() {
-    let nats = NatsServer::start().await;
+    let nats = start_nats().await;
     let urls = vec![nats.url()];
     let mut devs = vec![spawn(&urls, 1, 100, &[])];
     devs.extend((2..=11).map(|i| spawn(&urls, i, 0, &[])));
@@ -958,9 +928,9 @@ async fn raw_submit(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_submits_are_refused_clearly_and_change_nothing() {
-    let nats = NatsServer::start().await;
+    let nats = start_nats().await;
     let urls = vec![nats.url()];
-    let ports = free_ports(2);
+    let ports = free_ports(2).unwrap();
     let addr_a = format!("127.0.0.1:{}", ports[0]);
     let addr_b = format!("127.0.0.1:{}", ports[1]);
     let _a = spawn(

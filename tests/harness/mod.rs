@@ -1,6 +1,9 @@
-//! The end-to-end test harness: real `nats-server` processes (single and a
-//! 3-node cluster), real `understudy` device processes, a fault-injecting TCP
-//! proxy and an observer that records what a group says on the bus.
+//! The end-to-end tests' side of the shared toolkit: `understudy-testkit`
+//! starts the processes (nats-server, single or a cluster; `understudy`
+//! devices and gateway; temp dirs, free ports, waits with a deadline), and
+//! this module adds what only tests need: where this build's binaries are,
+//! a CLI runner, a fault-injecting TCP proxy, an observer that records what a
+//! group says on the bus, and an HTTP client for the gateway.
 //!
 //! Include it from a test file with
 //!
@@ -14,9 +17,9 @@
 //! (`#[tokio::test(flavor = "multi_thread", worker_threads = 4)]`).
 //!
 //! Every wait is bounded by a deadline; nothing sleeps to synchronise. Every
-//! process is killed and every temp dir removed when its handle is dropped; when
-//! a test fails (the thread is panicking) the logs are kept and their paths
-//! printed.
+//! process is killed and every temp dir removed when its handle is dropped;
+//! when a test fails (the thread is panicking) the logs are kept and their
+//! paths printed.
 //!
 //! The `nats-server` binary comes from `UNDERSTUDY_NATS_SERVER`, else
 //! `<repo>/.tools/bin/nats-server`, else `nats-server` on `PATH`; it must be
@@ -25,30 +28,33 @@
 // Each test file uses only part of the harness.
 #![allow(dead_code, unused_imports)]
 
-pub mod device;
-pub mod nats;
+pub mod http;
 pub mod observer;
 pub mod proxy;
 
 use std::ffi::OsStr;
-use std::fs;
-use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, anyhow, bail};
-
-pub use device::{Device, DeviceOpts};
-pub use nats::{NatsCluster, NatsServer};
 pub use observer::{Observer, Recording, Timed, View};
 pub use proxy::FaultProxy;
+pub use understudy_testkit::{
+    Device, DeviceOpts, Gateway, GatewayOpts, NatsCluster, NatsServer, POLL, Signal, TempDir,
+    connect, free_port, free_ports, mac, tail,
+};
 
-/// How often conditions are polled while waiting for them.
-pub const POLL: Duration = Duration::from_millis(20);
+/// [`understudy_testkit::wait_until`] with the tests' error type: polls
+/// `probe` until it returns `Ok`, failing after `within` with `what` and the
+/// last complaint.
+pub async fn wait_until<T, F, Fut>(what: &str, within: Duration, probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    Ok(understudy_testkit::wait_until(what, within, probe).await?)
+}
 
 /// How long `run_cli` lets the CLI run before it kills it.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(20);
@@ -63,50 +69,81 @@ pub fn millis(ms: u64) -> Duration {
     Duration::from_millis(ms)
 }
 
-/// The root of the repository (the folder that holds `tests/harness/`).
+/// The root of the repository: the workspace holding this package.
 pub fn repo_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        // `file!()` is relative to the workspace root when the test lives in
-        // the workspace, and absolute otherwise; find the ancestor of the
-        // package's manifest dir it is relative to.
-        let this = Path::new(file!());
+        // The package is <root>/crates/understudy.
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let found = manifest
+        let root = manifest
             .ancestors()
-            .map(|dir| dir.join(this))
-            .find(|candidate| candidate.is_file())
-            .unwrap_or_else(|| {
-                panic!(
-                    "cannot locate {} from {}",
-                    this.display(),
-                    manifest.display()
-                )
-            });
-        let found = found.canonicalize().unwrap_or(found);
-        // <root>/tests/harness/mod.rs
-        found
-            .ancestors()
-            .nth(3)
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| panic!("{} has no repository root", found.display()))
+            .find(|dir| dir.join("tests/harness/mod.rs").is_file())
+            .unwrap_or_else(|| panic!("no repository root above {}", manifest.display()));
+        root.to_path_buf()
     })
 }
 
-/// The `understudy` binary under test: Cargo's `CARGO_BIN_EXE_understudy`
-/// when the test is built as part of the CLI package, else
-/// `<repo>/target/debug/understudy`.
-pub fn understudy_bin() -> PathBuf {
-    let bin = match option_env!("CARGO_BIN_EXE_understudy") {
-        Some(path) => PathBuf::from(path),
-        None => repo_root().join("target/debug/understudy"),
-    };
-    assert!(
-        bin.is_file(),
-        "the understudy binary {} does not exist; build it with `cargo build -p understudy`",
-        bin.display()
-    );
-    bin
+/// The `understudy` binary under test (Cargo builds it for this package's
+/// tests).
+pub fn understudy_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_understudy"))
+}
+
+/// The `nats-server` binary (see the module docs); panics, saying how to
+/// install one, when there is none or it is too old.
+pub fn nats_server_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let tools = [repo_root().join(".tools/bin/nats-server")];
+        understudy_testkit::find_nats_server(None, &tools).unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+/// Starts a single nats-server with JetStream in a temp dir; panics on failure.
+pub async fn start_nats() -> NatsServer {
+    NatsServer::start(nats_server_bin())
+        .await
+        .unwrap_or_else(|e| panic!("cannot start nats-server: {e}"))
+}
+
+/// Starts an `n`-node NATS cluster in a temp dir, JetStream ready; panics on
+/// failure.
+pub async fn start_cluster(n: usize) -> NatsCluster {
+    NatsCluster::start(nats_server_bin(), n)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start a {n}-node NATS cluster: {e}"))
+}
+
+/// Starts a device in its own temp dir with the test timings pinned
+/// (`--heartbeat-interval 100ms --grace-period 2s`, then `opts.extra_args`);
+/// does not wait for it to be up (watch it with an [`Observer`]). Panics if
+/// it cannot be spawned.
+pub fn spawn_device<S: AsRef<str>>(urls: &[S], mut opts: DeviceOpts) -> Device {
+    let mut args: Vec<String> = ["--heartbeat-interval", "100ms", "--grace-period", "2s"]
+        .map(String::from)
+        .to_vec();
+    args.append(&mut opts.extra_args);
+    opts.extra_args = args;
+    Device::start(understudy_bin(), None, urls, opts)
+        .unwrap_or_else(|e| panic!("cannot start a device: {e}"))
+}
+
+/// Starts `understudy gateway` on free loopback ports in its own temp dir
+/// and waits until it accepts connections; panics on failure.
+pub async fn start_gateway(nats: &str, api_token: Option<&str>) -> Gateway {
+    let opts = GatewayOpts::free_ports(api_token).expect("two free ports");
+    start_gateway_on(nats, opts).await
+}
+
+/// Like [`start_gateway`], on the addresses `opts` gives (a restarted
+/// gateway keeps its ports).
+pub async fn start_gateway_on(nats: &str, opts: GatewayOpts) -> Gateway {
+    let mut gw = Gateway::start(understudy_bin(), None, nats, opts)
+        .unwrap_or_else(|e| panic!("cannot start the gateway: {e}"));
+    if let Err(e) = gw.wait_listening(secs(15)).await {
+        panic!("{e}");
+    }
+    gw
 }
 
 /// Runs the `understudy` CLI with `args` and returns its output; kills it and
@@ -117,7 +154,7 @@ pub async fn run_cli<S: AsRef<OsStr>>(args: &[S]) -> Output {
         .iter()
         .map(|a| a.as_ref().to_string_lossy().into_owned())
         .collect();
-    let child = tokio::process::Command::new(&bin)
+    let child = tokio::process::Command::new(bin)
         .args(args)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
@@ -155,120 +192,21 @@ pub async fn run_cli_ok<S: AsRef<OsStr>>(args: &[S]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Connects a NATS client for the test itself: `urls` is one URL or several
-/// separated by commas. Short connection timeout (2 s), quick reconnects (at
-/// most 250 ms apart), 5 s request timeout, and servers a cluster gossips are
-/// ignored (so a client behind a [`FaultProxy`] stays behind it).
-pub async fn connect(urls: &str) -> Result<async_nats::Client> {
-    let addrs: Vec<&str> = urls.split(',').map(str::trim).collect();
-    async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(2))
-        .request_timeout(Some(Duration::from_secs(5)))
-        .reconnect_delay_callback(|attempt| Duration::from_millis((attempt as u64 * 50).min(250)))
-        .ignore_discovered_servers()
-        .connect(addrs.as_slice())
-        .await
-        .with_context(|| format!("cannot connect to {urls}"))
-}
-
-/// Polls `probe` every [`POLL`] until it returns `Some`, or fails after
-/// `within` with `what` and the last probe's complaint in the message.
-pub async fn wait_until<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        let last = match tokio::time::timeout_at(deadline.into(), probe()).await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(e)) => format!("{e:#}"),
-            Err(_) => "the last attempt was still running".to_string(),
-        };
-        if Instant::now() >= deadline {
-            bail!("timed out after {within:?} waiting for {what}: {last}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// A free TCP port on 127.0.0.1 (bound, then released). Several calls in a
-/// row may return the same port; use [`free_ports`] when you need distinct ones.
-pub fn free_port() -> u16 {
-    free_ports(1)[0]
-}
-
-/// `n` distinct free TCP ports on 127.0.0.1 (all bound at once, then released).
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local address").port())
-        .collect()
+/// Sets a device's score through the CLI (`understudy score set`), as an
+/// operator would, and checks the CLI confirms it.
+pub async fn set_score(url: &str, group: &str, device: &str, score: u8) {
+    let score = score.to_string();
+    let out = run_cli_ok(&[
+        "score", "set", "--group", group, "--device", device, &score, "--nats", url,
+    ])
+    .await;
+    assert!(
+        out.contains(&format!("score of {device} set to {score}")),
+        "{out}"
+    );
 }
 
 /// The wall clock in Unix milliseconds, as heartbeats' `sent_at_ms` give it.
 pub fn unix_ms_now() -> u64 {
     understudy_bus::unix_ms(SystemTime::now())
-}
-
-/// A fresh temporary directory, removed on drop unless the thread is
-/// panicking (a failing test keeps it for its logs).
-#[derive(Debug)]
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    /// Creates `<tmp>/understudy-e2e-<label>-<pid>-<n>`.
-    pub fn new(label: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
-            "understudy-e2e-{label}-{}-{n}-{nanos:08x}",
-            std::process::id()
-        ));
-        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        TempDir { path }
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
-/// The last `lines` lines of the text file at `path` (empty if unreadable).
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Sends `signal` (e.g. "KILL", "STOP", "CONT", "TERM") to process `pid` with
-/// `kill -s`.
-pub fn send_signal(pid: u32, signal: &str) -> Result<()> {
-    let status = std::process::Command::new("kill")
-        .args(["-s", signal, &pid.to_string()])
-        .stdin(Stdio::null())
-        .status()
-        .with_context(|| format!("cannot run `kill -s {signal} {pid}`"))?;
-    if !status.success() {
-        return Err(anyhow!("`kill -s {signal} {pid}` failed: {status}"));
-    }
-    Ok(())
 }

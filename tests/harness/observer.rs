@@ -312,6 +312,20 @@ impl Observer {
         self.wait_for(View::server, within).await
     }
 
+    /// Waits until every live device agrees that `device` serves (see
+    /// [`View::converged`]); returns it and its term.
+    pub async fn wait_converged_on(
+        &self,
+        device: &str,
+        within: Duration,
+    ) -> Result<(String, Term)> {
+        self.wait_for(
+            |v: &View| v.converged().filter(|(d, _)| d == device),
+            within,
+        )
+        .await
+    }
+
     /// The live devices reporting role = server right now, with their terms.
     pub fn server(&self) -> Vec<(String, Term)> {
         self.view().servers()

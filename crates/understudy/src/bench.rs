@@ -1,5 +1,5 @@
-//! `understudy bench failover`: measures what DESIGN.md's performance goals
-//! are about, on real processes and a real nats-server on loopback, and
+//! `understudy bench failover`: measures what the performance goals (L1's
+//! failover bound) are about, on real processes and a real nats-server on loopback, and
 //! prints the figures (docs/BENCHMARKS.md quotes them). Not a test: it
 //! asserts nothing.
 //!
@@ -12,12 +12,10 @@
 //! - optionally an idle period, counting elections that should not happen.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use async_nats::jetstream;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use tokio::time::Instant;
@@ -25,8 +23,9 @@ use understudy_protocol::messages::{
     self, ElectionEvent, ElectionEventKind, ElectionReason, Heartbeat,
 };
 use understudy_protocol::{GroupName, Role, Term, subjects};
+use understudy_testkit::{Device, NatsCluster, NatsServer, Signal};
 
-use crate::lab::{Proc, nats_binary, scores, spawn_device, spawn_device_with, start_nats};
+use crate::lab::{nats_binary, scores, spawn_device};
 use crate::settings::{connect, parse_duration};
 
 /// `understudy bench …`
@@ -197,115 +196,39 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
     }
 }
 
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    // Hold every listener until all are chosen, so the ports differ.
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<_>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+/// Empties `dir` (what an earlier run left) and returns it absolute, with
+/// this executable and the nats-server to run.
+pub(crate) fn fresh_workspace(
+    dir: &Path,
+    nats_server: Option<&Path>,
+) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let dir = std::fs::canonicalize(dir)?;
+    let exe = std::env::current_exe().context("cannot find my own binary")?;
+    let bin = nats_binary(nats_server)?;
+    Ok((dir, exe, bin))
 }
 
-/// One node of the benchmark's cluster.
-struct Node {
-    conf: PathBuf,
-    log: PathBuf,
-    port: u16,
-    proc: Option<Proc>,
-}
-
-impl Node {
-    fn start(&mut self, bin: &std::path::Path) -> Result<()> {
-        let log = std::fs::File::create(&self.log)?;
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&self.conf)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        self.proc = Some(Proc {
-            name: format!("nats-server :{}", self.port),
-            child,
-        });
-        Ok(())
-    }
-}
-
-async fn cluster_ready(urls: &str, replicas: usize, within: Duration) -> Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        let attempt = async {
-            let client = crate::settings::connect_once(urls, "understudy-bench-probe").await?;
-            let js = jetstream::new(client);
-            let name = "understudy-bench-probe";
-            js.create_key_value(jetstream::kv::Config {
-                bucket: name.into(),
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| anyhow!("{e}"))?;
-            js.delete_key_value(name)
-                .await
-                .map_err(|e| anyhow!("{e}"))?;
-            anyhow::Ok(())
+impl Ear {
+    /// Subscribes to `group`'s heartbeats and election events.
+    async fn listen(client: &async_nats::Client, group: &GroupName) -> Result<Ear> {
+        let ear = Ear {
+            beats: client.subscribe(subjects::heartbeats(group)).await?,
+            events: client.subscribe(subjects::election_events(group)).await?,
+            latest: BTreeMap::new(),
+            log: Vec::new(),
         };
-        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-            Ok(Ok(())) => return Ok(()),
-            _ if Instant::now() >= deadline => bail!("JetStream not ready within {within:?}"),
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
+        client.flush().await?;
+        Ok(ear)
     }
 }
 
 async fn cluster(a: ClusterArgs) -> Result<()> {
     let group: GroupName = "bench".parse()?;
-    let _ = std::fs::remove_dir_all(&a.dir);
-    std::fs::create_dir_all(&a.dir)?;
-    let dir = std::fs::canonicalize(&a.dir)?;
-    let exe = std::env::current_exe().context("cannot find my own binary")?;
-    let bin = nats_binary(a.nats_server.clone())?;
-    let ports = free_ports(6)?;
-    let (client_ports, route_ports) = ports.split_at(3);
-    let routes: Vec<String> = route_ports
-        .iter()
-        .map(|p| format!("\"nats://127.0.0.1:{p}\""))
-        .collect();
-    let mut nodes = Vec::new();
-    for i in 0..3 {
-        let conf = dir.join(format!("n{}.conf", i + 1));
-        let store = dir.join(format!("n{}-store", i + 1));
-        std::fs::write(
-            &conf,
-            format!(
-                "server_name: n{}\nlisten: \"127.0.0.1:{}\"\njetstream {{ store_dir: {:?} }}\ncluster {{\n  name: understudy\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
-                i + 1,
-                client_ports[i],
-                store.display().to_string(),
-                route_ports[i],
-                routes.join(", ")
-            ),
-        )?;
-        nodes.push(Node {
-            conf,
-            log: dir.join(format!("n{}.log", i + 1)),
-            port: client_ports[i],
-            proc: None,
-        });
-    }
-    for n in &mut nodes {
-        n.start(&bin)?;
-    }
-    let urls: Vec<String> = client_ports
-        .iter()
-        .map(|p| format!("nats://127.0.0.1:{p}"))
-        .collect();
-    let all = urls.join(",");
-    cluster_ready(&all, 3, Duration::from_secs(30)).await?;
+    let (dir, exe, bin) = fresh_workspace(&a.dir, a.nats_server.as_deref())?;
+    let mut nats = NatsCluster::start_in(&bin, &dir, 3).await?;
+    let all = nats.urls().join(",");
     println!(
         "understudy bench cluster: {} devices, 3-node NATS cluster (R3 lease bucket), loopback, defaults",
         a.devices
@@ -313,24 +236,19 @@ async fn cluster(a: ClusterArgs) -> Result<()> {
     let scores = scores(a.devices);
     let mut devices = Vec::new();
     for (i, s) in scores.iter().enumerate() {
-        devices.push(spawn_device_with(
+        let extra = ["--replicas", "3"];
+        devices.push(spawn_device(
             &exe,
             &dir,
             &all,
             group.as_str(),
             i,
             *s,
-            &["--replicas", "3"],
+            &extra,
         )?);
     }
     let client = connect(&all, "understudy-bench").await?;
-    let mut ear = Ear {
-        beats: client.subscribe(subjects::heartbeats(&group)).await?,
-        events: client.subscribe(subjects::election_events(&group)).await?,
-        latest: BTreeMap::new(),
-        log: Vec::new(),
-    };
-    client.flush().await?;
+    let mut ear = Ear::listen(&client, &group).await?;
     ear.pump_until(Duration::from_secs(30), |e| e.converged(a.devices))
         .await
         .map_err(|e| anyhow!("the group did not converge on the cluster: {e}"))?;
@@ -341,7 +259,7 @@ async fn cluster(a: ClusterArgs) -> Result<()> {
     for r in 0..a.rounds {
         let victim = r % 3;
         let t0 = Instant::now();
-        nodes[victim].proc = None; // SIGKILL on drop
+        nats.kill(victim);
         // Watch until converged again, noting the longest stretch with no
         // live server and whether two live servers ever showed at once.
         let mut gap_start: Option<Instant> = None;
@@ -390,8 +308,8 @@ async fn cluster(a: ClusterArgs) -> Result<()> {
             ms(longest_gap),
             ms(converged_at - t0)
         );
-        nodes[victim].start(&bin)?;
-        cluster_ready(&all, 3, Duration::from_secs(60)).await?;
+        nats.restart(victim).await?;
+        nats.wait_jetstream_ready(Duration::from_secs(60)).await?;
     }
     println!("{}", summary("longest time without a server", without));
     println!(
@@ -408,19 +326,11 @@ async fn failover(a: FailoverArgs) -> Result<()> {
         bail!("--devices must be at least 2");
     }
     let group: GroupName = "bench".parse()?;
-    let _ = std::fs::remove_dir_all(&a.dir);
-    std::fs::create_dir_all(&a.dir)?;
-    let exe = std::env::current_exe().context("cannot find my own binary")?;
-    let bin = nats_binary(a.nats_server.clone())?;
-    let (_nats, url) = start_nats(&bin, &a.dir)?;
+    let (dir, exe, bin) = fresh_workspace(&a.dir, a.nats_server.as_deref())?;
+    let nats = NatsServer::start_in(&bin, &dir, None).await?;
+    let url = nats.url();
     let client = connect(&url, "understudy-bench").await?;
-    let mut ear = Ear {
-        beats: client.subscribe(subjects::heartbeats(&group)).await?,
-        events: client.subscribe(subjects::election_events(&group)).await?,
-        latest: BTreeMap::new(),
-        log: Vec::new(),
-    };
-    client.flush().await?;
+    let mut ear = Ear::listen(&client, &group).await?;
     let scores = scores(a.devices);
     let n = a.devices;
     println!(
@@ -429,7 +339,7 @@ async fn failover(a: FailoverArgs) -> Result<()> {
 
     // Cold starts.
     let mut cold = Vec::new();
-    let mut devices: Vec<Option<Proc>> = Vec::new();
+    let mut devices: Vec<Device> = Vec::new();
     for round in 0..a.cold_starts.max(1) {
         devices.clear();
         ear.latest.clear();
@@ -444,14 +354,7 @@ async fn failover(a: FailoverArgs) -> Result<()> {
         }
         let t0 = Instant::now();
         for (i, s) in scores.iter().enumerate() {
-            devices.push(Some(spawn_device(
-                &exe,
-                &a.dir,
-                &url,
-                group.as_str(),
-                i,
-                *s,
-            )?));
+            devices.push(spawn_device(&exe, &dir, &url, group.as_str(), i, *s, &[])?);
         }
         let (server, _) = ear
             .pump_until(Duration::from_secs(15), |e| e.converged(n))
@@ -481,41 +384,30 @@ async fn failover(a: FailoverArgs) -> Result<()> {
             .await?;
             let i = devices
                 .iter()
-                .position(|d| d.as_ref().is_some_and(|p| p.name == server))
+                .position(|d| d.id() == server)
                 .ok_or_else(|| anyhow!("server {server} is not one of ours"))?;
             let t0 = Instant::now();
             if planned {
-                let pid = devices[i].as_ref().map(|p| p.child.id()).unwrap_or(0);
-                Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status()?;
+                devices[i].signal(Signal::Term)?;
             } else {
-                devices[i] = None; // SIGKILL on drop
+                devices[i].kill9();
             }
             let (at, successor, _) = ear
                 .pump_until(Duration::from_secs(10), |e| e.elected_after(t0, &server))
                 .await
                 .map_err(|e| anyhow!("no failover after killing {server}: {e}"))?;
-            total.push(if planned { 0.0 } else { ms(at - t0) });
             if planned {
                 handover.push(ms(at - t0));
-            } else if let Some(started) = ear.started_after(t0, &successor) {
-                detect.push(ms(started - t0));
-                elect.push(ms(at - started));
+            } else {
+                total.push(ms(at - t0));
+                if let Some(started) = ear.started_after(t0, &successor) {
+                    detect.push(ms(started - t0));
+                    elect.push(ms(at - started));
+                }
             }
-            if planned {
-                total.pop();
-            }
-            // Bring the device back; it preempts as the rightful server.
-            devices[i] = None;
-            devices[i] = Some(spawn_device(
-                &exe,
-                &a.dir,
-                &url,
-                group.as_str(),
-                i,
-                scores[i],
-            )?);
+            // Bring the device back (killing it if a hand-over left it
+            // running); it preempts as the rightful server.
+            devices[i].restart()?;
             // Judge agreement on heartbeats sent after the restart only.
             ear.latest.clear();
             ear.pump_until(Duration::from_secs(15), |e| {

@@ -30,16 +30,16 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use understudy_project_sync::client::{
-    Change, ClientError, Fetched, ProjectClient, ServerRef, Submitted, find_server,
-};
+use understudy_project_sync::client::{Change, Fetched, ProjectClient, ServerRef, Submitted};
 use understudy_project_sync::local::LocalCopy;
 use understudy_project_sync::pb;
 use understudy_protocol::GroupName;
 
-use crate::bench::{ms, summary};
-use crate::lab::{nats_binary, spawn_device_with, start_nats};
+use crate::bench::{fresh_workspace, ms, summary};
+use crate::lab::spawn_device;
+use crate::project::connect_server_within;
 use crate::settings::connect_once;
+use understudy_testkit::NatsServer;
 
 const MIB: usize = 1024 * 1024;
 /// The size of each change of the notification run.
@@ -91,26 +91,19 @@ pub async fn project(a: ProjectArgs) -> Result<()> {
     ensure!(a.changes >= 1, "--changes must be at least 1");
     ensure!(a.size_mib >= 1, "--size-mib must be at least 1");
     let group: GroupName = "bench".parse()?;
-    let _ = std::fs::remove_dir_all(&a.dir);
-    std::fs::create_dir_all(&a.dir)?;
-    let dir = std::fs::canonicalize(&a.dir)?;
-    let exe = std::env::current_exe().context("cannot find my own binary")?;
-    let bin = nats_binary(a.nats_server.clone())?;
-    let (_nats, url) = start_nats(&bin, &dir)?;
+    let (dir, exe, bin) = fresh_workspace(&a.dir, a.nats_server.as_deref())?;
+    let nats = NatsServer::start_in(&bin, &dir, None).await?;
+    let url = nats.url();
     let size = a.size_mib * MIB;
     let max_size = (size as u64 + MIB as u64).max(256 * MIB as u64).to_string();
-    let _server = spawn_device_with(
-        &exe,
-        &dir,
-        &url,
-        group.as_str(),
-        0,
-        200,
-        &["--grace-period", "0", "--max-project-size", &max_size],
-    )?;
+    let extra = ["--grace-period", "0", "--max-project-size", &max_size];
+    let _server = spawn_device(&exe, &dir, &url, group.as_str(), 0, 200, &extra)?;
     let client = connect_once(&url, "understudy-bench-project").await?;
     let js = jetstream::new(client);
-    let mut pc = wait_for_server(&js, &group, Duration::from_secs(30)).await?;
+    let within = Some(Duration::from_secs(30));
+    let mut pc = connect_server_within(&js, &group, within)
+        .await
+        .context("the server device did not serve the project")?;
     let server = pc.server().clone();
     println!(
         "understudy bench project: {} clients in this process, the server `understudy node` {} \
@@ -121,31 +114,6 @@ pub async fn project(a: ProjectArgs) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(0x5eed_f11e);
     notification(&group, &server, &mut pc, &mut rng, a.clients, a.changes).await?;
     distribution(&group, &server, &mut pc, &mut rng, a.clients, size, &dir).await
-}
-
-/// Polls the lease and the server until it answers `Describe`.
-async fn wait_for_server(
-    js: &jetstream::Context,
-    group: &GroupName,
-    within: Duration,
-) -> Result<ProjectClient> {
-    let deadline = Instant::now() + within;
-    loop {
-        let attempt = async {
-            let server = find_server(js, group, CALL_TIMEOUT)
-                .await?
-                .ok_or_else(|| ClientError::NoServer(group.clone()))?;
-            let mut pc = ProjectClient::connect(group, server, CALL_TIMEOUT).await?;
-            pc.describe().await?;
-            Ok::<_, ClientError>(pc)
-        };
-        match attempt.await {
-            Ok(pc) => return Ok(pc),
-            Err(e) if e.is_transient() && Instant::now() < deadline => {}
-            Err(e) => bail!("the server device did not serve the project within {within:?}: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The server's head revision.

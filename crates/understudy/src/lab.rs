@@ -3,16 +3,19 @@
 //! election events shown live. `--kill-every` kills the server device with
 //! SIGKILL at that pace and restarts it, to show failovers without a hand.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use futures::StreamExt;
+use futures::future::join_all;
 use understudy_protocol::messages::{self, ElectionEvent, ElectionEventKind, Heartbeat};
 use understudy_protocol::{GroupName, Role, subjects};
+use understudy_testkit::{
+    Device, DeviceOpts, Gateway, GatewayOpts, NatsServer, find_nats_server, port_or_free,
+};
 
 use crate::ctl::describe;
 use crate::settings::{connect, parse_duration};
@@ -49,70 +52,16 @@ pub struct LabArgs {
     api_token: String,
 }
 
-pub(crate) struct Proc {
-    pub(crate) name: String,
-    pub(crate) child: Child,
+/// The nats-server binary: `--nats-server` (or `UNDERSTUDY_NATS_SERVER`),
+/// else `.tools/bin/nats-server` (where `scripts/ensure-nats.sh` puts it),
+/// else `nats-server` on `PATH`; 2.11 or newer.
+pub(crate) fn nats_binary(given: Option<&Path>) -> Result<PathBuf> {
+    let tools = [PathBuf::from(".tools/bin/nats-server")];
+    Ok(find_nats_server(given, &tools)?)
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port(preferred: u16) -> Result<u16> {
-    if TcpListener::bind(("127.0.0.1", preferred)).is_ok() {
-        return Ok(preferred);
-    }
-    let l = TcpListener::bind("127.0.0.1:0").context("no free port on 127.0.0.1")?;
-    Ok(l.local_addr()?.port())
-}
-
-pub(crate) fn nats_binary(given: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(p) = given {
-        return Ok(p);
-    }
-    let local = Path::new(".tools/bin/nats-server");
-    if local.exists() {
-        return Ok(local.to_path_buf());
-    }
-    Ok(PathBuf::from("nats-server"))
-}
-
-pub(crate) fn start_nats(bin: &Path, dir: &Path) -> Result<(Proc, String)> {
-    let port = free_port(4222)?;
-    let store = dir.join("nats");
-    std::fs::create_dir_all(&store)?;
-    let log = std::fs::File::create(dir.join("nats-server.log"))?;
-    let child = Command::new(bin)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(&store)
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .with_context(|| {
-            format!(
-                "cannot start {} (run scripts/ensure-nats.sh to install a current nats-server)",
-                bin.display()
-            )
-        })?;
-    let proc = Proc {
-        name: "nats-server".into(),
-        child,
-    };
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nats-server did not accept connections on {addr} within 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok((proc, format!("nats://127.0.0.1:{port}")))
-}
-
+/// Starts device `dev-<i+1>` of the lab (MAC `02:00:00:00:00:<i+1>`) with
+/// its log and data in `dir`, plus `extra` `understudy node` arguments.
 pub(crate) fn spawn_device(
     exe: &Path,
     dir: &Path,
@@ -120,84 +69,22 @@ pub(crate) fn spawn_device(
     group: &str,
     i: usize,
     score: u8,
-) -> Result<Proc> {
-    spawn_device_with(exe, dir, nats, group, i, score, &[])
-}
-
-/// Starts device `dev-<i+1>` with extra `understudy node` arguments.
-pub(crate) fn spawn_device_with(
-    exe: &Path,
-    dir: &Path,
-    nats: &str,
-    group: &str,
-    i: usize,
-    score: u8,
     extra: &[&str],
-) -> Result<Proc> {
-    let name = format!("dev-{}", i + 1);
-    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-    let child = Command::new(exe)
-        .args([
-            "node",
-            "--group",
-            group,
-            "--device-id",
-            &name,
-            "--mac",
-            &format!("02:00:00:00:00:{:02x}", i + 1),
-            "--score",
-            &score.to_string(),
-            "--nats",
-            nats,
-            "--data-dir",
-            &dir.join(&name).display().to_string(),
-        ])
-        .args(extra)
-        .env("UNDERSTUDY_LOG", "info")
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start device {name}"))?;
-    Ok(Proc { name, child })
+) -> Result<Device> {
+    let n = u8::try_from(i + 1).context("at most 255 devices")?;
+    let opts = DeviceOpts::numbered(group, n, score).with_args(extra);
+    Ok(Device::start(exe, Some(dir), &[nats], opts)?)
 }
 
 /// Starts the control gateway on 127.0.0.1:8080 and :8081 (other free ports
-/// if those are taken); returns it and its HTTP and TCP addresses.
-fn spawn_gateway(
-    exe: &Path,
-    dir: &Path,
-    nats: &str,
-    token: &str,
-) -> Result<(Proc, String, String)> {
-    let http = format!("127.0.0.1:{}", free_port(8080)?);
-    let tcp = format!("127.0.0.1:{}", free_port(8081)?);
-    let log = std::fs::File::create(dir.join("gateway.log"))?;
-    let child = Command::new(exe)
-        .args([
-            "gateway",
-            "--nats",
-            nats,
-            "--listen",
-            &http,
-            "--tcp-listen",
-            &tcp,
-        ])
-        .env("UNDERSTUDY_API_TOKEN", token)
-        .env("UNDERSTUDY_LOG", "info")
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .context("cannot start the gateway")?;
-    Ok((
-        Proc {
-            name: "gateway".into(),
-            child,
-        },
-        http,
-        tcp,
-    ))
+/// if those are taken), its log in `dir`.
+fn spawn_gateway(exe: &Path, dir: &Path, nats: &str, token: &str) -> Result<Gateway> {
+    let opts = GatewayOpts {
+        http: SocketAddr::from(([127, 0, 0, 1], port_or_free(8080)?)),
+        tcp: SocketAddr::from(([127, 0, 0, 1], port_or_free(8081)?)),
+        api_token: Some(token.to_string()),
+    };
+    Ok(Gateway::start(exe, Some(dir), nats, opts)?)
 }
 
 pub(crate) fn scores(n: usize) -> Vec<u8> {
@@ -206,7 +93,8 @@ pub(crate) fn scores(n: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Runs the lab until Ctrl-C (or `--duration`).
+/// Runs the lab until Ctrl-C or SIGTERM (or `--duration`), then stops
+/// everything it started.
 pub async fn run(a: LabArgs) -> Result<()> {
     if a.devices == 0 || a.devices > 50 {
         bail!("--devices must be 1–50");
@@ -217,75 +105,85 @@ pub async fn run(a: LabArgs) -> Result<()> {
     let (_nats, url) = match a.nats.clone() {
         Some(u) => (None, u),
         None => {
-            let bin = nats_binary(a.nats_server.clone())?;
-            let (p, u) = start_nats(&bin, &a.dir)?;
+            let bin = nats_binary(a.nats_server.as_deref())?;
+            let nats = NatsServer::start_in(&bin, &a.dir, Some(4222)).await?;
             println!(
-                "nats-server with JetStream at {u} (log {})",
-                a.dir.join("nats-server.log").display()
+                "nats-server with JetStream at {} (log {})",
+                nats.url(),
+                nats.log_path().display()
             );
-            (Some(p), u)
+            let url = nats.url();
+            (Some(nats), url)
         }
     };
     let scores = scores(a.devices);
-    let mut devices: Vec<Option<Proc>> = Vec::new();
+    let mut devices = Vec::with_capacity(scores.len());
     for (i, s) in scores.iter().enumerate() {
-        devices.push(Some(spawn_device(
+        devices.push(spawn_device(
             &exe,
             &a.dir,
             &url,
             group.as_str(),
             i,
             *s,
-        )?));
+            &[],
+        )?);
     }
     println!("{} devices in group {group}:", a.devices);
-    for (i, d) in devices.iter().flatten().enumerate() {
+    for d in &devices {
         println!(
-            "  {:<6} score {:>3}  mac 02:00:00:00:00:{:02x}  pid {:<7} log {}",
-            d.name,
-            scores[i],
-            i + 1,
-            d.child.id(),
-            a.dir.join(format!("{}.log", d.name)).display()
+            "  {:<6} score {:>3}  mac {}  pid {:<7} log {}",
+            d.id(),
+            d.opts().score,
+            d.opts().mac,
+            d.pid(),
+            d.log_path().display()
         );
     }
     let _gateway = if a.no_gateway {
         None
     } else {
-        let (p, http, tcp) = spawn_gateway(&exe, &a.dir, &url, &a.api_token)?;
+        let gw = spawn_gateway(&exe, &a.dir, &url, &a.api_token)?;
+        let http = gw.http();
         println!(
-            "gateway:      dashboard http://{http}/?group={group}  API http://{http}/api/v1  TCP {tcp}  token {} (log {})",
+            "gateway:      dashboard http://{http}/?group={group}  API http://{http}/api/v1  TCP {}  token {} (log {})",
+            gw.tcp(),
             a.api_token,
-            a.dir.join("gateway.log").display()
+            gw.log_path().display()
         );
-        Some(p)
+        Some(gw)
     };
     println!("look at it:   understudy status --group {group} --nats {url}");
     println!("events:       understudy events --group {group} --nats {url}");
     println!("fail over:    kill -9 <pid of the server>   (the best remaining device takes over)");
     println!("rig it:       understudy score set --group {group} --device dev-5 255 --nats {url}");
     println!("Ctrl-C stops the lab. Live election events:");
+    let result = watch(&a, &group, &url, &mut devices).await;
+    println!("stopping the lab");
+    join_all(devices.iter_mut().map(|d| d.stop(Duration::from_secs(3)))).await;
+    result
+}
 
-    let client = connect(&url, "understudy-lab").await?;
-    let mut events = client.subscribe(subjects::election_events(&group)).await?;
-    let mut beats = client.subscribe(subjects::heartbeats(&group)).await?;
-    let kill_every = a
-        .kill_every
-        .as_deref()
-        .map(parse_duration)
-        .transpose()
-        .map_err(|e| anyhow!(e))?;
-    let stop_after = a
-        .duration
-        .as_deref()
-        .map(parse_duration)
-        .transpose()
-        .map_err(|e| anyhow!(e))?;
+/// Shows the group's election events until Ctrl-C, SIGTERM or `--duration`, killing
+/// and restarting the server device at the `--kill-every` pace.
+async fn watch(a: &LabArgs, group: &GroupName, url: &str, devices: &mut [Device]) -> Result<()> {
+    let client = connect(url, "understudy-lab").await?;
+    let mut events = client.subscribe(subjects::election_events(group)).await?;
+    let mut beats = client.subscribe(subjects::heartbeats(group)).await?;
+    let duration = |flag: &Option<String>| {
+        flag.as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e| anyhow!(e))
+    };
+    let kill_every = duration(&a.kill_every)?;
+    let stop_after = duration(&a.duration)?;
     let started = tokio::time::Instant::now();
+    let elapsed = || started.elapsed().as_secs_f64();
     let mut next_kill = kill_every.map(|d| started + d.max(Duration::from_secs(3)));
     let mut restart: Option<(tokio::time::Instant, usize)> = None;
     let mut server: Option<String> = None;
-    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+    let mut stop = Box::pin(understudy_bus::terminate_or_interrupt());
     loop {
         let wake = [
             next_kill,
@@ -297,11 +195,10 @@ pub async fn run(a: LabArgs) -> Result<()> {
         .min()
         .unwrap_or(started + Duration::from_secs(365 * 24 * 3600));
         tokio::select! {
-            _ = &mut ctrl_c => break,
+            _ = &mut stop => return Ok(()),
             Some(msg) = events.next() => {
                 if let Ok(e) = messages::decode::<ElectionEvent>(&msg.payload) {
-                    let t = started.elapsed().as_secs_f64();
-                    println!("{t:8.3}s  {}", describe(&e));
+                    println!("{:8.3}s  {}", elapsed(), describe(&e));
                     if let ElectionEventKind::ServerElected { device, .. } = &e.kind {
                         server = Some(device.to_string());
                     }
@@ -317,19 +214,19 @@ pub async fn run(a: LabArgs) -> Result<()> {
             _ = tokio::time::sleep_until(wake) => {
                 let now = tokio::time::Instant::now();
                 if stop_after.is_some_and(|d| now >= started + d) {
-                    break;
+                    return Ok(());
                 }
                 if let Some((at, i)) = restart && now >= at {
-                    devices[i] = Some(spawn_device(&exe, &a.dir, &url, group.as_str(), i, scores[i])?);
-                    println!("{:8.3}s  lab restarts dev-{}", started.elapsed().as_secs_f64(), i + 1);
+                    devices[i].restart()?;
+                    println!("{:8.3}s  lab restarts {}", elapsed(), devices[i].id());
                     restart = None;
                 }
                 if let (Some(at), Some(every)) = (next_kill, kill_every) && now >= at {
                     next_kill = Some(now + every);
-                    let victim = server.clone().and_then(|s| devices.iter().position(|d| d.as_ref().is_some_and(|p| p.name == s)));
+                    let victim = server.as_deref().and_then(|s| devices.iter().position(|d| d.id() == s));
                     if let (Some(i), None) = (victim, restart) {
-                        println!("{:8.3}s  lab kills the server dev-{} with SIGKILL", started.elapsed().as_secs_f64(), i + 1);
-                        devices[i] = None;
+                        println!("{:8.3}s  lab kills the server {} with SIGKILL", elapsed(), devices[i].id());
+                        devices[i].kill9();
                         server = None;
                         restart = Some((now + Duration::from_secs(3), i));
                     }
@@ -337,17 +234,4 @@ pub async fn run(a: LabArgs) -> Result<()> {
             }
         }
     }
-    println!("stopping the lab");
-    for d in devices.iter().flatten() {
-        let _ = Command::new("kill")
-            .args(["-TERM", &d.child.id().to_string()])
-            .status();
-    }
-    let deadline = Instant::now() + Duration::from_secs(3);
-    for d in devices.iter_mut().flatten() {
-        while Instant::now() < deadline && matches!(d.child.try_wait(), Ok(None)) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    Ok(())
 }

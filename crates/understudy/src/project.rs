@@ -1,7 +1,7 @@
 //! `understudy project …`: the group's project file from the command line —
 //! put a new revision, get the current one, watch revisions land, and show
 //! the head. The server is found with the lease on the bus (`--nats`); the
-//! content travels over gRPC (DESIGN.md B11).
+//! content travels over gRPC (B11).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,9 @@ use futures::StreamExt;
 use understudy_project_sync::client::{
     Change, ClientError, ProjectClient, ServerRef, Submitted, find_server,
 };
-use understudy_project_sync::local::{LocalCopy, Outbox, sha256_hex};
+use understudy_project_sync::local::{
+    LocalCopy, Outbox, fresh_change_id, replace_file, sha256_hex,
+};
 use understudy_project_sync::pb;
 use understudy_project_sync::store::ProjectStore;
 use understudy_protocol::GroupName;
@@ -142,10 +144,6 @@ pub async fn run(cmd: ProjectCmd) -> Result<()> {
     }
 }
 
-fn fresh_change_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
-
 /// Finds the server and connects, retrying while a failover may be under way.
 async fn connect_server(js: &jetstream::Context, group: &GroupName) -> Result<ProjectClient> {
     connect_server_within(js, group, Some(FIND_WITHIN)).await
@@ -153,7 +151,7 @@ async fn connect_server(js: &jetstream::Context, group: &GroupName) -> Result<Pr
 
 /// Like [`connect_server`]; `None` waits for a server for as long as it takes
 /// (saying so once on stderr).
-async fn connect_server_within(
+pub(crate) async fn connect_server_within(
     js: &jetstream::Context,
     group: &GroupName,
     within: Option<Duration>,
@@ -276,24 +274,6 @@ fn queue(
     Ok(())
 }
 
-fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("--file {} names no file", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    Ok(())
-}
-
 async fn get(nats: &str, group: &GroupName, file: &Path) -> Result<()> {
     let client = connect_once(nats, "understudy-project").await?;
     let js = jetstream::new(client);
@@ -344,7 +324,7 @@ fn get_local(data_dir: &Path, file: &Path) -> Result<()> {
     let Some((meta, data)) = local.read()? else {
         bail!("{} holds no project copy", data_dir.display());
     };
-    write_atomically(file, &data)?;
+    replace_file(file, &data).with_context(|| format!("cannot write --file {}", file.display()))?;
     println!(
         "local copy: revision {} ({} bytes, sha256 {}) written to {}",
         meta.revision,
