@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use harness::*;
 use understudy_protocol::messages::{ElectionEventKind, StepDownReason};
+use understudy_protocol::roster::RosterReply;
 use understudy_protocol::{Problem, Role};
 
 const GROUP: &str = "stage";
@@ -264,15 +265,15 @@ async fn two_devices_with_one_id_are_reported_not_merged() {
         let url = url.clone();
         async move {
             let out = run_cli_ok(&["status", "--group", GROUP, "--nats", &url, "--json"]).await;
-            let doc: serde_json::Value = serde_json::from_str(&out)?;
-            let dup = doc["devices"].as_array().is_some_and(|ds| {
-                ds.iter()
-                    .any(|d| d["device"] == "dev-2" && d["duplicate"] == true)
-            });
+            let doc: RosterReply = serde_json::from_str(&out)?;
+            let dup = doc
+                .devices
+                .iter()
+                .any(|d| d.device.as_str() == "dev-2" && d.duplicate);
             if dup {
                 Ok(())
             } else {
-                anyhow::bail!("not flagged yet: {doc}")
+                anyhow::bail!("not flagged yet: {out}")
             }
         }
     })

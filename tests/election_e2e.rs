@@ -10,8 +10,10 @@ mod harness;
 use std::time::Duration;
 
 use harness::*;
-use understudy_protocol::messages::{ElectionEventKind, ElectionReason, StepDownReason};
-use understudy_protocol::{Problem, Role, StatusColour};
+use understudy_protocol::messages::{
+    self, ControlErrorCode, ControlReply, ElectionEventKind, ElectionReason, StepDownReason,
+};
+use understudy_protocol::{Problem, Role, StatusColour, subjects};
 
 const GROUP: &str = "stage";
 /// Grace (2 s) plus generous room for a loaded 2-core CI machine.
@@ -369,18 +371,26 @@ async fn bad_control_input_is_refused_with_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("group name"));
     // Malformed JSON straight on the bus gets a reply that says what is wrong.
     let client = connect(&url).await.unwrap();
-    for body in [
-        &b"{not json"[..],
-        br#"{"schema":1,"op":"set_score","score":300}"#,
-        br#"{"schema":1,"op":"dance"}"#,
+    let dev_2 = subjects::control(&GROUP.parse().unwrap(), &"dev-2".parse().unwrap());
+    for (body, code) in [
+        (&b"{not json"[..], ControlErrorCode::InvalidRequest),
+        (
+            br#"{"schema":1,"op":"set_score","score":300}"#,
+            ControlErrorCode::ScoreOutOfRange,
+        ),
+        (
+            br#"{"schema":1,"op":"dance"}"#,
+            ControlErrorCode::InvalidRequest,
+        ),
     ] {
         let reply = client
-            .request("understudy.stage.control.dev-2", body.to_vec().into())
+            .request(dev_2.clone(), body.to_vec().into())
             .await
             .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
-        assert_eq!(v["ok"], false, "{v}");
-        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+        let reply: ControlReply = messages::decode(&reply.payload).unwrap();
+        let refusal = reply.refusal().expect("a bad request is refused");
+        assert_eq!(refusal.code, code, "{refusal:?}");
+        assert!(!refusal.message.is_empty(), "{refusal:?}");
     }
     // Nothing changed.
     let (server, _) = obs.wait_for(View::converged, secs(2)).await.unwrap();

@@ -551,11 +551,11 @@ async fn open_sessions_show_in_the_counts() {
 async fn stream_events(client: &async_nats::Client, from: u64, to: u64) -> Vec<u64> {
     let js = async_nats::jetstream::new(client.clone());
     let stream = js.get_stream(subjects::EVENTS_STREAM).await.unwrap();
-    let prefix = format!("understudy.{GROUP}.events.");
+    let ours = subjects::group_events(&GROUP.parse().unwrap());
     let mut ids = Vec::new();
     for seq in from..=to {
         if let Ok(m) = stream.get_raw_message(seq).await
-            && m.subject.as_str().starts_with(&prefix)
+            && subjects::matches(&ours, m.subject.as_str())
         {
             ids.push(seq);
         }

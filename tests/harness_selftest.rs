@@ -13,8 +13,8 @@ use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use harness::observer::{LEASE_DURATION, check_one_server};
 use harness::*;
-use understudy_protocol::Term;
 use understudy_protocol::messages::Heartbeat;
+use understudy_protocol::{GroupName, Term, subjects};
 
 /// A heartbeat as a device would send it.
 fn beat(device: &str, role: &str, term: u64, seq: u64) -> Heartbeat {
@@ -220,6 +220,7 @@ async fn observer_records_heartbeats_and_sees_the_server() -> Result<()> {
     let nats = start_nats().await;
     let observer = Observer::start(&nats.url(), "selftest").await;
     let device = nats.client().await?;
+    let group: GroupName = "selftest".parse()?;
     let publisher = tokio::spawn(async move {
         for seq in 0.. {
             let role = if seq < 5 { "client" } else { "server" };
@@ -229,7 +230,7 @@ async fn observer_records_heartbeats_and_sees_the_server() -> Result<()> {
                 let payload = serde_json::to_vec(&beat(id, role, term, seq)).expect("json");
                 let _ = device
                     .publish(
-                        format!("understudy.selftest.heartbeat.{id}"),
+                        subjects::heartbeat(&group, &id.parse().expect("device id")),
                         payload.into(),
                     )
                     .await;

@@ -27,6 +27,7 @@ use understudy_project_sync::local::{LocalCopy, Outbox, sha256_hex};
 use understudy_project_sync::pb;
 use understudy_project_sync::store::ProjectStore;
 use understudy_project_sync::tonic::{self, Code};
+use understudy_protocol::grpc;
 use understudy_protocol::messages::{
     self, DeviceStatus, ProjectEvent, ProjectEventKind, ProjectHead,
 };
@@ -1078,15 +1079,9 @@ async fn bad_submits_are_refused_clearly_and_change_nothing() {
         err.message()
     );
     let md = err.metadata();
+    assert_eq!(md.get(grpc::SERVER).unwrap().to_str().unwrap(), "dev-1");
     assert_eq!(
-        md.get("understudy-server").unwrap().to_str().unwrap(),
-        "dev-1"
-    );
-    assert_eq!(
-        md.get("understudy-server-address")
-            .unwrap()
-            .to_str()
-            .unwrap(),
+        md.get(grpc::SERVER_ADDRESS).unwrap().to_str().unwrap(),
         addr_a
     );
 
