@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
-use understudy_bus::{ElectionFollower, Followed, unix_ms};
+use understudy_bus::{ElectionFeed, SubscribeError, unix_ms};
 use understudy_protocol::messages::{ElectionState, ProjectEventKind, ProjectState};
 use understudy_protocol::{DeviceId, GroupName, InstanceId, SCHEMA_VERSION, Term, subjects};
 
@@ -65,13 +65,8 @@ pub struct ProjectSyncConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// A subscription could not be made.
-    #[error("cannot subscribe to {subject}: {source}")]
-    Subscribe {
-        /// The subject.
-        subject: String,
-        /// Why.
-        source: async_nats::SubscribeError,
-    },
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
     /// The local copy or outbox could not be opened.
     #[error("{0}")]
     Local(#[from] LocalError),
@@ -98,11 +93,8 @@ pub async fn run(
         },
         Some(client.clone()),
     );
-    let subject = subjects::local_election(&cfg.group, &cfg.device);
-    let election = client
-        .subscribe(subject.clone())
-        .await
-        .map_err(|source| ServiceError::Subscribe { subject, source })?;
+    let election =
+        ElectionFeed::subscribe(&client, &cfg.group, &cfg.device, cfg.election_instance).await?;
     let grpc = tokio::spawn(serve_grpc(svc.clone(), listener, shutdown.clone()));
     let (server_tx, server_rx) = watch::channel::<Option<ServerRef>>(None);
     let sync = tokio::spawn(sync_loop(
@@ -117,7 +109,7 @@ pub async fn run(
     let mut driver = Driver {
         js: jetstream::new(client.clone()),
         client,
-        follower: ElectionFollower::new(cfg.election_instance),
+        followed: None,
         cfg,
         svc,
         store: None,
@@ -167,7 +159,8 @@ struct Driver {
     js: jetstream::Context,
     store: Option<ProjectStore>,
     lease_watch: Option<kv::Watch>,
-    follower: ElectionFollower,
+    /// The election service followed (its reports are the only ones taken).
+    followed: Option<InstanceId>,
     server_tx: watch::Sender<Option<ServerRef>>,
     fenced_tx: mpsc::Sender<FenceResult>,
 }
@@ -175,7 +168,7 @@ struct Driver {
 impl Driver {
     async fn run(
         &mut self,
-        mut election: async_nats::Subscriber,
+        mut election: ElectionFeed,
         mut fence_rx: mpsc::UnboundedReceiver<Term>,
         mut fenced_rx: mpsc::Receiver<FenceResult>,
         mut shutdown: watch::Receiver<bool>,
@@ -186,7 +179,7 @@ impl Driver {
             let deadline = self.svc.next_deadline();
             tokio::select! {
                 _ = understudy_bus::stopped(&mut shutdown) => break,
-                Some(msg) = election.next() => self.on_election(&msg).await,
+                state = election.next() => self.on_election(state).await,
                 Some(term) = fence_rx.recv() => self.start_fence(term).await,
                 Some((term, result)) = fenced_rx.recv() => self.on_fenced(term, result).await,
                 entry = next_lease(&mut self.lease_watch) => self.on_lease(entry),
@@ -204,24 +197,11 @@ impl Driver {
         }
     }
 
-    /// A report of the followed election service goes to the serving core.
-    async fn on_election(&mut self, msg: &async_nats::Message) {
-        let Some(state) = understudy_bus::decoded::<ElectionState>(msg) else {
-            return;
-        };
-        if state.device != self.cfg.device || state.group != self.cfg.group {
-            return;
-        }
-        match self.follower.follow(state.instance, Instant::now()) {
-            Followed::Other { followed } => {
-                debug!(instance = %state.instance, %followed, "election state of another process with this device id ignored");
-                return;
-            }
-            Followed::Switched { from: Some(from) } => {
-                info!(%from, to = %state.instance, "following a new election service (the old one fell silent)");
-            }
-            Followed::Same | Followed::Switched { from: None } => {}
-        }
+    /// A report of the followed election service (the feed took only this
+    /// device's, from the one election service followed) goes to the serving
+    /// core.
+    async fn on_election(&mut self, state: ElectionState) {
+        self.followed = Some(state.instance);
         let input = Input::Election {
             role: state.role,
             term: state.term,
@@ -298,11 +278,7 @@ impl Driver {
     /// Publishes the device's project state (`&mut self`: the driver is
     /// `Send` but not `Sync`, and this future must stay `Send`).
     async fn report(&mut self) {
-        let state = project_state(
-            &self.cfg,
-            self.svc.serving_term().is_some(),
-            self.follower.followed(),
-        );
+        let state = project_state(&self.cfg, self.svc.serving_term().is_some(), self.followed);
         understudy_bus::publish(
             &self.client,
             subjects::local_project(&self.cfg.group, &self.cfg.device),
