@@ -35,17 +35,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use understudy_protocol::messages::Heartbeat;
+use understudy_protocol::timing::clamp_interval;
 use understudy_protocol::{DeviceId, InstanceId};
 
 /// How often a device beats unless configured otherwise (DESIGN.md §3).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The shortest interval a peer may advertise; shorter ones count as this.
-pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
-
-/// The longest interval a peer may advertise; longer ones count as this, so a
-/// peer cannot make itself undetectable by advertising a huge interval.
-pub const MAX_INTERVAL: Duration = Duration::from_secs(60);
+pub use understudy_protocol::timing::{MAX_INTERVAL, MIN_INTERVAL};
 
 /// How many replaced instances of one device are remembered, so that their
 /// late beats are ignored. Bounded so that a sender inventing instance ids
@@ -102,10 +98,6 @@ impl From<&Heartbeat> for PeerBeat {
             interval: clamp_interval(Duration::from_millis(u64::from(heartbeat.interval_ms))),
         }
     }
-}
-
-fn clamp_interval(interval: Duration) -> Duration {
-    interval.clamp(MIN_INTERVAL, MAX_INTERVAL)
 }
 
 /// A verdict about a peer, for discovery and election to act on (B5).
