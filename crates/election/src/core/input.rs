@@ -343,9 +343,7 @@ mod tests {
         let mut s = with_live_peer();
         s.heartbeat(&beat("p", 2, 1));
         let restarted = s.notice(&notice(PeerChangeKind::Restarted, "p", 2, NOW), NOW);
-        assert!(
-            matches!(fed(restarted), Event::PeerSeen(st) if st.instance == InstanceId::new(2))
-        );
+        assert!(matches!(fed(restarted), Event::PeerSeen(st) if st.instance == InstanceId::new(2)));
         assert_eq!(
             s.notice(&notice(PeerChangeKind::Lost, "p", 1, NOW), NOW),
             Input::Ignored(Ignored::NotTheLiveInstance)
