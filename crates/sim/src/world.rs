@@ -1,16 +1,36 @@
 //! The simulated world: devices, bus, store and the event queue.
+//!
+//! Each device runs the glue a real device ships, not a copy of it: its
+//! heartbeat side feeds the group's beats and goodbyes to the
+//! [`Detector`] and turns each verdict into a [`PeerNotice`] with the
+//! heartbeat crate's own [`peer_notice`], stamped by the device's (drifting)
+//! wall clock; the notice travels the simulated bus back to the device's
+//! election side, where the election crate's [`InputStage`] decides — with
+//! the beats — what reaches the [`Machine`].
+//!
+//! The bus is one server, on the lease store's side of a partition. A device
+//! on the other side is cut off: it hears nothing, and what it publishes —
+//! beats, goodbyes, and the notices its heartbeat side sends its election
+//! side — waits in its client until it is back, then goes out in order. So a
+//! device cut off long enough to lose every peer gets those stale verdicts
+//! on reconnecting, as a real one does. Notices are never lost in transit:
+//! they are a device talking to itself over a TCP connection.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use understudy_election::{Action, ElectionConfig, Event, Machine, OpId, PeerStatus, StoreOutcome};
-use understudy_heartbeat::{Detector, DetectorConfig, PeerBeat, PeerChange};
-use understudy_protocol::messages::LeaseRecord;
-use understudy_protocol::{DeviceId, GroupName, InstanceId, Mac, Score};
+use understudy_election::{
+    Action, ElectionConfig, Event, Ignored, Input, InputStage, Machine, OpId, StoreOutcome,
+};
+use understudy_heartbeat::{Detector, DetectorConfig, PeerBeat, PeerChange, peer_notice};
+use understudy_protocol::messages::{Heartbeat, LeaseRecord, PeerNotice};
+use understudy_protocol::{
+    DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, Score, StatusColour,
+};
 
 use crate::check;
 use crate::schedule::{Fault, Plan};
@@ -80,11 +100,35 @@ pub struct Report {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Msg {
-    Beat(PeerBeat, PeerStatus),
+    /// A peer's heartbeat, as published on the group's subject.
+    Beat(Heartbeat),
+    /// A peer's goodbye.
     Leave(DeviceId, InstanceId),
+    /// A verdict of this device's heartbeat side, for its election side.
+    Notice(PeerNotice),
     Lease(Option<(u64, LeaseRecord)>),
     Reply(OpId, StoreOutcome),
     Control(Event),
+}
+
+/// A message a cut-off device published, waiting in its client.
+#[derive(Debug)]
+enum Outgoing {
+    /// For the group (a beat, a goodbye, a trigger).
+    Group(Msg),
+    /// For the device itself (a peer notice).
+    Own(Msg),
+}
+
+/// What one step of a device produced.
+#[derive(Default)]
+struct Effects {
+    /// For the world to carry out.
+    acts: Vec<Action>,
+    /// For the device's election side, over the bus.
+    notices: Vec<PeerNotice>,
+    /// For the trace.
+    notes: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -122,13 +166,111 @@ enum Ev {
 pub(crate) struct Proc {
     pub instance: InstanceId,
     pub machine: Machine,
+    group: GroupName,
+    id: DeviceId,
+    mac: Mac,
+    /// The heartbeat side's failure detector.
     detector: Detector,
+    /// The election side's input stage.
+    input: InputStage,
     seq: u64,
     next_beat: Duration,
-    last_seq: BTreeMap<DeviceId, (InstanceId, u64)>,
     generation: u64,
     inbox: VecDeque<Msg>,
+    /// What it published while cut off from the bus.
+    outbox: VecDeque<Outgoing>,
+    /// When the last message to itself arrives: one connection delivers a
+    /// publisher's messages in order, so the next may not overtake it.
+    own_arrival: Duration,
     pub paused: bool,
+}
+
+impl Proc {
+    /// One message, at local time `local` and wall clock `wall_ms`.
+    fn receive(&mut self, msg: Msg, local: Duration, wall_ms: u64, fx: &mut Effects) {
+        match msg {
+            Msg::Beat(hb) => {
+                // The heartbeat side and the election side both hear it.
+                if let Some(change) = self.detector.observe(&PeerBeat::from(&hb), local) {
+                    self.verdict(change, wall_ms, fx);
+                }
+                let input = self.input.heartbeat(&hb);
+                self.feed(input, local, fx);
+            }
+            Msg::Leave(device, instance) => {
+                if let Some(change) = self.detector.leave(&device, instance, local) {
+                    self.verdict(change, wall_ms, fx);
+                }
+            }
+            Msg::Notice(notice) => {
+                let input = self.input.notice(&notice, wall_ms);
+                if let Input::Ignored(Ignored::Stale { age }) = &input {
+                    let peer = &notice.device;
+                    fx.notes.push(format!(
+                        "{} ignores a stale loss of {peer} ({age:?} old)",
+                        self.id
+                    ));
+                }
+                self.feed(input, local, fx);
+            }
+            Msg::Lease(obs) => self.handle(Event::LeaseObserved(obs), local, fx),
+            Msg::Reply(op, outcome) => self.handle(Event::StoreReply { op, outcome }, local, fx),
+            Msg::Control(ev) => self.handle(ev, local, fx),
+        }
+    }
+
+    /// The heartbeat side's verdicts that are due.
+    fn poll_detector(&mut self, local: Duration, wall_ms: u64, fx: &mut Effects) {
+        for change in self.detector.poll(local) {
+            self.verdict(change, wall_ms, fx);
+        }
+    }
+
+    /// A verdict becomes the notice the heartbeat service publishes.
+    fn verdict(&mut self, change: PeerChange, wall_ms: u64, fx: &mut Effects) {
+        if let PeerChange::Lost { device, .. } = &change {
+            fx.notes.push(format!("{} loses {device}", self.id));
+        }
+        fx.notices
+            .push(peer_notice(&self.group, &self.id, &change, wall_ms));
+    }
+
+    fn feed(&mut self, input: Input, local: Duration, fx: &mut Effects) {
+        if let Input::Feed(event) = input {
+            self.handle(event, local, fx);
+        }
+    }
+
+    fn handle(&mut self, event: Event, local: Duration, fx: &mut Effects) {
+        fx.acts.extend(self.machine.handle(event, local));
+    }
+
+    /// The next heartbeat, if one is due.
+    fn heartbeat(&mut self, local: Duration, wall_ms: u64) -> Option<Heartbeat> {
+        if local < self.next_beat {
+            return None;
+        }
+        self.seq += 1;
+        self.next_beat = (self.next_beat + HEARTBEAT).max(local + HEARTBEAT / 2);
+        let st = self.machine.status(local);
+        Some(Heartbeat {
+            schema: SCHEMA_VERSION,
+            group: self.group.clone(),
+            device: self.id.clone(),
+            instance: self.instance,
+            mac: self.mac,
+            score: st.score,
+            online: st.online,
+            role: st.role,
+            term: st.term,
+            in_grace: st.in_grace,
+            colour: StatusColour::Grey,
+            problems: Vec::new(),
+            seq: self.seq,
+            interval_ms: HEARTBEAT.as_millis() as u32,
+            sent_at_ms: wall_ms,
+        })
+    }
 }
 
 pub(crate) struct Dev {
@@ -149,6 +291,11 @@ impl Dev {
         let us = t.as_micros() as i128;
         let local = us + us * self.drift_ppm as i128 / 1_000_000;
         self.offset + Duration::from_micros(local.max(0) as u64)
+    }
+
+    /// The device's wall clock at true time `t`, in Unix milliseconds.
+    fn wall_ms(&self, t: Duration) -> u64 {
+        self.local(t).as_millis() as u64
     }
 
     /// The true time at which the device's clock reads `local` (rounded up).
@@ -383,12 +530,17 @@ impl World {
         d.proc = Some(Proc {
             instance,
             machine,
+            group: self.group.clone(),
+            id: d.id.clone(),
+            mac: d.mac,
             detector: Detector::new(DetectorConfig::default(), d.id.clone()),
+            input: InputStage::new(self.group.clone(), d.id.clone()),
             seq: 0,
             next_beat: local,
-            last_seq: BTreeMap::new(),
             generation: 0,
             inbox: VecDeque::new(),
+            outbox: VecDeque::new(),
+            own_arrival: Duration::ZERO,
             paused: false,
         });
         let inc = d.inc;
@@ -452,10 +604,7 @@ impl World {
 
     /// Runs one device on one input at the current instant, then checks S1.
     fn step_device(&mut self, i: usize, msg: Option<Msg>) -> Result<(), Failure> {
-        let t = self.now;
-        let local = self.devs[i].local(t);
-        let my_id = self.devs[i].id.clone();
-        let my_mac = self.devs[i].mac;
+        let (local, wall_ms) = (self.devs[i].local(self.now), self.devs[i].wall_ms(self.now));
         let Some(p) = self.devs[i].proc.as_mut() else {
             return Ok(());
         };
@@ -465,79 +614,22 @@ impl World {
             }
             return Ok(());
         }
-        let mut acts = Vec::new();
-        let mut notes = Vec::new();
-        match msg {
-            None => {}
-            Some(Msg::Beat(beat, status)) => {
-                let fresh = match p.last_seq.get(&beat.device) {
-                    Some((inst, seq)) => *inst != beat.instance || beat.seq > *seq,
-                    None => true,
-                };
-                p.detector.observe(&beat, local);
-                if fresh {
-                    p.last_seq
-                        .insert(beat.device.clone(), (beat.instance, beat.seq));
-                    acts.extend(p.machine.handle(Event::PeerSeen(status), local));
-                }
-            }
-            Some(Msg::Leave(device, instance)) => {
-                if let Some(PeerChange::Left { device, .. }) =
-                    p.detector.leave(&device, instance, local)
-                {
-                    acts.extend(p.machine.handle(Event::PeerLost(device), local));
-                }
-            }
-            Some(Msg::Lease(obs)) => {
-                acts.extend(p.machine.handle(Event::LeaseObserved(obs), local));
-            }
-            Some(Msg::Reply(op, outcome)) => {
-                acts.extend(p.machine.handle(Event::StoreReply { op, outcome }, local));
-            }
-            Some(Msg::Control(ev)) => {
-                acts.extend(p.machine.handle(ev, local));
-            }
+        let mut fx = Effects::default();
+        if let Some(m) = msg {
+            p.receive(m, local, wall_ms, &mut fx);
         }
-        for change in p.detector.poll(local) {
-            if let PeerChange::Lost { device, .. } = change {
-                notes.push(format!("{my_id} loses {device}"));
-                let p = self.devs[i].proc.as_mut().unwrap_or_else(|| unreachable!());
-                acts.extend(p.machine.handle(Event::PeerLost(device), local));
-            }
-        }
-        let p = self.devs[i].proc.as_mut().unwrap_or_else(|| unreachable!());
-        acts.extend(p.machine.handle(Event::Tick, local));
-        let beat = if local >= p.next_beat {
-            p.seq += 1;
-            p.next_beat = (p.next_beat + HEARTBEAT).max(local + HEARTBEAT / 2);
-            let st = p.machine.status(local);
-            Some((
-                PeerBeat {
-                    device: my_id.clone(),
-                    instance: p.instance,
-                    seq: p.seq,
-                    interval: HEARTBEAT,
-                },
-                PeerStatus {
-                    device: my_id.clone(),
-                    instance: p.instance,
-                    mac: my_mac,
-                    score: st.score,
-                    online: st.online,
-                    role: st.role,
-                    term: st.term,
-                    in_grace: st.in_grace,
-                },
-            ))
-        } else {
-            None
-        };
-        for n in notes {
+        p.poll_detector(local, wall_ms, &mut fx);
+        p.handle(Event::Tick, local, &mut fx);
+        let beat = p.heartbeat(local, wall_ms);
+        for n in fx.notes {
             self.note(n);
         }
-        self.apply(i, acts);
-        if let Some((b, s)) = beat {
-            self.broadcast(i, Msg::Beat(b, s));
+        self.apply(i, fx.acts);
+        for notice in fx.notices {
+            self.send_own(i, Msg::Notice(notice));
+        }
+        if let Some(hb) = beat {
+            self.broadcast(i, Msg::Beat(hb));
         }
         self.reschedule(i);
         check::after_step(self, i)
@@ -622,29 +714,83 @@ impl World {
         self.loss_permille > 0 && self.rng.random_range(0..1000) < self.loss_permille
     }
 
-    fn reaches(&self, a: usize, b: usize) -> bool {
-        self.devs[a].cut == self.devs[b].cut
-    }
-
-    fn reaches_store(&self, a: usize) -> bool {
+    /// Whether device `a` is connected to the bus (on the store's side).
+    fn on_bus(&self, a: usize) -> bool {
         self.devs[a].cut == self.store_cut
     }
 
+    fn reaches_store(&self, a: usize) -> bool {
+        self.on_bus(a)
+    }
+
+    /// Publishes `msg` to the group; a cut-off device keeps it for later.
     fn broadcast(&mut self, from: usize, msg: Msg) {
+        if !self.on_bus(from) {
+            if let Some(p) = self.devs[from].proc.as_mut() {
+                p.outbox.push_back(Outgoing::Group(msg));
+            }
+            return;
+        }
         for j in 0..self.devs.len() {
-            if j == from || self.devs[j].proc.is_none() || !self.reaches(from, j) || self.lost() {
+            if j == from || self.devs[j].proc.is_none() || !self.on_bus(j) || self.lost() {
                 continue;
             }
-            let at = self.now + self.delay();
-            let inc = self.devs[j].inc;
-            self.push(
-                at,
-                Ev::Deliver {
-                    dev: j,
-                    inc,
-                    msg: msg.clone(),
-                },
-            );
+            self.deliver(j, msg.clone());
+        }
+    }
+
+    /// Publishes `msg` from one of the device's services to another: through
+    /// the bus, so a cut-off device keeps it for later. Never lost, never
+    /// reordered.
+    fn send_own(&mut self, i: usize, msg: Msg) {
+        if !self.on_bus(i) {
+            if let Some(p) = self.devs[i].proc.as_mut() {
+                p.outbox.push_back(Outgoing::Own(msg));
+            }
+            return;
+        }
+        let at = self.now + self.delay();
+        let inc = self.devs[i].inc;
+        let Some(p) = self.devs[i].proc.as_mut() else {
+            return;
+        };
+        // Equal instants keep the order they were queued in.
+        p.own_arrival = p.own_arrival.max(at);
+        let at = p.own_arrival;
+        self.push(at, Ev::Deliver { dev: i, inc, msg });
+    }
+
+    /// Delivers `msg` to device `j`'s current process after a bus delay.
+    fn deliver(&mut self, j: usize, msg: Msg) {
+        let at = self.now + self.delay();
+        let inc = self.devs[j].inc;
+        self.push(at, Ev::Deliver { dev: j, inc, msg });
+    }
+
+    /// Devices back on the bus send what waited in their client, in order.
+    fn flush_outboxes(&mut self) {
+        for i in 0..self.devs.len() {
+            if !self.on_bus(i) {
+                continue;
+            }
+            let Some(p) = self.devs[i].proc.as_mut() else {
+                continue;
+            };
+            let waiting = std::mem::take(&mut p.outbox);
+            if !waiting.is_empty() {
+                let line = format!(
+                    "{} is back on the bus: {} messages waited",
+                    self.devs[i].id,
+                    waiting.len()
+                );
+                self.note(line);
+            }
+            for out in waiting {
+                match out {
+                    Outgoing::Group(msg) => self.broadcast(i, msg),
+                    Outgoing::Own(msg) => self.send_own(i, msg),
+                }
+            }
         }
     }
 
@@ -749,6 +895,7 @@ impl World {
                     d.cut = side.contains(&j);
                 }
                 self.store_cut = with_store;
+                self.flush_outboxes();
             }
             Fault::Heal => {
                 self.heal();
@@ -790,6 +937,7 @@ impl World {
         }
         self.store_cut = false;
         if was_cut {
+            self.flush_outboxes();
             self.resync();
         }
     }
