@@ -16,5 +16,5 @@ pub mod service;
 
 pub use crate::core::{
     Action, Candidate, ElectionConfig, Event, Expect, Ignored, Input, InputStage, Machine,
-    MachineStatus, OpId, PeerStatus, StoreOutcome, winner,
+    MachineStatus, OpId, PeerStatus, StoreOutcome, UNHEARD_HOLDER_WAIT, winner,
 };

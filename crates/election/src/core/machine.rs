@@ -11,6 +11,9 @@
 //!   [`Machine::decide`]; preemption is led by the server, which hands over once
 //!   a better candidate past its grace has been live for `preempt_delay`.
 //! - B6 grace: [`Machine::in_grace`].
+//! - L1 takeover: a client takes over from a holder its failure detector
+//!   declared lost at once; from a holder it has not heard of yet only after
+//!   [`UNHEARD_HOLDER_WAIT`] (the two kinds of news travel apart).
 //! - B7/B8: nobody claims when no online device has a non-zero score.
 //! - S1: the lease changes only by compare-and-set; a claim that wins makes
 //!   its revision the term; a server renews by compare-and-set on its own last
@@ -110,6 +113,9 @@ pub struct Machine {
     peers: BTreeMap<DeviceId, PeerStatus>,
     lease: Option<(u64, LeaseRecord)>,
     lease_seen_at: Duration,
+    /// The lease's holder as last observed, since when it has held it in
+    /// this machine's view, and whether it was declared lost since then.
+    holder_news: Option<HolderNews>,
     role: RoleState,
     op: Option<Pending>,
     next_op: u64,
@@ -126,6 +132,25 @@ pub struct Machine {
     now: Duration,
     out: Vec<Action>,
 }
+
+/// What this machine has heard of the current lease holder.
+#[derive(Debug, Clone, PartialEq)]
+struct HolderNews {
+    device: DeviceId,
+    instance: InstanceId,
+    /// When a lease naming this holder was first observed.
+    since: Duration,
+    /// Whether the failure detector declared it lost since then.
+    lost: bool,
+}
+
+/// How long a client waits to hear of a lease holder its failure detector
+/// has not yet declared live before it counts the holder as gone. The
+/// verdict that a peer is live travels the bus apart from the lease, so a
+/// device that was away (paused, cut off) may see the lease first: it must
+/// not depose a server it simply has not heard yet. A holder the detector
+/// declares lost after the lease was seen is gone at once (L1).
+pub const UNHEARD_HOLDER_WAIT: Duration = Duration::from_secs(1);
 
 /// Wait after a store call failed before claiming again.
 const RETRY_BACKOFF: Duration = Duration::from_millis(100);
@@ -157,6 +182,7 @@ impl Machine {
             peers: BTreeMap::new(),
             lease: None,
             lease_seen_at: now,
+            holder_news: None,
             role: RoleState::Client,
             op: None,
             next_op: 0,
@@ -294,6 +320,11 @@ impl Machine {
         {
             at(self.lease_seen_at + self.cfg.handover_timeout);
         }
+        if !self.is_server()
+            && let Some(until) = self.unheard_holder_until()
+        {
+            at(until);
+        }
         d
     }
 
@@ -402,6 +433,11 @@ impl Machine {
     }
 
     fn peer_lost(&mut self, device: &DeviceId) {
+        if let Some(news) = self.holder_news.as_mut()
+            && &news.device == device
+        {
+            news.lost = true;
+        }
         if self.peers.remove(device).is_some() {
             let was_holder = self
                 .lease
@@ -452,6 +488,29 @@ impl Machine {
                 self.lease = None;
                 self.lease_seen_at = now;
             }
+        }
+        self.note_holder(now);
+    }
+
+    /// Starts the news of a lease holder when the observed holder changes.
+    fn note_holder(&mut self, now: Duration) {
+        let holder = self
+            .lease
+            .as_ref()
+            .and_then(|(_, rec)| rec.holder.as_ref())
+            .map(|h| (h.device.clone(), h.instance));
+        let same = match (&self.holder_news, &holder) {
+            (Some(n), Some((d, i))) => &n.device == d && n.instance == *i,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.holder_news = holder.map(|(device, instance)| HolderNews {
+                device,
+                instance,
+                since: now,
+                lost: false,
+            });
         }
     }
 
@@ -782,14 +841,29 @@ impl Machine {
         // its role: heartbeats and lease updates travel apart, so a beat may
         // be older than the lease we see. A holder that stepped down releases
         // the lease, or — if it cannot reach the store — lets it expire.
+        let held = LeaseState::Held {
+            holder: holder.device.clone(),
+            term,
+        };
         match self.peers.get(&holder.device) {
-            Some(p) if p.instance == holder.instance => LeaseState::Held {
-                holder: holder.device.clone(),
-                term,
+            Some(p) if p.instance == holder.instance => held,
+            // Restarted: a new instance beats, the holder is gone.
+            Some(_) => vacant(None, Some((holder.device.clone(), term))),
+            // Not heard: gone once declared lost, or not heard for long.
+            None => match self.unheard_holder_until() {
+                Some(until) if now < until => held,
+                _ => vacant(None, Some((holder.device.clone(), term))),
             },
-            // Restarted (a new instance) or not heard: the holder is gone.
-            _ => vacant(None, Some((holder.device.clone(), term))),
         }
+    }
+
+    /// Until when an unheard holder is waited for; `None` once it was
+    /// declared lost since its lease was seen.
+    fn unheard_holder_until(&self) -> Option<Duration> {
+        self.holder_news
+            .as_ref()
+            .filter(|n| !n.lost)
+            .map(|n| n.since + UNHEARD_HOLDER_WAIT)
     }
 
     fn me_candidate(&self) -> Candidate {

@@ -8,6 +8,6 @@ mod types;
 
 pub use config::ElectionConfig;
 pub use input::{Ignored, Input, InputStage};
-pub use machine::{Machine, MachineStatus};
+pub use machine::{Machine, MachineStatus, UNHEARD_HOLDER_WAIT};
 pub use ranking::{Candidate, winner};
 pub use types::{Action, Event, Expect, OpId, PeerStatus, StoreOutcome};
