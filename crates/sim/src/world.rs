@@ -283,6 +283,10 @@ pub(crate) struct Dev {
     pub inc: u64,
     pub proc: Option<Proc>,
     cut: bool,
+    /// Since when the device has been cut off or paused, if it is now.
+    disturbed_since: Option<Duration>,
+    /// Its last cut-off or pause that ended: (start, end).
+    pub last_disturbance: Option<(Duration, Duration)>,
 }
 
 impl Dev {
@@ -296,6 +300,11 @@ impl Dev {
     /// The device's wall clock at true time `t`, in Unix milliseconds.
     fn wall_ms(&self, t: Duration) -> u64 {
         self.local(t).as_millis() as u64
+    }
+
+    /// Whether the device is cut off from the bus or paused, and since when.
+    pub fn disturbed_since(&self) -> Option<Duration> {
+        self.disturbed_since
     }
 
     /// The true time at which the device's clock reads `local` (rounded up).
@@ -362,6 +371,8 @@ impl World {
                 inc: 0,
                 proc: None,
                 cut: false,
+                disturbed_since: None,
+                last_disturbance: None,
             })
             .collect();
         World {
@@ -492,7 +503,7 @@ impl World {
                 op,
                 write,
                 record,
-            } => self.store_write(dev, inc, op, write, record),
+            } => self.store_write(dev, inc, op, write, record)?,
             Ev::Start(i) => self.start(i),
             Ev::Resume { dev, inc } => self.resume(dev, inc)?,
             Ev::Fault(f) => self.fault(f)?,
@@ -574,6 +585,7 @@ impl World {
         if self.devs[i].proc.take().is_some() {
             let line = format!("{} crashes", self.devs[i].id);
             self.note(line);
+            self.set_disturbed(i);
         }
     }
 
@@ -595,27 +607,30 @@ impl World {
             inbox.len()
         );
         self.note(line);
-        self.step_device(i, None)?;
-        for msg in inbox {
-            self.step_device(i, Some(msg))?;
-        }
-        Ok(())
+        self.set_disturbed(i);
+        // As the drivers' loops do after SIGCONT: what was received counts
+        // before the detector's overdue deadline is polled.
+        self.step_device_on(i, inbox.into())
     }
 
     /// Runs one device on one input at the current instant, then checks S1.
     fn step_device(&mut self, i: usize, msg: Option<Msg>) -> Result<(), Failure> {
+        self.step_device_on(i, msg.into_iter().collect())
+    }
+
+    /// Runs one device on the inputs `msgs` at the current instant, then
+    /// polls its detector and timers, and checks S1.
+    fn step_device_on(&mut self, i: usize, msgs: Vec<Msg>) -> Result<(), Failure> {
         let (local, wall_ms) = (self.devs[i].local(self.now), self.devs[i].wall_ms(self.now));
         let Some(p) = self.devs[i].proc.as_mut() else {
             return Ok(());
         };
         if p.paused {
-            if let Some(m) = msg {
-                p.inbox.push_back(m);
-            }
+            p.inbox.extend(msgs);
             return Ok(());
         }
         let mut fx = Effects::default();
-        if let Some(m) = msg {
+        for m in msgs {
             p.receive(m, local, wall_ms, &mut fx);
         }
         p.poll_detector(local, wall_ms, &mut fx);
@@ -767,6 +782,27 @@ impl World {
         self.push(at, Ev::Deliver { dev: j, inc, msg });
     }
 
+    /// Records whether device `i` is now cut off or paused (for the checks).
+    fn set_disturbed(&mut self, i: usize) {
+        let now = self.now;
+        let disturbed = !self.on_bus(i) || self.devs[i].proc.as_ref().is_some_and(|p| p.paused);
+        let d = &mut self.devs[i];
+        match (disturbed, d.disturbed_since) {
+            (true, None) => d.disturbed_since = Some(now),
+            (false, Some(since)) => {
+                d.disturbed_since = None;
+                d.last_disturbance = Some((since, now));
+            }
+            _ => {}
+        }
+    }
+
+    fn all_disturbed(&mut self) {
+        for i in 0..self.devs.len() {
+            self.set_disturbed(i);
+        }
+    }
+
     /// Devices back on the bus send what waited in their client, in order.
     fn flush_outboxes(&mut self) {
         for i in 0..self.devs.len() {
@@ -811,10 +847,19 @@ impl World {
         );
     }
 
-    fn store_write(&mut self, i: usize, inc: u64, op: OpId, write: Write, record: LeaseRecord) {
+    fn store_write(
+        &mut self,
+        i: usize,
+        inc: u64,
+        op: OpId,
+        write: Write,
+        record: LeaseRecord,
+    ) -> Result<(), Failure> {
         let ttl = self.cfg.lease_duration;
+        let before = self.store.current(self.now);
         let outcome = self.store.write(write, record, self.now, ttl);
         if let StoreOutcome::Written { revision } = &outcome {
+            check::takeover(self, i, before, *revision)?;
             let rev = *revision;
             let current = self.store.current(self.now);
             if let Some((_, rec)) = &current
@@ -837,6 +882,7 @@ impl World {
                 },
             );
         }
+        Ok(())
     }
 
     /// A watch that reconnects gets the current value.
@@ -888,6 +934,7 @@ impl World {
                     p.paused = true;
                     let at = self.now + d;
                     self.push(at, Ev::Resume { dev: i, inc });
+                    self.set_disturbed(i);
                 }
             }
             Fault::Partition { side, with_store } => {
@@ -895,6 +942,7 @@ impl World {
                     d.cut = side.contains(&j);
                 }
                 self.store_cut = with_store;
+                self.all_disturbed();
                 self.flush_outboxes();
             }
             Fault::Heal => {
@@ -936,6 +984,7 @@ impl World {
             d.cut = false;
         }
         self.store_cut = false;
+        self.all_disturbed();
         if was_cut {
             self.flush_outboxes();
             self.resync();
