@@ -4,7 +4,7 @@
 //! (peers seen and lost, lease observations, store replies, score and online
 //! changes, operator triggers, the passing of time) and returns actions (claim,
 //! renew or release the lease by compare-and-set, become server, step down,
-//! publish an election event). It implements DESIGN.md B3–B8 and the lease
+//! publish an election event). It implements B3–B8 and the lease
 //! rules that make S1 hold when the lease store is a compare-and-set register.
 //! Its [`InputStage`] decides which peer heartbeats and failure-detector
 //! verdicts reach the machine (dedup, live gating, stale verdicts).

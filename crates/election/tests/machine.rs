@@ -1,4 +1,4 @@
-//! The election state machine, rule by rule (DESIGN.md B3–B8, S1).
+//! The election state machine, rule by rule (B3–B8, S1).
 
 #![allow(clippy::unwrap_used)]
 

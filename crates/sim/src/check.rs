@@ -1,4 +1,4 @@
-//! The invariants of DESIGN.md §2, checked against the simulated world.
+//! The invariants (S1, L2, P1, B7), checked against the simulated world.
 //!
 //! - S1, after every step of a device: a device acting as server holds a term
 //!   the store granted to it (that very instance); no two devices act with the
@@ -7,7 +7,7 @@
 //!   the store's term never goes backwards. A lease is valid from its grant
 //!   until it expires or a later term is granted; a deposed server that has not
 //!   yet heard of its successor is tolerated only within its own validity — the
-//!   fencing of the project head makes it harmless (DESIGN.md "Fast and fenced
+//!   fencing of the project head makes it harmless ("fast and fenced
 //!   takeover").
 //! - L2 and P1, once the faults have ended and the bound has passed: every
 //!   online device agrees on one server, the rightful one by B4, and it holds

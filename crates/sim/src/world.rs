@@ -96,6 +96,8 @@ pub struct Report {
     pub terms_granted: usize,
     /// Election events published.
     pub events_published: u64,
+    /// Peer-lost verdicts that waited for the bus and were ignored.
+    pub stale_verdicts_ignored: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +131,8 @@ struct Effects {
     notices: Vec<PeerNotice>,
     /// For the trace.
     notes: Vec<String>,
+    /// Stale verdicts the input stage ignored.
+    stale: u64,
 }
 
 #[derive(Debug)]
@@ -186,6 +190,42 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
+    /// A new process of device `d`, started at local time `local`.
+    fn new(
+        cfg: &ElectionConfig,
+        group: &GroupName,
+        d: &Dev,
+        instance: InstanceId,
+        local: Duration,
+    ) -> Proc {
+        let machine = Machine::new(
+            cfg.clone(),
+            group.clone(),
+            d.id.clone(),
+            instance,
+            d.mac,
+            d.score,
+            d.online,
+            local,
+        );
+        Proc {
+            instance,
+            machine,
+            group: group.clone(),
+            id: d.id.clone(),
+            mac: d.mac,
+            detector: Detector::new(DetectorConfig::default(), d.id.clone()),
+            input: InputStage::new(group.clone(), d.id.clone()),
+            seq: 0,
+            next_beat: local,
+            generation: 0,
+            inbox: VecDeque::new(),
+            outbox: VecDeque::new(),
+            own_arrival: Duration::ZERO,
+            paused: false,
+        }
+    }
+
     /// One message, at local time `local` and wall clock `wall_ms`.
     fn receive(&mut self, msg: Msg, local: Duration, wall_ms: u64, fx: &mut Effects) {
         match msg {
@@ -205,6 +245,7 @@ impl Proc {
             Msg::Notice(notice) => {
                 let input = self.input.notice(&notice, wall_ms);
                 if let Input::Ignored(Ignored::Stale { age }) = &input {
+                    fx.stale += 1;
                     let peer = &notice.device;
                     fx.notes.push(format!(
                         "{} ignores a stale loss of {peer} ({age:?} old)",
@@ -285,8 +326,13 @@ pub(crate) struct Dev {
     cut: bool,
     /// Since when the device has been cut off or paused, if it is now.
     disturbed_since: Option<Duration>,
-    /// Its last cut-off or pause that ended: (start, end).
+    /// Its last cut-off or pause that ended: (start, end), where the start
+    /// is that of the last stretch it ran cut off, if it did.
     pub last_disturbance: Option<(Duration, Duration)>,
+    /// When the last stretch it ran cut off began, in this disturbance.
+    deaf_from: Option<Duration>,
+    /// Whether it runs cut off now.
+    deaf_now: bool,
 }
 
 impl Dev {
@@ -373,6 +419,8 @@ impl World {
                 cut: false,
                 disturbed_since: None,
                 last_disturbance: None,
+                deaf_from: None,
+                deaf_now: false,
             })
             .collect();
         World {
@@ -528,37 +576,12 @@ impl World {
         let d = &mut self.devs[i];
         d.inc += 1;
         let local = d.local(self.now);
-        let machine = Machine::new(
-            self.cfg.clone(),
-            self.group.clone(),
-            d.id.clone(),
-            instance,
-            d.mac,
-            d.score,
-            d.online,
-            local,
-        );
-        d.proc = Some(Proc {
-            instance,
-            machine,
-            group: self.group.clone(),
-            id: d.id.clone(),
-            mac: d.mac,
-            detector: Detector::new(DetectorConfig::default(), d.id.clone()),
-            input: InputStage::new(self.group.clone(), d.id.clone()),
-            seq: 0,
-            next_beat: local,
-            generation: 0,
-            inbox: VecDeque::new(),
-            outbox: VecDeque::new(),
-            own_arrival: Duration::ZERO,
-            paused: false,
-        });
+        d.proc = Some(Proc::new(&self.cfg, &self.group, d, instance, local));
         let inc = d.inc;
         let line = format!("{} starts (score {}, mac {})", d.id, d.score, d.mac);
         self.note(line);
         // A starting device reads the lease once (a KV get), then watches it.
-        if self.reaches_store(i) {
+        if self.on_bus(i) {
             let current = self.store.current(self.now);
             let at = self.now + self.delay();
             self.push(
@@ -639,6 +662,7 @@ impl World {
         for n in fx.notes {
             self.note(n);
         }
+        self.report.stale_verdicts_ignored += fx.stale;
         self.apply(i, fx.acts);
         for notice in fx.notices {
             self.send_own(i, Msg::Notice(notice));
@@ -729,13 +753,10 @@ impl World {
         self.loss_permille > 0 && self.rng.random_range(0..1000) < self.loss_permille
     }
 
-    /// Whether device `a` is connected to the bus (on the store's side).
+    /// Whether device `a` is connected to the bus, which is on the store's
+    /// side of any partition.
     fn on_bus(&self, a: usize) -> bool {
         self.devs[a].cut == self.store_cut
-    }
-
-    fn reaches_store(&self, a: usize) -> bool {
-        self.on_bus(a)
     }
 
     /// Publishes `msg` to the group; a cut-off device keeps it for later.
@@ -785,16 +806,27 @@ impl World {
     /// Records whether device `i` is now cut off or paused (for the checks).
     fn set_disturbed(&mut self, i: usize) {
         let now = self.now;
-        let disturbed = !self.on_bus(i) || self.devs[i].proc.as_ref().is_some_and(|p| p.paused);
+        let paused = self.devs[i].proc.as_ref().is_some_and(|p| p.paused);
+        let running = self.devs[i].proc.is_some() && !paused;
+        let cut = !self.on_bus(i);
         let d = &mut self.devs[i];
-        match (disturbed, d.disturbed_since) {
-            (true, None) => d.disturbed_since = Some(now),
+        match (cut || paused, d.disturbed_since) {
+            (true, None) => {
+                d.disturbed_since = Some(now);
+                d.deaf_from = None;
+            }
             (false, Some(since)) => {
                 d.disturbed_since = None;
-                d.last_disturbance = Some((since, now));
+                d.last_disturbance = Some((d.deaf_from.unwrap_or(since), now));
             }
             _ => {}
         }
+        // Running while cut off, its detector makes verdicts that wait: the
+        // youngest is about as old as this stretch when it comes back.
+        if cut && running && d.deaf_from.is_none_or(|_| !d.deaf_now) {
+            d.deaf_from = Some(now);
+        }
+        d.deaf_now = cut && running;
     }
 
     fn all_disturbed(&mut self) {
@@ -831,7 +863,7 @@ impl World {
     }
 
     fn send_store(&mut self, i: usize, inc: u64, op: OpId, write: Write, record: LeaseRecord) {
-        if !self.reaches_store(i) || self.lost() {
+        if !self.on_bus(i) || self.lost() {
             return;
         }
         let at = self.now + self.delay();
@@ -871,7 +903,7 @@ impl World {
             // The watch: every device on the store's side sees the write.
             self.show_lease(current);
         }
-        if self.reaches_store(i) && !self.lost() {
+        if self.on_bus(i) && !self.lost() {
             let at = self.now + self.delay();
             self.push(
                 at,
@@ -894,7 +926,7 @@ impl World {
     /// Delivers a lease value to every running device on the store's side.
     fn show_lease(&mut self, current: Option<(u64, LeaseRecord)>) {
         for j in 0..self.devs.len() {
-            if self.devs[j].proc.is_some() && self.reaches_store(j) {
+            if self.devs[j].proc.is_some() && self.on_bus(j) {
                 let at = self.now + self.delay();
                 let inc = self.devs[j].inc;
                 self.push(

@@ -1,4 +1,4 @@
-//! The election state machine of one device (DESIGN.md B3–B8, S1).
+//! The election state machine of one device (B3–B8, S1).
 //!
 //! Feed it [`Event`]s with the current instant; it returns [`Action`]s and
 //! tells, through [`Machine::next_deadline`], when it next needs to be woken.
@@ -201,7 +201,7 @@ impl Machine {
 
     /// Names the address of this device's project-sync service, written into
     /// the lease record whenever this device claims or renews it, so clients
-    /// find the server's gRPC endpoint with the lease (DESIGN.md B11).
+    /// find the server's gRPC endpoint with the lease (B11).
     pub fn set_project_addr(&mut self, addr: Option<String>) {
         self.project_addr = addr;
     }

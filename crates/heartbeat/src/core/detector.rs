@@ -1,7 +1,7 @@
 //! The failure detector: which peers are live, given the heartbeats heard and
 //! the current time.
 //!
-//! DESIGN.md §3 ("Fast and fenced takeover") rests failover on this verdict:
+//! Fast, fenced takeover rests failover on this verdict:
 //! **three missed 100 ms heartbeats** mean a peer is gone, and its successor
 //! takes over at once instead of waiting for the lease to expire (L1). B5 needs
 //! the other verdicts too: a device that joins, restarts or leaves upsets the
@@ -38,7 +38,7 @@ use understudy_protocol::messages::Heartbeat;
 use understudy_protocol::timing::clamp_interval;
 use understudy_protocol::{DeviceId, InstanceId};
 
-/// How often a device beats unless configured otherwise (DESIGN.md §3).
+/// How often a device beats unless configured otherwise.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
 
 pub use understudy_protocol::timing::{MAX_INTERVAL, MIN_INTERVAL};
@@ -51,7 +51,7 @@ const RETIRED_KEPT: usize = 16;
 /// Tuning of the [`Detector`].
 ///
 /// The default — three misses of a peer's own interval (100 ms unless it
-/// advertises another, see [`DEFAULT_INTERVAL`]) — is DESIGN.md's "three missed
+/// advertises another, see [`DEFAULT_INTERVAL`]) — is the design's "three missed
 /// 100 ms heartbeats".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DetectorConfig {
@@ -61,7 +61,7 @@ pub struct DetectorConfig {
 }
 
 impl DetectorConfig {
-    /// The number of misses DESIGN.md asks for.
+    /// The number of misses the design asks for.
     pub const DEFAULT_MISSES: u32 = 3;
 }
 
