@@ -586,3 +586,24 @@ fn a_holder_declared_lost_after_its_lease_was_seen_is_gone_at_once() {
     let (_, expect, _) = claim(&a).expect("the successor claims on detection");
     assert_eq!(expect, Expect::Revision(5));
 }
+
+#[test]
+fn a_holder_known_only_as_its_older_instance_is_waited_for() {
+    // Away while the holder's device restarted and took the lease again:
+    // the lease names the new instance before its beats are heard.
+    let mut m = machine(100, 1, ElectionConfig::default());
+    let old = server_peer("srv", 50, 9, 5);
+    m.handle(Event::PeerSeen(old.clone()), ms(10));
+    let mut reborn = server_peer("srv", 50, 9, 18);
+    reborn.instance = InstanceId::new(999);
+    let seen = ms(3000);
+    let a = m.handle(
+        Event::LeaseObserved(Some((18, held_by(&reborn, None)))),
+        seen,
+    );
+    assert_eq!(claim(&a), None, "the new instance is not heard yet");
+    let a = m.handle(Event::PeerSeen(reborn), seen + ms(5));
+    assert_eq!(claim(&a), None);
+    let a = run_until(&mut m, seen + ms(5), seen + ms(1400));
+    assert_eq!(claim(&a), None, "heard: it holds the lease");
+}

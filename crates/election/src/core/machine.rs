@@ -11,9 +11,11 @@
 //!   [`Machine::decide`]; preemption is led by the server, which hands over once
 //!   a better candidate past its grace has been live for `preempt_delay`.
 //! - B6 grace: [`Machine::in_grace`].
-//! - L1 takeover: a client takes over from a holder its failure detector
-//!   declared lost at once; from a holder it has not heard of yet only after
-//!   [`UNHEARD_HOLDER_WAIT`] (the two kinds of news travel apart).
+//! - L1 takeover: a client takes over at once from a holder its failure
+//!   detector declared lost, or whose device beat as another instance, after
+//!   the lease naming it was seen; from a holder it has not heard of yet (or
+//!   knows only as an older instance) after [`UNHEARD_HOLDER_WAIT`]: the
+//!   lease and the peers' liveness travel apart.
 //! - B7/B8: nobody claims when no online device has a non-zero score.
 //! - S1: the lease changes only by compare-and-set; a claim that wins makes
 //!   its revision the term; a server renews by compare-and-set on its own last
@@ -142,6 +144,8 @@ struct HolderNews {
     since: Duration,
     /// Whether the failure detector declared it lost since then.
     lost: bool,
+    /// Whether another instance of its device beat since then.
+    replaced: bool,
 }
 
 /// How long a client waits to hear of a lease holder its failure detector
@@ -416,6 +420,12 @@ impl Machine {
         if p.device == self.device {
             return;
         }
+        if let Some(news) = self.holder_news.as_mut()
+            && news.device == p.device
+            && news.instance != p.instance
+        {
+            news.replaced = true;
+        }
         if p.term > self.known_term {
             self.known_term = p.term;
         }
@@ -510,6 +520,7 @@ impl Machine {
                 instance,
                 since: now,
                 lost: false,
+                replaced: false,
             });
         }
     }
@@ -847,22 +858,22 @@ impl Machine {
         };
         match self.peers.get(&holder.device) {
             Some(p) if p.instance == holder.instance => held,
-            // Restarted: a new instance beats, the holder is gone.
-            Some(_) => vacant(None, Some((holder.device.clone(), term))),
-            // Not heard: gone once declared lost, or not heard for long.
-            None => match self.unheard_holder_until() {
+            // Not heard (or only an older instance was): gone once declared
+            // lost or replaced by a newer instance, or not heard for long.
+            _ => match self.unheard_holder_until() {
                 Some(until) if now < until => held,
                 _ => vacant(None, Some((holder.device.clone(), term))),
             },
         }
     }
 
-    /// Until when an unheard holder is waited for; `None` once it was
-    /// declared lost since its lease was seen.
+    /// Until when a holder not heard is waited for; `None` once it was
+    /// declared lost, or another instance of its device beat, since its
+    /// lease was seen.
     fn unheard_holder_until(&self) -> Option<Duration> {
         self.holder_news
             .as_ref()
-            .filter(|n| !n.lost)
+            .filter(|n| !n.lost && !n.replaced)
             .map(|n| n.since + UNHEARD_HOLDER_WAIT)
     }
 
