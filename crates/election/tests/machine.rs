@@ -607,3 +607,19 @@ fn a_holder_known_only_as_its_older_instance_is_waited_for() {
     let a = run_until(&mut m, seen + ms(5), seen + ms(1400));
     assert_eq!(claim(&a), None, "heard: it holds the lease");
 }
+
+#[test]
+fn a_holder_lost_before_it_won_a_new_term_is_waited_for() {
+    // Lost while cut off from this device, it then won a new term: the new
+    // lease is newer news than the loss.
+    let mut m = machine(100, 1, ElectionConfig::default());
+    let s = server_peer("srv", 50, 9, 5);
+    m.handle(Event::PeerSeen(s.clone()), ms(10));
+    m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), ms(20));
+    m.handle(Event::PeerLost(id("srv")), ms(2100));
+    let seen = ms(4000);
+    let a = m.handle(Event::LeaseObserved(Some((16, held_by(&s, None)))), seen);
+    assert_eq!(claim(&a), None, "a new term is news that it is alive");
+    let a = m.handle(Event::PeerSeen(s), seen + ms(5));
+    assert_eq!(claim(&a), None);
+}

@@ -140,6 +140,8 @@ pub struct Machine {
 struct HolderNews {
     device: DeviceId,
     instance: InstanceId,
+    /// The term it holds: a new term is news that it is alive.
+    term: Term,
     /// When a lease naming this holder was first observed.
     since: Duration,
     /// Whether the failure detector declared it lost since then.
@@ -502,22 +504,24 @@ impl Machine {
         self.note_holder(now);
     }
 
-    /// Starts the news of a lease holder when the observed holder changes.
+    /// Starts the news of a lease holder when the observed holder or its
+    /// term changes.
     fn note_holder(&mut self, now: Duration) {
-        let holder = self
-            .lease
-            .as_ref()
-            .and_then(|(_, rec)| rec.holder.as_ref())
-            .map(|h| (h.device.clone(), h.instance));
+        let holder = self.lease.as_ref().and_then(|(rev, rec)| {
+            rec.holder
+                .as_ref()
+                .map(|h| (h.device.clone(), h.instance, rec.term_at(*rev)))
+        });
         let same = match (&self.holder_news, &holder) {
-            (Some(n), Some((d, i))) => &n.device == d && n.instance == *i,
+            (Some(n), Some((d, i, t))) => &n.device == d && n.instance == *i && n.term == *t,
             (None, None) => true,
             _ => false,
         };
         if !same {
-            self.holder_news = holder.map(|(device, instance)| HolderNews {
+            self.holder_news = holder.map(|(device, instance, term)| HolderNews {
                 device,
                 instance,
+                term,
                 since: now,
                 lost: false,
                 replaced: false,
