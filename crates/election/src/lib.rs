@@ -4,8 +4,10 @@
 //! (peers seen and lost, lease observations, store replies, score and online
 //! changes, operator triggers, the passing of time) and returns actions (claim,
 //! renew or release the lease by compare-and-set, become server, step down,
-//! publish an election event). It implements DESIGN.md B3–B8 and the lease
+//! publish an election event). It implements B3–B8 and the lease
 //! rules that make S1 hold when the lease store is a compare-and-set register.
+//! Its [`InputStage`] decides which peer heartbeats and failure-detector
+//! verdicts reach the machine (dedup, live gating, stale verdicts).
 //! The driver that turns those actions into JetStream KV calls lives beside it.
 
 pub mod core;
@@ -13,6 +15,6 @@ pub mod core;
 pub mod service;
 
 pub use crate::core::{
-    Action, Candidate, ElectionConfig, Event, Expect, Machine, MachineStatus, OpId, PeerStatus,
-    StoreOutcome, winner,
+    Action, Candidate, ElectionConfig, Event, Expect, Ignored, Input, InputStage, Machine,
+    MachineStatus, OpId, PeerStatus, StoreOutcome, UNHEARD_HOLDER_WAIT, winner,
 };

@@ -1,14 +1,16 @@
 //! The NATS driver around the election [`Machine`].
 //!
-//! Plumbing only: it turns heartbeats, the heartbeat service's peer verdicts,
-//! the lease entry's KV watch, operator requests and timers into
+//! Plumbing only: it hands heartbeats and the heartbeat service's peer
+//! verdicts to the [`InputStage`] (which decides what reaches the machine),
+//! turns the lease entry's KV watch, operator requests and timers into
 //! [`Event`]s, and the machine's [`Action`]s into JetStream KV
 //! compare-and-set calls (`create` for [`Expect::Absent`], `update` on a
 //! revision otherwise) and bus publishes. Every rule lives in the core.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
+use async_nats::Subscriber;
 use async_nats::jetstream::{self, kv, stream};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -17,11 +19,13 @@ use tracing::{debug, info, warn};
 use understudy_bus::unix_ms;
 use understudy_protocol::messages::{
     self, ControlOp, ControlReply, ControlRequest, ElectionEvent, ElectionState, Heartbeat,
-    LeaseRecord, PeerChangeKind, PeerNotice, Trigger,
+    LeaseRecord, PeerNotice, Trigger,
 };
 use understudy_protocol::{DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, Score, subjects};
 
-use crate::core::{Action, ElectionConfig, Event, Expect, Machine, OpId, PeerStatus, StoreOutcome};
+use crate::core::{
+    Action, ElectionConfig, Event, Expect, Ignored, Input, InputStage, Machine, OpId, StoreOutcome,
+};
 
 /// What the election service needs to run for one device.
 #[derive(Debug, Clone)]
@@ -118,10 +122,8 @@ struct Driver {
     client: async_nats::Client,
     machine: Machine,
     start: Instant,
-    /// Peers the heartbeat service says are live, with their instance.
-    live: BTreeMap<DeviceId, InstanceId>,
-    /// The newest heartbeat of each device: (instance, seq, status).
-    latest: BTreeMap<DeviceId, (InstanceId, u64, PeerStatus)>,
+    /// Which peer heartbeats and verdicts reach the machine.
+    input: InputStage,
     last_state: Option<ElectionState>,
     replies: mpsc::Sender<(OpId, StoreOutcome)>,
     store: Option<kv::Store>,
@@ -131,10 +133,50 @@ struct Driver {
     events_task: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// A peer-lost notice older than this (in milliseconds) when it arrives
-/// waited for the bus; it travels between two services of one device, which
-/// takes a millisecond or so otherwise.
-const STALE_NOTICE_MS: u64 = 1_000;
+/// Everything the loop waits on besides the shutdown signal.
+struct Inbox {
+    heartbeats: Subscriber,
+    notices: Subscriber,
+    control: Subscriber,
+    triggers: Subscriber,
+    /// Replies of store calls running in the background.
+    replies: mpsc::Receiver<(OpId, StoreOutcome)>,
+    /// The lease watch, when open.
+    watch: Option<kv::Watch>,
+    /// Reads the lease every second besides watching it (an expiry is not
+    /// watched).
+    resync: tokio::time::Interval,
+    /// Lets the machine see the time and says the state four times a second.
+    state_tick: tokio::time::Interval,
+    /// Problems already warned about since the store was last open.
+    warned: BTreeSet<&'static str>,
+}
+
+impl Inbox {
+    async fn subscribe(
+        client: &async_nats::Client,
+        cfg: &ElectionServiceConfig,
+        replies: mpsc::Receiver<(OpId, StoreOutcome)>,
+    ) -> Result<Self, ServiceError> {
+        let sub = |subject: String| async move {
+            client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|source| ServiceError::Subscribe { subject, source })
+        };
+        Ok(Self {
+            heartbeats: sub(subjects::heartbeats(&cfg.group)).await?,
+            notices: sub(subjects::local_peers(&cfg.group, &cfg.device)).await?,
+            control: sub(subjects::control(&cfg.group, &cfg.device)).await?,
+            triggers: sub(subjects::trigger(&cfg.group)).await?,
+            replies,
+            watch: None,
+            resync: tokio::time::interval(Duration::from_secs(1)),
+            state_tick: tokio::time::interval(Duration::from_millis(250)),
+            warned: BTreeSet::new(),
+        })
+    }
+}
 
 /// How many election events may wait for the bus; beyond that the newest are
 /// dropped with a warning (a device makes a handful per election).
@@ -212,173 +254,23 @@ pub async fn run(
     cfg: ElectionServiceConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServiceError> {
-    let sub = |subject: String| {
-        let client = client.clone();
-        async move {
-            client
-                .subscribe(subject.clone())
-                .await
-                .map_err(|source| ServiceError::Subscribe { subject, source })
-        }
-    };
-    let mut heartbeats = sub(subjects::heartbeats(&cfg.group)).await?;
-    let mut notices = sub(subjects::local_peers(&cfg.group, &cfg.device)).await?;
-    let mut control = sub(subjects::control(&cfg.group, &cfg.device)).await?;
-    let mut triggers = sub(subjects::trigger(&cfg.group)).await?;
-
-    let (tx, mut rx) = mpsc::channel(64);
-    let start = Instant::now();
-    let mut machine = Machine::new(
-        cfg.election.clone(),
-        cfg.group.clone(),
-        cfg.device.clone(),
-        cfg.instance,
-        cfg.mac,
-        cfg.score,
-        cfg.online,
-        Duration::ZERO,
-    );
-    machine.set_project_addr(cfg.project_addr.clone());
-    let mut d = Driver {
-        store_timeout: cfg.election.store_timeout,
-        cfg,
-        client: client.clone(),
-        machine,
-        start,
-        live: BTreeMap::new(),
-        latest: BTreeMap::new(),
-        last_state: None,
-        replies: tx,
-        store: None,
-        events: None,
-        events_task: None,
-    };
-    {
-        let (events_tx, events_rx) = mpsc::channel(EVENTS_QUEUE);
-        d.events = Some(events_tx);
-        d.events_task = Some(tokio::spawn(publish_events(
-            jetstream::new(client.clone()),
-            subjects::election_events(&d.cfg.group),
-            d.cfg.instance,
-            (d.cfg.replicas, d.cfg.events_max_age),
-            events_rx,
-        )));
-    }
+    let (tx, rx) = mpsc::channel(64);
+    let mut inbox = Inbox::subscribe(&client, &cfg, rx).await?;
+    let mut d = Driver::new(client.clone(), cfg, tx);
     d.publish_state(true).await;
-
-    let js = jetstream::new(client.clone());
-    let mut watch_stream: Option<kv::Watch> = None;
-    let mut resync = tokio::time::interval(Duration::from_secs(1));
-    let mut state_tick = tokio::time::interval(Duration::from_millis(250));
-    let mut warned: BTreeSet<&'static str> = BTreeSet::new();
-
+    let js = jetstream::new(client);
     loop {
         // Open the store and its watch when we do not have them (start, or
         // after the bus came back).
         if d.store.is_none() {
-            let open = tokio::time::timeout(
-                d.store_timeout * 2,
-                open_lease_bucket(
-                    &js,
-                    &d.cfg.group,
-                    d.cfg.election.lease_duration,
-                    d.cfg.replicas,
-                ),
-            )
-            .await
-            .unwrap_or_else(|_| Err("JetStream did not answer".to_string()));
-            match open {
-                Ok(s) => {
-                    info!(bucket = %subjects::lease_bucket(&d.cfg.group), "lease bucket open");
-                    match tokio::time::timeout(
-                        d.store_timeout * 2,
-                        ensure_events_stream(&js, d.cfg.replicas, d.cfg.events_max_age),
-                    )
-                    .await
-                    {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => warn!("{e}"),
-                        Err(_) => warn!("JetStream did not answer creating the event stream"),
-                    }
-                    d.store = Some(s);
-                    warned.clear();
-                }
-                Err(e) => {
-                    if warned.insert("bucket") {
-                        warn!("{e}; retrying");
-                    }
-                }
-            }
+            d.open_store(&js, &mut inbox.warned).await;
         }
-        if watch_stream.is_none()
-            && let Some(store) = &d.store
-        {
-            let watch = tokio::time::timeout(
-                d.store_timeout * 2,
-                store.watch_with_history(subjects::LEASE_KEY),
-            )
-            .await
-            .unwrap_or_else(|_| Err(kv::WatchError::new(kv::WatchErrorKind::TimedOut)));
-            match watch {
-                Ok(w) => watch_stream = Some(w),
-                Err(e) => {
-                    if warned.insert("watch") {
-                        warn!("cannot watch the lease: {e}; retrying");
-                    }
-                }
-            }
+        if inbox.watch.is_none() {
+            d.open_watch(&mut inbox).await;
         }
-        let deadline = d
-            .machine
-            .next_deadline()
-            .map(|t| d.start + t)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-        let retry_soon = d.store.is_none() || watch_stream.is_none();
-        tokio::select! {
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() {
-                    d.shut_down().await;
-                    return Ok(());
-                }
-            }
-            Some(msg) = heartbeats.next() => d.on_heartbeat(&msg.payload).await,
-            Some(msg) = notices.next() => d.on_notice(&msg.payload).await,
-            Some(msg) = control.next() => d.on_control(msg).await,
-            Some(msg) = triggers.next() => {
-                if messages::decode::<Trigger>(&msg.payload).is_ok() {
-                    info!("operator triggered an election");
-                    d.feed(Event::TriggerElection).await;
-                }
-            }
-            Some((op, outcome)) = rx.recv() => d.feed(Event::StoreReply { op, outcome }).await,
-            entry = next_entry(&mut watch_stream) => match entry {
-                Some(obs) => d.feed(Event::LeaseObserved(obs)).await,
-                None => {
-                    debug!("lease watch ended; reopening");
-                    watch_stream = None;
-                }
-            },
-            _ = tokio::time::sleep_until(deadline) => d.feed(Event::Tick).await,
-            _ = resync.tick() => {
-                if let Some(store) = &d.store {
-                    let store = store.clone();
-                    match tokio::time::timeout(d.store_timeout, read_lease(&store)).await {
-                        Ok(Ok(obs)) => d.feed(Event::LeaseObserved(obs)).await,
-                        _ => {
-                            // The store does not answer: drop the watch so it
-                            // is rebuilt when the bus is back.
-                            watch_stream = None;
-                        }
-                    }
-                }
-            }
-            _ = state_tick.tick() => {
-                // Let the machine see the time first (a pause may have ended
-                // its lease), then say what it is.
-                d.feed(Event::Tick).await;
-                d.publish_state(true).await;
-            }
-            _ = tokio::time::sleep(Duration::from_millis(250)), if retry_soon => {}
+        if !d.turn(&mut inbox, &mut shutdown).await {
+            d.shut_down().await;
+            return Ok(());
         }
     }
 }
@@ -448,6 +340,160 @@ async fn store_call(store: kv::Store, expect: Expect, record: LeaseRecord) -> St
 }
 
 impl Driver {
+    /// The driver of a device that has just started, with its event
+    /// publisher running.
+    fn new(
+        client: async_nats::Client,
+        cfg: ElectionServiceConfig,
+        replies: mpsc::Sender<(OpId, StoreOutcome)>,
+    ) -> Self {
+        let mut machine = Machine::new(
+            cfg.election.clone(),
+            cfg.group.clone(),
+            cfg.device.clone(),
+            cfg.instance,
+            cfg.mac,
+            cfg.score,
+            cfg.online,
+            Duration::ZERO,
+        );
+        machine.set_project_addr(cfg.project_addr.clone());
+        let (events_tx, events_rx) = mpsc::channel(EVENTS_QUEUE);
+        let events_task = tokio::spawn(publish_events(
+            jetstream::new(client.clone()),
+            subjects::election_events(&cfg.group),
+            cfg.instance,
+            (cfg.replicas, cfg.events_max_age),
+            events_rx,
+        ));
+        Self {
+            store_timeout: cfg.election.store_timeout,
+            input: InputStage::new(cfg.group.clone(), cfg.device.clone()),
+            cfg,
+            client,
+            machine,
+            start: Instant::now(),
+            last_state: None,
+            replies,
+            store: None,
+            events: Some(events_tx),
+            events_task: Some(events_task),
+        }
+    }
+
+    /// Opens the lease bucket (and makes sure the events stream exists).
+    async fn open_store(&mut self, js: &jetstream::Context, warned: &mut BTreeSet<&'static str>) {
+        let (group, lease, replicas) = (
+            &self.cfg.group,
+            self.cfg.election.lease_duration,
+            self.cfg.replicas,
+        );
+        let open = tokio::time::timeout(
+            self.store_timeout * 2,
+            open_lease_bucket(js, group, lease, replicas),
+        )
+        .await
+        .unwrap_or_else(|_| Err("JetStream did not answer".to_string()));
+        match open {
+            Ok(store) => {
+                info!(bucket = %subjects::lease_bucket(group), "lease bucket open");
+                match tokio::time::timeout(
+                    self.store_timeout * 2,
+                    ensure_events_stream(js, replicas, self.cfg.events_max_age),
+                )
+                .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!("{e}"),
+                    Err(_) => warn!("JetStream did not answer creating the event stream"),
+                }
+                self.store = Some(store);
+                warned.clear();
+            }
+            Err(e) => {
+                if warned.insert("bucket") {
+                    warn!("{e}; retrying");
+                }
+            }
+        }
+    }
+
+    /// Opens the watch of the lease entry, once the store is open.
+    async fn open_watch(&self, inbox: &mut Inbox) {
+        let Some(store) = &self.store else { return };
+        let watch = tokio::time::timeout(
+            self.store_timeout * 2,
+            store.watch_with_history(subjects::LEASE_KEY),
+        )
+        .await
+        .unwrap_or_else(|_| Err(kv::WatchError::new(kv::WatchErrorKind::TimedOut)));
+        match watch {
+            Ok(w) => inbox.watch = Some(w),
+            Err(e) => {
+                if inbox.warned.insert("watch") {
+                    warn!("cannot watch the lease: {e}; retrying");
+                }
+            }
+        }
+    }
+
+    /// Waits for one message or timer and hands it on; `false` once told to
+    /// stop.
+    async fn turn(&mut self, inbox: &mut Inbox, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let deadline = self
+            .machine
+            .next_deadline()
+            .map(|t| self.start + t)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        let retry_soon = self.store.is_none() || inbox.watch.is_none();
+        tokio::select! {
+            _ = shutdown.changed() => return !*shutdown.borrow(),
+            Some(msg) = inbox.heartbeats.next() => self.on_heartbeat(&msg.payload).await,
+            Some(msg) = inbox.notices.next() => self.on_notice(&msg.payload).await,
+            Some(msg) = inbox.control.next() => self.on_control(msg).await,
+            Some(msg) = inbox.triggers.next() => self.on_trigger(&msg.payload).await,
+            Some((op, outcome)) = inbox.replies.recv() => {
+                self.feed(Event::StoreReply { op, outcome }).await;
+            }
+            entry = next_entry(&mut inbox.watch) => match entry {
+                Some(obs) => self.feed(Event::LeaseObserved(obs)).await,
+                None => {
+                    debug!("lease watch ended; reopening");
+                    inbox.watch = None;
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => self.feed(Event::Tick).await,
+            _ = inbox.resync.tick() => self.resync(&mut inbox.watch).await,
+            _ = inbox.state_tick.tick() => {
+                // Let the machine see the time first (a pause may have ended
+                // its lease), then say what it is.
+                self.feed(Event::Tick).await;
+                self.publish_state(true).await;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(250)), if retry_soon => {}
+        }
+        true
+    }
+
+    /// Reads the lease; if the store does not answer, drops the watch so it
+    /// is rebuilt when the bus is back.
+    async fn resync(&mut self, watch: &mut Option<kv::Watch>) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        match tokio::time::timeout(self.store_timeout, read_lease(&store)).await {
+            Ok(Ok(obs)) => self.feed(Event::LeaseObserved(obs)).await,
+            _ => *watch = None,
+        }
+    }
+
+    async fn on_trigger(&mut self, payload: &[u8]) {
+        if messages::decode::<Trigger>(payload).is_ok() {
+            info!("operator triggered an election");
+            self.feed(Event::TriggerElection).await;
+        }
+    }
+
     fn now(&self) -> Duration {
         self.start.elapsed()
     }
@@ -518,39 +564,13 @@ impl Driver {
     }
 
     async fn on_heartbeat(&mut self, payload: &[u8]) {
-        let hb = match messages::decode::<Heartbeat>(payload) {
-            Ok(hb) => hb,
-            Err(e) => {
-                debug!("dropping a heartbeat: {e}");
-                return;
+        match messages::decode::<Heartbeat>(payload) {
+            Ok(hb) => {
+                if let Input::Feed(event) = self.input.heartbeat(&hb) {
+                    self.feed(event).await;
+                }
             }
-        };
-        if hb.device == self.cfg.device || hb.group != self.cfg.group {
-            return;
-        }
-        let fresh = match self.latest.get(&hb.device) {
-            Some((inst, seq, _)) => *inst != hb.instance || hb.seq > *seq,
-            None => true,
-        };
-        if !fresh {
-            return;
-        }
-        let status = PeerStatus {
-            device: hb.device.clone(),
-            instance: hb.instance,
-            mac: hb.mac,
-            score: hb.score,
-            online: hb.online,
-            role: hb.role,
-            term: hb.term,
-            in_grace: hb.in_grace,
-        };
-        self.latest
-            .insert(hb.device.clone(), (hb.instance, hb.seq, status.clone()));
-        // Only peers the failure detector holds live reach the machine, so a
-        // late beat cannot bring back a peer that was declared lost.
-        if self.live.get(&hb.device) == Some(&hb.instance) {
-            self.feed(Event::PeerSeen(status)).await;
+            Err(e) => debug!("dropping a heartbeat: {e}"),
         }
     }
 
@@ -562,34 +582,17 @@ impl Driver {
                 return;
             }
         };
-        match notice.change {
-            PeerChangeKind::Joined | PeerChangeKind::Restarted => {
-                self.live.insert(notice.device.clone(), notice.instance);
-                if let Some((inst, _, status)) = self.latest.get(&notice.device)
-                    && *inst == notice.instance
-                {
-                    let status = status.clone();
-                    self.feed(Event::PeerSeen(status)).await;
+        match self.input.notice(&notice, unix_ms(SystemTime::now())) {
+            Input::Feed(event) => {
+                if let Event::PeerLost(peer) = &event {
+                    info!(%peer, change = ?notice.change, "peer gone");
                 }
+                self.feed(event).await;
             }
-            PeerChangeKind::Lost
-                if notice.sent_at_ms.is_some_and(|sent| {
-                    unix_ms(SystemTime::now()).saturating_sub(sent) > STALE_NOTICE_MS
-                }) =>
-            {
-                // Made while this device was cut off from the bus and sent
-                // on reconnecting: the peer may be back (or never gone). Act
-                // on fresh news only; a peer really gone lets its lease
-                // expire, which the machine sees anyway.
-                info!(peer = %notice.device, "stale peer-lost notice ignored (it waited for the bus)");
+            Input::Ignored(Ignored::Stale { age }) => {
+                info!(peer = %notice.device, ?age, "stale peer-lost notice ignored (it waited for the bus)");
             }
-            PeerChangeKind::Lost | PeerChangeKind::Left => {
-                if self.live.get(&notice.device) == Some(&notice.instance) {
-                    self.live.remove(&notice.device);
-                    info!(peer = %notice.device, change = ?notice.change, "peer gone");
-                    self.feed(Event::PeerLost(notice.device)).await;
-                }
-            }
+            Input::Ignored(why) => debug!(peer = %notice.device, ?why, "peer notice ignored"),
         }
     }
 

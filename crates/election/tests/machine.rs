@@ -1,4 +1,4 @@
-//! The election state machine, rule by rule (DESIGN.md B3–B8, S1).
+//! The election state machine, rule by rule (B3–B8, S1).
 
 #![allow(clippy::unwrap_used)]
 
@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use understudy_election::{
     Action, ElectionConfig, Event, Expect, Machine, OpId, PeerStatus, StoreOutcome,
+    UNHEARD_HOLDER_WAIT,
 };
 use understudy_protocol::messages::{
     ElectionEventKind, ElectionReason, LeaseHolder, LeaseRecord, StepDownReason,
@@ -537,4 +538,88 @@ fn a_stale_heartbeat_does_not_make_a_held_lease_vacant() {
         m.status(ms(2600)).server,
         Some((id("b"), Term::from_revision(2)))
     );
+}
+
+#[test]
+fn a_holder_not_yet_heard_is_waited_for_not_deposed() {
+    // Back from a pause, this device sees the lease of a server that started
+    // meanwhile before its failure detector's "joined" verdict arrives.
+    let mut m = machine(100, 1, ElectionConfig::default());
+    let s = server_peer("srv", 50, 9, 5);
+    let seen = ms(3000);
+    let a = m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), seen);
+    assert_eq!(claim(&a), None, "an unheard holder is not lost yet");
+    assert_eq!(
+        m.status(seen).server,
+        Some((id("srv"), Term::from_revision(5)))
+    );
+    let a = m.handle(Event::PeerSeen(s), seen + ms(5));
+    assert_eq!(claim(&a), None, "heard: it holds the lease");
+    let a = run_until(&mut m, seen + ms(5), seen + ms(1400));
+    assert_eq!(claim(&a), None);
+}
+
+#[test]
+fn a_holder_never_heard_counts_as_gone_after_the_wait() {
+    let mut m = machine(100, 1, ElectionConfig::default());
+    let s = server_peer("srv", 50, 9, 5);
+    let seen = ms(3000);
+    m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), seen);
+    let early = run_until(&mut m, seen, seen + UNHEARD_HOLDER_WAIT - ms(1));
+    assert_eq!(claim(&early), None);
+    let a = run_until(
+        &mut m,
+        seen + UNHEARD_HOLDER_WAIT - ms(1),
+        seen + UNHEARD_HOLDER_WAIT,
+    );
+    let (_, expect, _) = claim(&a).expect("a holder never heard is gone");
+    assert_eq!(expect, Expect::Revision(5));
+}
+
+#[test]
+fn a_holder_declared_lost_after_its_lease_was_seen_is_gone_at_once() {
+    let mut m = machine(100, 1, ElectionConfig::default());
+    let s = server_peer("srv", 50, 9, 5);
+    m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), ms(3000));
+    m.handle(Event::PeerSeen(s), ms(3001));
+    let a = m.handle(Event::PeerLost(id("srv")), ms(3100));
+    let (_, expect, _) = claim(&a).expect("the successor claims on detection");
+    assert_eq!(expect, Expect::Revision(5));
+}
+
+#[test]
+fn a_holder_known_only_as_its_older_instance_is_waited_for() {
+    // Away while the holder's device restarted and took the lease again:
+    // the lease names the new instance before its beats are heard.
+    let mut m = machine(100, 1, ElectionConfig::default());
+    let old = server_peer("srv", 50, 9, 5);
+    m.handle(Event::PeerSeen(old.clone()), ms(10));
+    let mut reborn = server_peer("srv", 50, 9, 18);
+    reborn.instance = InstanceId::new(999);
+    let seen = ms(3000);
+    let a = m.handle(
+        Event::LeaseObserved(Some((18, held_by(&reborn, None)))),
+        seen,
+    );
+    assert_eq!(claim(&a), None, "the new instance is not heard yet");
+    let a = m.handle(Event::PeerSeen(reborn), seen + ms(5));
+    assert_eq!(claim(&a), None);
+    let a = run_until(&mut m, seen + ms(5), seen + ms(1400));
+    assert_eq!(claim(&a), None, "heard: it holds the lease");
+}
+
+#[test]
+fn a_holder_lost_before_it_won_a_new_term_is_waited_for() {
+    // Lost while cut off from this device, it then won a new term: the new
+    // lease is newer news than the loss.
+    let mut m = machine(100, 1, ElectionConfig::default());
+    let s = server_peer("srv", 50, 9, 5);
+    m.handle(Event::PeerSeen(s.clone()), ms(10));
+    m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), ms(20));
+    m.handle(Event::PeerLost(id("srv")), ms(2100));
+    let seen = ms(4000);
+    let a = m.handle(Event::LeaseObserved(Some((16, held_by(&s, None)))), seen);
+    assert_eq!(claim(&a), None, "a new term is news that it is alive");
+    let a = m.handle(Event::PeerSeen(s), seen + ms(5));
+    assert_eq!(claim(&a), None);
 }

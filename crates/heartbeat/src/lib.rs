@@ -1,5 +1,5 @@
 //! The heartbeat service of understudy: publishing this device's heartbeat and
-//! detecting lost peers (DESIGN.md §3, "heartbeat").
+//! detecting lost peers.
 //!
 //! Every device beats on `understudy.<group>.heartbeat.<device>` at its own
 //! interval (100 ms by default) and says goodbye on
@@ -10,7 +10,8 @@
 //! A server that stops beating is declared lost after three missed heartbeats,
 //! and the failover (L1) starts from that verdict.
 //!
-//! This crate holds the pure failure detector ([`Detector`]): it has no clock,
+//! This crate holds the pure failure detector ([`Detector`]) and the
+//! conversion of its verdicts into bus messages ([`peer_notice`]): no clock,
 //! no sockets and no async runtime. The caller feeds it heartbeats, goodbyes and
 //! the current time (a [`Duration`](std::time::Duration) since any origin it
 //! likes) and arms one timer at [`Detector::next_deadline`]. That is what lets
@@ -24,6 +25,6 @@ pub mod core;
 #[cfg(feature = "driver")]
 pub mod service;
 
-pub use crate::core::detector::{
-    DEFAULT_INTERVAL, Detector, DetectorConfig, MAX_INTERVAL, MIN_INTERVAL, PeerBeat, PeerChange,
-};
+pub use crate::core::detector::{DEFAULT_INTERVAL, Detector, DetectorConfig, PeerBeat, PeerChange};
+pub use crate::core::notice::peer_notice;
+pub use understudy_protocol::timing::{MAX_INTERVAL, MIN_INTERVAL};

@@ -1,5 +1,5 @@
 //! The NATS driver of the heartbeat service: plumbing between the bus and the
-//! pure [`Detector`] (DESIGN.md §3, "Pure cores, thin drivers").
+//! pure [`Detector`] and [`peer_notice`].
 //!
 //! It makes no decision of its own. It
 //!
@@ -13,7 +13,8 @@
 //! - announces the device's presence every `presence_interval` on
 //!   `understudy.presence.<instance>` (B10);
 //! - feeds the group's heartbeats and goodbyes to the [`Detector`], polls it at
-//!   its deadline and publishes each verdict as a [`PeerNotice`] on
+//!   its deadline and publishes each verdict as a
+//!   [`PeerNotice`](understudy_protocol::messages::PeerNotice) on
 //!   `…local.<device>.peers` (B5);
 //! - says goodbye on `understudy.<group>.leave.<device>` when asked to stop.
 //!
@@ -23,7 +24,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use async_nats::Client;
+use async_nats::{Client, Message, Subscriber};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -31,16 +32,15 @@ use understudy_bus::{
     ElectionFollower, Followed, decoded, publish, recv, stopped, ticker, unix_ms,
 };
 use understudy_protocol::messages::{
-    DeviceStatus, ElectionState, Heartbeat, InstanceKind, Leave, PeerChangeKind, PeerNotice,
-    Presence,
+    DeviceStatus, ElectionState, Heartbeat, InstanceKind, Leave, Presence,
 };
+use understudy_protocol::timing::{IntervalError, LIVENESS_WINDOW, check_interval};
 use understudy_protocol::{
     DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, StatusColour, subjects,
 };
 
-use crate::core::detector::{
-    DEFAULT_INTERVAL, Detector, DetectorConfig, MAX_INTERVAL, MIN_INTERVAL, PeerBeat, PeerChange,
-};
+use crate::core::detector::{DEFAULT_INTERVAL, Detector, DetectorConfig, PeerBeat, PeerChange};
+use crate::core::notice::peer_notice;
 
 /// How often presence is announced unless configured otherwise.
 pub const DEFAULT_PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -50,8 +50,9 @@ pub const DEFAULT_PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
 pub const ELECTION_STATE_WAIT: Duration = Duration::from_secs(2);
 
 /// After this long without an election state the device stops beating: its
-/// election service is gone, and peers must be able to tell.
-pub const ELECTION_STATE_STALE: Duration = Duration::from_secs(1);
+/// election service is gone, and peers must be able to tell (the shared
+/// liveness window).
+pub const ELECTION_STATE_STALE: Duration = LIVENESS_WINDOW;
 
 /// The longest the goodbye may take to reach the server on shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -68,13 +69,14 @@ pub struct HeartbeatConfig {
     /// The device's MAC, sent in every heartbeat (the election tie-breaker, B4).
     pub mac: Mac,
     /// How often to beat; [`DEFAULT_INTERVAL`] (100 ms) by default. Must lie in
-    /// [`MIN_INTERVAL`]`..=`[`MAX_INTERVAL`].
+    /// [`MIN_INTERVAL`](crate::MIN_INTERVAL)`..=`[`MAX_INTERVAL`](crate::MAX_INTERVAL).
     pub interval: Duration,
     /// A peer is lost after this many of its own intervals without a beat
     /// ([`DetectorConfig::DEFAULT_MISSES`], 3, by default).
     pub misses: u32,
     /// How often to announce presence; [`DEFAULT_PRESENCE_INTERVAL`] (1 s) by
-    /// default. Must lie in [`MIN_INTERVAL`]`..=`[`MAX_INTERVAL`].
+    /// default. Must lie in
+    /// [`MIN_INTERVAL`](crate::MIN_INTERVAL)`..=`[`MAX_INTERVAL`](crate::MAX_INTERVAL).
     pub presence_interval: Duration,
     /// The device's election service instance when it runs in this process:
     /// only its state is announced. `None` (the services run apart): the
@@ -100,20 +102,9 @@ impl HeartbeatConfig {
 
     /// Refuses intervals peers would clamp (and so misjudge) or that a timer
     /// cannot run.
-    fn validate(&self) -> Result<(), ServiceError> {
-        for (what, value) in [
-            ("heartbeat interval", self.interval),
-            ("presence interval", self.presence_interval),
-        ] {
-            if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&value) {
-                return Err(ServiceError::IntervalOutOfRange {
-                    what,
-                    value,
-                    min: MIN_INTERVAL,
-                    max: MAX_INTERVAL,
-                });
-            }
-        }
+    fn validate(&self) -> Result<(), IntervalError> {
+        check_interval("heartbeat interval", self.interval)?;
+        check_interval("presence interval", self.presence_interval)?;
         Ok(())
     }
 }
@@ -126,17 +117,8 @@ pub enum ServiceError {
     #[error("cannot subscribe to the heartbeat service's subjects: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
     /// An interval in [`HeartbeatConfig`] is out of range.
-    #[error("{what} {value:?} is out of range {min:?}–{max:?}")]
-    IntervalOutOfRange {
-        /// Which interval.
-        what: &'static str,
-        /// The value given.
-        value: Duration,
-        /// The shortest allowed.
-        min: Duration,
-        /// The longest allowed.
-        max: Duration,
-    },
+    #[error(transparent)]
+    Interval(#[from] IntervalError),
 }
 
 /// Runs the heartbeat service of `cfg.device` on `client` until `shutdown`
@@ -150,97 +132,183 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServiceError> {
     cfg.validate()?;
-    let start = Instant::now();
-    let (group, device) = (&cfg.group, &cfg.device);
-    let mut election_sub = Some(
-        client
-            .subscribe(subjects::local_election(group, device))
-            .await?,
-    );
-    let mut status_sub = Some(
-        client
-            .subscribe(subjects::local_status(group, device))
-            .await?,
-    );
-    let mut beats_sub = Some(client.subscribe(subjects::heartbeats(group)).await?);
-    let mut leaves_sub = Some(client.subscribe(subjects::leaves(group)).await?);
+    let subs = Subscriptions::open(&client, &cfg).await?;
+    let (group, device) = (cfg.group.clone(), cfg.device.clone());
     info!(%group, %device, instance = %cfg.instance, "heartbeat service started");
+    let mut service = Service::new(client, cfg);
+    service.serve(subs, &mut shutdown).await;
+    service.say_goodbye().await;
+    info!(%group, %device, "heartbeat service stopped");
+    Ok(())
+}
 
-    let mut detector = Detector::new(DetectorConfig { misses: cfg.misses }, cfg.device.clone());
-    let mut beat_tick = ticker(cfg.interval);
-    let mut presence_tick = ticker(cfg.presence_interval);
-    let no_state_yet = tokio::time::sleep(ELECTION_STATE_WAIT);
-    tokio::pin!(no_state_yet);
-    let mut warned = false;
-    let mut me = Announcer::new(cfg.clone());
+/// The subjects the service listens to.
+struct Subscriptions {
+    /// This device's election state.
+    election: Option<Subscriber>,
+    /// This device's status (discovery).
+    status: Option<Subscriber>,
+    /// The group's heartbeats.
+    beats: Option<Subscriber>,
+    /// The group's goodbyes.
+    leaves: Option<Subscriber>,
+}
 
-    loop {
-        let wake = detector.next_deadline().and_then(|d| start.checked_add(d));
-        // Order matters (biased): stopping first; then our own beat, so a
-        // flood of messages cannot silence this device; the detector's
-        // deadline last, so beats already received count before it is polled.
-        tokio::select! {
-            biased;
-            () = stopped(&mut shutdown) => break,
-            _ = beat_tick.tick() => publish_beat(&client, &mut me).await,
-            _ = presence_tick.tick() => {
-                if let Some(presence) = me.presence(unix_ms(SystemTime::now())) {
-                    let subject = subjects::presence(cfg.instance);
-                    publish(&client, subject, &presence).await;
+impl Subscriptions {
+    async fn open(client: &Client, cfg: &HeartbeatConfig) -> Result<Self, ServiceError> {
+        let (group, device) = (&cfg.group, &cfg.device);
+        Ok(Self {
+            election: Some(
+                client
+                    .subscribe(subjects::local_election(group, device))
+                    .await?,
+            ),
+            status: Some(
+                client
+                    .subscribe(subjects::local_status(group, device))
+                    .await?,
+            ),
+            beats: Some(client.subscribe(subjects::heartbeats(group)).await?),
+            leaves: Some(client.subscribe(subjects::leaves(group)).await?),
+        })
+    }
+}
+
+/// The running service: the detector, what this device announces, and the
+/// client both go through.
+struct Service {
+    client: Client,
+    cfg: HeartbeatConfig,
+    /// The origin of the detector's clock.
+    start: Instant,
+    detector: Detector,
+    me: Announcer,
+    /// Whether the missing election state was already warned about.
+    warned: bool,
+}
+
+impl Service {
+    fn new(client: Client, cfg: HeartbeatConfig) -> Self {
+        Self {
+            detector: Detector::new(DetectorConfig { misses: cfg.misses }, cfg.device.clone()),
+            me: Announcer::new(cfg.clone()),
+            start: Instant::now(),
+            warned: false,
+            client,
+            cfg,
+        }
+    }
+
+    /// The loop: one message or timer at a time until `shutdown`.
+    async fn serve(&mut self, mut subs: Subscriptions, shutdown: &mut watch::Receiver<bool>) {
+        let mut beat_tick = ticker(self.cfg.interval);
+        let mut presence_tick = ticker(self.cfg.presence_interval);
+        let no_state_yet = tokio::time::sleep(ELECTION_STATE_WAIT);
+        tokio::pin!(no_state_yet);
+        loop {
+            let wake = self
+                .detector
+                .next_deadline()
+                .and_then(|d| self.start.checked_add(d));
+            // Order matters (biased): stopping first; then our own beat, so a
+            // flood of messages cannot silence this device; the detector's
+            // deadline last, so beats already received count before it is polled.
+            tokio::select! {
+                biased;
+                () = stopped(shutdown) => break,
+                _ = beat_tick.tick() => self.beat().await,
+                _ = presence_tick.tick() => self.announce_presence().await,
+                () = &mut no_state_yet, if !self.warned && !self.me.knows_election() => {
+                    self.warn_no_state();
                 }
-            }
-            () = &mut no_state_yet, if !warned && !me.knows_election() => {
-                warned = true;
-                warn!(
-                    subject = %subjects::local_election(group, device),
-                    "no election state within {ELECTION_STATE_WAIT:?}: not beating until the election service reports"
-                );
-            }
-            msg = recv(&mut election_sub, "election state") => {
-                let Some(state) = decoded::<ElectionState>(&msg) else { continue };
-                let first = !me.knows_election();
-                if me.take_election(state) {
-                    if first && warned {
-                        info!(%device, "election state arrived: beating");
+                msg = recv(&mut subs.election, "election state") => {
+                    if self.on_election(&msg) {
+                        beat_tick.reset();
+                        self.beat().await;
                     }
-                    beat_tick.reset();
-                    publish_beat(&client, &mut me).await;
                 }
-            }
-            msg = recv(&mut status_sub, "device status") => {
-                if let Some(status) = decoded::<DeviceStatus>(&msg) {
-                    me.take_status(status);
+                msg = recv(&mut subs.status, "device status") => {
+                    if let Some(status) = decoded::<DeviceStatus>(&msg) {
+                        self.me.take_status(status);
+                    }
                 }
-            }
-            msg = recv(&mut leaves_sub, "leaves") => {
-                let Some(leave) = decoded::<Leave>(&msg) else { continue };
-                if let Some(change) = detector.leave(&leave.device, leave.instance, start.elapsed()) {
-                    publish_notice(&client, &cfg, &change).await;
-                }
-            }
-            msg = recv(&mut beats_sub, "heartbeats") => {
-                let Some(beat) = decoded::<Heartbeat>(&msg) else { continue };
-                if let Some(change) = detector.observe(&PeerBeat::from(&beat), start.elapsed()) {
-                    publish_notice(&client, &cfg, &change).await;
-                }
-            }
-            () = tokio::time::sleep_until(wake.unwrap_or(start)), if wake.is_some() => {
-                for change in detector.poll(start.elapsed()) {
-                    publish_notice(&client, &cfg, &change).await;
+                msg = recv(&mut subs.leaves, "leaves") => self.on_leave(&msg).await,
+                msg = recv(&mut subs.beats, "heartbeats") => self.on_beat(&msg).await,
+                () = tokio::time::sleep_until(wake.unwrap_or(self.start)), if wake.is_some() => {
+                    self.on_deadline().await;
                 }
             }
         }
     }
 
-    let leave = me.leave("shutdown");
-    publish(&client, subjects::leave(group, device), &leave).await;
-    match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(error = %e, "flush after goodbye failed"),
-        Err(_) => debug!("flush after goodbye timed out"),
+    async fn beat(&mut self) {
+        publish_beat(&self.client, &mut self.me).await;
     }
-    info!(%group, %device, "heartbeat service stopped");
-    Ok(())
+
+    async fn announce_presence(&self) {
+        if let Some(presence) = self.me.presence(unix_ms(SystemTime::now())) {
+            let subject = subjects::presence(self.cfg.instance);
+            publish(&self.client, subject, &presence).await;
+        }
+    }
+
+    fn warn_no_state(&mut self) {
+        self.warned = true;
+        warn!(
+            subject = %subjects::local_election(&self.cfg.group, &self.cfg.device),
+            "no election state within {ELECTION_STATE_WAIT:?}: not beating until the election service reports"
+        );
+    }
+
+    /// Takes this device's election state; returns whether to beat at once.
+    fn on_election(&mut self, msg: &Message) -> bool {
+        let Some(state) = decoded::<ElectionState>(msg) else {
+            return false;
+        };
+        let first = !self.me.knows_election();
+        let urgent = self.me.take_election(state);
+        if urgent && first && self.warned {
+            info!(device = %self.cfg.device, "election state arrived: beating");
+        }
+        urgent
+    }
+
+    async fn on_leave(&mut self, msg: &Message) {
+        let Some(leave) = decoded::<Leave>(msg) else {
+            return;
+        };
+        let now = self.start.elapsed();
+        if let Some(change) = self.detector.leave(&leave.device, leave.instance, now) {
+            publish_notice(&self.client, &self.cfg, &change).await;
+        }
+    }
+
+    async fn on_beat(&mut self, msg: &Message) {
+        let Some(beat) = decoded::<Heartbeat>(msg) else {
+            return;
+        };
+        let now = self.start.elapsed();
+        if let Some(change) = self.detector.observe(&PeerBeat::from(&beat), now) {
+            publish_notice(&self.client, &self.cfg, &change).await;
+        }
+    }
+
+    async fn on_deadline(&mut self) {
+        for change in self.detector.poll(self.start.elapsed()) {
+            publish_notice(&self.client, &self.cfg, &change).await;
+        }
+    }
+
+    async fn say_goodbye(&self) {
+        let leave = self.me.leave("shutdown");
+        let subject = subjects::leave(&self.cfg.group, &self.cfg.device);
+        publish(&self.client, subject, &leave).await;
+        match tokio::time::timeout(FLUSH_TIMEOUT, self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(error = %e, "flush after goodbye failed"),
+            Err(_) => debug!("flush after goodbye timed out"),
+        }
+    }
 }
 
 /// What this device says about itself: the latest election state and status,
@@ -392,30 +460,6 @@ impl Announcer {
             instance: self.cfg.instance,
             reason: reason.to_owned(),
         }
-    }
-}
-
-/// The detector's verdict as the bus message for this device's services.
-fn peer_notice(
-    group: &GroupName,
-    observer: &DeviceId,
-    change: &PeerChange,
-    sent_at_ms: u64,
-) -> PeerNotice {
-    let (kind, device, instance) = match change {
-        PeerChange::Joined { device, instance } => (PeerChangeKind::Joined, device, *instance),
-        PeerChange::Restarted { device, new, .. } => (PeerChangeKind::Restarted, device, *new),
-        PeerChange::Lost { device, instance } => (PeerChangeKind::Lost, device, *instance),
-        PeerChange::Left { device, instance } => (PeerChangeKind::Left, device, *instance),
-    };
-    PeerNotice {
-        schema: SCHEMA_VERSION,
-        group: group.clone(),
-        observer: observer.clone(),
-        change: kind,
-        device: device.clone(),
-        instance,
-        sent_at_ms: Some(sent_at_ms),
     }
 }
 
@@ -573,32 +617,6 @@ mod tests {
         assert_eq!(
             me.heartbeat(3).expect("state known").colour,
             StatusColour::Red
-        );
-    }
-
-    #[test]
-    fn peer_changes_become_notices_naming_the_live_instance() {
-        let c = cfg();
-        let peer: DeviceId = "p".parse().expect("valid device");
-        let restarted = PeerChange::Restarted {
-            device: peer.clone(),
-            old: InstanceId::new(1),
-            new: InstanceId::new(2),
-        };
-        let notice = peer_notice(&c.group, &c.device, &restarted, 1);
-        assert_eq!(notice.change, PeerChangeKind::Restarted);
-        assert_eq!(notice.instance, InstanceId::new(2));
-        assert_eq!(
-            (notice.observer, notice.device),
-            (c.device.clone(), peer.clone())
-        );
-        let lost = PeerChange::Lost {
-            device: peer,
-            instance: InstanceId::new(2),
-        };
-        assert_eq!(
-            peer_notice(&c.group, &c.device, &lost, 1).change,
-            PeerChangeKind::Lost
         );
     }
 

@@ -1,4 +1,4 @@
-//! The invariants of DESIGN.md §2, checked against the simulated world.
+//! The invariants (S1, L2, P1, B7), checked against the simulated world.
 //!
 //! - S1, after every step of a device: a device acting as server holds a term
 //!   the store granted to it (that very instance); no two devices act with the
@@ -7,17 +7,37 @@
 //!   the store's term never goes backwards. A lease is valid from its grant
 //!   until it expires or a later term is granted; a deposed server that has not
 //!   yet heard of its successor is tolerated only within its own validity — the
-//!   fencing of the project head makes it harmless (DESIGN.md "Fast and fenced
+//!   fencing of the project head makes it harmless ("fast and fenced
 //!   takeover").
 //! - L2 and P1, once the faults have ended and the bound has passed: every
 //!   online device agrees on one server, the rightful one by B4, and it holds
 //!   the store's lease. B7: with no viable device, nobody serves.
 //! - Quiet: after convergence the server and term do not change.
+//! - No needless takeover: a device takes a held lease from a server that
+//!   is running, serving, on the bus and not paused — and has been for
+//!   longer than the failure detector needs — only if the claimant itself
+//!   was just back from a short cut-off or pause (shorter than the stale
+//!   window plus detection: its loss verdicts look fresh, and cannot be told
+//!   from news). A device back from a longer one must not act on the
+//!   verdicts it made while away (B5: the status quo was never upset).
+//!   Not checked on a lossy bus, where a live server can honestly look lost.
+
+use std::time::Duration;
 
 use understudy_election::{Candidate, winner};
+use understudy_protocol::messages::LeaseRecord;
+use understudy_protocol::timing::LIVENESS_WINDOW;
 use understudy_protocol::{DeviceId, Term};
 
-use crate::world::{Failure, World};
+use crate::schedule::Fault;
+use crate::world::{Failure, HEARTBEAT, World};
+
+/// How long the failure detector needs to call a silent peer lost (three
+/// beats), plus bus slack.
+const DETECTION: Duration = Duration::from_millis(3 * HEARTBEAT.as_millis() as u64 + 200);
+
+/// How soon after coming back a device acts on what it decided while away.
+const SETTLE: Duration = Duration::from_millis(500);
 
 pub(crate) fn after_step(w: &mut World, i: usize) -> Result<(), Failure> {
     if let Some(r) = &w.store.regression {
@@ -147,4 +167,62 @@ pub(crate) fn quiet(w: &World) -> Result<(), Failure> {
         )));
     }
     Ok(())
+}
+
+/// No needless takeover (see the module docs), checked at each store write
+/// that granted `revision` to `claimant` over the entry `before`.
+pub(crate) fn takeover(
+    w: &World,
+    claimant: usize,
+    before: Option<(u64, LeaseRecord)>,
+    revision: u64,
+) -> Result<(), Failure> {
+    let Some((prev_rev, prev)) = before else {
+        return Ok(());
+    };
+    let (Some(holder), true) = (
+        &prev.holder,
+        w.store.grants.contains_key(&Term::from_revision(revision)),
+    ) else {
+        return Ok(()); // a release was followed, or a renewal
+    };
+    if w.plan
+        .faults
+        .iter()
+        .any(|(_, f)| matches!(f, Fault::Loss(_)))
+    {
+        return Ok(());
+    }
+    let Some(h) = w.devs.iter().position(|d| d.id == holder.device) else {
+        return Ok(());
+    };
+    let prev_term = prev.term_at(prev_rev);
+    let serving = w.devs[h].proc.as_ref().is_some_and(|p| {
+        p.instance == holder.instance && p.machine.server_term() == Some(prev_term)
+    });
+    let steady = |i: usize, need: Duration| {
+        w.devs[i].disturbed_since().is_none()
+            && w.devs[i]
+                .last_disturbance
+                .is_none_or(|(_, end)| end + need <= w.now)
+    };
+    if h == claimant || !serving || !steady(h, DETECTION + SETTLE) {
+        return Ok(());
+    }
+    let excused = w.devs[claimant]
+        .last_disturbance
+        .is_some_and(|(start, end)| {
+            end + SETTLE > w.now && end - start < LIVENESS_WINDOW + DETECTION
+        });
+    if excused || !steady(claimant, Duration::ZERO) {
+        return Ok(());
+    }
+    Err(w.fail(format!(
+        "needless takeover: {} took term {} from {}, which serves term {prev_term}, \
+         live and on the bus (claimant's last cut-off or pause: {:?})",
+        w.devs[claimant].id,
+        Term::from_revision(revision),
+        holder.device,
+        w.devs[claimant].last_disturbance,
+    )))
 }

@@ -1,12 +1,15 @@
-//! A deterministic simulator of a project group (DESIGN.md §5, CONVENTIONS.md §2).
+//! A deterministic simulator of a project group.
 //!
-//! It runs the real decision code — [`understudy_election::Machine`] and
-//! [`understudy_heartbeat::Detector`] — for 3–25 devices over a simulated bus
-//! (delay, reordering, loss, partitions) and a simulated compare-and-set lease
-//! store with expiry (the model of JetStream KV), while a seeded schedule
-//! crashes, restarts, pauses and partitions devices, drifts their clocks,
-//! changes scores, takes devices offline and triggers elections. On every
-//! device it also runs project-sync's serving core
+//! It runs the code a device ships between the bus and its decisions — the
+//! heartbeat side's [`understudy_heartbeat::Detector`] and
+//! [`understudy_heartbeat::peer_notice`], the election side's
+//! [`understudy_election::InputStage`] and [`understudy_election::Machine`] —
+//! for 3–25 devices over a simulated bus (delay, reordering, loss, devices
+//! cut off from it whose messages wait in their client) and a simulated
+//! compare-and-set lease store with expiry (the model of JetStream KV), while
+//! a seeded schedule crashes, restarts, pauses and cuts off devices, drifts
+//! their clocks, changes scores, takes devices offline and triggers elections.
+//! On every device it also runs project-sync's serving core
 //! ([`understudy_project_sync::core::Serving`]) against a modelled project
 //! head and content store, with writers submitting changes (`project.rs`).
 //!
@@ -14,8 +17,9 @@
 //! the election side, one for project-sync, so each side's draws do not
 //! shift the other's) and there is no wall clock and no thread, so a seed
 //! replays exactly. Invariants are checked after every step (S1; S2 at every
-//! head write and acknowledgement, `s2.rs`) and after the faults end (L2,
-//! P1, B7); a failure carries the seed, the step and the last events.
+//! head write and acknowledgement, `s2.rs`), at every takeover of a held
+//! lease (no needless takeover) and after the faults end (L2, P1, B7); a
+//! failure carries the seed, the step and the last events.
 
 mod check;
 mod head;

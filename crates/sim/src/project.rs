@@ -465,7 +465,7 @@ fn start_op(w: &mut World, dev: usize, op: Op, req: Req) {
     }
     let at = w.now + STORE_TIMEOUT;
     push(w, at, Ev::Timeout { dev, inc, op: id });
-    if w.reaches_store(dev) && !lost(w) {
+    if w.on_bus(dev) && !lost(w) {
         let at = w.now + delay(w);
         push(
             w,
@@ -482,7 +482,7 @@ fn start_op(w: &mut World, dev: usize, op: Op, req: Req) {
 
 /// A store call lands (if the store is still reachable) and is answered.
 fn at_store(w: &mut World, dev: usize, inc: u64, op: u64, req: Req) -> Result<(), Failure> {
-    if !w.reaches_store(dev) {
+    if !w.on_bus(dev) {
         return Ok(());
     }
     let rep = match req {
@@ -526,7 +526,7 @@ fn at_store(w: &mut World, dev: usize, inc: u64, op: u64, req: Req) -> Result<()
             Rep::Written(r)
         }
     };
-    if w.reaches_store(dev) && !lost(w) {
+    if w.on_bus(dev) && !lost(w) {
         let at = w.now + delay(w);
         push(w, at, Ev::Reply { dev, inc, op, rep });
     }

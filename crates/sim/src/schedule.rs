@@ -17,8 +17,10 @@ pub enum Fault {
     Restart(usize),
     /// SIGSTOP a device for this long, then SIGCONT it.
     Pause(usize, Duration),
-    /// Cut these devices off from the others; `with_store` says whether they
-    /// keep the lease store on their side.
+    /// Split the devices in two; `with_store` says whether this side keeps
+    /// the lease store, and with it the bus's server. Every device on the
+    /// other side is cut off: it hears nothing, and what it publishes waits
+    /// in its client until it is back.
     Partition {
         /// The cut-off side.
         side: Vec<usize>,

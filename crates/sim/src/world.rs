@@ -1,16 +1,36 @@
 //! The simulated world: devices, bus, store and the event queue.
+//!
+//! Each device runs the glue a real device ships, not a copy of it: its
+//! heartbeat side feeds the group's beats and goodbyes to the
+//! [`Detector`] and turns each verdict into a [`PeerNotice`] with the
+//! heartbeat crate's own [`peer_notice`], stamped by the device's (drifting)
+//! wall clock; the notice travels the simulated bus back to the device's
+//! election side, where the election crate's [`InputStage`] decides — with
+//! the beats — what reaches the [`Machine`].
+//!
+//! The bus is one server, on the lease store's side of a partition. A device
+//! on the other side is cut off: it hears nothing, and what it publishes —
+//! beats, goodbyes, and the notices its heartbeat side sends its election
+//! side — waits in its client until it is back, then goes out in order. So a
+//! device cut off long enough to lose every peer gets those stale verdicts
+//! on reconnecting, as a real one does. Notices are never lost in transit:
+//! they are a device talking to itself over a TCP connection.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use understudy_election::{Action, ElectionConfig, Event, Machine, OpId, PeerStatus, StoreOutcome};
-use understudy_heartbeat::{Detector, DetectorConfig, PeerBeat, PeerChange};
-use understudy_protocol::messages::LeaseRecord;
-use understudy_protocol::{DeviceId, GroupName, InstanceId, Mac, Score};
+use understudy_election::{
+    Action, ElectionConfig, Event, Ignored, Input, InputStage, Machine, OpId, StoreOutcome,
+};
+use understudy_heartbeat::{Detector, DetectorConfig, PeerBeat, PeerChange, peer_notice};
+use understudy_protocol::messages::{Heartbeat, LeaseRecord, PeerNotice};
+use understudy_protocol::{
+    DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, Score, StatusColour,
+};
 
 use crate::check;
 use crate::project::{Mutation, Projects};
@@ -77,17 +97,45 @@ pub struct Report {
     pub terms_granted: usize,
     /// Election events published.
     pub events_published: u64,
+    /// Peer-lost verdicts that waited for the bus and were ignored.
+    pub stale_verdicts_ignored: u64,
     /// Project changes acknowledged to writers.
     pub changes_acknowledged: u64,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) enum Msg {
-    Beat(PeerBeat, PeerStatus),
+    /// A peer's heartbeat, as published on the group's subject.
+    Beat(Heartbeat),
+    /// A peer's goodbye.
     Leave(DeviceId, InstanceId),
+    /// A verdict of this device's heartbeat side, for its election side.
+    Notice(PeerNotice),
     Lease(Option<(u64, LeaseRecord)>),
     Reply(OpId, StoreOutcome),
     Control(Event),
+}
+
+/// A message a cut-off device published, waiting in its client.
+#[derive(Debug)]
+enum Outgoing {
+    /// For the group (a beat, a goodbye, a trigger).
+    Group(Msg),
+    /// For the device itself (a peer notice).
+    Own(Msg),
+}
+
+/// What one step of a device produced.
+#[derive(Default)]
+struct Effects {
+    /// For the world to carry out.
+    acts: Vec<Action>,
+    /// For the device's election side, over the bus.
+    notices: Vec<PeerNotice>,
+    /// For the trace.
+    notes: Vec<String>,
+    /// Stale verdicts the input stage ignored.
+    stale: u64,
 }
 
 #[derive(Debug)]
@@ -127,13 +175,148 @@ pub(crate) enum Ev {
 pub(crate) struct Proc {
     pub instance: InstanceId,
     pub machine: Machine,
+    group: GroupName,
+    id: DeviceId,
+    mac: Mac,
+    /// The heartbeat side's failure detector.
     detector: Detector,
+    /// The election side's input stage.
+    input: InputStage,
     seq: u64,
     next_beat: Duration,
-    last_seq: BTreeMap<DeviceId, (InstanceId, u64)>,
     generation: u64,
     inbox: VecDeque<Msg>,
+    /// What it published while cut off from the bus.
+    outbox: VecDeque<Outgoing>,
+    /// When the last message to itself arrives: one connection delivers a
+    /// publisher's messages in order, so the next may not overtake it.
+    own_arrival: Duration,
     pub paused: bool,
+}
+
+impl Proc {
+    /// A new process of device `d`, started at local time `local`.
+    fn new(
+        cfg: &ElectionConfig,
+        group: &GroupName,
+        d: &Dev,
+        instance: InstanceId,
+        local: Duration,
+    ) -> Proc {
+        let machine = Machine::new(
+            cfg.clone(),
+            group.clone(),
+            d.id.clone(),
+            instance,
+            d.mac,
+            d.score,
+            d.online,
+            local,
+        );
+        Proc {
+            instance,
+            machine,
+            group: group.clone(),
+            id: d.id.clone(),
+            mac: d.mac,
+            detector: Detector::new(DetectorConfig::default(), d.id.clone()),
+            input: InputStage::new(group.clone(), d.id.clone()),
+            seq: 0,
+            next_beat: local,
+            generation: 0,
+            inbox: VecDeque::new(),
+            outbox: VecDeque::new(),
+            own_arrival: Duration::ZERO,
+            paused: false,
+        }
+    }
+
+    /// One message, at local time `local` and wall clock `wall_ms`.
+    fn receive(&mut self, msg: Msg, local: Duration, wall_ms: u64, fx: &mut Effects) {
+        match msg {
+            Msg::Beat(hb) => {
+                // The heartbeat side and the election side both hear it.
+                if let Some(change) = self.detector.observe(&PeerBeat::from(&hb), local) {
+                    self.verdict(change, wall_ms, fx);
+                }
+                let input = self.input.heartbeat(&hb);
+                self.feed(input, local, fx);
+            }
+            Msg::Leave(device, instance) => {
+                if let Some(change) = self.detector.leave(&device, instance, local) {
+                    self.verdict(change, wall_ms, fx);
+                }
+            }
+            Msg::Notice(notice) => {
+                let input = self.input.notice(&notice, wall_ms);
+                if let Input::Ignored(Ignored::Stale { age }) = &input {
+                    fx.stale += 1;
+                    let peer = &notice.device;
+                    fx.notes.push(format!(
+                        "{} ignores a stale loss of {peer} ({age:?} old)",
+                        self.id
+                    ));
+                }
+                self.feed(input, local, fx);
+            }
+            Msg::Lease(obs) => self.handle(Event::LeaseObserved(obs), local, fx),
+            Msg::Reply(op, outcome) => self.handle(Event::StoreReply { op, outcome }, local, fx),
+            Msg::Control(ev) => self.handle(ev, local, fx),
+        }
+    }
+
+    /// The heartbeat side's verdicts that are due.
+    fn poll_detector(&mut self, local: Duration, wall_ms: u64, fx: &mut Effects) {
+        for change in self.detector.poll(local) {
+            self.verdict(change, wall_ms, fx);
+        }
+    }
+
+    /// A verdict becomes the notice the heartbeat service publishes.
+    fn verdict(&mut self, change: PeerChange, wall_ms: u64, fx: &mut Effects) {
+        if let PeerChange::Lost { device, .. } = &change {
+            fx.notes.push(format!("{} loses {device}", self.id));
+        }
+        fx.notices
+            .push(peer_notice(&self.group, &self.id, &change, wall_ms));
+    }
+
+    fn feed(&mut self, input: Input, local: Duration, fx: &mut Effects) {
+        if let Input::Feed(event) = input {
+            self.handle(event, local, fx);
+        }
+    }
+
+    fn handle(&mut self, event: Event, local: Duration, fx: &mut Effects) {
+        fx.acts.extend(self.machine.handle(event, local));
+    }
+
+    /// The next heartbeat, if one is due.
+    fn heartbeat(&mut self, local: Duration, wall_ms: u64) -> Option<Heartbeat> {
+        if local < self.next_beat {
+            return None;
+        }
+        self.seq += 1;
+        self.next_beat = (self.next_beat + HEARTBEAT).max(local + HEARTBEAT / 2);
+        let st = self.machine.status(local);
+        Some(Heartbeat {
+            schema: SCHEMA_VERSION,
+            group: self.group.clone(),
+            device: self.id.clone(),
+            instance: self.instance,
+            mac: self.mac,
+            score: st.score,
+            online: st.online,
+            role: st.role,
+            term: st.term,
+            in_grace: st.in_grace,
+            colour: StatusColour::Grey,
+            problems: Vec::new(),
+            seq: self.seq,
+            interval_ms: HEARTBEAT.as_millis() as u32,
+            sent_at_ms: wall_ms,
+        })
+    }
 }
 
 pub(crate) struct Dev {
@@ -146,6 +329,15 @@ pub(crate) struct Dev {
     pub inc: u64,
     pub proc: Option<Proc>,
     cut: bool,
+    /// Since when the device has been cut off or paused, if it is now.
+    disturbed_since: Option<Duration>,
+    /// Its last cut-off or pause that ended: (start, end), where the start
+    /// is that of the last stretch it ran cut off, if it did.
+    pub last_disturbance: Option<(Duration, Duration)>,
+    /// When the last stretch it ran cut off began, in this disturbance.
+    deaf_from: Option<Duration>,
+    /// Whether it runs cut off now.
+    deaf_now: bool,
 }
 
 impl Dev {
@@ -154,6 +346,16 @@ impl Dev {
         let us = t.as_micros() as i128;
         let local = us + us * self.drift_ppm as i128 / 1_000_000;
         self.offset + Duration::from_micros(local.max(0) as u64)
+    }
+
+    /// The device's wall clock at true time `t`, in Unix milliseconds.
+    fn wall_ms(&self, t: Duration) -> u64 {
+        self.local(t).as_millis() as u64
+    }
+
+    /// Whether the device is cut off from the bus or paused, and since when.
+    pub fn disturbed_since(&self) -> Option<Duration> {
+        self.disturbed_since
     }
 
     /// The true time at which the device's clock reads `local` (rounded up).
@@ -231,6 +433,10 @@ impl World {
                 inc: 0,
                 proc: None,
                 cut: false,
+                disturbed_since: None,
+                last_disturbance: None,
+                deaf_from: None,
+                deaf_now: false,
             })
             .collect();
         let group: GroupName = "sim".parse().unwrap_or_else(|_| unreachable!());
@@ -364,7 +570,7 @@ impl World {
                 op,
                 write,
                 record,
-            } => self.store_write(dev, inc, op, write, record),
+            } => self.store_write(dev, inc, op, write, record)?,
             Ev::Start(i) => self.start(i),
             Ev::Resume { dev, inc } => self.resume(dev, inc)?,
             Ev::Fault(f) => self.fault(f)?,
@@ -390,32 +596,12 @@ impl World {
         let d = &mut self.devs[i];
         d.inc += 1;
         let local = d.local(self.now);
-        let machine = Machine::new(
-            self.cfg.clone(),
-            self.group.clone(),
-            d.id.clone(),
-            instance,
-            d.mac,
-            d.score,
-            d.online,
-            local,
-        );
-        d.proc = Some(Proc {
-            instance,
-            machine,
-            detector: Detector::new(DetectorConfig::default(), d.id.clone()),
-            seq: 0,
-            next_beat: local,
-            last_seq: BTreeMap::new(),
-            generation: 0,
-            inbox: VecDeque::new(),
-            paused: false,
-        });
+        d.proc = Some(Proc::new(&self.cfg, &self.group, d, instance, local));
         let inc = d.inc;
         let line = format!("{} starts (score {}, mac {})", d.id, d.score, d.mac);
         self.note(line);
         // A starting device reads the lease once (a KV get), then watches it.
-        if self.reaches_store(i) {
+        if self.on_bus(i) {
             let current = self.store.current(self.now);
             let at = self.now + self.delay();
             self.push(
@@ -442,6 +628,7 @@ impl World {
         if self.devs[i].proc.take().is_some() {
             let line = format!("{} crashes", self.devs[i].id);
             self.note(line);
+            self.set_disturbed(i);
         }
     }
 
@@ -463,101 +650,45 @@ impl World {
             inbox.len()
         );
         self.note(line);
-        self.step_device(i, None)?;
-        for msg in inbox {
-            self.step_device(i, Some(msg))?;
-        }
-        Ok(())
+        self.set_disturbed(i);
+        // As the drivers' loops do after SIGCONT: what was received counts
+        // before the detector's overdue deadline is polled.
+        self.step_device_on(i, inbox.into())
     }
 
     /// Runs one device on one input at the current instant, then checks S1.
     fn step_device(&mut self, i: usize, msg: Option<Msg>) -> Result<(), Failure> {
-        let t = self.now;
-        let local = self.devs[i].local(t);
-        let my_id = self.devs[i].id.clone();
-        let my_mac = self.devs[i].mac;
+        self.step_device_on(i, msg.into_iter().collect())
+    }
+
+    /// Runs one device on the inputs `msgs` at the current instant, then
+    /// polls its detector and timers, and checks S1.
+    fn step_device_on(&mut self, i: usize, msgs: Vec<Msg>) -> Result<(), Failure> {
+        let (local, wall_ms) = (self.devs[i].local(self.now), self.devs[i].wall_ms(self.now));
         let Some(p) = self.devs[i].proc.as_mut() else {
             return Ok(());
         };
         if p.paused {
-            if let Some(m) = msg {
-                p.inbox.push_back(m);
-            }
+            p.inbox.extend(msgs);
             return Ok(());
         }
-        let mut acts = Vec::new();
-        let mut notes = Vec::new();
-        match msg {
-            None => {}
-            Some(Msg::Beat(beat, status)) => {
-                let fresh = match p.last_seq.get(&beat.device) {
-                    Some((inst, seq)) => *inst != beat.instance || beat.seq > *seq,
-                    None => true,
-                };
-                p.detector.observe(&beat, local);
-                if fresh {
-                    p.last_seq
-                        .insert(beat.device.clone(), (beat.instance, beat.seq));
-                    acts.extend(p.machine.handle(Event::PeerSeen(status), local));
-                }
-            }
-            Some(Msg::Leave(device, instance)) => {
-                if let Some(PeerChange::Left { device, .. }) =
-                    p.detector.leave(&device, instance, local)
-                {
-                    acts.extend(p.machine.handle(Event::PeerLost(device), local));
-                }
-            }
-            Some(Msg::Lease(obs)) => {
-                acts.extend(p.machine.handle(Event::LeaseObserved(obs), local));
-            }
-            Some(Msg::Reply(op, outcome)) => {
-                acts.extend(p.machine.handle(Event::StoreReply { op, outcome }, local));
-            }
-            Some(Msg::Control(ev)) => {
-                acts.extend(p.machine.handle(ev, local));
-            }
+        let mut fx = Effects::default();
+        for m in msgs {
+            p.receive(m, local, wall_ms, &mut fx);
         }
-        for change in p.detector.poll(local) {
-            if let PeerChange::Lost { device, .. } = change {
-                notes.push(format!("{my_id} loses {device}"));
-                let p = self.devs[i].proc.as_mut().unwrap_or_else(|| unreachable!());
-                acts.extend(p.machine.handle(Event::PeerLost(device), local));
-            }
-        }
-        let p = self.devs[i].proc.as_mut().unwrap_or_else(|| unreachable!());
-        acts.extend(p.machine.handle(Event::Tick, local));
-        let beat = if local >= p.next_beat {
-            p.seq += 1;
-            p.next_beat = (p.next_beat + HEARTBEAT).max(local + HEARTBEAT / 2);
-            let st = p.machine.status(local);
-            Some((
-                PeerBeat {
-                    device: my_id.clone(),
-                    instance: p.instance,
-                    seq: p.seq,
-                    interval: HEARTBEAT,
-                },
-                PeerStatus {
-                    device: my_id.clone(),
-                    instance: p.instance,
-                    mac: my_mac,
-                    score: st.score,
-                    online: st.online,
-                    role: st.role,
-                    term: st.term,
-                    in_grace: st.in_grace,
-                },
-            ))
-        } else {
-            None
-        };
-        for n in notes {
+        p.poll_detector(local, wall_ms, &mut fx);
+        p.handle(Event::Tick, local, &mut fx);
+        let beat = p.heartbeat(local, wall_ms);
+        for n in fx.notes {
             self.note(n);
         }
-        self.apply(i, acts);
-        if let Some((b, s)) = beat {
-            self.broadcast(i, Msg::Beat(b, s));
+        self.report.stale_verdicts_ignored += fx.stale;
+        self.apply(i, fx.acts);
+        for notice in fx.notices {
+            self.send_own(i, Msg::Notice(notice));
+        }
+        if let Some(hb) = beat {
+            self.broadcast(i, Msg::Beat(hb));
         }
         self.reschedule(i);
         crate::project::after_election(self, i)?;
@@ -643,34 +774,117 @@ impl World {
         self.loss_permille > 0 && self.rng.random_range(0..1000) < self.loss_permille
     }
 
-    fn reaches(&self, a: usize, b: usize) -> bool {
-        self.devs[a].cut == self.devs[b].cut
-    }
-
-    pub(crate) fn reaches_store(&self, a: usize) -> bool {
+    /// Whether device `a` is connected to the bus, which is on the store's
+    /// side of any partition.
+    pub(crate) fn on_bus(&self, a: usize) -> bool {
         self.devs[a].cut == self.store_cut
     }
 
+    /// Publishes `msg` to the group; a cut-off device keeps it for later.
     fn broadcast(&mut self, from: usize, msg: Msg) {
+        if !self.on_bus(from) {
+            if let Some(p) = self.devs[from].proc.as_mut() {
+                p.outbox.push_back(Outgoing::Group(msg));
+            }
+            return;
+        }
         for j in 0..self.devs.len() {
-            if j == from || self.devs[j].proc.is_none() || !self.reaches(from, j) || self.lost() {
+            if j == from || self.devs[j].proc.is_none() || !self.on_bus(j) || self.lost() {
                 continue;
             }
-            let at = self.now + self.delay();
-            let inc = self.devs[j].inc;
-            self.push(
-                at,
-                Ev::Deliver {
-                    dev: j,
-                    inc,
-                    msg: msg.clone(),
-                },
-            );
+            self.deliver(j, msg.clone());
+        }
+    }
+
+    /// Publishes `msg` from one of the device's services to another: through
+    /// the bus, so a cut-off device keeps it for later. Never lost, never
+    /// reordered.
+    fn send_own(&mut self, i: usize, msg: Msg) {
+        if !self.on_bus(i) {
+            if let Some(p) = self.devs[i].proc.as_mut() {
+                p.outbox.push_back(Outgoing::Own(msg));
+            }
+            return;
+        }
+        let at = self.now + self.delay();
+        let inc = self.devs[i].inc;
+        let Some(p) = self.devs[i].proc.as_mut() else {
+            return;
+        };
+        // Equal instants keep the order they were queued in.
+        p.own_arrival = p.own_arrival.max(at);
+        let at = p.own_arrival;
+        self.push(at, Ev::Deliver { dev: i, inc, msg });
+    }
+
+    /// Delivers `msg` to device `j`'s current process after a bus delay.
+    fn deliver(&mut self, j: usize, msg: Msg) {
+        let at = self.now + self.delay();
+        let inc = self.devs[j].inc;
+        self.push(at, Ev::Deliver { dev: j, inc, msg });
+    }
+
+    /// Records whether device `i` is now cut off or paused (for the checks).
+    fn set_disturbed(&mut self, i: usize) {
+        let now = self.now;
+        let paused = self.devs[i].proc.as_ref().is_some_and(|p| p.paused);
+        let running = self.devs[i].proc.is_some() && !paused;
+        let cut = !self.on_bus(i);
+        let d = &mut self.devs[i];
+        match (cut || paused, d.disturbed_since) {
+            (true, None) => {
+                d.disturbed_since = Some(now);
+                d.deaf_from = None;
+            }
+            (false, Some(since)) => {
+                d.disturbed_since = None;
+                d.last_disturbance = Some((d.deaf_from.unwrap_or(since), now));
+            }
+            _ => {}
+        }
+        // Running while cut off, its detector makes verdicts that wait: the
+        // youngest is about as old as this stretch when it comes back.
+        if cut && running && d.deaf_from.is_none_or(|_| !d.deaf_now) {
+            d.deaf_from = Some(now);
+        }
+        d.deaf_now = cut && running;
+    }
+
+    fn all_disturbed(&mut self) {
+        for i in 0..self.devs.len() {
+            self.set_disturbed(i);
+        }
+    }
+
+    /// Devices back on the bus send what waited in their client, in order.
+    fn flush_outboxes(&mut self) {
+        for i in 0..self.devs.len() {
+            if !self.on_bus(i) {
+                continue;
+            }
+            let Some(p) = self.devs[i].proc.as_mut() else {
+                continue;
+            };
+            let waiting = std::mem::take(&mut p.outbox);
+            if !waiting.is_empty() {
+                let line = format!(
+                    "{} is back on the bus: {} messages waited",
+                    self.devs[i].id,
+                    waiting.len()
+                );
+                self.note(line);
+            }
+            for out in waiting {
+                match out {
+                    Outgoing::Group(msg) => self.broadcast(i, msg),
+                    Outgoing::Own(msg) => self.send_own(i, msg),
+                }
+            }
         }
     }
 
     fn send_store(&mut self, i: usize, inc: u64, op: OpId, write: Write, record: LeaseRecord) {
-        if !self.reaches_store(i) || self.lost() {
+        if !self.on_bus(i) || self.lost() {
             return;
         }
         let at = self.now + self.delay();
@@ -686,10 +900,19 @@ impl World {
         );
     }
 
-    fn store_write(&mut self, i: usize, inc: u64, op: OpId, write: Write, record: LeaseRecord) {
+    fn store_write(
+        &mut self,
+        i: usize,
+        inc: u64,
+        op: OpId,
+        write: Write,
+        record: LeaseRecord,
+    ) -> Result<(), Failure> {
         let ttl = self.cfg.lease_duration;
+        let before = self.store.current(self.now);
         let outcome = self.store.write(write, record, self.now, ttl);
         if let StoreOutcome::Written { revision } = &outcome {
+            check::takeover(self, i, before, *revision)?;
             let rev = *revision;
             let current = self.store.current(self.now);
             if let Some((_, rec)) = &current
@@ -701,7 +924,7 @@ impl World {
             // The watch: every device on the store's side sees the write.
             self.show_lease(current);
         }
-        if self.reaches_store(i) && !self.lost() {
+        if self.on_bus(i) && !self.lost() {
             let at = self.now + self.delay();
             self.push(
                 at,
@@ -712,6 +935,7 @@ impl World {
                 },
             );
         }
+        Ok(())
     }
 
     /// A watch that reconnects gets the current value.
@@ -723,7 +947,7 @@ impl World {
     /// Delivers a lease value to every running device on the store's side.
     fn show_lease(&mut self, current: Option<(u64, LeaseRecord)>) {
         for j in 0..self.devs.len() {
-            if self.devs[j].proc.is_some() && self.reaches_store(j) {
+            if self.devs[j].proc.is_some() && self.on_bus(j) {
                 let at = self.now + self.delay();
                 let inc = self.devs[j].inc;
                 self.push(
@@ -763,6 +987,7 @@ impl World {
                     p.paused = true;
                     let at = self.now + d;
                     self.push(at, Ev::Resume { dev: i, inc });
+                    self.set_disturbed(i);
                 }
             }
             Fault::Partition { side, with_store } => {
@@ -770,6 +995,8 @@ impl World {
                     d.cut = side.contains(&j);
                 }
                 self.store_cut = with_store;
+                self.all_disturbed();
+                self.flush_outboxes();
             }
             Fault::Heal => {
                 self.heal();
@@ -810,7 +1037,9 @@ impl World {
             d.cut = false;
         }
         self.store_cut = false;
+        self.all_disturbed();
         if was_cut {
+            self.flush_outboxes();
             self.resync();
         }
     }

@@ -1,4 +1,4 @@
-//! The election state machine of one device (DESIGN.md B3–B8, S1).
+//! The election state machine of one device (B3–B8, S1).
 //!
 //! Feed it [`Event`]s with the current instant; it returns [`Action`]s and
 //! tells, through [`Machine::next_deadline`], when it next needs to be woken.
@@ -11,6 +11,11 @@
 //!   [`Machine::decide`]; preemption is led by the server, which hands over once
 //!   a better candidate past its grace has been live for `preempt_delay`.
 //! - B6 grace: [`Machine::in_grace`].
+//! - L1 takeover: a client takes over at once from a holder its failure
+//!   detector declared lost, or whose device beat as another instance, after
+//!   the lease naming it was seen; from a holder it has not heard of yet (or
+//!   knows only as an older instance) after [`UNHEARD_HOLDER_WAIT`]: the
+//!   lease and the peers' liveness travel apart.
 //! - B7/B8: nobody claims when no online device has a non-zero score.
 //! - S1: the lease changes only by compare-and-set; a claim that wins makes
 //!   its revision the term; a server renews by compare-and-set on its own last
@@ -110,6 +115,9 @@ pub struct Machine {
     peers: BTreeMap<DeviceId, PeerStatus>,
     lease: Option<(u64, LeaseRecord)>,
     lease_seen_at: Duration,
+    /// The lease's holder as last observed, since when it has held it in
+    /// this machine's view, and whether it was declared lost since then.
+    holder_news: Option<HolderNews>,
     role: RoleState,
     op: Option<Pending>,
     next_op: u64,
@@ -126,6 +134,29 @@ pub struct Machine {
     now: Duration,
     out: Vec<Action>,
 }
+
+/// What this machine has heard of the current lease holder.
+#[derive(Debug, Clone, PartialEq)]
+struct HolderNews {
+    device: DeviceId,
+    instance: InstanceId,
+    /// The term it holds: a new term is news that it is alive.
+    term: Term,
+    /// When a lease naming this holder was first observed.
+    since: Duration,
+    /// Whether the failure detector declared it lost since then.
+    lost: bool,
+    /// Whether another instance of its device beat since then.
+    replaced: bool,
+}
+
+/// How long a client waits to hear of a lease holder its failure detector
+/// has not yet declared live before it counts the holder as gone. The
+/// verdict that a peer is live travels the bus apart from the lease, so a
+/// device that was away (paused, cut off) may see the lease first: it must
+/// not depose a server it simply has not heard yet. A holder the detector
+/// declares lost after the lease was seen is gone at once (L1).
+pub const UNHEARD_HOLDER_WAIT: Duration = Duration::from_secs(1);
 
 /// Wait after a store call failed before claiming again.
 const RETRY_BACKOFF: Duration = Duration::from_millis(100);
@@ -157,6 +188,7 @@ impl Machine {
             peers: BTreeMap::new(),
             lease: None,
             lease_seen_at: now,
+            holder_news: None,
             role: RoleState::Client,
             op: None,
             next_op: 0,
@@ -175,7 +207,7 @@ impl Machine {
 
     /// Names the address of this device's project-sync service, written into
     /// the lease record whenever this device claims or renews it, so clients
-    /// find the server's gRPC endpoint with the lease (DESIGN.md B11).
+    /// find the server's gRPC endpoint with the lease (B11).
     pub fn set_project_addr(&mut self, addr: Option<String>) {
         self.project_addr = addr;
     }
@@ -294,6 +326,11 @@ impl Machine {
         {
             at(self.lease_seen_at + self.cfg.handover_timeout);
         }
+        if !self.is_server()
+            && let Some(until) = self.unheard_holder_until()
+        {
+            at(until);
+        }
         d
     }
 
@@ -385,6 +422,12 @@ impl Machine {
         if p.device == self.device {
             return;
         }
+        if let Some(news) = self.holder_news.as_mut()
+            && news.device == p.device
+            && news.instance != p.instance
+        {
+            news.replaced = true;
+        }
         if p.term > self.known_term {
             self.known_term = p.term;
         }
@@ -402,6 +445,11 @@ impl Machine {
     }
 
     fn peer_lost(&mut self, device: &DeviceId) {
+        if let Some(news) = self.holder_news.as_mut()
+            && &news.device == device
+        {
+            news.lost = true;
+        }
         if self.peers.remove(device).is_some() {
             let was_holder = self
                 .lease
@@ -452,6 +500,32 @@ impl Machine {
                 self.lease = None;
                 self.lease_seen_at = now;
             }
+        }
+        self.note_holder(now);
+    }
+
+    /// Starts the news of a lease holder when the observed holder or its
+    /// term changes.
+    fn note_holder(&mut self, now: Duration) {
+        let holder = self.lease.as_ref().and_then(|(rev, rec)| {
+            rec.holder
+                .as_ref()
+                .map(|h| (h.device.clone(), h.instance, rec.term_at(*rev)))
+        });
+        let same = match (&self.holder_news, &holder) {
+            (Some(n), Some((d, i, t))) => &n.device == d && n.instance == *i && n.term == *t,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.holder_news = holder.map(|(device, instance, term)| HolderNews {
+                device,
+                instance,
+                term,
+                since: now,
+                lost: false,
+                replaced: false,
+            });
         }
     }
 
@@ -782,14 +856,29 @@ impl Machine {
         // its role: heartbeats and lease updates travel apart, so a beat may
         // be older than the lease we see. A holder that stepped down releases
         // the lease, or — if it cannot reach the store — lets it expire.
+        let held = LeaseState::Held {
+            holder: holder.device.clone(),
+            term,
+        };
         match self.peers.get(&holder.device) {
-            Some(p) if p.instance == holder.instance => LeaseState::Held {
-                holder: holder.device.clone(),
-                term,
+            Some(p) if p.instance == holder.instance => held,
+            // Not heard (or only an older instance was): gone once declared
+            // lost or replaced by a newer instance, or not heard for long.
+            _ => match self.unheard_holder_until() {
+                Some(until) if now < until => held,
+                _ => vacant(None, Some((holder.device.clone(), term))),
             },
-            // Restarted (a new instance) or not heard: the holder is gone.
-            _ => vacant(None, Some((holder.device.clone(), term))),
         }
+    }
+
+    /// Until when a holder not heard is waited for; `None` once it was
+    /// declared lost, or another instance of its device beat, since its
+    /// lease was seen.
+    fn unheard_holder_until(&self) -> Option<Duration> {
+        self.holder_news
+            .as_ref()
+            .filter(|n| !n.lost && !n.replaced)
+            .map(|n| n.since + UNHEARD_HOLDER_WAIT)
     }
 
     fn me_candidate(&self) -> Candidate {

@@ -1,4 +1,4 @@
-//! Ranking (DESIGN.md B4): the highest score wins; a tie goes to the lower MAC
+//! Ranking (B4): the highest score wins; a tie goes to the lower MAC
 //! read as a 48-bit number; score 0 never wins (B3, B7).
 //!
 //! The order is total: two distinct devices with the same score and the same

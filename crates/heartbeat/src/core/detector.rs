@@ -1,7 +1,7 @@
 //! The failure detector: which peers are live, given the heartbeats heard and
 //! the current time.
 //!
-//! DESIGN.md §3 ("Fast and fenced takeover") rests failover on this verdict:
+//! Fast, fenced takeover rests failover on this verdict:
 //! **three missed 100 ms heartbeats** mean a peer is gone, and its successor
 //! takes over at once instead of waiting for the lease to expire (L1). B5 needs
 //! the other verdicts too: a device that joins, restarts or leaves upsets the
@@ -35,17 +35,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use understudy_protocol::messages::Heartbeat;
+use understudy_protocol::timing::clamp_interval;
 use understudy_protocol::{DeviceId, InstanceId};
 
-/// How often a device beats unless configured otherwise (DESIGN.md §3).
+/// How often a device beats unless configured otherwise.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The shortest interval a peer may advertise; shorter ones count as this.
-pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
-
-/// The longest interval a peer may advertise; longer ones count as this, so a
-/// peer cannot make itself undetectable by advertising a huge interval.
-pub const MAX_INTERVAL: Duration = Duration::from_secs(60);
+pub use understudy_protocol::timing::{MAX_INTERVAL, MIN_INTERVAL};
 
 /// How many replaced instances of one device are remembered, so that their
 /// late beats are ignored. Bounded so that a sender inventing instance ids
@@ -55,7 +51,7 @@ const RETIRED_KEPT: usize = 16;
 /// Tuning of the [`Detector`].
 ///
 /// The default — three misses of a peer's own interval (100 ms unless it
-/// advertises another, see [`DEFAULT_INTERVAL`]) — is DESIGN.md's "three missed
+/// advertises another, see [`DEFAULT_INTERVAL`]) — is the design's "three missed
 /// 100 ms heartbeats".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DetectorConfig {
@@ -65,7 +61,7 @@ pub struct DetectorConfig {
 }
 
 impl DetectorConfig {
-    /// The number of misses DESIGN.md asks for.
+    /// The number of misses the design asks for.
     pub const DEFAULT_MISSES: u32 = 3;
 }
 
@@ -102,10 +98,6 @@ impl From<&Heartbeat> for PeerBeat {
             interval: clamp_interval(Duration::from_millis(u64::from(heartbeat.interval_ms))),
         }
     }
-}
-
-fn clamp_interval(interval: Duration) -> Duration {
-    interval.clamp(MIN_INTERVAL, MAX_INTERVAL)
 }
 
 /// A verdict about a peer, for discovery and election to act on (B5).

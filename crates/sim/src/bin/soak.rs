@@ -20,11 +20,17 @@ fn main() -> ExitCode {
     let failures: Arc<Mutex<Vec<Failure>>> = Arc::default();
     let steps = Arc::new(AtomicU64::new(0));
     let terms = Arc::new(AtomicU64::new(0));
+    let stale = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let (next, failures, steps, terms) =
-                (next.clone(), failures.clone(), steps.clone(), terms.clone());
+            let (next, failures, steps, terms, stale) = (
+                next.clone(),
+                failures.clone(),
+                steps.clone(),
+                terms.clone(),
+                stale.clone(),
+            );
             thread::spawn(move || {
                 loop {
                     let seed = next.fetch_add(1, Ordering::Relaxed);
@@ -35,6 +41,7 @@ fn main() -> ExitCode {
                         Ok(r) => {
                             steps.fetch_add(r.steps, Ordering::Relaxed);
                             terms.fetch_add(r.terms_granted as u64, Ordering::Relaxed);
+                            stale.fetch_add(r.stale_verdicts_ignored, Ordering::Relaxed);
                         }
                         Err(f) => {
                             if let Ok(mut v) = failures.lock() {
@@ -53,10 +60,11 @@ fn main() -> ExitCode {
     let mut failures = failures.lock().map(|v| v.clone()).unwrap_or_default();
     failures.sort_by_key(|f| f.seed);
     println!(
-        "soak: {count} seeds from {first} in {secs:.1} s on {threads} threads ({:.0} seeds/s), {} steps, {} terms granted",
+        "soak: {count} seeds from {first} in {secs:.1} s on {threads} threads ({:.0} seeds/s), {} steps, {} terms granted, {} stale verdicts ignored",
         count as f64 / secs,
         steps.load(Ordering::Relaxed),
-        terms.load(Ordering::Relaxed)
+        terms.load(Ordering::Relaxed),
+        stale.load(Ordering::Relaxed)
     );
     match failures.first() {
         None => {
