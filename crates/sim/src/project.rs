@@ -51,15 +51,48 @@ const WRITERS_START: Duration = Duration::from_millis(500);
 /// A fence gives up after this many refused compare-and-sets.
 const FENCE_TRIES: u32 = 10;
 
-/// A deliberately broken project-sync, to prove the checker catches it.
+/// A deliberately broken piece of a device or of the stores, to prove the
+/// checker catches it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Mutation {
+    /// Peer notices lose their send time on the way, so the election input
+    /// stage takes every `Lost` verdict as fresh: its stale-verdict filter
+    /// never fires.
+    pub undated_notices: bool,
     /// The lease store's renewals skip the revision check.
     pub blind_renewals: bool,
     /// A new server does not rewrite the head with its term before serving.
     pub skip_fence: bool,
     /// The head is written by plain put, not compare-and-set.
     pub blind_head_writes: bool,
+}
+
+impl Mutation {
+    /// The name `UNDERSTUDY_MUTATION` gives this mutation in
+    /// `replay_one_mutated_seed`, or `None` for the product as shipped.
+    pub fn name(&self) -> Option<&'static str> {
+        [
+            (self.undated_notices, "undated_notices"),
+            (self.blind_renewals, "blind_renewals"),
+            (self.skip_fence, "skip_fence"),
+            (self.blind_head_writes, "blind_head_writes"),
+        ]
+        .into_iter()
+        .find_map(|(on, name)| on.then_some(name))
+    }
+
+    /// The mutation `UNDERSTUDY_MUTATION` names, if it names one.
+    pub fn named(name: &str) -> Option<Mutation> {
+        let mut m = Mutation::default();
+        match name {
+            "undated_notices" => m.undated_notices = true,
+            "blind_renewals" => m.blind_renewals = true,
+            "skip_fence" => m.skip_fence = true,
+            "blind_head_writes" => m.blind_head_writes = true,
+            _ => return None,
+        }
+        Some(m)
+    }
 }
 
 /// Everything project-sync in the world.

@@ -62,6 +62,8 @@ pub struct Failure {
     pub what: String,
     /// The last notable events before it.
     pub trace: Vec<String>,
+    /// The deliberately broken piece of the run, by its replay name.
+    pub mutation: Option<&'static str>,
 }
 
 impl fmt::Display for Failure {
@@ -78,11 +80,18 @@ impl fmt::Display for Failure {
         for line in &self.trace {
             writeln!(f, "  {line}")?;
         }
-        write!(
-            f,
-            "replay: UNDERSTUDY_SEED={} cargo test -p understudy-sim --test simulation replay_one_seed -- --nocapture",
-            self.seed
-        )
+        match self.mutation {
+            None => write!(
+                f,
+                "replay: UNDERSTUDY_SEED={} cargo test -p understudy-sim --test simulation replay_one_seed -- --nocapture",
+                self.seed
+            ),
+            Some(m) => write!(
+                f,
+                "replay: UNDERSTUDY_SEED={} UNDERSTUDY_MUTATION={m} cargo test -p understudy-sim --test project replay_one_mutated_seed -- --nocapture",
+                self.seed
+            ),
+        }
     }
 }
 
@@ -388,6 +397,8 @@ pub(crate) struct World {
     pub converged_at: Option<(Option<DeviceId>, Option<understudy_protocol::Term>)>,
     full_trace: bool,
     pub(crate) project: crate::project::Projects,
+    /// What is deliberately broken in this run, if anything.
+    mutation: Mutation,
 }
 
 /// Runs the plan made from `seed`.
@@ -443,6 +454,7 @@ impl World {
         World {
             rng: StdRng::seed_from_u64(plan.seed ^ 0x0005_EED0_FB05),
             project: Projects::new(plan.seed, n, group.clone(), mutation),
+            mutation,
             group,
             cfg,
             now: Duration::ZERO,
@@ -500,6 +512,7 @@ impl World {
             at: self.now,
             what,
             trace: self.trace.iter().cloned().collect(),
+            mutation: self.mutation.name(),
         }
     }
 
@@ -799,7 +812,10 @@ impl World {
     /// Publishes `msg` from one of the device's services to another: through
     /// the bus, so a cut-off device keeps it for later. Never lost, never
     /// reordered.
-    fn send_own(&mut self, i: usize, msg: Msg) {
+    fn send_own(&mut self, i: usize, mut msg: Msg) {
+        if let (true, Msg::Notice(notice)) = (self.mutation.undated_notices, &mut msg) {
+            notice.sent_at_ms = None;
+        }
         if !self.on_bus(i) {
             if let Some(p) = self.devs[i].proc.as_mut() {
                 p.outbox.push_back(Outgoing::Own(msg));

@@ -60,9 +60,23 @@ fn a_head_written_without_compare_and_set_is_caught() {
     );
 }
 
+#[test]
+fn a_stale_verdict_acted_on_is_caught() {
+    let mutation = Mutation {
+        undated_notices: true,
+        ..Mutation::default()
+    };
+    let failure = first_caught(mutation, 0..400)
+        .expect("400 seeds without the stale-verdict filter and no invariant broken");
+    assert!(
+        failure.what.starts_with("needless takeover") || failure.what.starts_with("S1"),
+        "{failure}"
+    );
+}
+
 /// Replays one seed with a mutation:
 /// `UNDERSTUDY_SEED=350 UNDERSTUDY_MUTATION=skip_fence cargo test -p understudy-sim --test project replay_one_mutated_seed -- --nocapture`
-/// (`skip_fence` or `blind_head_writes`).
+/// (`undated_notices`, `blind_renewals`, `skip_fence` or `blind_head_writes`).
 #[test]
 fn replay_one_mutated_seed() {
     let (Ok(seed), Ok(which)) = (
@@ -72,17 +86,11 @@ fn replay_one_mutated_seed() {
         return;
     };
     let seed: u64 = seed.parse().expect("UNDERSTUDY_SEED must be a number");
-    let mutation = match which.as_str() {
-        "skip_fence" => Mutation {
-            skip_fence: true,
-            ..Mutation::default()
-        },
-        "blind_head_writes" => Mutation {
-            blind_head_writes: true,
-            ..Mutation::default()
-        },
-        other => panic!("UNDERSTUDY_MUTATION {other:?}: expected skip_fence or blind_head_writes"),
-    };
+    let mutation = Mutation::named(&which).unwrap_or_else(|| {
+        panic!(
+            "UNDERSTUDY_MUTATION {which:?}: expected undated_notices, blind_renewals, skip_fence or blind_head_writes"
+        )
+    });
     match run_mutated(Plan::from_seed(seed), mutation) {
         Ok(report) => println!("seed={seed} {which} passed: {report:?}"),
         Err(f) => panic!("{f}"),
