@@ -10,13 +10,14 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use async_nats::Subscriber;
 use async_nats::jetstream::{self, kv, stream};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
-use understudy_bus::unix_ms;
+use understudy_bus::{
+    Inbox, SubscribeError, Subscription, connected, flush, publish, stopped, ticker, unix_ms,
+};
 use understudy_protocol::messages::{
     self, ControlOp, ControlReply, ControlRequest, ElectionEvent, ElectionState, Heartbeat,
     LeaseRecord, PeerNotice, Trigger,
@@ -57,14 +58,9 @@ pub struct ElectionServiceConfig {
 /// Why the election service stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// A subscription could not be made.
-    #[error("cannot subscribe to {subject}: {source}")]
-    Subscribe {
-        /// The subject.
-        subject: String,
-        /// Why.
-        source: async_nats::SubscribeError,
-    },
+    /// A subscription could not be made at start.
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
 }
 
 /// The lease bucket's name and config for a group.
@@ -134,11 +130,15 @@ struct Driver {
 }
 
 /// Everything the loop waits on besides the shutdown signal.
-struct Inbox {
-    heartbeats: Subscriber,
-    notices: Subscriber,
-    control: Subscriber,
-    triggers: Subscriber,
+struct Sources {
+    /// The group's heartbeats.
+    heartbeats: Inbox<Heartbeat>,
+    /// This device's heartbeat service's verdicts.
+    notices: Inbox<PeerNotice>,
+    /// Operator requests; raw, so an unreadable one still gets an answer.
+    control: Subscription,
+    /// Operator-triggered elections.
+    triggers: Inbox<Trigger>,
     /// Replies of store calls running in the background.
     replies: mpsc::Receiver<(OpId, StoreOutcome)>,
     /// The lease watch, when open.
@@ -152,27 +152,22 @@ struct Inbox {
     warned: BTreeSet<&'static str>,
 }
 
-impl Inbox {
+impl Sources {
     async fn subscribe(
         client: &async_nats::Client,
         cfg: &ElectionServiceConfig,
         replies: mpsc::Receiver<(OpId, StoreOutcome)>,
-    ) -> Result<Self, ServiceError> {
-        let sub = |subject: String| async move {
-            client
-                .subscribe(subject.clone())
-                .await
-                .map_err(|source| ServiceError::Subscribe { subject, source })
-        };
+    ) -> Result<Self, SubscribeError> {
+        let (group, device) = (&cfg.group, &cfg.device);
         Ok(Self {
-            heartbeats: sub(subjects::heartbeats(&cfg.group)).await?,
-            notices: sub(subjects::local_peers(&cfg.group, &cfg.device)).await?,
-            control: sub(subjects::control(&cfg.group, &cfg.device)).await?,
-            triggers: sub(subjects::trigger(&cfg.group)).await?,
+            heartbeats: Inbox::subscribe(client, subjects::heartbeats(group)).await?,
+            notices: Inbox::subscribe(client, subjects::local_peers(group, device)).await?,
+            control: Subscription::subscribe(client, subjects::control(group, device)).await?,
+            triggers: Inbox::subscribe(client, subjects::trigger(group)).await?,
             replies,
             watch: None,
-            resync: tokio::time::interval(Duration::from_secs(1)),
-            state_tick: tokio::time::interval(Duration::from_millis(250)),
+            resync: ticker(Duration::from_secs(1)),
+            state_tick: ticker(Duration::from_millis(250)),
             warned: BTreeSet::new(),
         })
     }
@@ -255,7 +250,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServiceError> {
     let (tx, rx) = mpsc::channel(64);
-    let mut inbox = Inbox::subscribe(&client, &cfg, rx).await?;
+    let mut inbox = Sources::subscribe(&client, &cfg, rx).await?;
     let mut d = Driver::new(client.clone(), cfg, tx);
     d.publish_state(true).await;
     let js = jetstream::new(client);
@@ -419,7 +414,7 @@ impl Driver {
     }
 
     /// Opens the watch of the lease entry, once the store is open.
-    async fn open_watch(&self, inbox: &mut Inbox) {
+    async fn open_watch(&self, inbox: &mut Sources) {
         let Some(store) = &self.store else { return };
         let watch = tokio::time::timeout(
             self.store_timeout * 2,
@@ -439,7 +434,7 @@ impl Driver {
 
     /// Waits for one message or timer and hands it on; `false` once told to
     /// stop.
-    async fn turn(&mut self, inbox: &mut Inbox, shutdown: &mut watch::Receiver<bool>) -> bool {
+    async fn turn(&mut self, inbox: &mut Sources, shutdown: &mut watch::Receiver<bool>) -> bool {
         let deadline = self
             .machine
             .next_deadline()
@@ -447,11 +442,14 @@ impl Driver {
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         let retry_soon = self.store.is_none() || inbox.watch.is_none();
         tokio::select! {
-            _ = shutdown.changed() => return !*shutdown.borrow(),
-            Some(msg) = inbox.heartbeats.next() => self.on_heartbeat(&msg.payload).await,
-            Some(msg) = inbox.notices.next() => self.on_notice(&msg.payload).await,
-            Some(msg) = inbox.control.next() => self.on_control(msg).await,
-            Some(msg) = inbox.triggers.next() => self.on_trigger(&msg.payload).await,
+            () = stopped(shutdown) => return false,
+            hb = inbox.heartbeats.next() => self.on_heartbeat(&hb).await,
+            notice = inbox.notices.next() => self.on_notice(&notice).await,
+            msg = inbox.control.next() => self.on_control(msg).await,
+            _trigger = inbox.triggers.next() => {
+                info!("operator triggered an election");
+                self.feed(Event::TriggerElection).await;
+            }
             Some((op, outcome)) = inbox.replies.recv() => {
                 self.feed(Event::StoreReply { op, outcome }).await;
             }
@@ -484,13 +482,6 @@ impl Driver {
         match tokio::time::timeout(self.store_timeout, read_lease(&store)).await {
             Ok(Ok(obs)) => self.feed(Event::LeaseObserved(obs)).await,
             _ => *watch = None,
-        }
-    }
-
-    async fn on_trigger(&mut self, payload: &[u8]) {
-        if messages::decode::<Trigger>(payload).is_ok() {
-            info!("operator triggered an election");
-            self.feed(Event::TriggerElection).await;
         }
     }
 
@@ -563,26 +554,14 @@ impl Driver {
         });
     }
 
-    async fn on_heartbeat(&mut self, payload: &[u8]) {
-        match messages::decode::<Heartbeat>(payload) {
-            Ok(hb) => {
-                if let Input::Feed(event) = self.input.heartbeat(&hb) {
-                    self.feed(event).await;
-                }
-            }
-            Err(e) => debug!("dropping a heartbeat: {e}"),
+    async fn on_heartbeat(&mut self, hb: &Heartbeat) {
+        if let Input::Feed(event) = self.input.heartbeat(hb) {
+            self.feed(event).await;
         }
     }
 
-    async fn on_notice(&mut self, payload: &[u8]) {
-        let notice = match messages::decode::<PeerNotice>(payload) {
-            Ok(n) => n,
-            Err(e) => {
-                debug!("dropping a peer notice: {e}");
-                return;
-            }
-        };
-        match self.input.notice(&notice, unix_ms(SystemTime::now())) {
+    async fn on_notice(&mut self, notice: &PeerNotice) {
+        match self.input.notice(notice, unix_ms(SystemTime::now())) {
             Input::Feed(event) => {
                 if let Event::PeerLost(peer) = &event {
                     info!(%peer, change = ?notice.change, "peer gone");
@@ -619,10 +598,7 @@ impl Driver {
             }
         };
         if let Some(to) = msg.reply {
-            let _ = self
-                .client
-                .publish(to, messages::encode(&reply).into())
-                .await;
+            publish(&self.client, to.to_string(), &reply).await;
         }
     }
 
@@ -651,13 +627,7 @@ impl Driver {
             return;
         }
         let subject = subjects::local_election(&self.cfg.group, &self.cfg.device);
-        if let Err(e) = self
-            .client
-            .publish(subject, messages::encode(&state).into())
-            .await
-        {
-            debug!("cannot publish election state: {e}");
-        }
+        publish(&self.client, subject, &state).await;
         self.last_state = Some(state);
     }
 
@@ -691,18 +661,12 @@ impl Driver {
         // Let the last events (the hand-over) reach the stream, briefly.
         // Not when the bus is known to be gone: nothing would get through.
         self.events = None;
-        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
         if let Some(task) = self.events_task.take()
-            && connected
+            && connected(&self.client)
             && tokio::time::timeout(EVENTS_DRAIN, task).await.is_err()
         {
             debug!("stopping with election events not yet stored");
         }
-        if tokio::time::timeout(Duration::from_secs(1), self.client.flush())
-            .await
-            .is_err()
-        {
-            debug!("flush at shutdown timed out");
-        }
+        flush(&self.client).await;
     }
 }

@@ -24,17 +24,17 @@
 
 use std::time::{Duration, SystemTime};
 
-use async_nats::{Client, Message, Subscriber};
+use async_nats::Client;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use understudy_bus::{
-    ElectionFollower, Followed, decoded, publish, recv, stopped, ticker, unix_ms,
+    Inbox, LocalElection, SubscribeError, flush, publish, stopped, ticker, unix_ms,
 };
 use understudy_protocol::messages::{
     DeviceStatus, ElectionState, Heartbeat, InstanceKind, Leave, Presence,
 };
-use understudy_protocol::timing::{IntervalError, LIVENESS_WINDOW, check_interval};
+use understudy_protocol::timing::{IntervalError, check_interval};
 use understudy_protocol::{
     DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, StatusColour, subjects,
 };
@@ -48,14 +48,6 @@ pub const DEFAULT_PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long to wait for the election service's first state before warning
 /// that this device cannot beat yet.
 pub const ELECTION_STATE_WAIT: Duration = Duration::from_secs(2);
-
-/// After this long without an election state the device stops beating: its
-/// election service is gone, and peers must be able to tell (the shared
-/// liveness window).
-pub const ELECTION_STATE_STALE: Duration = LIVENESS_WINDOW;
-
-/// The longest the goodbye may take to reach the server on shutdown.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the heartbeat service of one device needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,8 +106,8 @@ impl HeartbeatConfig {
 pub enum ServiceError {
     /// A subscription could not be made at start (the client is closed or the
     /// subject was refused).
-    #[error("cannot subscribe to the heartbeat service's subjects: {0}")]
-    Subscribe(#[from] async_nats::SubscribeError),
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
     /// An interval in [`HeartbeatConfig`] is out of range.
     #[error(transparent)]
     Interval(#[from] IntervalError),
@@ -144,32 +136,24 @@ pub async fn run(
 
 /// The subjects the service listens to.
 struct Subscriptions {
-    /// This device's election state.
-    election: Option<Subscriber>,
+    /// This device's election state (judged by the [`Announcer`]).
+    election: Inbox<ElectionState>,
     /// This device's status (discovery).
-    status: Option<Subscriber>,
+    status: Inbox<DeviceStatus>,
     /// The group's heartbeats.
-    beats: Option<Subscriber>,
+    beats: Inbox<Heartbeat>,
     /// The group's goodbyes.
-    leaves: Option<Subscriber>,
+    leaves: Inbox<Leave>,
 }
 
 impl Subscriptions {
-    async fn open(client: &Client, cfg: &HeartbeatConfig) -> Result<Self, ServiceError> {
+    async fn open(client: &Client, cfg: &HeartbeatConfig) -> Result<Self, SubscribeError> {
         let (group, device) = (&cfg.group, &cfg.device);
         Ok(Self {
-            election: Some(
-                client
-                    .subscribe(subjects::local_election(group, device))
-                    .await?,
-            ),
-            status: Some(
-                client
-                    .subscribe(subjects::local_status(group, device))
-                    .await?,
-            ),
-            beats: Some(client.subscribe(subjects::heartbeats(group)).await?),
-            leaves: Some(client.subscribe(subjects::leaves(group)).await?),
+            election: Inbox::subscribe(client, subjects::local_election(group, device)).await?,
+            status: Inbox::subscribe(client, subjects::local_status(group, device)).await?,
+            beats: Inbox::subscribe(client, subjects::heartbeats(group)).await?,
+            leaves: Inbox::subscribe(client, subjects::leaves(group)).await?,
         })
     }
 }
@@ -221,19 +205,15 @@ impl Service {
                 () = &mut no_state_yet, if !self.warned && !self.me.knows_election() => {
                     self.warn_no_state();
                 }
-                msg = recv(&mut subs.election, "election state") => {
-                    if self.on_election(&msg) {
+                state = subs.election.next() => {
+                    if self.on_election(state) {
                         beat_tick.reset();
                         self.beat().await;
                     }
                 }
-                msg = recv(&mut subs.status, "device status") => {
-                    if let Some(status) = decoded::<DeviceStatus>(&msg) {
-                        self.me.take_status(status);
-                    }
-                }
-                msg = recv(&mut subs.leaves, "leaves") => self.on_leave(&msg).await,
-                msg = recv(&mut subs.beats, "heartbeats") => self.on_beat(&msg).await,
+                status = subs.status.next() => self.me.take_status(status),
+                leave = subs.leaves.next() => self.on_leave(&leave).await,
+                beat = subs.beats.next() => self.on_beat(&beat).await,
                 () = tokio::time::sleep_until(wake.unwrap_or(self.start)), if wake.is_some() => {
                     self.on_deadline().await;
                 }
@@ -261,10 +241,7 @@ impl Service {
     }
 
     /// Takes this device's election state; returns whether to beat at once.
-    fn on_election(&mut self, msg: &Message) -> bool {
-        let Some(state) = decoded::<ElectionState>(msg) else {
-            return false;
-        };
+    fn on_election(&mut self, state: ElectionState) -> bool {
         let first = !self.me.knows_election();
         let urgent = self.me.take_election(state);
         if urgent && first && self.warned {
@@ -273,22 +250,16 @@ impl Service {
         urgent
     }
 
-    async fn on_leave(&mut self, msg: &Message) {
-        let Some(leave) = decoded::<Leave>(msg) else {
-            return;
-        };
+    async fn on_leave(&mut self, leave: &Leave) {
         let now = self.start.elapsed();
         if let Some(change) = self.detector.leave(&leave.device, leave.instance, now) {
             publish_notice(&self.client, &self.cfg, &change).await;
         }
     }
 
-    async fn on_beat(&mut self, msg: &Message) {
-        let Some(beat) = decoded::<Heartbeat>(msg) else {
-            return;
-        };
+    async fn on_beat(&mut self, beat: &Heartbeat) {
         let now = self.start.elapsed();
-        if let Some(change) = self.detector.observe(&PeerBeat::from(&beat), now) {
+        if let Some(change) = self.detector.observe(&PeerBeat::from(beat), now) {
             publish_notice(&self.client, &self.cfg, &change).await;
         }
     }
@@ -303,11 +274,7 @@ impl Service {
         let leave = self.me.leave("shutdown");
         let subject = subjects::leave(&self.cfg.group, &self.cfg.device);
         publish(&self.client, subject, &leave).await;
-        match tokio::time::timeout(FLUSH_TIMEOUT, self.client.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => debug!(error = %e, "flush after goodbye failed"),
-            Err(_) => debug!("flush after goodbye timed out"),
-        }
+        flush(&self.client).await;
     }
 }
 
@@ -316,12 +283,11 @@ impl Service {
 #[derive(Debug)]
 struct Announcer {
     cfg: HeartbeatConfig,
-    /// Which election service's state is this device's (B2: a second
-    /// process with this device id must not be merged into this one).
-    follower: ElectionFollower,
+    /// Which election states are this device's (B2: a second process with
+    /// this device id must not be merged into this one), and whether its
+    /// election service is still live.
+    local: LocalElection,
     election: Option<ElectionState>,
-    /// When the latest election state arrived.
-    election_at: Option<std::time::Instant>,
     status: Option<DeviceStatus>,
     /// The `seq` of the last heartbeat built.
     seq: u64,
@@ -330,10 +296,13 @@ struct Announcer {
 impl Announcer {
     fn new(cfg: HeartbeatConfig) -> Self {
         Self {
-            follower: ElectionFollower::new(cfg.election_instance),
+            local: LocalElection::new(
+                cfg.group.clone(),
+                cfg.device.clone(),
+                cfg.election_instance,
+            ),
             cfg,
             election: None,
-            election_at: None,
             status: None,
             seq: 0,
         }
@@ -347,23 +316,8 @@ impl Announcer {
     /// of it at once: it is the first, or it changes what ranks or fences
     /// this device (role, term, online, score, grace).
     fn take_election(&mut self, state: ElectionState) -> bool {
-        if state.device != self.cfg.device || state.group != self.cfg.group {
-            debug!(device = %state.device, group = %state.group, "election state of another device ignored");
+        if !self.local.accept(&state, std::time::Instant::now()) {
             return false;
-        }
-        match self
-            .follower
-            .follow(state.instance, std::time::Instant::now())
-        {
-            Followed::Same => {}
-            Followed::Switched { from: None } => {}
-            Followed::Switched { from: Some(from) } => {
-                info!(%from, to = %state.instance, "following a new election service (the old one fell silent)");
-            }
-            Followed::Other { followed } => {
-                debug!(instance = %state.instance, %followed, "election state of another process with this device id ignored");
-                return false;
-            }
         }
         let urgent = self.election.as_ref().is_none_or(|old| {
             (old.role, old.term, old.online, old.score, old.in_grace)
@@ -376,17 +330,16 @@ impl Announcer {
                 )
         });
         self.election = Some(state);
-        self.election_at = Some(std::time::Instant::now());
         urgent
     }
 
-    /// Whether the election service has gone quiet (it reports four times a
-    /// second).
-    /// A device whose election service is dead must not keep announcing
-    /// itself — least of all as server — so peers can detect it as lost.
+    /// Whether the election service has gone quiet: silent longer than the
+    /// shared liveness window (`protocol::timing::LIVENESS_WINDOW`; it reports
+    /// four times a second). A device whose election service is dead must
+    /// not keep announcing itself — least of all as server — so peers can
+    /// detect it as lost.
     fn election_is_stale(&self) -> bool {
-        self.election_at
-            .is_some_and(|at| at.elapsed() > ELECTION_STATE_STALE)
+        self.local.heard_at().is_some() && !self.local.is_live(std::time::Instant::now())
     }
 
     /// Keeps `status` if it is this device's.
@@ -395,10 +348,8 @@ impl Announcer {
             debug!(device = %status.device, group = %status.group, "status of another device ignored");
             return;
         }
-        if let Some(from) = status.instance
-            && self.follower.followed() != Some(from)
-        {
-            debug!(instance = %from, "status from another process with this device id ignored");
+        if !self.local.is_followed(status.instance) {
+            debug!(instance = ?status.instance, "status from another process with this device id ignored");
             return;
         }
         self.status = Some(status);
