@@ -19,8 +19,9 @@
 //! | [`publish`] | a publish that never blocks the loop nor fails it: a failure is logged and dropped (the bus may be down) |
 //! | [`connected`] | whether the client holds a connection now |
 //!
-//! Only subscribing can fail, at start, with a [`SubscribeError`] naming the
-//! subject; every later bus failure is ridden out.
+//! Only starting can fail — a subscription refused ([`SubscribeError`],
+//! naming the subject) or an interval out of range — with a [`StartError`];
+//! every later bus failure is ridden out.
 //!
 //! # Example
 //!
@@ -30,18 +31,10 @@
 //! ```no_run
 //! use std::time::Duration;
 //! use tokio::sync::watch;
-//! use understudy_bus::{ElectionFeed, Inbox, SubscribeError, stopped, ticker};
+//! use understudy_bus::{ElectionFeed, Inbox, StartError, stopped, ticker};
 //! use understudy_protocol::messages::Heartbeat;
-//! use understudy_protocol::timing::{IntervalError, check_interval};
+//! use understudy_protocol::timing::check_interval;
 //! use understudy_protocol::{DeviceId, GroupName, subjects};
-//!
-//! #[derive(Debug, thiserror::Error)]
-//! enum ServiceError {
-//!     #[error(transparent)]
-//!     Subscribe(#[from] SubscribeError),
-//!     #[error(transparent)]
-//!     Interval(#[from] IntervalError),
-//! }
 //!
 //! async fn run(
 //!     client: async_nats::Client,
@@ -49,7 +42,7 @@
 //!     device: DeviceId,
 //!     period: Duration,
 //!     mut shutdown: watch::Receiver<bool>,
-//! ) -> Result<u64, ServiceError> {
+//! ) -> Result<u64, StartError> {
 //!     let period = check_interval("report interval", period)?;
 //!     let mut election = ElectionFeed::subscribe(&client, &group, &device, None).await?;
 //!     let mut beats: Inbox<Heartbeat> = Inbox::subscribe(&client, subjects::heartbeats(&group)).await?;
@@ -85,6 +78,19 @@ use understudy_protocol::messages::{self, BusMessage};
 pub use feed::ElectionFeed;
 pub use follow::{ElectionFollower, Followed, LocalElection};
 pub use inbox::{Inbox, Request, SubscribeError, Subscription};
+
+/// Why a bus service could not start: the only failures a driver returns
+/// (every later bus failure is ridden out).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A subscription could not be made (the client is closed or the
+    /// subject was refused).
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
+    /// A configured interval is out of range.
+    #[error(transparent)]
+    Interval(#[from] understudy_protocol::timing::IntervalError),
+}
 
 /// The longest a publish may wait to be queued. The client's queue fills up
 /// only when the bus has been down for a long time; the loop must not stall

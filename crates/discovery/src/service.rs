@@ -34,7 +34,7 @@ use understudy_bus::{
 use understudy_protocol::messages::{
     DeviceStatus, ElectionState, Heartbeat, Leave, Presence, ProjectState,
 };
-use understudy_protocol::timing::{IntervalError, check_interval};
+use understudy_protocol::timing::check_interval;
 use understudy_protocol::{DeviceId, GroupName, InstanceId, SCHEMA_VERSION, subjects};
 
 use crate::core::Discovery;
@@ -86,17 +86,9 @@ impl DiscoveryConfig {
     }
 }
 
-/// Why the discovery service could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    /// A subscription could not be made at start (the client is closed or the
-    /// subject was refused).
-    #[error(transparent)]
-    Subscribe(#[from] SubscribeError),
-    /// An interval in [`DiscoveryConfig`] is out of range.
-    #[error(transparent)]
-    Interval(#[from] IntervalError),
-}
+/// Why the service could not start (the shared [`understudy_bus::StartError`]: a
+/// subscription refused, or an interval in [`DiscoveryConfig`] out of range).
+pub use understudy_bus::StartError as ServiceError;
 
 /// Runs the discovery service of `cfg.device` on `client` until `shutdown`
 /// turns true (or its sender is dropped).

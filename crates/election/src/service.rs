@@ -55,13 +55,9 @@ pub struct ElectionServiceConfig {
     pub project_addr: Option<String>,
 }
 
-/// Why the election service stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    /// A subscription could not be made at start.
-    #[error(transparent)]
-    Subscribe(#[from] SubscribeError),
-}
+/// Why the election service could not start (the shared [`understudy_bus::StartError`]:
+/// only a subscription refused can stop it).
+pub use understudy_bus::StartError as ServiceError;
 
 /// The lease bucket's name and config for a group.
 pub fn lease_bucket_config(group: &GroupName, lease: Duration, replicas: usize) -> kv::Config {

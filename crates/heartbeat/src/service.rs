@@ -101,17 +101,9 @@ impl HeartbeatConfig {
     }
 }
 
-/// Why the heartbeat service could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    /// A subscription could not be made at start (the client is closed or the
-    /// subject was refused).
-    #[error(transparent)]
-    Subscribe(#[from] SubscribeError),
-    /// An interval in [`HeartbeatConfig`] is out of range.
-    #[error(transparent)]
-    Interval(#[from] IntervalError),
-}
+/// Why the service could not start (the shared [`understudy_bus::StartError`]: a
+/// subscription refused, or an interval in [`HeartbeatConfig`] out of range).
+pub use understudy_bus::StartError as ServiceError;
 
 /// Runs the heartbeat service of `cfg.device` on `client` until `shutdown`
 /// turns true (or its sender is dropped), then says goodbye and returns.
@@ -296,11 +288,7 @@ struct Announcer {
 impl Announcer {
     fn new(cfg: HeartbeatConfig) -> Self {
         Self {
-            local: LocalElection::new(
-                cfg.group.clone(),
-                cfg.device.clone(),
-                cfg.election_instance,
-            ),
+            local: LocalElection::new(cfg.group.clone(), cfg.device.clone(), cfg.election_instance),
             cfg,
             election: None,
             status: None,
