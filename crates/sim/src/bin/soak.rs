@@ -21,15 +21,19 @@ fn main() -> ExitCode {
     let steps = Arc::new(AtomicU64::new(0));
     let terms = Arc::new(AtomicU64::new(0));
     let stale = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let (next, failures, steps, terms, stale) = (
+            let (next, failures, steps, terms, stale, acked, done) = (
                 next.clone(),
                 failures.clone(),
                 steps.clone(),
                 terms.clone(),
                 stale.clone(),
+                acked.clone(),
+                done.clone(),
             );
             thread::spawn(move || {
                 loop {
@@ -42,12 +46,20 @@ fn main() -> ExitCode {
                             steps.fetch_add(r.steps, Ordering::Relaxed);
                             terms.fetch_add(r.terms_granted as u64, Ordering::Relaxed);
                             stale.fetch_add(r.stale_verdicts_ignored, Ordering::Relaxed);
+                            acked.fetch_add(r.changes_acknowledged, Ordering::Relaxed);
                         }
                         Err(f) => {
                             if let Ok(mut v) = failures.lock() {
                                 v.push(f);
                             }
                         }
+                    }
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n % 10_000 == 0 {
+                        eprintln!(
+                            "soak: {n} of {count} seeds in {:.0} s",
+                            started.elapsed().as_secs_f64()
+                        );
                     }
                 }
             })
@@ -60,11 +72,12 @@ fn main() -> ExitCode {
     let mut failures = failures.lock().map(|v| v.clone()).unwrap_or_default();
     failures.sort_by_key(|f| f.seed);
     println!(
-        "soak: {count} seeds from {first} in {secs:.1} s on {threads} threads ({:.0} seeds/s), {} steps, {} terms granted, {} stale verdicts ignored",
+        "soak: {count} seeds from {first} in {secs:.1} s on {threads} threads ({:.0} seeds/s), {} steps, {} terms granted, {} stale verdicts ignored, {} project changes acknowledged",
         count as f64 / secs,
         steps.load(Ordering::Relaxed),
         terms.load(Ordering::Relaxed),
-        stale.load(Ordering::Relaxed)
+        stale.load(Ordering::Relaxed),
+        acked.load(Ordering::Relaxed)
     );
     match failures.first() {
         None => {
