@@ -161,56 +161,11 @@ pub struct SubscribeAnswer {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use serde_json::json;
-    use understudy_protocol::roster::{Counts, ServerRef};
-    use understudy_protocol::{InstanceId, Role, SCHEMA_VERSION};
+    use understudy_protocol::roster::examples::roster;
 
     use super::*;
-
-    pub(crate) fn device(name: &str, live: bool, colour: StatusColour) -> RosterDevice {
-        RosterDevice {
-            device: name.parse().expect("a device id"),
-            group: "stage".parse().expect("a group"),
-            instance: InstanceId::new(1),
-            mac: "02:00:00:00:00:01".parse().expect("a MAC"),
-            score: Score::new(100),
-            online: true,
-            role: Role::Client,
-            term: Term::from_revision(7),
-            in_grace: false,
-            colour,
-            problems: Vec::new(),
-            live,
-            last_seen_ms_ago: 40,
-            sent_at_ms: 1_767_225_600_000,
-            interval_ms: 100,
-            duplicate: false,
-            expected: true,
-        }
-    }
-
-    pub(crate) fn roster() -> RosterReply {
-        let mut b = device("b", true, StatusColour::Red);
-        b.problems = vec![Problem::NoServer];
-        RosterReply {
-            schema: SCHEMA_VERSION,
-            group: "stage".parse().expect("a group"),
-            reporter: "a".parse().expect("a device id"),
-            server: Some(ServerRef {
-                device: "a".parse().expect("a device id"),
-                term: Term::from_revision(7),
-            }),
-            devices: vec![
-                device("a", true, StatusColour::Blue),
-                b,
-                device("c", false, StatusColour::Blue),
-                device("d", true, StatusColour::Grey),
-            ],
-            counts: Counts::default(),
-            network_counts: Counts::default(),
-        }
-    }
 
     #[test]
     fn the_status_counts_colours_and_lists_problems_with_their_text() {

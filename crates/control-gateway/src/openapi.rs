@@ -155,7 +155,7 @@ mod tests {
     fn every_answer_the_gateway_serialises_is_what_the_document_describes() {
         use crate::answers::*;
         let doc = document();
-        let roster = crate::answers::tests::roster();
+        let roster = understudy_protocol::roster::examples::roster();
         let group = roster.group.clone();
         let device = roster.devices[0].device.clone();
         let g = "/api/v1/groups/{group}";

@@ -120,28 +120,11 @@ mod tests {
     }
 
     #[test]
-    fn reply_json_has_stable_snake_case_fields_and_milliseconds() {
+    fn the_built_reply_carries_milliseconds_not_durations() {
+        // The field names are the protocol's (tested there); this checks what
+        // discovery puts in them.
         let reply = RosterReply::build(&discovery(), &group("g"), ms(60));
         let json = serde_json::to_value(&reply).expect("serialises");
-        let mut keys: Vec<_> = json
-            .as_object()
-            .expect("an object")
-            .keys()
-            .cloned()
-            .collect();
-        keys.sort();
-        assert_eq!(
-            keys,
-            [
-                "counts",
-                "devices",
-                "group",
-                "network_counts",
-                "reporter",
-                "schema",
-                "server"
-            ]
-        );
         assert_eq!(json["schema"], SCHEMA_VERSION);
         assert_eq!(json["server"]["device"], "srv");
         assert_eq!(json["server"]["term"], 7);

@@ -209,16 +209,25 @@ impl RosterReply {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Example rosters, for the tests of every crate that reads one (feature
+/// `examples`; always on in this crate's tests).
+#[cfg(any(test, feature = "examples"))]
+pub mod examples {
+    use super::{RosterDevice, RosterReply, ServerRef};
+    use crate::roster::Counts;
+    use crate::{InstanceId, Problem, Role, SCHEMA_VERSION, Score, StatusColour, Term};
 
-    fn entry(name: &str, live: bool, colour: StatusColour) -> RosterDevice {
+    /// A client of group `stage` with score 100, term 7, heard 40 ms ago.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is not a valid device id.
+    pub fn device(name: &str, live: bool, colour: StatusColour) -> RosterDevice {
         RosterDevice {
-            device: name.parse().unwrap(),
-            group: "g".parse().unwrap(),
+            device: name.parse().expect("an example device id"),
+            group: "stage".parse().expect("a valid group"),
             instance: InstanceId::new(1),
-            mac: "02:00:00:00:00:01".parse().unwrap(),
+            mac: crate::Mac::from_octets([2, 0, 0, 0, 0, 1]),
             score: Score::new(100),
             online: true,
             role: Role::Client,
@@ -235,10 +244,40 @@ mod tests {
         }
     }
 
+    /// The roster of group `stage` as `a` reports it: `a` serves term 7
+    /// (blue), `b` is red with no server, `c` is missing, `d` is grey.
+    pub fn roster() -> RosterReply {
+        let mut b = device("b", true, StatusColour::Red);
+        b.problems = vec![Problem::NoServer];
+        RosterReply {
+            schema: SCHEMA_VERSION,
+            group: "stage".parse().expect("a valid group"),
+            reporter: "a".parse().expect("a valid device id"),
+            server: Some(ServerRef {
+                device: "a".parse().expect("a valid device id"),
+                term: Term::from_revision(7),
+            }),
+            devices: vec![
+                device("a", true, StatusColour::Blue),
+                b,
+                device("c", false, StatusColour::Blue),
+                device("d", true, StatusColour::Grey),
+            ],
+            counts: Counts::default(),
+            network_counts: Counts::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::examples::device as entry;
+    use super::*;
+
     fn reply() -> RosterReply {
         RosterReply {
             schema: SCHEMA_VERSION,
-            group: "g".parse().unwrap(),
+            group: "stage".parse().unwrap(),
             reporter: "a".parse().unwrap(),
             server: Some(ServerRef {
                 device: "a".parse().unwrap(),
