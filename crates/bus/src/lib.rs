@@ -68,11 +68,10 @@ pub mod inbox;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::connection::State;
-use async_nats::{Client, Message, Subscriber};
-use futures::StreamExt;
+use async_nats::{Client, Message};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
-use tracing::{debug, warn};
+use tracing::debug;
 use understudy_protocol::messages::{self, BusMessage};
 
 pub use feed::ElectionFeed;
@@ -139,21 +138,6 @@ pub fn decoded<M: BusMessage>(msg: &Message) -> Option<M> {
     messages::decode(&msg.payload)
         .inspect_err(|e| debug!(subject = %msg.subject, error = %e, "bad {} dropped", M::KIND))
         .ok()
-}
-
-/// The next message of `sub`. If the subscription ends (the client was
-/// closed), it is dropped with a warning naming `what` and this waits
-/// forever, so the other branches of a driver's loop go on until shutdown.
-/// [`Subscription`] and [`Inbox`] do the same and keep the subject with it.
-pub async fn recv(sub: &mut Option<Subscriber>, what: &str) -> Message {
-    if let Some(s) = sub {
-        if let Some(msg) = s.next().await {
-            return msg;
-        }
-        warn!("subscription to {what} ended (the client was closed)");
-        *sub = None;
-    }
-    std::future::pending().await
 }
 
 /// Whether `client` holds a connection to the bus now.

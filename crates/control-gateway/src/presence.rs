@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::Client;
 use tokio::sync::{Notify, watch};
-use tracing::{debug, warn};
+use tracing::warn;
 use understudy_protocol::messages::{InstanceKind, Presence};
 use understudy_protocol::{DeviceId, GroupName, InstanceId, SCHEMA_VERSION, subjects};
 
@@ -216,27 +216,19 @@ pub async fn watch_groups(
     groups: Arc<GroupsSeen>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut sub = match client.subscribe(subjects::PRESENCE_ALL).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            warn!(error = %e, "cannot follow presence: the group list will stay empty");
-            None
-        }
-    };
+    let mut presence: understudy_bus::Inbox<Presence> =
+        match understudy_bus::Inbox::subscribe(&client, subjects::PRESENCE_ALL).await {
+            Ok(inbox) => inbox,
+            Err(e) => {
+                warn!(error = %e, "cannot follow presence: the group list will stay empty");
+                return;
+            }
+        };
     loop {
         tokio::select! {
-            msg = understudy_bus::recv(&mut sub, "presence") => {
-                if let Some(p) = understudy_bus::decoded::<Presence>(&msg) {
-                    groups.observe(&p, Instant::now());
-                }
-            }
+            p = presence.next() => groups.observe(&p, Instant::now()),
             _ = understudy_bus::stopped(&mut shutdown) => break,
         }
-    }
-    if let Some(mut s) = sub
-        && let Err(e) = s.unsubscribe().await
-    {
-        debug!(error = %e, "unsubscribing from presence");
     }
 }
 
