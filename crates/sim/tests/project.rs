@@ -3,23 +3,27 @@
 //!
 //! Every seed of `simulation.rs` already runs project-sync and checks S2 at
 //! each head write and acknowledgement; these tests show the run does commit
-//! changes, and that a takeover without a fence, or a head written without
-//! compare-and-set, is caught.
+//! changes, and that a takeover without a fence, a head written without
+//! compare-and-set, or a peer-lost verdict acted on however stale, is caught.
 
 #![allow(clippy::unwrap_used)]
 
 use understudy_sim::{Mutation, Plan, run_mutated, run_seed};
 
-/// The first failing seed under `mutation` among `seeds`, printed.
-fn first_caught(
-    mutation: Mutation,
-    seeds: std::ops::Range<u64>,
-) -> Option<understudy_sim::Failure> {
-    let failure = seeds
-        .clone()
-        .find_map(|seed| run_mutated(Plan::from_seed(seed), mutation).err())?;
+/// Runs the first 400 seeds with the mutation `name` (see
+/// [`Mutation::named`]) and asserts one fails, on an invariant whose
+/// message starts with one of `caught_by`; prints the first failure.
+fn assert_caught(name: &str, caught_by: &[&str]) {
+    let mutation = Mutation::named(name).unwrap();
+    let failure = (0..400u64)
+        .find_map(|seed| run_mutated(Plan::from_seed(seed), mutation).err())
+        .unwrap_or_else(|| panic!("400 seeds with {name} and no invariant broken"));
     println!("{failure}");
-    Some(failure)
+    assert_eq!(failure.mutation, Some(name), "{failure}");
+    assert!(
+        caught_by.iter().any(|p| failure.what.starts_with(p)),
+        "{name} caught by an unexpected check: {failure}"
+    );
 }
 
 #[test]
@@ -34,44 +38,17 @@ fn writers_get_changes_acknowledged_through_the_faults() {
 
 #[test]
 fn a_takeover_without_a_fence_is_caught() {
-    let mutation = Mutation {
-        skip_fence: true,
-        ..Mutation::default()
-    };
-    let failure =
-        first_caught(mutation, 0..400).expect("400 seeds without fencing and no invariant broken");
-    assert!(
-        failure.what.starts_with("S1") || failure.what.starts_with("S2"),
-        "{failure}"
-    );
+    assert_caught("skip_fence", &["S1", "S2"]);
 }
 
 #[test]
 fn a_head_written_without_compare_and_set_is_caught() {
-    let mutation = Mutation {
-        blind_head_writes: true,
-        ..Mutation::default()
-    };
-    let failure = first_caught(mutation, 0..400)
-        .expect("400 seeds with blind head writes and no invariant broken");
-    assert!(
-        failure.what.starts_with("S1") || failure.what.starts_with("S2"),
-        "{failure}"
-    );
+    assert_caught("blind_head_writes", &["S1", "S2"]);
 }
 
 #[test]
 fn a_stale_verdict_acted_on_is_caught() {
-    let mutation = Mutation {
-        undated_notices: true,
-        ..Mutation::default()
-    };
-    let failure = first_caught(mutation, 0..400)
-        .expect("400 seeds without the stale-verdict filter and no invariant broken");
-    assert!(
-        failure.what.starts_with("needless takeover") || failure.what.starts_with("S1"),
-        "{failure}"
-    );
+    assert_caught("undated_notices", &["needless takeover", "S1"]);
 }
 
 /// Replays one seed with a mutation:
