@@ -559,8 +559,12 @@ impl Driver {
     async fn on_notice(&mut self, notice: &PeerNotice) {
         match self.input.notice(notice, unix_ms(SystemTime::now())) {
             Input::Feed(event) => {
-                if let Event::PeerLost(peer) = &event {
-                    info!(%peer, change = ?notice.change, "peer gone");
+                if let Event::PeerLost {
+                    device: peer,
+                    instance,
+                } = &event
+                {
+                    info!(%peer, %instance, change = ?notice.change, "peer gone");
                 }
                 self.feed(event).await;
             }

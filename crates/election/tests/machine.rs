@@ -61,6 +61,14 @@ fn server_peer(name: &str, score: u8, m: u64, term: u64) -> PeerStatus {
     }
 }
 
+/// The failure detector's verdict that this very instance of `p` is gone.
+fn lost(p: &PeerStatus) -> Event {
+    Event::PeerLost {
+        device: p.device.clone(),
+        instance: p.instance,
+    }
+}
+
 fn held_by(p: &PeerStatus, term: Option<u64>) -> LeaseRecord {
     LeaseRecord {
         schema: SCHEMA_VERSION,
@@ -279,7 +287,7 @@ fn a_lost_server_is_replaced_by_the_rightful_device_at_once() {
         Event::LeaseObserved(Some((6, held_by(&s, Some(5))))),
         ms(20),
     );
-    let a = m.handle(Event::PeerLost(id("srv")), ms(3000));
+    let a = m.handle(lost(&s), ms(3000));
     let (_, expect, _) = claim(&a).expect("the successor claims on detection");
     assert_eq!(
         expect,
@@ -344,7 +352,7 @@ fn manual_assignment_waits_for_an_operator() {
     let s = server_peer("manual", 10, 9, 5);
     m.handle(Event::PeerSeen(s.clone()), ms(10));
     m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), ms(20));
-    let a = m.handle(Event::PeerLost(id("manual")), ms(3000));
+    let a = m.handle(lost(&s), ms(3000));
     assert_eq!(claim(&a), None);
     let a = run_until(&mut m, ms(3000), ms(8000));
     assert_eq!(claim(&a), None, "nobody else is viable: no server");
@@ -581,8 +589,8 @@ fn a_holder_declared_lost_after_its_lease_was_seen_is_gone_at_once() {
     let mut m = machine(100, 1, ElectionConfig::default());
     let s = server_peer("srv", 50, 9, 5);
     m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), ms(3000));
-    m.handle(Event::PeerSeen(s), ms(3001));
-    let a = m.handle(Event::PeerLost(id("srv")), ms(3100));
+    m.handle(Event::PeerSeen(s.clone()), ms(3001));
+    let a = m.handle(lost(&s), ms(3100));
     let (_, expect, _) = claim(&a).expect("the successor claims on detection");
     assert_eq!(expect, Expect::Revision(5));
 }
@@ -609,6 +617,39 @@ fn a_holder_known_only_as_its_older_instance_is_waited_for() {
 }
 
 #[test]
+fn the_goodbye_of_an_older_instance_does_not_depose_the_new_one() {
+    // Paused while the holder's device shut down (saying goodbye), restarted
+    // and was handed the lease: the queued goodbye is about the old process,
+    // and arrives with the new lease but before the new process is heard.
+    let mut m = machine(100, 1, ElectionConfig::default());
+    let old = server_peer("srv", 150, 9, 5);
+    m.handle(Event::PeerSeen(old.clone()), ms(10));
+    m.handle(Event::LeaseObserved(Some((5, held_by(&old, None)))), ms(20));
+    let mut reborn = server_peer("srv", 150, 9, 10);
+    reborn.instance = InstanceId::new(999);
+    let back = ms(4000);
+    m.handle(
+        Event::LeaseObserved(Some((12, held_by(&reborn, Some(10))))),
+        back,
+    );
+    let a = m.handle(lost(&old), back);
+    assert_eq!(claim(&a), None, "the new instance holds the lease");
+    assert!(
+        !published(&a)
+            .iter()
+            .any(|e| matches!(e, ElectionEventKind::ServerLost { .. })),
+        "the server is not lost: only its old process is"
+    );
+    let a = m.handle(Event::PeerSeen(reborn.clone()), back + ms(5));
+    assert_eq!(claim(&a), None);
+    let a = run_until(&mut m, back + ms(5), back + ms(3000));
+    assert_eq!(claim(&a), None, "heard: it holds the lease");
+    // The new instance's own loss is news.
+    let a = m.handle(lost(&reborn), back + ms(3100));
+    assert!(claim(&a).is_some(), "the holder itself lost: take over");
+}
+
+#[test]
 fn a_holder_lost_before_it_won_a_new_term_is_waited_for() {
     // Lost while cut off from this device, it then won a new term: the new
     // lease is newer news than the loss.
@@ -616,7 +657,7 @@ fn a_holder_lost_before_it_won_a_new_term_is_waited_for() {
     let s = server_peer("srv", 50, 9, 5);
     m.handle(Event::PeerSeen(s.clone()), ms(10));
     m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), ms(20));
-    m.handle(Event::PeerLost(id("srv")), ms(2100));
+    m.handle(lost(&s), ms(2100));
     let seen = ms(4000);
     let a = m.handle(Event::LeaseObserved(Some((16, held_by(&s, None)))), seen);
     assert_eq!(claim(&a), None, "a new term is news that it is alive");

@@ -46,6 +46,23 @@ fn two_thousand_seeded_fault_schedules_hold_every_invariant() {
     run_many(0, SEEDS);
 }
 
+/// Seeds beyond [`SEEDS`] that once broke an invariant, each with what it
+/// found; they run on every `cargo test`.
+const FOUND_BY_SOAK: &[(u64, &str)] = &[(
+    181_049,
+    "a device back from a pause got the goodbye of the server's old process \
+     with the lease of its new one, and deposed it (needless takeover)",
+)];
+
+#[test]
+fn seeds_the_soak_once_failed_hold_every_invariant() {
+    for (seed, found) in FOUND_BY_SOAK {
+        if let Err(f) = run_seed(*seed) {
+            panic!("seed {seed} broke again (it once found: {found}):\n{f}");
+        }
+    }
+}
+
 #[test]
 fn replay_one_seed() {
     let Ok(seed) = std::env::var("UNDERSTUDY_SEED") else {

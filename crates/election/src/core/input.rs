@@ -164,7 +164,10 @@ impl InputStage {
             return Input::Ignored(Ignored::NotTheLiveInstance);
         }
         self.live.remove(&notice.device);
-        Input::Feed(Event::PeerLost(notice.device.clone()))
+        Input::Feed(Event::PeerLost {
+            device: notice.device.clone(),
+            instance: notice.instance,
+        })
     }
 }
 
@@ -233,6 +236,14 @@ mod tests {
             device: id(device),
             instance: InstanceId::new(instance),
             sent_at_ms: Some(sent),
+        }
+    }
+
+    /// The machine's event for instance 1 of `p` being gone.
+    fn lost_p() -> Event {
+        Event::PeerLost {
+            device: id("p"),
+            instance: InstanceId::new(1),
         }
     }
 
@@ -315,7 +326,7 @@ mod tests {
     fn a_lost_peer_is_lost_once_and_a_late_beat_cannot_bring_it_back() {
         let mut s = with_live_peer();
         let lost = s.notice(&notice(PeerChangeKind::Lost, "p", 1, NOW), NOW);
-        assert_eq!(fed(lost), Event::PeerLost(id("p")));
+        assert_eq!(fed(lost), lost_p());
         assert!(!s.is_live(&id("p")));
         assert_eq!(
             s.heartbeat(&beat("p", 1, 2)),
@@ -335,7 +346,7 @@ mod tests {
     fn a_goodbye_ends_liveness_at_once() {
         let mut s = with_live_peer();
         let left = s.notice(&notice(PeerChangeKind::Left, "p", 1, NOW), NOW);
-        assert_eq!(fed(left), Event::PeerLost(id("p")));
+        assert_eq!(fed(left), lost_p());
     }
 
     #[test]
@@ -370,7 +381,7 @@ mod tests {
         assert!(s.is_live(&id("p")), "a stale verdict leaves the peer live");
         // Exactly the window old still counts.
         let fresh = s.notice(&notice(PeerChangeKind::Lost, "p", 1, NOW - window), NOW);
-        assert_eq!(fed(fresh), Event::PeerLost(id("p")));
+        assert_eq!(fed(fresh), lost_p());
     }
 
     #[test]
@@ -378,7 +389,7 @@ mod tests {
         // A goodbye is the peer's own word, not a guess from silence.
         let mut s = with_live_peer();
         let left = s.notice(&notice(PeerChangeKind::Left, "p", 1, NOW - 60_000), NOW);
-        assert_eq!(fed(left), Event::PeerLost(id("p")));
+        assert_eq!(fed(left), lost_p());
     }
 
     #[test]
@@ -386,13 +397,13 @@ mod tests {
         let mut s = with_live_peer();
         let mut old_sender = notice(PeerChangeKind::Lost, "p", 1, 0);
         old_sender.sent_at_ms = None;
-        assert_eq!(fed(s.notice(&old_sender, NOW)), Event::PeerLost(id("p")));
+        assert_eq!(fed(s.notice(&old_sender, NOW)), lost_p());
     }
 
     #[test]
     fn a_clock_that_went_back_does_not_make_a_verdict_stale() {
         let mut s = with_live_peer();
         let lost = s.notice(&notice(PeerChangeKind::Lost, "p", 1, NOW + 5_000), NOW);
-        assert_eq!(fed(lost), Event::PeerLost(id("p")));
+        assert_eq!(fed(lost), lost_p());
     }
 }

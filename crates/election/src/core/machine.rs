@@ -263,7 +263,7 @@ impl Machine {
         match event {
             Event::Tick => {}
             Event::PeerSeen(p) => self.peer_seen(p),
-            Event::PeerLost(d) => self.peer_lost(&d),
+            Event::PeerLost { device, instance } => self.peer_lost(&device, instance),
             Event::LeaseObserved(obs) => self.observe_lease(obs, now),
             Event::StoreReply { op, outcome } => self.store_reply(op, outcome, now),
             Event::SetScore(s) => self.set_score(s, now),
@@ -444,9 +444,14 @@ impl Machine {
         self.peers.insert(p.device.clone(), p);
     }
 
-    fn peer_lost(&mut self, device: &DeviceId) {
+    /// One instance of `device` is gone. The holder is lost only if the lease
+    /// names that very instance: the goodbye or silence of a process that
+    /// has since restarted and won the lease again says nothing of the new
+    /// one (it is waited for like any holder not yet heard).
+    fn peer_lost(&mut self, device: &DeviceId, instance: InstanceId) {
         if let Some(news) = self.holder_news.as_mut()
             && &news.device == device
+            && news.instance == instance
         {
             news.lost = true;
         }
@@ -455,7 +460,7 @@ impl Machine {
                 .lease
                 .as_ref()
                 .and_then(|(_, r)| r.holder.as_ref())
-                .is_some_and(|h| &h.device == device);
+                .is_some_and(|h| &h.device == device && h.instance == instance);
             if was_holder {
                 self.reason = Some(ElectionReason::ServerLost);
             }

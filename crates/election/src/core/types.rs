@@ -62,8 +62,15 @@ pub enum Event {
     Tick,
     /// A heartbeat from a peer.
     PeerSeen(PeerStatus),
-    /// The failure detector gave a peer up, or it left cleanly.
-    PeerLost(DeviceId),
+    /// The failure detector gave up one process instance of a peer, or it
+    /// left cleanly. Only that instance is gone: a lease naming another
+    /// instance of the same device is not news of this loss.
+    PeerLost {
+        /// The device.
+        device: DeviceId,
+        /// The instance that is gone.
+        instance: InstanceId,
+    },
     /// The lease entry as a watch or a read saw it; `None` when it is absent.
     LeaseObserved(Option<(u64, LeaseRecord)>),
     /// The reply to a store call.
