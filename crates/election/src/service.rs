@@ -144,6 +144,9 @@ struct Sources {
     resync: tokio::time::Interval,
     /// Lets the machine see the time and says the state four times a second.
     state_tick: tokio::time::Interval,
+    /// Paces opening the lease bucket and its watch while either is missing
+    /// (at start, and after the bus or JetStream came back).
+    reopen: tokio::time::Interval,
     /// Problems already warned about since the store was last open.
     warned: BTreeSet<&'static str>,
 }
@@ -164,10 +167,14 @@ impl Sources {
             watch: None,
             resync: ticker(Duration::from_secs(1)),
             state_tick: ticker(Duration::from_millis(250)),
+            reopen: ticker(REOPEN_PACE),
             warned: BTreeSet::new(),
         })
     }
 }
+
+/// How often opening the lease bucket or its watch is retried while missing.
+const REOPEN_PACE: Duration = Duration::from_millis(250);
 
 /// How many election events may wait for the bus; beyond that the newest are
 /// dropped with a warning (a device makes a handful per election).
@@ -250,20 +257,9 @@ pub async fn run(
     let mut d = Driver::new(client.clone(), cfg, tx);
     d.publish_state(true).await;
     let js = jetstream::new(client);
-    loop {
-        // Open the store and its watch when we do not have them (start, or
-        // after the bus came back).
-        if d.store.is_none() {
-            d.open_store(&js, &mut inbox.warned).await;
-        }
-        if inbox.watch.is_none() {
-            d.open_watch(&mut inbox).await;
-        }
-        if !d.turn(&mut inbox, &mut shutdown).await {
-            d.shut_down().await;
-            return Ok(());
-        }
-    }
+    while d.turn(&mut inbox, &js, &mut shutdown).await {}
+    d.shut_down().await;
+    Ok(())
 }
 
 async fn next_entry(w: &mut Option<kv::Watch>) -> Option<Option<(u64, LeaseRecord)>> {
@@ -409,6 +405,17 @@ impl Driver {
         }
     }
 
+    /// Opens the store and its watch, whichever is missing (at start, or
+    /// after the bus came back).
+    async fn reopen(&mut self, js: &jetstream::Context, inbox: &mut Sources) {
+        if self.store.is_none() {
+            self.open_store(js, &mut inbox.warned).await;
+        }
+        if inbox.watch.is_none() {
+            self.open_watch(inbox).await;
+        }
+    }
+
     /// Opens the watch of the lease entry, once the store is open.
     async fn open_watch(&self, inbox: &mut Sources) {
         let Some(store) = &self.store else { return };
@@ -430,13 +437,18 @@ impl Driver {
 
     /// Waits for one message or timer and hands it on; `false` once told to
     /// stop.
-    async fn turn(&mut self, inbox: &mut Sources, shutdown: &mut watch::Receiver<bool>) -> bool {
+    async fn turn(
+        &mut self,
+        inbox: &mut Sources,
+        js: &jetstream::Context,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
         let deadline = self
             .machine
             .next_deadline()
             .map(|t| self.start + t)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-        let retry_soon = self.store.is_none() || inbox.watch.is_none();
+        let missing = self.store.is_none() || inbox.watch.is_none();
         tokio::select! {
             () = stopped(shutdown) => return false,
             hb = inbox.heartbeats.next() => self.on_heartbeat(&hb).await,
@@ -464,7 +476,7 @@ impl Driver {
                 self.feed(Event::Tick).await;
                 self.publish_state(true).await;
             }
-            _ = tokio::time::sleep(Duration::from_millis(250)), if retry_soon => {}
+            _ = inbox.reopen.tick(), if missing => self.reopen(js, inbox).await,
         }
         true
     }
