@@ -11,7 +11,10 @@ if [ -x scripts/ensure-nats.sh ]; then
   # shellcheck disable=SC1091
   source scripts/ensure-nats.sh
 fi
-[ -x scripts/ensure-chromium.sh ] && source scripts/ensure-chromium.sh # the dashboard browser test
+# shellcheck disable=SC1091
+source scripts/ensure-debian.sh
+ensure_debian "the dashboard browser test" /usr/bin/chromium /usr/bin/chromedriver -- chromium chromium-driver
+ensure_debian "the metrics format checks" /usr/bin/promtool -- prometheus
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -16,7 +16,7 @@
 //! (`dashboard-before.png`, `dashboard.png`).
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian's `chromium`
-//! and `chromium-driver`; `scripts/ensure-chromium.sh` installs them). Without
+//! and `chromium-driver`; `scripts/test.sh` installs them). Without
 //! them the test prints a note and passes, unless `CI` is set: then it fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -242,7 +242,7 @@ fn browser_tools() -> Option<(PathBuf, PathBuf)> {
     }
     let what = format!(
         "{} missing: the dashboard browser test needs Debian's chromium and chromium-driver \
-         (run scripts/ensure-chromium.sh)",
+         (apt-get install chromium chromium-driver, as scripts/test.sh does)",
         missing.join(" and ")
     );
     if std::env::var_os("CI").is_some() {

@@ -136,7 +136,10 @@ pub async fn flush(client: &Client) {
 /// Decodes a bus message; a bad one is logged at debug level and dropped.
 pub fn decoded<M: BusMessage>(msg: &Message) -> Option<M> {
     messages::decode(&msg.payload)
-        .inspect_err(|e| debug!(subject = %msg.subject, error = %e, "bad {} dropped", M::KIND))
+        .inspect_err(|e| {
+            understudy_telemetry::metrics().bad_message(M::KIND);
+            debug!(subject = %msg.subject, error = %e, "bad {} dropped", M::KIND);
+        })
         .ok()
 }
 

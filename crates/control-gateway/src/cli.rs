@@ -22,6 +22,10 @@ pub struct GatewayArgs {
     /// TCP `auth`). Without one every mutating call is refused with 401.
     #[arg(long, env = "UNDERSTUDY_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9465
+    /// (docs/telemetry.md) [default: off].
+    #[arg(long, env = "UNDERSTUDY_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 impl GatewayArgs {
@@ -32,6 +36,7 @@ impl GatewayArgs {
             listen: self.listen,
             tcp_listen: self.tcp_listen,
             api_token: self.api_token,
+            metrics_listen: self.metrics_listen,
         }
     }
 }

@@ -76,6 +76,23 @@ pub fn subscribe(
     rx
 }
 
+/// One client following an event stream, for
+/// `understudy_gateway_event_subscribers`, while it lives.
+struct Following;
+
+impl Following {
+    fn new() -> Self {
+        understudy_telemetry::metrics().gateway_subscribers().inc();
+        Following
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        understudy_telemetry::metrics().gateway_subscribers().dec();
+    }
+}
+
 async fn feed(
     js: jetstream::Context,
     group: GroupName,
@@ -83,6 +100,7 @@ async fn feed(
     tx: mpsc::Sender<FeedEvent>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let _following = Following::new();
     loop {
         tokio::select! {
             _ = tx.closed() => return,

@@ -82,7 +82,21 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/dashboard.css", get(|| async { assets::style() }))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(count_request))
         .with_state(shared)
+}
+
+/// Counts each request answered in `understudy_gateway_requests_total`, by
+/// route pattern (not the path asked for: names stay out of the labels)
+/// and status.
+async fn count_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(req).await;
+    understudy_telemetry::metrics().gateway_request(&route, response.status().as_u16());
+    response
 }
 
 /// A JSON answer.

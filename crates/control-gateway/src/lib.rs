@@ -62,6 +62,8 @@ pub struct Config {
     pub tcp_listen: String,
     /// The API token mutating calls need; none makes the gateway read-only.
     pub api_token: Option<String>,
+    /// Where `GET /metrics` listens; `None` serves no metrics.
+    pub metrics_listen: Option<String>,
 }
 
 /// Splits `a,b,c` into NATS server addresses.
@@ -91,6 +93,9 @@ async fn connect(list: &str) -> Result<async_nats::Client, GatewayError> {
         .ping_interval(Duration::from_secs(1))
         .connection_timeout(Duration::from_secs(2))
         .request_timeout(Some(bus::ANSWER_WITHIN))
+        .event_callback(|event| async move {
+            understudy_telemetry::metrics().nats_event(&event);
+        })
         .connect(nats_servers(list)?)
         .await
         .map_err(|e| GatewayError::Connect {
@@ -126,6 +131,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let token = auth::Token::new(config.api_token.as_deref());
     let http_listener = bind("--listen", &config.listen).await?;
     let tcp_listener = bind("--tcp-listen", &config.tcp_listen).await?;
+    let metrics_listener = match &config.metrics_listen {
+        Some(addr) => Some(bind("--metrics-listen", addr).await?),
+        None => None,
+    };
     let client = connect(&config.nats).await?;
     if !token.is_set() {
         warn!(
@@ -157,6 +166,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         stopped.clone(),
     ));
     let tcp = tokio::spawn(tcp::serve(tcp_listener, Arc::clone(&shared)));
+    if let Some(listener) = metrics_listener {
+        let mut stop = stopped.clone();
+        tokio::spawn(understudy_telemetry::serve(listener, async move {
+            understudy_bus::stopped(&mut stop).await;
+        }));
+    }
     let mut http_stop = stopped.clone();
     let mut http = tokio::spawn(
         axum::serve(http_listener, http::router(Arc::clone(&shared)))

@@ -64,11 +64,20 @@ impl Sessions {
         lock(&self.table)
             .open
             .insert(instance, Session { kind, group });
+        self.count();
         self.changed.notify_one();
         SessionGuard {
             sessions: Arc::clone(self),
             instance,
         }
+    }
+
+    /// Sets `understudy_gateway_sessions{kind}` to the sessions open now.
+    fn count(&self) {
+        let (gui, control) = self.counts();
+        let m = understudy_telemetry::metrics();
+        m.gateway_sessions("gui", gui);
+        m.gateway_sessions("control", control);
     }
 
     /// How many sessions of each kind are open: (gui, control).
@@ -141,6 +150,7 @@ impl Drop for SessionGuard {
             t.closed.push((self.instance, s));
         }
         drop(t);
+        self.sessions.count();
         self.sessions.changed.notify_one();
     }
 }

@@ -19,10 +19,11 @@ use understudy_bus::{
     Inbox, SubscribeError, Subscription, connected, flush, publish, stopped, ticker, unix_ms,
 };
 use understudy_protocol::messages::{
-    self, ControlOp, ControlReply, ControlRequest, ElectionEvent, ElectionState, Heartbeat,
-    LeaseRecord, PeerNotice, Trigger,
+    self, ControlOp, ControlReply, ControlRequest, ElectionEvent, ElectionEventKind, ElectionState,
+    Heartbeat, LeaseRecord, PeerChangeKind, PeerNotice, StepDownReason, Trigger,
 };
 use understudy_protocol::{DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, Score, subjects};
+use understudy_telemetry::{ElectionMetrics, ServerWatch};
 
 use crate::core::{
     Action, ElectionConfig, Event, Expect, Ignored, Input, InputStage, Machine, OpId, StoreOutcome,
@@ -123,6 +124,10 @@ struct Driver {
     /// Election events, encoded, on their way to the stream (in order).
     events: Option<mpsc::Sender<Vec<u8>>>,
     events_task: Option<tokio::task::JoinHandle<()>>,
+    /// This device's election figures for `/metrics`.
+    metrics: ElectionMetrics,
+    /// Who serves over time, for the server-change and failover figures.
+    server_watch: ServerWatch,
 }
 
 /// Everything the loop waits on besides the shutdown signal.
@@ -346,6 +351,8 @@ impl Driver {
         );
         machine.set_project_addr(cfg.project_addr.clone());
         let (events_tx, events_rx) = mpsc::channel(EVENTS_QUEUE);
+        let metrics =
+            understudy_telemetry::metrics().election(cfg.group.as_str(), cfg.device.as_str());
         let events_task = tokio::spawn(publish_events(
             jetstream::new(client.clone()),
             subjects::election_events(&cfg.group),
@@ -363,6 +370,8 @@ impl Driver {
             last_state: None,
             replies,
             store: None,
+            metrics,
+            server_watch: ServerWatch::new(),
             events: Some(events_tx),
             events_task: Some(events_task),
         }
@@ -501,7 +510,31 @@ impl Driver {
         let now = self.now();
         let actions = self.machine.handle(event, now);
         self.act(actions).await;
+        self.record(now);
         self.publish_state(false).await;
+    }
+
+    /// Sets this device's election figures from the machine's status.
+    fn record(&mut self, now: Duration) {
+        let st = self.machine.status(now);
+        let m = &self.metrics;
+        let serving = st
+            .server
+            .as_ref()
+            .is_some_and(|(d, _)| *d == self.cfg.device);
+        m.is_server.set(i64::from(serving));
+        m.group_has_server.set(i64::from(st.server.is_some()));
+        let term = st
+            .server
+            .as_ref()
+            .map_or(st.term, |(_, t)| (*t).max(st.term));
+        ElectionMetrics::set(&m.term, term.get());
+        ElectionMetrics::set(&m.score, u64::from(st.score.get()));
+        m.online.set(i64::from(st.online));
+        let seen = self
+            .server_watch
+            .server(st.server.as_ref().map(|(d, t)| (d, *t)), now);
+        m.seen(seen);
     }
 
     async fn act(&mut self, actions: Vec<Action>) {
@@ -523,9 +556,11 @@ impl Driver {
                 } => self.call(op, Expect::Revision(revision), record),
                 Action::BecomeServer { term } => {
                     info!(%term, "serving the project group");
+                    self.metrics.became_server.inc();
                 }
                 Action::StepDown { term, reason } => {
                     info!(%term, ?reason, "stepped down");
+                    self.metrics.stepped_down(reason_label(reason));
                 }
                 Action::Publish(kind) => {
                     let event = ElectionEvent {
@@ -536,6 +571,9 @@ impl Driver {
                         kind,
                     };
                     info!(event = ?event.kind, "election event");
+                    if let ElectionEventKind::ElectionStarted { .. } = &event.kind {
+                        self.metrics.elections_started.inc();
+                    }
                     if let Some(events) = &self.events
                         && events.try_send(messages::encode(&event)).is_err()
                     {
@@ -563,6 +601,8 @@ impl Driver {
     }
 
     async fn on_heartbeat(&mut self, hb: &Heartbeat) {
+        let now = self.now();
+        self.server_watch.beat(&hb.device, now);
         if let Input::Feed(event) = self.input.heartbeat(hb) {
             self.feed(event).await;
         }
@@ -577,6 +617,12 @@ impl Driver {
                 } = &event
                 {
                     info!(%peer, %instance, change = ?notice.change, "peer gone");
+                    if notice.change == PeerChangeKind::Left {
+                        self.server_watch.left(peer);
+                    } else {
+                        let now = self.now();
+                        self.metrics.seen(self.server_watch.lost(peer, now));
+                    }
                 }
                 self.feed(event).await;
             }
@@ -680,5 +726,19 @@ impl Driver {
             debug!("stopping with election events not yet stored");
         }
         flush(&self.client).await;
+    }
+}
+
+/// The `reason` label of `understudy_stepped_down_total`: the reason as the
+/// election events spell it.
+fn reason_label(reason: StepDownReason) -> &'static str {
+    match reason {
+        StepDownReason::HandOver => "hand_over",
+        StepDownReason::LeaseLost => "lease_lost",
+        StepDownReason::Deposed => "deposed",
+        StepDownReason::Offline => "offline",
+        StepDownReason::ScoreZero => "score_zero",
+        StepDownReason::Shutdown => "shutdown",
+        StepDownReason::Other => "other",
     }
 }

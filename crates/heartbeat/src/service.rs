@@ -39,6 +39,8 @@ use understudy_protocol::{
     DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, StatusColour, subjects,
 };
 
+use understudy_telemetry::HeartbeatMetrics;
+
 use crate::core::detector::{DEFAULT_INTERVAL, Detector, DetectorConfig, PeerBeat, PeerChange};
 use crate::core::notice::peer_notice;
 
@@ -161,6 +163,8 @@ struct Service {
     me: Announcer,
     /// Whether the missing election state was already warned about.
     warned: bool,
+    /// This device's heartbeat figures for `/metrics`.
+    metrics: HeartbeatMetrics,
 }
 
 impl Service {
@@ -170,6 +174,8 @@ impl Service {
             me: Announcer::new(cfg.clone()),
             start: Instant::now(),
             warned: false,
+            metrics: understudy_telemetry::metrics()
+                .heartbeat(cfg.group.as_str(), cfg.device.as_str()),
             client,
             cfg,
         }
@@ -214,7 +220,14 @@ impl Service {
     }
 
     async fn beat(&mut self) {
-        publish_beat(&self.client, &mut self.me).await;
+        if let Some(beat) = self.me.heartbeat(unix_ms(SystemTime::now())) {
+            let subject = subjects::heartbeat(&beat.group, &beat.device);
+            publish(&self.client, subject, &beat).await;
+            self.metrics.sent.inc();
+            self.metrics.colour.set(colour_value(beat.colour));
+            self.metrics
+                .problems(beat.problems.iter().map(|p| p.code()));
+        }
     }
 
     async fn announce_presence(&self) {
@@ -246,13 +259,18 @@ impl Service {
         let now = self.start.elapsed();
         if let Some(change) = self.detector.leave(&leave.device, leave.instance, now) {
             publish_notice(&self.client, &self.cfg, &change).await;
+            self.count_peers();
         }
     }
 
     async fn on_beat(&mut self, beat: &Heartbeat) {
         let now = self.start.elapsed();
+        if beat.device != self.cfg.device {
+            self.metrics.received.inc();
+        }
         if let Some(change) = self.detector.observe(&PeerBeat::from(beat), now) {
             publish_notice(&self.client, &self.cfg, &change).await;
+            self.count_peers();
         }
     }
 
@@ -260,6 +278,12 @@ impl Service {
         for change in self.detector.poll(self.start.elapsed()) {
             publish_notice(&self.client, &self.cfg, &change).await;
         }
+        self.count_peers();
+    }
+
+    fn count_peers(&self) {
+        let c = self.detector.counts();
+        self.metrics.peers(c.live, c.lost, c.gone);
     }
 
     async fn say_goodbye(&self) {
@@ -402,10 +426,12 @@ impl Announcer {
     }
 }
 
-async fn publish_beat(client: &Client, me: &mut Announcer) {
-    if let Some(beat) = me.heartbeat(unix_ms(SystemTime::now())) {
-        let subject = subjects::heartbeat(&beat.group, &beat.device);
-        publish(client, subject, &beat).await;
+/// `understudy_status_colour`: 0 grey, 1 blue, 2 red.
+fn colour_value(colour: StatusColour) -> i64 {
+    match colour {
+        StatusColour::Grey => 0,
+        StatusColour::Blue => 1,
+        StatusColour::Red => 2,
     }
 }
 

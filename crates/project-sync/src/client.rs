@@ -216,6 +216,8 @@ pub struct ProjectClient {
     server: ServerRef,
     rpc: pb::project_client::ProjectClient<Channel>,
     guard: TermGuard,
+    /// Counts the project bytes fetched, when the caller keeps the figure.
+    received: Option<understudy_telemetry::Counter>,
 }
 
 impl ProjectClient {
@@ -259,6 +261,7 @@ impl ProjectClient {
             server,
             rpc,
             guard,
+            received: None,
         })
     }
 
@@ -350,6 +353,11 @@ impl ProjectClient {
         Ok(Fetched::Content(head, data))
     }
 
+    /// Counts the bytes [`fetch_into`](Self::fetch_into) receives in `counter`.
+    pub fn count_received(&mut self, counter: understudy_telemetry::Counter) {
+        self.received = Some(counter);
+    }
+
     /// Brings `local` to the head revision, resuming a partial download of
     /// the same revision; returns the copy's meta.
     pub async fn fetch_into(&mut self, local: &LocalCopy) -> Result<CopyMeta, ClientError> {
@@ -406,6 +414,9 @@ impl ProjectClient {
                     "chunk at {} does not follow byte {at}",
                     chunk.offset
                 )));
+            }
+            if let Some(c) = &self.received {
+                c.inc_by(chunk.data.len() as u64);
             }
             writer.write(chunk.data).await?;
         }

@@ -241,6 +241,12 @@ impl ProjectService {
         core.next_deadline().map(|d| self.shared.origin + d)
     }
 
+    /// This device's project-sync figures for `/metrics`.
+    fn metrics(&self) -> understudy_telemetry::ProjectMetrics {
+        let cfg = &self.shared.cfg;
+        understudy_telemetry::metrics().project(cfg.group.as_str(), cfg.device.as_str())
+    }
+
     /// Feeds the serving core and carries out what it decides: stop (at
     /// once), fence (asked of the driver), serve — `snapshot` is installed
     /// if the core serves its term afterwards (a fence's result, a commit's
@@ -470,6 +476,7 @@ impl ProjectService {
         match &outcome {
             CommitOutcome::Written { revision } => {
                 info!(revision = revision.revision, %term, size = revision.size, by = ?revision.changed_by, "committed");
+                self.metrics().commits.inc();
                 if let Some(n) = next
                     .as_ref()
                     .filter(|_| revision.revision.is_multiple_of(PRUNE_EVERY))
@@ -591,6 +598,7 @@ impl pb::project_server::Project for ProjectService {
             0
         };
         let content = snap.content.clone();
+        self.metrics().sent.inc_by(size.saturating_sub(start));
         let mut offsets: Vec<u64> = (start..size).step_by(FETCH_CHUNK).collect();
         if offsets.is_empty() {
             offsets.push(start);
@@ -651,6 +659,7 @@ impl pb::project_server::Project for ProjectService {
             }
         }
         let data = upload.finish().map_err(upload_status)?;
+        self.metrics().received.inc_by(data.len() as u64);
         let meta = ChangeMeta {
             base_revision: header.base_revision,
             sha256: header.sha256,

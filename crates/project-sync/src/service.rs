@@ -279,6 +279,10 @@ impl Driver {
     /// `Send` but not `Sync`, and this future must stay `Send`).
     async fn report(&mut self) {
         let state = project_state(&self.cfg, self.svc.serving_term().is_some(), self.followed);
+        let m = metrics(&self.cfg);
+        m.revision
+            .set(i64::try_from(state.revision).unwrap_or(i64::MAX));
+        m.outbox.set(i64::from(state.outbox));
         understudy_bus::publish(
             &self.client,
             subjects::local_project(&self.cfg.group, &self.cfg.device),
@@ -320,6 +324,11 @@ async fn next_lease(w: &mut Option<kv::Watch>) -> Option<Option<ServerRef>> {
         Some(Ok(entry)) => Some(lease_server(&entry)),
         _ => None,
     }
+}
+
+/// This device's project-sync figures for `/metrics`.
+fn metrics(cfg: &ProjectSyncConfig) -> understudy_telemetry::ProjectMetrics {
+    understudy_telemetry::metrics().project(cfg.group.as_str(), cfg.device.as_str())
 }
 
 fn project_state(
@@ -413,6 +422,7 @@ async fn follow(
     server: ServerRef,
 ) -> Result<(), ClientError> {
     let mut pc = ProjectClient::connect(&cfg.group, server.clone(), cfg.store_timeout * 2).await?;
+    pc.count_received(metrics(cfg).received);
     let copy = pc.fetch_into(local).await?;
     let mut have = copy.revision;
     info!(server = %server.device, term = %server.term, revision = have, "project copy up to date");
@@ -530,7 +540,9 @@ async fn set_aside(
     reason: String,
 ) {
     match outbox.move_to_conflicts(entry, 0, Some(&reason), unix_ms(SystemTime::now())) {
-        Ok(_) => {}
+        Ok(_) => {
+            metrics(cfg).conflicts.inc();
+        }
         Err(LocalError::NotFound { .. }) => {
             // Its content file is gone: there is nothing left to keep.
             error!(change = %entry.change_id, "a queued change lost its content; dropped");

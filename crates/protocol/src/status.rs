@@ -74,6 +74,21 @@ pub enum Problem {
     Unknown,
 }
 
+impl Problem {
+    /// The problem's stable `code`, as serialised (and as the
+    /// `understudy_problems{problem}` label spells it).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Problem::NoServer => "no_server",
+            Problem::MissingPeers { .. } => "missing_peers",
+            Problem::BusUnreachable => "bus_unreachable",
+            Problem::DuplicateDeviceId => "duplicate_device_id",
+            Problem::ProjectConflict { .. } => "project_conflict",
+            Problem::Unknown => "unknown",
+        }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -99,6 +114,23 @@ impl fmt::Display for Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_problems_code_is_its_serialised_code() {
+        for p in [
+            Problem::NoServer,
+            Problem::MissingPeers {
+                expected: 2,
+                actual: 1,
+            },
+            Problem::BusUnreachable,
+            Problem::DuplicateDeviceId,
+            Problem::ProjectConflict { changes: 1 },
+        ] {
+            let json = serde_json::to_value(&p).expect("serialisable");
+            assert_eq!(json["code"], p.code(), "{p:?}");
+        }
+    }
 
     #[test]
     fn problems_read_as_the_design_says() {

@@ -200,6 +200,8 @@ pub struct GatewayOpts {
     pub tcp: SocketAddr,
     /// The API token mutating calls need; `None` runs without one.
     pub api_token: Option<String>,
+    /// Where `GET /metrics` listens (`--metrics-listen`); `None`: nowhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl GatewayOpts {
@@ -210,6 +212,7 @@ impl GatewayOpts {
             http: SocketAddr::from(([127, 0, 0, 1], ports[0])),
             tcp: SocketAddr::from(([127, 0, 0, 1], ports[1])),
             api_token: api_token.map(str::to_string),
+            metrics: None,
         })
     }
 }
@@ -245,6 +248,9 @@ impl Gateway {
             .args(["--tcp-listen", &opts.tcp.to_string()]);
         if let Some(token) = &opts.api_token {
             launch = launch.env("UNDERSTUDY_API_TOKEN", token);
+        }
+        if let Some(metrics) = &opts.metrics {
+            launch = launch.args(["--metrics-listen", &metrics.to_string()]);
         }
         Ok(Gateway {
             proc: launch.spawn()?,

@@ -83,6 +83,7 @@ fn spawn_gateway(exe: &Path, dir: &Path, nats: &str, token: &str) -> Result<Gate
         http: SocketAddr::from(([127, 0, 0, 1], port_or_free(8080)?)),
         tcp: SocketAddr::from(([127, 0, 0, 1], port_or_free(8081)?)),
         api_token: Some(token.to_string()),
+        metrics: None,
     };
     Ok(Gateway::start(exe, Some(dir), nats, opts)?)
 }

@@ -82,6 +82,10 @@ pub struct NodeArgs {
     /// The largest project file accepted, in bytes [default: 268435456 = 256 MiB].
     #[arg(long, env = "UNDERSTUDY_MAX_PROJECT_SIZE")]
     max_project_size: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464
+    /// (docs/telemetry.md) [default: off].
+    #[arg(long, env = "UNDERSTUDY_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 /// Resolved settings of a node.
@@ -103,6 +107,7 @@ struct Node {
     project_listen: String,
     project_advertise: Option<String>,
     max_project_size: u64,
+    metrics_listen: Option<String>,
 }
 
 /// Which services a node process runs.
@@ -236,6 +241,7 @@ fn resolve(a: NodeArgs) -> Result<Node> {
             .max_project_size
             .or(f.max_project_size)
             .unwrap_or(understudy_project_sync::core::MAX_PROJECT_SIZE),
+        metrics_listen: a.metrics_listen.or(f.metrics_listen),
     })
 }
 
@@ -284,6 +290,10 @@ pub async fn run(args: NodeArgs) -> Result<()> {
             Some(addr.to_string())
         }
         (None, None) => None,
+    };
+    let metrics_listener = match &n.metrics_listen {
+        Some(addr) => Some(understudy_telemetry::bind(addr).await?),
+        None => None,
     };
     let instance = InstanceId::new(rand::random());
     info!(group = %n.group, device = %n.device, mac = %n.mac, score = %n.score, %instance, nats = %n.nats, "starting");
@@ -348,6 +358,12 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         client.clone(),
         client.clone(),
     );
+    if let Some(listener) = metrics_listener {
+        let mut stop = others_rx.clone();
+        tokio::spawn(understudy_telemetry::serve(listener, async move {
+            understudy_bus::stopped(&mut stop).await;
+        }));
+    }
     let others_rx2 = others_rx.clone();
     let others_rx3 = others_rx.clone();
     let mut project_task = tokio::spawn(async move {

@@ -64,6 +64,7 @@ pub struct FileNode {
     pub project_listen: Option<String>,
     pub project_advertise: Option<String>,
     pub max_project_size: Option<u64>,
+    pub metrics_listen: Option<String>,
 }
 
 /// The whole settings file.
@@ -106,6 +107,9 @@ pub async fn connect(list: &str, name: &str) -> Result<async_nats::Client> {
         .max_reconnects(None)
         .ping_interval(Duration::from_secs(1))
         .connection_timeout(Duration::from_secs(2))
+        .event_callback(|event| async move {
+            understudy_telemetry::metrics().nats_event(&event);
+        })
         .connect(servers)
         .await
         .with_context(|| format!("cannot connect to NATS at {list}"))

@@ -148,6 +148,17 @@ impl PeerChange {
     }
 }
 
+/// How many peers the detector holds in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerCounts {
+    /// Beating within their deadline.
+    pub live: usize,
+    /// Fell silent past their deadline.
+    pub lost: usize,
+    /// Said goodbye.
+    pub gone: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Liveness {
     Live,
@@ -415,6 +426,20 @@ impl Detector {
             .iter()
             .filter(|(_, peer)| peer.is_live())
             .map(|(device, _)| device)
+    }
+
+    /// How many peers are live, lost (fell silent) and gone (said goodbye),
+    /// as of the last call.
+    pub fn counts(&self) -> PeerCounts {
+        let mut c = PeerCounts::default();
+        for peer in self.peers.values() {
+            match peer.liveness {
+                Liveness::Live => c.live += 1,
+                Liveness::Lost => c.lost += 1,
+                Liveness::Left => c.gone += 1,
+            }
+        }
+        c
     }
 
     /// When a beat of `device` last counted, whether it is live, lost or left;
@@ -686,6 +711,24 @@ mod tests {
         d.leave(&dev("a"), InstanceId::new(1), ms(10));
         assert_eq!(d.observe(&beat("a", 1, 3, 100), ms(20)), None);
         assert_eq!(d.observe(&beat("a", 1, 4, 100), ms(500)), joined("a", 1));
+    }
+
+    #[test]
+    fn peers_are_counted_by_state() {
+        let mut d = detector();
+        d.observe(&beat("a", 1, 0, 100), ms(0));
+        d.observe(&beat("b", 1, 0, 100), ms(0));
+        d.observe(&beat("c", 1, 0, 1000), ms(0));
+        d.leave(&dev("b"), InstanceId::new(1), ms(10));
+        d.poll(ms(300));
+        assert_eq!(
+            d.counts(),
+            PeerCounts {
+                live: 1,
+                lost: 1,
+                gone: 1
+            }
+        );
     }
 
     #[test]

@@ -1,0 +1,281 @@
+//! End to end: the Prometheus metrics of real `understudy node` processes and
+//! a real gateway, scraped over HTTP while the server is killed. Every
+//! scrape also passes `promtool check metrics` (Debian's `prometheus`
+//! package; `scripts/test.sh` installs it) and the Prometheus naming rules.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "harness/mod.rs"]
+mod harness;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use harness::*;
+use tokio::io::AsyncWriteExt;
+
+const GROUP: &str = "stage";
+/// Grace (2 s) plus room for a loaded 2-core CI machine.
+const FIRST_SERVER_WITHIN: Duration = Duration::from_secs(8);
+/// Loose on purpose: the figures are the benchmark's job.
+const FAILOVER_WITHIN: Duration = Duration::from_secs(5);
+const PROMTOOL: &str = "/usr/bin/promtool";
+
+/// One scrape: the samples of `GET /metrics`, as `name{labels} value` lines.
+struct Scrape {
+    text: String,
+}
+
+impl Scrape {
+    async fn of(addr: SocketAddr) -> Result<Scrape> {
+        let reply = http::get(addr, "/metrics").await?;
+        if reply.status != 200 {
+            bail!("GET /metrics answered {}", reply.status);
+        }
+        let content_type = reply.header("content-type").unwrap_or_default();
+        if !content_type.starts_with("text/plain; version=0.0.4") {
+            bail!("GET /metrics is {content_type:?}, not the Prometheus text format");
+        }
+        Ok(Scrape { text: reply.text() })
+    }
+
+    /// The value of the sample `name` whose labels include every `labels`
+    /// pair; `None` if there is none.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.text.lines().find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            (n == name && all).then(|| value.parse().ok()).flatten()
+        })
+    }
+
+    fn device(&self, name: &str, device: &str) -> Option<f64> {
+        self.value(name, &[("group", GROUP), ("device", device)])
+    }
+}
+
+/// Metric names `[a-zA-Z_:][a-zA-Z0-9_:]*`, ours all `understudy_…`; label
+/// names `[a-zA-Z_][a-zA-Z0-9_]*`, none reserved (`__…`).
+fn check_names(text: &str) -> Result<()> {
+    let word = |s: &str, colon: bool| {
+        let mut chars = s.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || (colon && c == ':'))
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || (colon && c == ':'))
+    };
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let series = line.rsplit_once(' ').map_or(line, |(s, _)| s);
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        if !word(name, true) || !name.starts_with("understudy_") {
+            bail!("metric name {name:?} breaks the naming rules: {line}");
+        }
+        for pair in labels
+            .trim_end_matches('}')
+            .split("\",")
+            .filter(|p| !p.is_empty())
+        {
+            let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+            if !word(key, false) || key.starts_with("__") {
+                bail!("label name {key:?} breaks the naming rules: {line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `promtool check metrics` on `text`: no problem reported. `Ok(false)` when
+/// promtool is not installed and `CI` is not set (the check is skipped).
+async fn promtool_passes(text: &str) -> Result<bool> {
+    if !Path::new(PROMTOOL).exists() {
+        if std::env::var_os("CI").is_some() {
+            bail!(
+                "{PROMTOOL} is missing (Debian's prometheus package; scripts/test.sh installs it)"
+            );
+        }
+        eprintln!("note: {PROMTOOL} is missing: the promtool check is skipped");
+        return Ok(false);
+    }
+    let mut child = tokio::process::Command::new(PROMTOOL)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot run promtool")?;
+    let mut stdin = child.stdin.take().context("promtool's stdin")?;
+    stdin.write_all(text.as_bytes()).await?;
+    drop(stdin);
+    let out = tokio::time::timeout(secs(20), child.wait_with_output())
+        .await
+        .context("promtool did not finish")??;
+    if !out.status.success() {
+        return Err(anyhow!(
+            "promtool check metrics failed:\n{}{}\n--- the scrape:\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_a_failover_on_every_device_and_the_gateway() {
+    let nats = start_nats().await;
+    let obs = Observer::start(&nats.url(), GROUP).await;
+    let urls = vec![nats.url()];
+    let ports = free_ports(4).unwrap();
+    let addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
+    let mut devs: Vec<Device> = [200u8, 150, 100]
+        .iter()
+        .enumerate()
+        .map(|(i, score)| {
+            let id = format!("dev-{}", i + 1);
+            let listen = addr(i).to_string();
+            spawn_device(
+                &urls,
+                DeviceOpts::new(GROUP, &id, &mac(i as u8 + 1), *score)
+                    .with_args(&["--metrics-listen", listen.as_str()]),
+            )
+        })
+        .collect();
+    let mut gw_opts = GatewayOpts::free_ports(None).unwrap();
+    gw_opts.metrics = Some(addr(3));
+    let gateway = start_gateway_on(&nats.url(), gw_opts).await;
+
+    obs.wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
+        .await
+        .unwrap();
+    // Every device has seen dev-1 serve; remember where the counters stand.
+    let before = wait_until("every device to report dev-1 serving", secs(5), || async {
+        let mut seen = Vec::new();
+        for (i, id) in ["dev-1", "dev-2", "dev-3"].iter().enumerate() {
+            let s = Scrape::of(addr(i)).await?;
+            let has = s.device("understudy_group_has_server", id);
+            if has != Some(1.0) {
+                bail!("{id}: understudy_group_has_server is {has:?}");
+            }
+            seen.push(s);
+        }
+        Ok(seen)
+    })
+    .await
+    .unwrap();
+    assert_eq!(before[0].device("understudy_is_server", "dev-1"), Some(1.0));
+    assert_eq!(before[1].device("understudy_is_server", "dev-2"), Some(0.0));
+    assert_eq!(before[0].device("understudy_score", "dev-1"), Some(200.0));
+    assert_eq!(before[0].device("understudy_online", "dev-1"), Some(1.0));
+    let counters = |s: &Scrape, id: &str| {
+        (
+            s.device("understudy_server_changes_total", id)
+                .unwrap_or(0.0),
+            s.device("understudy_failover_seconds_count", id)
+                .unwrap_or(0.0),
+        )
+    };
+    let was = [counters(&before[1], "dev-2"), counters(&before[2], "dev-3")];
+    assert!(was[0].0 >= 1.0, "dev-2 has seen dev-1 become the server");
+
+    devs[0].kill9();
+    obs.wait_for(
+        |v: &View| v.server().filter(|(d, _)| d == "dev-2"),
+        FAILOVER_WITHIN,
+    )
+    .await
+    .unwrap();
+    let after = wait_until(
+        "the survivors' metrics to show the failover",
+        secs(5),
+        || async {
+            let s2 = Scrape::of(addr(1)).await?;
+            let s3 = Scrape::of(addr(2)).await?;
+            if s2.device("understudy_is_server", "dev-2") != Some(1.0) {
+                bail!("dev-2 does not report serving yet");
+            }
+            for (i, (s, id)) in [(&s2, "dev-2"), (&s3, "dev-3")].into_iter().enumerate() {
+                let (changes, failovers) = counters(s, id);
+                if changes != was[i].0 + 1.0 {
+                    bail!("{id}: server changes {changes}, was {}", was[i].0);
+                }
+                if failovers <= was[i].1 {
+                    bail!("{id}: failover count {failovers}, was {}", was[i].1);
+                }
+            }
+            Ok((s2, s3))
+        },
+    )
+    .await
+    .unwrap();
+    let (s2, s3) = after;
+    assert_eq!(s3.device("understudy_is_server", "dev-3"), Some(0.0));
+    assert_eq!(s3.device("understudy_group_has_server", "dev-3"), Some(1.0));
+    assert!(
+        s2.device("understudy_became_server_total", "dev-2") >= Some(1.0),
+        "dev-2 counts becoming the server"
+    );
+    assert!(
+        s3.device("understudy_heartbeats_received_total", "dev-3") > Some(0.0)
+            && s3.device("understudy_heartbeats_sent_total", "dev-3") > Some(0.0)
+    );
+    assert_eq!(s3.value("understudy_nats_connected", &[]), Some(1.0));
+    obs.check_one_server().unwrap();
+
+    // The gateway counts what it answers.
+    let reply = http::get(gateway.http(), "/api/v1/groups").await.unwrap();
+    assert_eq!(reply.status, 200);
+    let g = Scrape::of(addr(3)).await.unwrap();
+    assert!(
+        g.value(
+            "understudy_gateway_requests_total",
+            &[("route", "/api/v1/groups"), ("status", "200")]
+        ) >= Some(1.0),
+        "{}",
+        g.text
+    );
+    assert_eq!(g.value("understudy_nats_connected", &[]), Some(1.0));
+
+    for s in [&s2, &s3, &g] {
+        check_names(&s.text).unwrap();
+        assert!(s.text.contains("understudy_build_info{version=\""));
+        promtool_passes(&s.text).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_address_that_cannot_be_bound_stops_the_device_with_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let data = TempDir::new("metrics-bind").unwrap();
+    let out = run_cli(&[
+        "node",
+        "--group",
+        GROUP,
+        "--device-id",
+        "dev-x",
+        "--mac",
+        &mac(9),
+        "--nats",
+        "nats://127.0.0.1:1",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--metrics-listen",
+        &addr,
+    ])
+    .await;
+    assert!(!out.status.success(), "the device must not start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen for metrics on {addr}")),
+        "{err}"
+    );
+}
