@@ -93,35 +93,41 @@ fn check_names(text: &str) -> Result<()> {
     Ok(())
 }
 
-/// `promtool check metrics` on `text`: no problem reported. `Ok(false)` when
-/// promtool is not installed and `CI` is not set (the check is skipped).
-async fn promtool_passes(text: &str) -> Result<bool> {
+/// Runs `promtool args…` with `stdin`, failing unless it succeeds. `Ok(false)`
+/// when promtool is not installed and `CI` is not set (the check is skipped
+/// with a note).
+async fn promtool(args: &[&str], stdin: &str) -> Result<bool> {
     if !Path::new(PROMTOOL).exists() {
         if std::env::var_os("CI").is_some() {
             bail!(
                 "{PROMTOOL} is missing (Debian's prometheus package; scripts/test.sh installs it)"
             );
         }
-        eprintln!("note: {PROMTOOL} is missing: the promtool check is skipped");
+        eprintln!(
+            "note: {PROMTOOL} is missing: promtool {} is skipped",
+            args.join(" ")
+        );
         return Ok(false);
     }
     let mut child = tokio::process::Command::new(PROMTOOL)
-        .args(["check", "metrics"])
+        .args(args)
+        .current_dir(repo_root())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .context("cannot run promtool")?;
-    let mut stdin = child.stdin.take().context("promtool's stdin")?;
-    stdin.write_all(text.as_bytes()).await?;
-    drop(stdin);
-    let out = tokio::time::timeout(secs(20), child.wait_with_output())
+    let mut input = child.stdin.take().context("promtool's stdin")?;
+    input.write_all(stdin.as_bytes()).await?;
+    drop(input);
+    let out = tokio::time::timeout(secs(30), child.wait_with_output())
         .await
         .context("promtool did not finish")??;
     if !out.status.success() {
         return Err(anyhow!(
-            "promtool check metrics failed:\n{}{}\n--- the scrape:\n{text}",
+            "promtool {} failed:\n{}{}\n--- its input:\n{stdin}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         ));
@@ -247,7 +253,7 @@ async fn metrics_follow_a_failover_on_every_device_and_the_gateway() {
     for s in [&s2, &s3, &g] {
         check_names(&s.text).unwrap();
         assert!(s.text.contains("understudy_build_info{version=\""));
-        promtool_passes(&s.text).await.unwrap();
+        promtool(&["check", "metrics"], &s.text).await.unwrap();
     }
 }
 
@@ -278,4 +284,135 @@ async fn a_metrics_address_that_cannot_be_bound_stops_the_device_with_a_clear_er
         err.contains(&format!("cannot listen for metrics on {addr}")),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn the_shipped_alert_rules_are_valid_and_fire_when_they_should() {
+    promtool(&["check", "rules", "deploy/prometheus/alerts.yml"], "")
+        .await
+        .unwrap();
+    // Each alert fires on the series that should raise it, and a failover
+    // shorter than 2 s raises none (deploy/prometheus/alerts_test.yml).
+    promtool(&["test", "rules", "deploy/prometheus/alerts_test.yml"], "")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_grafana_dashboard_queries_are_valid_promql() {
+    let path = repo_root().join("deploy/grafana/understudy.json");
+    let dash: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            exprs.push(target["expr"].as_str().expect("an expr").to_owned());
+        }
+    }
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for wanted in [
+        "understudy_is_server",
+        "understudy_failover_seconds",
+        "understudy_without_server_seconds",
+        "understudy_peers",
+        "understudy_project_revision",
+    ] {
+        assert!(
+            exprs.iter().any(|e| e.contains(wanted)),
+            "no panel shows {wanted}"
+        );
+    }
+    // Grafana's variables as Prometheus would receive them, each query as a
+    // recording rule: promtool parses every one.
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        let e = e.replace("$group", ".*").replace("$__range", "1h");
+        rules.push_str(&format!(
+            "      - record: dashboard:query{i}\n        expr: {}\n",
+            serde_json::to_string(&e).unwrap()
+        ));
+    }
+    let dir = TempDir::new("dashboard-rules").unwrap();
+    let file = dir.path().join("rules.yml");
+    std::fs::write(&file, &rules).unwrap();
+    promtool(&["check", "rules", file.to_str().unwrap()], "")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_labs_prometheus_has_one_series_per_device() {
+    let Some(prometheus) = ["/usr/bin/prometheus"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "/usr/bin/prometheus is missing (scripts/test.sh installs it)"
+        );
+        eprintln!("note: /usr/bin/prometheus is missing: the lab's Prometheus is not tested");
+        return;
+    };
+    let dir = TempDir::new("lab").unwrap();
+    // Its own process group: if this test fails, dropping it kills the lab
+    // and everything the lab started (nats-server, devices, Prometheus).
+    let mut lab = Launch::new("lab", understudy_bin(), dir.path().join("lab.log"))
+        .scrub_understudy_env()
+        .env("NO_COLOR", "1")
+        .args([
+            "lab",
+            "--devices",
+            "3",
+            "--no-gateway",
+            "--duration",
+            "120s",
+        ])
+        .arg("--dir")
+        .arg(dir.path().join("lab"))
+        .arg("--nats-server")
+        .arg(nats_server_bin())
+        .args(["--prometheus", prometheus])
+        .own_process_group()
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = wait_until("the lab to say where its Prometheus is", secs(60), || {
+        let log = lab.log();
+        async move {
+            log.lines()
+                .find_map(|l| l.strip_prefix("prometheus:   http://"))
+                .and_then(|rest| rest.split_whitespace().next())
+                .context("not yet")?
+                .parse::<SocketAddr>()
+                .map_err(Into::into)
+        }
+    })
+    .await
+    .unwrap();
+    let devices = wait_until(
+        "the lab's Prometheus to hold one understudy_group_has_server series per device",
+        secs(30),
+        || async {
+            let reply = http::get(addr, "/api/v1/query?query=understudy_group_has_server").await?;
+            let doc = reply.json()?;
+            let mut devices: Vec<String> = doc["data"]["result"]
+                .as_array()
+                .context("no result")?
+                .iter()
+                .filter(|r| r["value"][1] == "1")
+                .filter_map(|r| r["metric"]["device"].as_str().map(str::to_owned))
+                .collect();
+            devices.sort();
+            if devices.len() != 3 {
+                bail!("series with a server: {devices:?}");
+            }
+            Ok(devices)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(devices, ["dev-1", "dev-2", "dev-3"]);
+    // SIGTERM: the lab stops everything it started.
+    lab.signal(Signal::Term).unwrap();
+    let status = lab.wait_exit(secs(20)).await.unwrap();
+    assert!(status.success(), "{status}");
 }

@@ -41,8 +41,8 @@ use std::time::{Duration, SystemTime};
 pub use observer::{Observer, Recording, Timed, View};
 pub use proxy::FaultProxy;
 pub use understudy_testkit::{
-    Device, DeviceOpts, Gateway, GatewayOpts, NatsCluster, NatsServer, POLL, Signal, TempDir,
-    connect, free_port, free_ports, mac, tail,
+    Device, DeviceOpts, Gateway, GatewayOpts, Launch, NatsCluster, NatsServer, POLL, Signal,
+    TempDir, connect, free_port, free_ports, mac, tail,
 };
 
 /// [`understudy_testkit::wait_until`] with the tests' error type: polls

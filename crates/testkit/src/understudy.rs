@@ -269,6 +269,11 @@ impl Gateway {
         self.opts.tcp
     }
 
+    /// Where `GET /metrics` listens, if it does.
+    pub fn metrics(&self) -> Option<SocketAddr> {
+        self.opts.metrics
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.proc.pid().unwrap_or(0)

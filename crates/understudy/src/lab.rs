@@ -1,6 +1,6 @@
 //! `understudy lab`: a local project group on this machine — a nats-server
-//! with JetStream and N devices with distinct scores and MACs — with the
-//! election events shown live. `--kill-every` kills the server device with
+//! with JetStream, N devices with distinct scores and MACs, the gateway and
+//! a Prometheus scraping them all — with the election events shown live. `--kill-every` kills the server device with
 //! SIGKILL at that pace and restarts it, to show failovers without a hand.
 
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ use understudy_testkit::{
 };
 
 use crate::ctl::describe;
+use crate::lab_prometheus::{self, LabPrometheus};
 use crate::settings::{connect, parse_duration};
 
 /// `understudy lab` settings.
@@ -50,6 +51,12 @@ pub struct LabArgs {
     /// The API token of the lab's gateway (mutating calls need it).
     #[arg(long, default_value = "lab-secret")]
     api_token: String,
+    /// The Prometheus binary [default: prometheus on PATH, /usr/bin/prometheus].
+    #[arg(long, env = "UNDERSTUDY_PROMETHEUS")]
+    prometheus: Option<PathBuf>,
+    /// Do not start Prometheus.
+    #[arg(long)]
+    no_prometheus: bool,
 }
 
 /// The nats-server binary: `--nats-server` (or `UNDERSTUDY_NATS_SERVER`),
@@ -83,9 +90,14 @@ fn spawn_gateway(exe: &Path, dir: &Path, nats: &str, token: &str) -> Result<Gate
         http: SocketAddr::from(([127, 0, 0, 1], port_or_free(8080)?)),
         tcp: SocketAddr::from(([127, 0, 0, 1], port_or_free(8081)?)),
         api_token: Some(token.to_string()),
-        metrics: None,
+        metrics: Some(loopback(9460)?),
     };
     Ok(Gateway::start(exe, Some(dir), nats, opts)?)
+}
+
+/// 127.0.0.1 on `preferred`, or on a free port if that one is taken.
+fn loopback(preferred: u16) -> Result<SocketAddr> {
+    Ok(SocketAddr::from(([127, 0, 0, 1], port_or_free(preferred)?)))
 }
 
 pub(crate) fn scores(n: usize) -> Vec<u8> {
@@ -119,7 +131,10 @@ pub async fn run(a: LabArgs) -> Result<()> {
     };
     let scores = scores(a.devices);
     let mut devices = Vec::with_capacity(scores.len());
+    let mut scraped = Vec::with_capacity(scores.len());
     for (i, s) in scores.iter().enumerate() {
+        let metrics = loopback(9464 + u16::try_from(i).unwrap_or(0))?;
+        let listen = metrics.to_string();
         devices.push(spawn_device(
             &exe,
             &a.dir,
@@ -127,21 +142,23 @@ pub async fn run(a: LabArgs) -> Result<()> {
             group.as_str(),
             i,
             *s,
-            &[],
+            &["--metrics-listen", &listen],
         )?);
+        scraped.push(metrics);
     }
     println!("{} devices in group {group}:", a.devices);
-    for d in &devices {
+    for (d, metrics) in devices.iter().zip(&scraped) {
         println!(
-            "  {:<6} score {:>3}  mac {}  pid {:<7} log {}",
+            "  {:<6} score {:>3}  mac {}  pid {:<7} metrics http://{}/metrics  log {}",
             d.id(),
             d.opts().score,
             d.opts().mac,
             d.pid(),
+            metrics,
             d.log_path().display()
         );
     }
-    let _gateway = if a.no_gateway {
+    let gateway = if a.no_gateway {
         None
     } else {
         let gw = spawn_gateway(&exe, &a.dir, &url, &a.api_token)?;
@@ -154,6 +171,7 @@ pub async fn run(a: LabArgs) -> Result<()> {
         );
         Some(gw)
     };
+    let _prometheus = start_prometheus(&a, &group, &scraped, gateway.as_ref())?;
     println!("look at it:   understudy status --group {group} --nats {url}");
     println!("events:       understudy events --group {group} --nats {url}");
     println!("fail over:    kill -9 <pid of the server>   (the best remaining device takes over)");
@@ -163,6 +181,35 @@ pub async fn run(a: LabArgs) -> Result<()> {
     println!("stopping the lab");
     join_all(devices.iter_mut().map(|d| d.stop(Duration::from_secs(3)))).await;
     result
+}
+
+/// Starts the lab's Prometheus unless told not to, or says why there is none.
+fn start_prometheus(
+    a: &LabArgs,
+    group: &GroupName,
+    devices: &[SocketAddr],
+    gateway: Option<&Gateway>,
+) -> Result<Option<LabPrometheus>> {
+    if a.no_prometheus {
+        return Ok(None);
+    }
+    let Some(bin) = lab_prometheus::binary(a.prometheus.as_deref()) else {
+        println!(
+            "prometheus:   not started: no prometheus binary (Debian's prometheus package; scripts/lab.sh installs it)"
+        );
+        return Ok(None);
+    };
+    let gw_metrics = gateway.and_then(Gateway::metrics);
+    let p = LabPrometheus::start(&bin, &a.dir, devices, gw_metrics)?;
+    let addr = p.addr();
+    println!(
+        "prometheus:   http://{addr}  (alerts http://{addr}/alerts; log {})",
+        p.log().display()
+    );
+    println!(
+        "              curl -s 'http://{addr}/api/v1/query?query=understudy_group_has_server{{group=\"{group}\"}}'"
+    );
+    Ok(Some(p))
 }
 
 /// Shows the group's election events until Ctrl-C, SIGTERM or `--duration`, killing

@@ -7,6 +7,7 @@ mod bench;
 mod bench_project;
 mod ctl;
 mod lab;
+mod lab_prometheus;
 mod nic;
 mod node;
 mod project;
