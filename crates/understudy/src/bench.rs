@@ -78,6 +78,22 @@ pub struct FailoverArgs {
     /// Folder for logs and the NATS store.
     #[arg(long, default_value = ".bench")]
     dir: PathBuf,
+    /// Devices serve `/metrics`, scraped every second during the run (`on`),
+    /// or not (`off`); `both` measures off then on in the same run, to show
+    /// what metrics cost.
+    #[arg(long, value_enum, default_value_t = MetricsMode::Off)]
+    metrics: MetricsMode,
+}
+
+/// Whether the devices of `bench failover` serve metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricsMode {
+    /// No metrics endpoint.
+    Off,
+    /// Every device serves `/metrics`, scraped every second.
+    On,
+    /// Off, then on, in the same run.
+    Both,
 }
 
 /// What the bench process hears on the bus, stamped on arrival.
@@ -325,17 +341,59 @@ async fn failover(a: FailoverArgs) -> Result<()> {
     if a.devices < 2 {
         bail!("--devices must be at least 2");
     }
-    let group: GroupName = "bench".parse()?;
     let (dir, exe, bin) = fresh_workspace(&a.dir, a.nats_server.as_deref())?;
     let nats = NatsServer::start_in(&bin, &dir, None).await?;
-    let url = nats.url();
-    let client = connect(&url, "understudy-bench").await?;
-    let mut ear = Ear::listen(&client, &group).await?;
+    let modes: &[bool] = match a.metrics {
+        MetricsMode::Off => &[false],
+        MetricsMode::On => &[true],
+        MetricsMode::Both => &[false, true],
+    };
+    for &metrics in modes {
+        let group: GroupName = if metrics { "bench-metrics" } else { "bench" }.parse()?;
+        let run_dir = dir.join(group.as_str());
+        std::fs::create_dir_all(&run_dir)?;
+        failover_run(&a, &run_dir, &exe, &nats.url(), &group, metrics).await?;
+    }
+    Ok(())
+}
+
+/// One `bench failover` measurement, with or without metrics.
+async fn failover_run(
+    a: &FailoverArgs,
+    dir: &Path,
+    exe: &Path,
+    url: &str,
+    group: &GroupName,
+    metrics: bool,
+) -> Result<()> {
+    let client = connect(url, "understudy-bench").await?;
+    let mut ear = Ear::listen(&client, group).await?;
     let scores = scores(a.devices);
     let n = a.devices;
+    let endpoints: Vec<String> = if metrics {
+        understudy_testkit::free_ports(n)?
+            .into_iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let scraper = metrics.then(|| tokio::spawn(scrape_every_second(endpoints.clone())));
     println!(
-        "understudy bench failover: {n} devices, loopback, single nats-server, defaults (heartbeat 100 ms, grace 2 s, lease 1.5 s)"
+        "understudy bench failover: {n} devices, loopback, single nats-server, defaults (heartbeat 100 ms, grace 2 s, lease 1.5 s), metrics {}",
+        if metrics {
+            "on (/metrics scraped every second)"
+        } else {
+            "off"
+        }
     );
+    let spawn = |i: usize, s: u8| {
+        let extra: Vec<&str> = match endpoints.get(i) {
+            Some(e) => vec!["--metrics-listen", e.as_str()],
+            None => vec![],
+        };
+        spawn_device(exe, dir, url, group.as_str(), i, s, &extra)
+    };
 
     // Cold starts.
     let mut cold = Vec::new();
@@ -354,7 +412,7 @@ async fn failover(a: FailoverArgs) -> Result<()> {
         }
         let t0 = Instant::now();
         for (i, s) in scores.iter().enumerate() {
-            devices.push(spawn_device(&exe, &dir, &url, group.as_str(), i, *s, &[])?);
+            devices.push(spawn(i, *s)?);
         }
         let (server, _) = ear
             .pump_until(Duration::from_secs(15), |e| e.converged(n))
@@ -435,6 +493,16 @@ async fn failover(a: FailoverArgs) -> Result<()> {
     println!("{}", summary("failover: election", elect));
     println!("{}", summary("failover: total (kill -9 -> elected)", total));
     println!("{}", summary("planned hand-over (SIGTERM)", handover));
+    let rss: Vec<f64> = devices.iter().filter_map(|d| rss_mib(d.pid())).collect();
+    if let (Some(max), false) = (rss.iter().copied().reduce(f64::max), rss.is_empty()) {
+        println!(
+            "RSS per device after the rounds: mean {:.1} MiB, max {max:.1} MiB",
+            rss.iter().sum::<f64>() / rss.len() as f64
+        );
+    }
+    if let Some(s) = scraper {
+        s.abort();
+    }
 
     if let Some(idle) = a.idle.as_deref() {
         let idle = parse_duration(idle).map_err(|e| anyhow!(e))?;
@@ -454,4 +522,41 @@ async fn failover(a: FailoverArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Resident memory of process `pid` in MiB (Linux), if readable.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// GETs `/metrics` of every endpoint once a second, as a Prometheus would
+/// (the lab's scrape interval), reading each answer to its end.
+async fn scrape_every_second(endpoints: Vec<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tick = understudy_bus::ticker(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for e in &endpoints {
+            let scrape = async {
+                let mut conn = tokio::net::TcpStream::connect(e).await?;
+                conn.write_all(
+                    b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n",
+                )
+                .await?;
+                let mut body = Vec::new();
+                conn.read_to_end(&mut body).await?;
+                Ok::<_, std::io::Error>(body.len())
+            };
+            // A device being restarted does not answer: that is expected.
+            let _ = tokio::time::timeout(Duration::from_secs(1), scrape).await;
+        }
+    }
 }
