@@ -416,3 +416,175 @@ async fn the_labs_prometheus_has_one_series_per_device() {
     let status = lab.wait_exit(secs(20)).await.unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// The spans an OTLP receiver of this test was sent: (service, name,
+/// trace id, span id, parent span id).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>, Vec<u8>, Vec<u8>)>>>;
+
+mod otlp {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService;
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+
+    /// A collector that only keeps what it is sent.
+    pub struct Receiver(pub super::Received);
+
+    #[tonic::async_trait]
+    impl TraceService for Receiver {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut got = self.0.lock().unwrap();
+            for rs in request.into_inner().resource_spans {
+                let service = rs
+                    .resource
+                    .iter()
+                    .flat_map(|r| r.attributes.iter())
+                    .find(|kv| kv.key == "service.name")
+                    .and_then(|kv| kv.value.as_ref())
+                    .and_then(|v| match &v.value {
+                        Some(
+                            opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                                s,
+                            ),
+                        ) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
+                    got.push((
+                        service.clone(),
+                        span.name,
+                        span.trace_id,
+                        span.span_id,
+                        span.parent_span_id,
+                    ));
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }))
+        }
+    }
+}
+
+/// Starts an OTLP/gRPC receiver on a free loopback port; it runs until the
+/// test's runtime ends.
+async fn start_otlp_receiver() -> (SocketAddr, Received) {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    let received: Received = Default::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = TraceServiceServer::new(otlp::Receiver(received.clone()));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (addr, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_change_is_one_trace_across_the_cli_and_the_server() {
+    let (collector, received) = start_otlp_receiver().await;
+    let endpoint = format!("http://{collector}");
+    let nats = start_nats().await;
+    let obs = Observer::start(&nats.url(), GROUP).await;
+    let _dev = spawn_device(
+        &[nats.url()],
+        DeviceOpts::new(GROUP, "dev-1", &mac(1), 100)
+            .with_env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            // Export within 200 ms rather than the default 5 s.
+            .with_env("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    );
+    obs.wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
+        .await
+        .unwrap();
+    let dir = TempDir::new("trace").unwrap();
+    let file = dir.path().join("show.json");
+    std::fs::write(&file, b"{\"cues\": [1, 2, 3]}").unwrap();
+    let out = tokio::process::Command::new(understudy_bin())
+        .args(["project", "put", "--group", GROUP, "--nats", &nats.url()])
+        .arg("--file")
+        .arg(&file)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(CLI_TIMEOUT, out)
+        .await
+        .expect("project put finishes")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (submit, commit) = wait_until(
+        "the CLI's submit span and the server's commit span",
+        secs(10),
+        || async {
+            let got = received.lock().unwrap().clone();
+            let find = |service: &str, name: &str| {
+                got.iter()
+                    .find(|s| s.0 == service && s.1 == name)
+                    .cloned()
+                    .with_context(|| format!("no {name} span from {service} yet; got {got:?}"))
+            };
+            Ok((
+                find("understudy-cli", "project.submit")?,
+                find("understudy-node", "project.commit")?,
+            ))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(submit.2.len(), 16, "a trace id");
+    assert_eq!(submit.2, commit.2, "one change, one trace across processes");
+    assert_eq!(
+        commit.4, submit.3,
+        "the server's commit is a child of the CLI's submit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_otel_variables_nothing_connects_to_a_collector() {
+    if std::env::vars().any(|(k, _)| k.starts_with("OTEL_")) {
+        eprintln!("note: OTEL_* variables are set here: this check is skipped");
+        return;
+    }
+    // The OTLP default endpoint, if free: a process exporting without being
+    // asked would connect here.
+    let Ok(default) = tokio::net::TcpListener::bind("127.0.0.1:4317").await else {
+        eprintln!("note: 127.0.0.1:4317 is taken: this check is skipped");
+        return;
+    };
+    let nats = start_nats().await;
+    let obs = Observer::start(&nats.url(), GROUP).await;
+    let _dev = spawn_device(&[nats.url()], DeviceOpts::new(GROUP, "dev-1", &mac(1), 100));
+    obs.wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
+        .await
+        .unwrap();
+    let dir = TempDir::new("no-trace").unwrap();
+    let file = dir.path().join("show.json");
+    std::fs::write(&file, b"{}").unwrap();
+    run_cli_ok(&[
+        "project",
+        "put",
+        "--group",
+        GROUP,
+        "--nats",
+        &nats.url(),
+        "--file",
+        file.to_str().unwrap(),
+    ])
+    .await;
+    let accepted = tokio::time::timeout(Duration::from_millis(500), default.accept()).await;
+    assert!(
+        accepted.is_err(),
+        "something connected to the OTLP port without OTEL variables"
+    );
+}

@@ -448,9 +448,16 @@ impl ProjectClient {
             });
             off = end;
         }
-        let reply = self
-            .rpc
-            .submit(futures::stream::iter(parts))
+        // The change's trace starts here and goes on in the server.
+        let span = tracing::info_span!(
+            "project.submit",
+            group = %self.group,
+            server = %self.server.device,
+            size = data.len()
+        );
+        let mut request = tonic::Request::new(futures::stream::iter(parts));
+        understudy_telemetry::trace::inject_grpc(&span, request.metadata_mut());
+        let reply = tracing::Instrument::instrument(self.rpc.submit(request), span)
             .await?
             .into_inner();
         self.check_term(reply.term)?;

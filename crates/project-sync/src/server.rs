@@ -241,6 +241,59 @@ impl ProjectService {
         core.next_deadline().map(|d| self.shared.origin + d)
     }
 
+    /// Reads a submitted change (header, then content) and commits it.
+    async fn receive_submit(
+        &self,
+        mut stream: Streaming<pb::SubmitChunk>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
+        let header = match stream.message().await? {
+            Some(pb::SubmitChunk {
+                part: Some(Part::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a submit must be its header",
+                ));
+            }
+        };
+        let snap = self.serving_for(&header.group, header.seen_term)?;
+        drop(snap);
+        if !valid_change_id(&header.change_id) {
+            return Err(Status::invalid_argument(format!(
+                "change_id {:?} is invalid: expected 1–64 of A–Z a–z 0–9 _ -",
+                header.change_id.chars().take(80).collect::<String>()
+            )));
+        }
+        if header.changed_by.len() > 128 {
+            return Err(Status::invalid_argument(
+                "changed_by is longer than 128 bytes",
+            ));
+        }
+        let mut upload = Upload::new(header.size, &header.sha256, self.shared.cfg.max_size)
+            .map_err(upload_status)?;
+        while let Some(chunk) = stream.message().await? {
+            match chunk.part {
+                Some(Part::Data(d)) => upload.push(&d).map_err(upload_status)?,
+                Some(Part::Header(_)) => {
+                    return Err(Status::invalid_argument(
+                        "a submit carries exactly one header",
+                    ));
+                }
+                None => {}
+            }
+        }
+        let data = upload.finish().map_err(upload_status)?;
+        self.metrics().received.inc_by(data.len() as u64);
+        let meta = ChangeMeta {
+            base_revision: header.base_revision,
+            sha256: header.sha256,
+            size: header.size,
+            changed_by: Some(header.changed_by).filter(|s| !s.is_empty()),
+            change_id: Some(header.change_id),
+        };
+        self.commit(meta, data).await.map(Response::new)
+    }
+
     /// This device's project-sync figures for `/metrics`.
     fn metrics(&self) -> understudy_telemetry::ProjectMetrics {
         let cfg = &self.shared.cfg;
@@ -621,53 +674,12 @@ impl pb::project_server::Project for ProjectService {
         &self,
         request: Request<Streaming<pb::SubmitChunk>>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
-        let mut stream = request.into_inner();
-        let header = match stream.message().await? {
-            Some(pb::SubmitChunk {
-                part: Some(Part::Header(h)),
-            }) => h,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message of a submit must be its header",
-                ));
-            }
-        };
-        let snap = self.serving_for(&header.group, header.seen_term)?;
-        drop(snap);
-        if !valid_change_id(&header.change_id) {
-            return Err(Status::invalid_argument(format!(
-                "change_id {:?} is invalid: expected 1–64 of A–Z a–z 0–9 _ -",
-                header.change_id.chars().take(80).collect::<String>()
-            )));
-        }
-        if header.changed_by.len() > 128 {
-            return Err(Status::invalid_argument(
-                "changed_by is longer than 128 bytes",
-            ));
-        }
-        let mut upload = Upload::new(header.size, &header.sha256, self.shared.cfg.max_size)
-            .map_err(upload_status)?;
-        while let Some(chunk) = stream.message().await? {
-            match chunk.part {
-                Some(Part::Data(d)) => upload.push(&d).map_err(upload_status)?,
-                Some(Part::Header(_)) => {
-                    return Err(Status::invalid_argument(
-                        "a submit carries exactly one header",
-                    ));
-                }
-                None => {}
-            }
-        }
-        let data = upload.finish().map_err(upload_status)?;
-        self.metrics().received.inc_by(data.len() as u64);
-        let meta = ChangeMeta {
-            base_revision: header.base_revision,
-            sha256: header.sha256,
-            size: header.size,
-            changed_by: Some(header.changed_by).filter(|s| !s.is_empty()),
-            change_id: Some(header.change_id),
-        };
-        self.commit(meta, data).await.map(Response::new)
+        // One change is one trace: the submitter's context comes in the
+        // metadata, and the compare-and-set and the reply happen inside.
+        let cfg = &self.shared.cfg;
+        let span = tracing::info_span!("project.commit", group = %cfg.group, device = %cfg.device);
+        understudy_telemetry::trace::follow_grpc(&span, request.metadata());
+        tracing::Instrument::instrument(self.receive_submit(request.into_inner()), span).await
     }
 
     type WatchStream = BoxStream<pb::WatchEvent>;

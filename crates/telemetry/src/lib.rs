@@ -11,6 +11,7 @@
 //! Figures about time — leaderless stretches, failovers — come from the
 //! pure [`watch::ServerWatch`], which the election driver feeds.
 
+pub mod trace;
 pub mod watch;
 
 use std::fmt::Write as _;

@@ -100,12 +100,15 @@ impl Launch {
     }
 
     /// Removes every variable of ours from the inherited environment
-    /// (`UNDERSTUDY_*`, but the choice of nats-server), so settings from the
-    /// developer's shell do not leak into the child.
+    /// (`UNDERSTUDY_*`, but the choice of nats-server, and OpenTelemetry's
+    /// `OTEL_*`), so settings from the developer's shell do not leak into
+    /// the child.
     pub fn scrub_understudy_env(mut self) -> Launch {
         for (key, _) in std::env::vars_os() {
             let text = key.to_string_lossy();
-            if text.starts_with("UNDERSTUDY_") && text != "UNDERSTUDY_NATS_SERVER" {
+            if (text.starts_with("UNDERSTUDY_") && text != "UNDERSTUDY_NATS_SERVER")
+                || text.starts_with("OTEL_")
+            {
                 self.env_remove.push(key);
             }
         }

@@ -34,6 +34,8 @@ pub struct DeviceOpts {
     pub score: u8,
     /// More `understudy node` arguments, after the standard ones.
     pub extra_args: Vec<String>,
+    /// Environment variables set for the device (e.g. `OTEL_*`).
+    pub env: Vec<(String, String)>,
 }
 
 impl DeviceOpts {
@@ -45,12 +47,19 @@ impl DeviceOpts {
             mac: mac.to_string(),
             score,
             extra_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
     /// Device `dev-<n>` with [`mac`]`(n)`.
     pub fn numbered(group: &str, n: u8, score: u8) -> DeviceOpts {
         DeviceOpts::new(group, &format!("dev-{n}"), &mac(n), score)
+    }
+
+    /// Sets an environment variable of the device.
+    pub fn with_env(mut self, key: &str, value: &str) -> DeviceOpts {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// Adds `understudy node` arguments.
@@ -87,8 +96,12 @@ impl Device {
         let data_dir = home.path().join(&opts.device_id);
         let log = home.path().join(format!("{}.log", opts.device_id));
         let nats: Vec<&str> = urls.iter().map(AsRef::as_ref).collect();
-        let proc = Launch::new(format!("device {}", opts.device_id), bin, log)
-            .scrub_understudy_env()
+        let mut launch =
+            Launch::new(format!("device {}", opts.device_id), bin, log).scrub_understudy_env();
+        for (k, v) in &opts.env {
+            launch = launch.env(k, v);
+        }
+        let proc = launch
             .env("NO_COLOR", "1")
             .env("RUST_BACKTRACE", "1")
             .env("UNDERSTUDY_LOG", "info")

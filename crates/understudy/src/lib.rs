@@ -117,18 +117,6 @@ where
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("UNDERSTUDY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    // Colours only for a person at a terminal: log files (the lab's, the
-    // tests', a service manager's) stay plain text. At a terminal the
-    // library's default stands (colours, unless NO_COLOR is set).
-    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        logs.init();
-    } else {
-        logs.with_ansi(false).init();
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -138,6 +126,21 @@ where
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    // Colours only for a person at a terminal: log files (the lab's, the
+    // tests', a service manager's) stay plain text; NO_COLOR is honoured.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let traces = {
+        // The OTLP exporter's channel lives on the runtime.
+        let _rt = runtime.enter();
+        match understudy_telemetry::trace::init(filter, ansi, &service_name(&cli.command)) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     };
     let result = runtime.block_on(async move {
@@ -165,6 +168,9 @@ where
     });
     // Do not wait on stuck background work (a DNS lookup or connect to a bus
     // that is gone) once the command is done.
+    if let Some(t) = traces {
+        t.shutdown();
+    }
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -172,6 +178,20 @@ where
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The name spans are exported under unless `OTEL_SERVICE_NAME` is set.
+fn service_name(command: &Command) -> String {
+    match command {
+        Command::Node(args) => match args.services_alone() {
+            Some(one) => format!("understudy-{one}"),
+            None => "understudy-node".into(),
+        },
+        Command::Gateway(_) => "understudy-gateway".into(),
+        Command::Lab(_) => "understudy-lab".into(),
+        Command::Bench { .. } => "understudy-bench".into(),
+        _ => "understudy-cli".into(),
     }
 }
 

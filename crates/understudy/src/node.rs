@@ -88,6 +88,16 @@ pub struct NodeArgs {
     metrics_listen: Option<String>,
 }
 
+impl NodeArgs {
+    /// The one service this process runs, if `--services` names exactly one.
+    pub(crate) fn services_alone(&self) -> Option<&str> {
+        let list = self.services.as_deref()?;
+        let mut names = list.split(',').map(str::trim).filter(|n| !n.is_empty());
+        let one = names.next()?;
+        names.next().is_none().then_some(one)
+    }
+}
+
 /// Resolved settings of a node.
 #[derive(Debug)]
 struct Node {
