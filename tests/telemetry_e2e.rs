@@ -487,7 +487,7 @@ async fn start_otlp_receiver() -> (SocketAddr, Received) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_project_change_is_one_trace_across_the_cli_and_the_server() {
+async fn a_project_change_and_a_gateway_call_are_each_one_trace_across_processes() {
     let (collector, received) = start_otlp_receiver().await;
     let endpoint = format!("http://{collector}");
     let nats = start_nats().await;
@@ -547,6 +547,57 @@ async fn a_project_change_is_one_trace_across_the_cli_and_the_server() {
     assert_eq!(
         commit.4, submit.3,
         "the server's commit is a child of the CLI's submit"
+    );
+
+    // A gateway call is one trace too: the gateway's request span, and the
+    // device's answer to the control request it made over NATS.
+    let mut opts = GatewayOpts::free_ports(Some("secret")).unwrap();
+    opts.env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()),
+        ("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()),
+    ];
+    let gateway = start_gateway_on(&nats.url(), opts).await;
+    let reply = http::request(
+        gateway.http(),
+        "PUT",
+        &format!("/api/v1/groups/{GROUP}/devices/dev-1/score"),
+        &[
+            ("Authorization", "Bearer secret"),
+            ("Content-Type", "application/json"),
+        ],
+        Some(b"{\"score\":120}".as_slice()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let (call, control, election) = wait_until(
+        "the gateway's request span, the device's control span and its election span",
+        secs(10),
+        || async {
+            let got = received.lock().unwrap().clone();
+            let find = |service: &str, name: &str| {
+                got.iter()
+                    .find(|s| s.0 == service && s.1 == name)
+                    .cloned()
+                    .with_context(|| format!("no {name} span from {service} yet"))
+            };
+            Ok((
+                find("understudy-gateway", "gateway.request")?,
+                find("understudy-node", "control")?,
+                find("understudy-node", "election")?,
+            ))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(call.2, control.2, "one call, one trace across processes");
+    assert_eq!(
+        control.4, call.3,
+        "the device's answer is a child of the call"
+    );
+    assert_ne!(
+        election.2, call.2,
+        "the start-up election is a trace of its own"
     );
 }
 

@@ -65,8 +65,14 @@ impl BusApi {
     }
 
     async fn request(&self, subject: String, payload: Vec<u8>) -> Result<Vec<u8>, NoAnswer> {
-        let asked =
-            tokio::time::timeout(ANSWER_WITHIN, self.client.request(subject, payload.into())).await;
+        let mut headers = async_nats::HeaderMap::new();
+        understudy_telemetry::trace::inject_nats(&tracing::Span::current(), &mut headers);
+        let asked = tokio::time::timeout(
+            ANSWER_WITHIN,
+            self.client
+                .request_with_headers(subject, headers, payload.into()),
+        )
+        .await;
         match asked {
             Err(_) => Err(NoAnswer::TimedOut),
             Ok(Err(e)) => Err(match e.kind() {

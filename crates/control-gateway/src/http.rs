@@ -94,8 +94,17 @@ async fn count_request(req: axum::extract::Request, next: axum::middleware::Next
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(req).await;
-    understudy_telemetry::metrics().gateway_request(&route, response.status().as_u16());
+    // One span per call; the requests it makes of devices carry its context.
+    let span = tracing::info_span!(
+        "gateway.request",
+        method = %req.method(),
+        route = %route,
+        status = tracing::field::Empty
+    );
+    let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("status", status);
+    understudy_telemetry::metrics().gateway_request(&route, status);
     response
 }
 

@@ -128,6 +128,9 @@ struct Driver {
     metrics: ElectionMetrics,
     /// Who serves over time, for the server-change and failover figures.
     server_watch: ServerWatch,
+    /// The trace span of the election under way, from its first news
+    /// (the server lost, or a claim) to its end, and when it began.
+    election_span: Option<(tracing::Span, Duration)>,
 }
 
 /// Everything the loop waits on besides the shutdown signal.
@@ -177,6 +180,9 @@ impl Sources {
         })
     }
 }
+
+/// An election span still open this long is closed (`no_server_yet`).
+const ELECTION_SPAN_LIMIT: Duration = Duration::from_secs(10);
 
 /// How often opening the lease bucket or its watch is retried while missing.
 const REOPEN_PACE: Duration = Duration::from_millis(250);
@@ -372,6 +378,7 @@ impl Driver {
             store: None,
             metrics,
             server_watch: ServerWatch::new(),
+            election_span: None,
             events: Some(events_tx),
             events_task: Some(events_task),
         }
@@ -514,9 +521,43 @@ impl Driver {
         self.publish_state(false).await;
     }
 
+    /// The span of the election under way, opened now (`cause`) if none is.
+    fn election_span(&mut self, cause: &'static str) -> tracing::Span {
+        if let Some((span, _)) = &self.election_span {
+            return span.clone();
+        }
+        let span = tracing::info_span!(
+            "election",
+            group = %self.cfg.group,
+            device = %self.cfg.device,
+            cause,
+            outcome = tracing::field::Empty
+        );
+        self.election_span = Some((span.clone(), self.now()));
+        span
+    }
+
+    /// Closes the election span with its `outcome`.
+    fn end_election(&mut self, outcome: &'static str) {
+        if let Some((span, _)) = self.election_span.take() {
+            span.record("outcome", outcome);
+        }
+    }
+
     /// Sets this device's election figures from the machine's status.
     fn record(&mut self, now: Duration) {
         let st = self.machine.status(now);
+        if let Some((_, since)) = &self.election_span {
+            if st
+                .server
+                .as_ref()
+                .is_some_and(|(d, _)| *d != self.cfg.device)
+            {
+                self.end_election("another_device_serves");
+            } else if now.saturating_sub(*since) > ELECTION_SPAN_LIMIT {
+                self.end_election("no_server_yet");
+            }
+        }
         let m = &self.metrics;
         let serving = st
             .server
@@ -541,7 +582,9 @@ impl Driver {
         for action in actions {
             match action {
                 Action::Claim { op, expect, record } => {
-                    info!(?expect, view = %self.machine.describe_view(), "claiming the lease");
+                    self.election_span("claim").in_scope(|| {
+                        info!(?expect, view = %self.machine.describe_view(), "claiming the lease");
+                    });
                     self.call(op, expect, record)
                 }
                 Action::Renew {
@@ -555,7 +598,9 @@ impl Driver {
                     record,
                 } => self.call(op, Expect::Revision(revision), record),
                 Action::BecomeServer { term } => {
-                    info!(%term, "serving the project group");
+                    self.election_span("claim")
+                        .in_scope(|| info!(%term, "serving the project group"));
+                    self.end_election("elected");
                     self.metrics.became_server.inc();
                 }
                 Action::StepDown { term, reason } => {
@@ -617,6 +662,12 @@ impl Driver {
                 } = &event
                 {
                     info!(%peer, %instance, change = ?notice.change, "peer gone");
+                    let now = self.now();
+                    let serving = self.machine.status(now).server;
+                    if serving.is_some_and(|(d, _)| d == *peer) {
+                        self.election_span("server_lost")
+                            .in_scope(|| info!(%peer, "the server is gone"));
+                    }
                     if notice.change == PeerChangeKind::Left {
                         self.server_watch.left(peer);
                     } else {
@@ -634,6 +685,14 @@ impl Driver {
     }
 
     async fn on_control(&mut self, msg: async_nats::Message) {
+        // A gateway call's trace goes on here (its context in the headers).
+        let span =
+            tracing::info_span!("control", group = %self.cfg.group, device = %self.cfg.device);
+        understudy_telemetry::trace::follow_nats(&span, msg.headers.as_ref());
+        tracing::Instrument::instrument(self.answer_control(msg), span).await;
+    }
+
+    async fn answer_control(&mut self, msg: async_nats::Message) {
         let reply = match messages::decode::<ControlRequest>(&msg.payload) {
             Err(e) => ControlReply::unreadable(&e, Some(self.state())),
             Ok(req) => {

@@ -215,6 +215,8 @@ pub struct GatewayOpts {
     pub api_token: Option<String>,
     /// Where `GET /metrics` listens (`--metrics-listen`); `None`: nowhere.
     pub metrics: Option<SocketAddr>,
+    /// Environment variables set for the gateway (e.g. `OTEL_*`).
+    pub env: Vec<(String, String)>,
 }
 
 impl GatewayOpts {
@@ -226,6 +228,7 @@ impl GatewayOpts {
             tcp: SocketAddr::from(([127, 0, 0, 1], ports[1])),
             api_token: api_token.map(str::to_string),
             metrics: None,
+            env: Vec::new(),
         })
     }
 }
@@ -264,6 +267,9 @@ impl Gateway {
         }
         if let Some(metrics) = &opts.metrics {
             launch = launch.args(["--metrics-listen", &metrics.to_string()]);
+        }
+        for (k, v) in &opts.env {
+            launch = launch.env(k, v);
         }
         Ok(Gateway {
             proc: launch.spawn()?,

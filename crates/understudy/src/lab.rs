@@ -91,6 +91,7 @@ fn spawn_gateway(exe: &Path, dir: &Path, nats: &str, token: &str) -> Result<Gate
         tcp: SocketAddr::from(([127, 0, 0, 1], port_or_free(8081)?)),
         api_token: Some(token.to_string()),
         metrics: Some(loopback(9460)?),
+        env: Vec::new(),
     };
     Ok(Gateway::start(exe, Some(dir), nats, opts)?)
 }
