@@ -515,6 +515,22 @@ async fn dashboard_shows_the_group_follows_a_score_change_and_resumes_its_events
     )
     .await
     .unwrap();
+    // The server-change chart shows the hand-over from dev-1 to dev-3.
+    wait_until(
+        "the chart to show the hand-over",
+        ON_SCREEN_WITHIN,
+        || async move {
+            let bars = s
+                .execute("return document.querySelectorAll('#change-chart rect.planned').length;")
+                .await?;
+            ensure!(bars.as_u64() >= Some(1), "{bars} hand-over bars");
+            let summary = s.text_of("#change-summary").await?;
+            ensure!(summary.contains("hand-over"), "summary {summary:?}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
     let result = session
         .text_of(&format!("{dev3} [data-score-error]"))
         .await

@@ -37,6 +37,9 @@
     reconnectAttempt: 0,
     reconnectTimer: null,
     lastEventId: null,
+    // Server changes seen in the events, for the chart.
+    changes: [],
+    pendingChange: null,
   };
 
   // ---- small helpers -------------------------------------------------------
@@ -525,7 +528,7 @@
         case "server_elected":
           return `${e.device} elected server: term ${e.term}, score ${e.score}${reason}`;
         case "server_lost":
-          return `server ${e.device} lost (term ${e.term}), noticed by ${e.reporter}`;
+          return `server ${e.device} lost (term ${e.term})${typeof e.silent_ms === "number" ? ` after ${e.silent_ms} ms of silence` : ""}, noticed by ${e.reporter}`;
         case "stepped_down":
           return `${e.device} stepped down (term ${e.term})${reason}`;
         case "handed_over":
@@ -552,6 +555,83 @@
     return `${e.type || "event"} ${JSON.stringify(e)}`;
   }
 
+  // ---- the server-change chart ----------------------------------------------
+
+  const CHANGES_MAX = 30;
+  const SVG = "http://www.w3.org/2000/svg";
+
+  // Time without a server, from the events: a failover from the lost
+  // server's last heartbeat (`server_lost` at_ms minus its `silent_ms`), a
+  // planned change from its `stepped_down` or `handed_over`; each ends at the
+  // next `server_elected`.
+  function noteChange(ev) {
+    if (!ev || typeof ev.at_ms !== "number") return;
+    switch (ev.type) {
+      case "server_lost":
+        state.pendingChange = {
+          kind: "failover",
+          from: ev.device,
+          start: ev.at_ms - (typeof ev.silent_ms === "number" ? ev.silent_ms : 0),
+        };
+        break;
+      case "stepped_down":
+      case "handed_over":
+        if (!state.pendingChange) {
+          state.pendingChange = { kind: "planned", from: ev.device || ev.from, start: ev.at_ms };
+        }
+        break;
+      case "server_elected": {
+        const p = state.pendingChange;
+        state.pendingChange = null;
+        if (!p) return;
+        state.changes.push({ kind: p.kind, from: p.from, to: ev.device, at: ev.at_ms, ms: Math.max(0, ev.at_ms - p.start) });
+        while (state.changes.length > CHANGES_MAX) state.changes.shift();
+        drawChanges();
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  function drawChanges() {
+    const svg = $("#change-chart");
+    const list = state.changes;
+    const top = Math.max(1000, ...list.map((c) => c.ms));
+    const width = 600 / CHANGES_MAX;
+    const y = (ms) => 120 - (ms / top) * 110;
+    const nodes = list.map((c, i) => {
+      const bar = document.createElementNS(SVG, "rect");
+      bar.setAttribute("x", String(i * width + 1));
+      bar.setAttribute("width", String(width - 2));
+      const height = Math.max(2, 120 - y(c.ms)); // a short one still shows
+      bar.setAttribute("y", String(120 - height));
+      bar.setAttribute("height", String(height));
+      bar.setAttribute("class", c.kind);
+      bar.setAttribute("data-ms", String(c.ms));
+      const tip = document.createElementNS(SVG, "title");
+      tip.textContent = `${formatTime(c.at)}: ${c.kind === "failover" ? "failover" : "hand-over"} ${c.from} → ${c.to}, ${c.ms} ms without a server`;
+      bar.append(tip);
+      return bar;
+    });
+    const line = document.createElementNS(SVG, "line");
+    line.setAttribute("class", "target");
+    line.setAttribute("x1", "0");
+    line.setAttribute("x2", "600");
+    line.setAttribute("y1", String(y(500)));
+    line.setAttribute("y2", String(y(500)));
+    svg.replaceChildren(line, ...nodes);
+    const failovers = list.filter((c) => c.kind === "failover");
+    const longest = list.reduce((m, c) => Math.max(m, c.ms), 0);
+    const last = failovers.length ? `, last ${failovers[failovers.length - 1].ms} ms` : "";
+    setText(
+      $("#change-summary"),
+      list.length
+        ? `${failovers.length} failover(s)${last}; ${list.length - failovers.length} hand-over(s); longest time without a server ${longest} ms`
+        : "No server change seen yet."
+    );
+  }
+
   function handleEvent(id, type, ev) {
     const numeric = typeof id === "number" && isFinite(id) ? id : Number(id);
     const hasId = id !== null && id !== undefined && id !== "" && isFinite(numeric);
@@ -559,6 +639,7 @@
       if (state.lastEventId !== null && numeric <= state.lastEventId) return; // already shown
       state.lastEventId = numeric;
     }
+    if (type === "election") noteChange(ev);
     const log = $("#event-log");
     const placeholder = log.querySelector(".empty");
     if (placeholder) placeholder.remove();
@@ -753,6 +834,9 @@
     state.group = group;
     state.statusSeq += 1;
     state.lastEventId = null;
+    state.changes = [];
+    state.pendingChange = null;
+    drawChanges();
     state.reconnectAttempt = 0;
     $("#group").value = group;
     $("#event-log").replaceChildren(el("li", { className: "empty", text: "No events yet." }));

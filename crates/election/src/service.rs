@@ -607,7 +607,16 @@ impl Driver {
                     info!(%term, ?reason, "stepped down");
                     self.metrics.stepped_down(reason_label(reason));
                 }
-                Action::Publish(kind) => {
+                Action::Publish(mut kind) => {
+                    if let ElectionEventKind::ServerLost {
+                        device, silent_ms, ..
+                    } = &mut kind
+                    {
+                        let now = self.now();
+                        *silent_ms = self.server_watch.last_heard(device).map(|t| {
+                            u64::try_from(now.saturating_sub(t).as_millis()).unwrap_or(u64::MAX)
+                        });
+                    }
                     let event = ElectionEvent {
                         schema: SCHEMA_VERSION,
                         group: self.cfg.group.clone(),

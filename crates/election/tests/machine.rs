@@ -297,7 +297,8 @@ fn a_lost_server_is_replaced_by_the_rightful_device_at_once() {
     let events = published(&a);
     assert!(events.contains(&ElectionEventKind::ServerLost {
         device: id("srv"),
-        term: Term::from_revision(5)
+        term: Term::from_revision(5),
+        silent_ms: None,
     }));
     assert!(events.contains(&ElectionEventKind::ElectionStarted {
         reason: ElectionReason::ServerLost

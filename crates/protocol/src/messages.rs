@@ -252,6 +252,10 @@ pub enum ElectionEventKind {
         device: DeviceId,
         /// Its term.
         term: Term,
+        /// How long the reporter had not heard the server when it gave it
+        /// up (its detection time), in milliseconds, if it knows.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        silent_ms: Option<u64>,
     },
     /// The reporter stopped serving.
     SteppedDown {

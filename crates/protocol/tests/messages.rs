@@ -138,6 +138,7 @@ fn election_events_round_trip_with_a_type_tag() {
         ElectionEventKind::ServerLost {
             device: "desk-1".parse().unwrap(),
             term: Term::from_revision(12),
+            silent_ms: Some(305),
         },
         ElectionEventKind::SteppedDown {
             device: "desk-1".parse().unwrap(),

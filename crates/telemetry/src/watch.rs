@@ -99,6 +99,17 @@ impl ServerWatch {
         }
     }
 
+    /// When `device` was last heard, if it serves or just stopped serving.
+    pub fn last_heard(&self, device: &DeviceId) -> Option<Duration> {
+        if self.current.as_ref().is_some_and(|(d, _)| d == device) {
+            return self.current_beat;
+        }
+        self.replaced
+            .as_ref()
+            .filter(|r| &r.device == device)
+            .and_then(|r| r.last_beat)
+    }
+
     /// `device` said goodbye: if it just stopped serving, it handed over.
     pub fn left(&mut self, device: &DeviceId) {
         self.replaced.take_if(|r| &r.device == device);
@@ -228,6 +239,18 @@ mod tests {
         assert_eq!(seen.failover, Some(ms(310)));
         assert!(!seen.changed);
         assert_eq!(w.lost(&id("a"), ms(1400)), Seen::default(), "counted once");
+    }
+
+    #[test]
+    fn the_last_beat_of_the_server_is_known_until_the_change_is_settled() {
+        let mut w = ServerWatch::new();
+        w.server(Some((&id("a"), term(1))), ms(0));
+        assert_eq!(w.last_heard(&id("a")), None);
+        w.beat(&id("a"), ms(700));
+        assert_eq!(w.last_heard(&id("a")), Some(ms(700)));
+        w.server(Some((&id("b"), term(2))), ms(1000));
+        assert_eq!(w.last_heard(&id("a")), Some(ms(700)), "just replaced");
+        assert_eq!(w.last_heard(&id("c")), None);
     }
 
     #[test]

@@ -237,9 +237,14 @@ pub fn describe(e: &ElectionEvent) -> String {
             reason,
             ..
         } => format!("SERVER ELECTED: {device} (score {score}, term {term}, {reason:?})"),
-        ElectionEventKind::ServerLost { device, term } => {
-            format!("server lost: {device} (term {term})")
-        }
+        ElectionEventKind::ServerLost {
+            device,
+            term,
+            silent_ms,
+        } => match silent_ms {
+            Some(ms) => format!("server lost: {device} (term {term}, silent for {ms} ms)"),
+            None => format!("server lost: {device} (term {term})"),
+        },
         ElectionEventKind::SteppedDown {
             device,
             term,

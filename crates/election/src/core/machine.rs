@@ -756,7 +756,12 @@ impl Machine {
             && term > self.lost_reported
         {
             self.lost_reported = term;
-            self.publish(ElectionEventKind::ServerLost { device, term });
+            // The driver, which hears the heartbeats, adds `silent_ms`.
+            self.publish(ElectionEventKind::ServerLost {
+                device,
+                term,
+                silent_ms: None,
+            });
         }
         self.publish(ElectionEventKind::ElectionStarted { reason });
         let expect = match &self.lease {
