@@ -470,6 +470,19 @@ mod otlp {
     }
 }
 
+/// The first span named `name` that `service` exported, if it came yet.
+fn find_span(
+    received: &Received,
+    service: &str,
+    name: &str,
+) -> Result<(String, String, Vec<u8>, Vec<u8>, Vec<u8>)> {
+    let got = received.lock().unwrap();
+    got.iter()
+        .find(|s| s.0 == service && s.1 == name)
+        .cloned()
+        .with_context(|| format!("no {name} span from {service} yet; got {got:?}"))
+}
+
 /// Starts an OTLP/gRPC receiver on a free loopback port; it runs until the
 /// test's runtime ends.
 async fn start_otlp_receiver() -> (SocketAddr, Received) {
@@ -527,16 +540,9 @@ async fn a_project_change_and_a_gateway_call_are_each_one_trace_across_processes
         "the CLI's submit span and the server's commit span",
         secs(10),
         || async {
-            let got = received.lock().unwrap().clone();
-            let find = |service: &str, name: &str| {
-                got.iter()
-                    .find(|s| s.0 == service && s.1 == name)
-                    .cloned()
-                    .with_context(|| format!("no {name} span from {service} yet; got {got:?}"))
-            };
             Ok((
-                find("understudy-cli", "project.submit")?,
-                find("understudy-node", "project.commit")?,
+                find_span(&received, "understudy-cli", "project.submit")?,
+                find_span(&received, "understudy-node", "project.commit")?,
             ))
         },
     )
@@ -574,17 +580,10 @@ async fn a_project_change_and_a_gateway_call_are_each_one_trace_across_processes
         "the gateway's request span, the device's control span and its election span",
         secs(10),
         || async {
-            let got = received.lock().unwrap().clone();
-            let find = |service: &str, name: &str| {
-                got.iter()
-                    .find(|s| s.0 == service && s.1 == name)
-                    .cloned()
-                    .with_context(|| format!("no {name} span from {service} yet"))
-            };
             Ok((
-                find("understudy-gateway", "gateway.request")?,
-                find("understudy-node", "control")?,
-                find("understudy-node", "election")?,
+                find_span(&received, "understudy-gateway", "gateway.request")?,
+                find_span(&received, "understudy-node", "control")?,
+                find_span(&received, "understudy-node", "election")?,
             ))
         },
     )

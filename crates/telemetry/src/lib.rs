@@ -345,16 +345,16 @@ impl Metrics {
     pub fn election(&self, group: &str, device: &str) -> ElectionMetrics {
         let l = labels(group, device);
         ElectionMetrics {
-            is_server: self.is_server.get_or_create(&l).clone(),
-            group_has_server: self.group_has_server.get_or_create(&l).clone(),
-            term: self.term.get_or_create(&l).clone(),
-            score: self.score.get_or_create(&l).clone(),
-            online: self.online.get_or_create(&l).clone(),
-            server_changes: self.server_changes.get_or_create(&l).clone(),
-            elections_started: self.elections_started.get_or_create(&l).clone(),
-            became_server: self.became_server.get_or_create(&l).clone(),
-            without_server: self.without_server.get_or_create(&l).clone(),
-            failover: self.failover.get_or_create(&l).clone(),
+            is_server: one(&self.is_server, &l),
+            group_has_server: one(&self.group_has_server, &l),
+            term: one(&self.term, &l),
+            score: one(&self.score, &l),
+            online: one(&self.online, &l),
+            server_changes: one(&self.server_changes, &l),
+            elections_started: one(&self.elections_started, &l),
+            became_server: one(&self.became_server, &l),
+            without_server: one(&self.without_server, &l),
+            failover: one(&self.failover, &l),
             stepped_down: self.stepped_down.clone(),
             labels: l,
         }
@@ -364,9 +364,9 @@ impl Metrics {
     pub fn heartbeat(&self, group: &str, device: &str) -> HeartbeatMetrics {
         let l = labels(group, device);
         HeartbeatMetrics {
-            sent: self.heartbeats_sent.get_or_create(&l).clone(),
-            received: self.heartbeats_received.get_or_create(&l).clone(),
-            colour: self.status_colour.get_or_create(&l).clone(),
+            sent: one(&self.heartbeats_sent, &l),
+            received: one(&self.heartbeats_received, &l),
+            colour: one(&self.status_colour, &l),
             peers: self.peers.clone(),
             problems: self.problems.clone(),
             reported: Vec::new(),
@@ -378,12 +378,12 @@ impl Metrics {
     pub fn project(&self, group: &str, device: &str) -> ProjectMetrics {
         let l = labels(group, device);
         ProjectMetrics {
-            revision: self.project_revision.get_or_create(&l).clone(),
-            commits: self.project_commits.get_or_create(&l).clone(),
-            outbox: self.project_outbox.get_or_create(&l).clone(),
-            conflicts: self.project_conflicts.get_or_create(&l).clone(),
-            sent: self.project_sent.get_or_create(&l).clone(),
-            received: self.project_received.get_or_create(&l).clone(),
+            revision: one(&self.project_revision, &l),
+            commits: one(&self.project_commits, &l),
+            outbox: one(&self.project_outbox, &l),
+            conflicts: one(&self.project_conflicts, &l),
+            sent: one(&self.project_sent, &l),
+            received: one(&self.project_received, &l),
         }
     }
 
@@ -439,6 +439,12 @@ impl Metrics {
             _ => {}
         }
     }
+}
+
+/// The metric of `family` for `labels`, created if new. The family's lock
+/// is released on return (a handle is kept, not the guard).
+fn one<M: Clone, C: Fn() -> M>(family: &Family<DeviceLabels, M, C>, labels: &DeviceLabels) -> M {
+    family.get_or_create(labels).clone()
 }
 
 fn labels(group: &str, device: &str) -> DeviceLabels {
