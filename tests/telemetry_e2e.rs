@@ -417,9 +417,18 @@ async fn the_labs_prometheus_has_one_series_per_device() {
     assert!(status.success(), "{status}");
 }
 
-/// The spans an OTLP receiver of this test was sent: (service, name,
-/// trace id, span id, parent span id).
-type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>, Vec<u8>, Vec<u8>)>>>;
+/// One span an OTLP receiver of this test was sent.
+#[derive(Debug, Clone)]
+struct SpanSeen {
+    service: String,
+    name: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent: Vec<u8>,
+}
+
+/// The spans an OTLP receiver of this test was sent.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<SpanSeen>>>;
 
 mod otlp {
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService;
@@ -454,13 +463,13 @@ mod otlp {
                     })
                     .unwrap_or_default();
                 for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
-                    got.push((
-                        service.clone(),
-                        span.name,
-                        span.trace_id,
-                        span.span_id,
-                        span.parent_span_id,
-                    ));
+                    got.push(super::SpanSeen {
+                        service: service.clone(),
+                        name: span.name,
+                        trace_id: span.trace_id,
+                        span_id: span.span_id,
+                        parent: span.parent_span_id,
+                    });
                 }
             }
             Ok(tonic::Response::new(ExportTraceServiceResponse {
@@ -471,14 +480,10 @@ mod otlp {
 }
 
 /// The first span named `name` that `service` exported, if it came yet.
-fn find_span(
-    received: &Received,
-    service: &str,
-    name: &str,
-) -> Result<(String, String, Vec<u8>, Vec<u8>, Vec<u8>)> {
+fn find_span(received: &Received, service: &str, name: &str) -> Result<SpanSeen> {
     let got = received.lock().unwrap();
     got.iter()
-        .find(|s| s.0 == service && s.1 == name)
+        .find(|s| s.service == service && s.name == name)
         .cloned()
         .with_context(|| format!("no {name} span from {service} yet; got {got:?}"))
 }
@@ -548,10 +553,13 @@ async fn a_project_change_and_a_gateway_call_are_each_one_trace_across_processes
     )
     .await
     .unwrap();
-    assert_eq!(submit.2.len(), 16, "a trace id");
-    assert_eq!(submit.2, commit.2, "one change, one trace across processes");
+    assert_eq!(submit.trace_id.len(), 16, "a trace id");
     assert_eq!(
-        commit.4, submit.3,
+        submit.trace_id, commit.trace_id,
+        "one change, one trace across processes"
+    );
+    assert_eq!(
+        commit.parent, submit.span_id,
         "the server's commit is a child of the CLI's submit"
     );
 
@@ -589,13 +597,16 @@ async fn a_project_change_and_a_gateway_call_are_each_one_trace_across_processes
     )
     .await
     .unwrap();
-    assert_eq!(call.2, control.2, "one call, one trace across processes");
     assert_eq!(
-        control.4, call.3,
+        call.trace_id, control.trace_id,
+        "one call, one trace across processes"
+    );
+    assert_eq!(
+        control.parent, call.span_id,
         "the device's answer is a child of the call"
     );
     assert_ne!(
-        election.2, call.2,
+        election.trace_id, call.trace_id,
         "the start-up election is a trace of its own"
     );
 }
