@@ -61,6 +61,7 @@
 //! }
 //! ```
 
+pub mod connect;
 pub mod feed;
 pub mod follow;
 pub mod inbox;
@@ -74,6 +75,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::debug;
 use understudy_protocol::messages::{self, BusMessage};
 
+pub use connect::{ConnectFailed, NatsAuthArgs, NatsSettings, Refused, SettingsError, refusal};
 pub use feed::ElectionFeed;
 pub use follow::{ElectionFollower, Followed, LocalElection};
 pub use inbox::{Inbox, Request, SubscribeError, Subscription};

@@ -11,6 +11,9 @@ pub struct GatewayArgs {
     /// NATS server(s), comma-separated.
     #[arg(long, env = "UNDERSTUDY_NATS", default_value = "nats://127.0.0.1:4222")]
     pub nats: String,
+    /// NATS credentials and TLS.
+    #[command(flatten)]
+    pub nats_auth: understudy_bus::NatsAuthArgs,
     /// Where the HTTP API, event streams and dashboard listen. A non-loopback
     /// address must be given here explicitly.
     #[arg(long, env = "UNDERSTUDY_GATEWAY_LISTEN", default_value = DEFAULT_LISTEN)]
@@ -32,7 +35,7 @@ impl GatewayArgs {
     /// The gateway's settings.
     pub fn config(self) -> Config {
         Config {
-            nats: self.nats,
+            nats: self.nats_auth.with_servers(self.nats),
             listen: self.listen,
             tcp_listen: self.tcp_listen,
             api_token: self.api_token,

@@ -40,6 +40,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
+use understudy_bus::NatsSettings;
 
 pub use error::{ApiError, GatewayError};
 
@@ -54,8 +55,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// A gateway's settings.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// NATS server(s), comma-separated.
-    pub nats: String,
+    /// NATS servers, credentials and TLS.
+    pub nats: NatsSettings,
     /// Where the HTTP API listens.
     pub listen: String,
     /// Where the TCP protocol listens.
@@ -66,42 +67,19 @@ pub struct Config {
     pub metrics_listen: Option<String>,
 }
 
-/// Splits `a,b,c` into NATS server addresses.
-fn nats_servers(list: &str) -> Result<Vec<async_nats::ServerAddr>, GatewayError> {
-    let mut out = Vec::new();
-    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        out.push(part.parse().map_err(|e| GatewayError::Connect {
-            url: list.to_owned(),
-            detail: format!("address {part:?} is invalid: {e}"),
-        })?);
-    }
-    if out.is_empty() {
-        return Err(GatewayError::Config(
-            "no NATS address given (--nats or UNDERSTUDY_NATS)".into(),
-        ));
-    }
-    Ok(out)
-}
-
 /// Connects to NATS; if the bus is not up yet the gateway starts anyway,
 /// answers `bus_unavailable` and connects as soon as it can.
-async fn connect(list: &str) -> Result<async_nats::Client, GatewayError> {
-    async_nats::ConnectOptions::new()
-        .name("understudy-gateway")
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .ping_interval(Duration::from_secs(1))
-        .connection_timeout(Duration::from_secs(2))
-        .request_timeout(Some(bus::ANSWER_WITHIN))
-        .event_callback(|event| async move {
-            understudy_telemetry::metrics().nats_event(&event);
-        })
-        .connect(nats_servers(list)?)
-        .await
-        .map_err(|e| GatewayError::Connect {
-            url: list.to_owned(),
-            detail: e.to_string(),
-        })
+async fn connect(
+    nats: &NatsSettings,
+) -> Result<(async_nats::Client, understudy_bus::Refused), GatewayError> {
+    nats.connect_service("understudy-gateway", |o| {
+        o.request_timeout(Some(bus::ANSWER_WITHIN))
+    })
+    .await
+    .map_err(|e| GatewayError::Connect {
+        url: nats.servers.clone(),
+        detail: e.to_string(),
+    })
 }
 
 async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, GatewayError> {
@@ -135,7 +113,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Some(addr) => Some(bind("--metrics-listen", addr).await?),
         None => None,
     };
-    let client = connect(&config.nats).await?;
+    let (client, mut refused) = connect(&config.nats).await?;
     if !token.is_set() {
         warn!(
             "no API token configured (--api-token or UNDERSTUDY_API_TOKEN): every mutating call will be refused with 401"
@@ -144,7 +122,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     info!(
         http = %local(&http_listener),
         tcp = %local(&tcp_listener),
-        nats = %config.nats,
+        nats = %config.nats.servers,
         "gateway listening"
     );
     let (stop, stopped) = watch::channel(false);
@@ -178,9 +156,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .with_graceful_shutdown(async move { understudy_bus::stopped(&mut http_stop).await })
             .into_future(),
     );
+    let mut refusal = None;
     let http_ended = tokio::select! {
         () = shutdown => None,
         r = &mut http => Some(r),
+        why = refused.wait() => {
+            refusal = Some(why);
+            None
+        }
     };
     info!("gateway stopping");
     let _ = stop.send(true);
@@ -208,6 +191,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             )));
         }
         _ => {}
+    }
+    if let Some(why) = refusal {
+        return Err(GatewayError::Connect {
+            url: config.nats.servers.clone(),
+            detail: format!("the server refused the gateway: {why}"),
+        });
     }
     info!("gateway stopped");
     Ok(())

@@ -191,7 +191,14 @@ impl NatsServer {
     /// Starts `bin` on a free port with its store and log in a fresh temporary
     /// folder, and waits (at most 10 s) until it accepts connections.
     pub async fn start(bin: &Path) -> Result<NatsServer, Error> {
-        Self::start_at(bin, None, None).await
+        Self::start_at(bin, None, None, None).await
+    }
+
+    /// Like [`start`](Self::start), with `config` (nats-server configuration
+    /// text: accounts, users, TLS…) in a file it reads; the port, store and
+    /// JetStream are still set on the command line.
+    pub async fn start_configured(bin: &Path, config: &str) -> Result<NatsServer, Error> {
+        Self::start_at(bin, None, None, Some(config)).await
     }
 
     /// Starts `bin` with its store in `<dir>/nats` and its log in
@@ -202,13 +209,14 @@ impl NatsServer {
         dir: &Path,
         preferred: Option<u16>,
     ) -> Result<NatsServer, Error> {
-        Self::start_at(bin, Some(dir), preferred).await
+        Self::start_at(bin, Some(dir), preferred, None).await
     }
 
     async fn start_at(
         bin: &Path,
         dir: Option<&Path>,
         preferred: Option<u16>,
+        config: Option<&str>,
     ) -> Result<NatsServer, Error> {
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
@@ -217,7 +225,7 @@ impl NatsServer {
                 Some(p) => port_or_free(p)?,
                 None => crate::free_port()?,
             };
-            match Self::boot(bin, home.path(), port).await? {
+            match Self::boot(bin, home.path(), port, config).await? {
                 Ok(node) => return Ok(NatsServer { node, home }),
                 Err(e) => last = e.to_string(),
             }
@@ -230,9 +238,14 @@ impl NatsServer {
 
     /// Spawns and waits; `Ok(Err(_))` when the port was taken meanwhile (try
     /// another), `Err(_)` for any other failure.
-    async fn boot(bin: &Path, dir: &Path, port: u16) -> Result<Result<Node, Error>, Error> {
+    async fn boot(
+        bin: &Path,
+        dir: &Path,
+        port: u16,
+        config: Option<&str>,
+    ) -> Result<Result<Node, Error>, Error> {
         let store = dir.join("nats");
-        let args = vec![
+        let mut args = vec![
             "-a".to_string(),
             "127.0.0.1".to_string(),
             "-p".to_string(),
@@ -243,6 +256,12 @@ impl NatsServer {
             "--server_name".to_string(),
             format!("single-{port}"),
         ];
+        if let Some(text) = config {
+            let file = dir.join("nats-server.conf");
+            std::fs::write(&file, text).map_err(Error::io("write", file.display().to_string()))?;
+            args.push("-c".to_string());
+            args.push(file.display().to_string());
+        }
         let log = dir.join("nats-server.log");
         let mut node = Node::spawn(format!("nats-server :{port}"), bin, port, store, log, args)?;
         match node.wait_accepting(START_DEADLINE).await {

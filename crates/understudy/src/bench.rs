@@ -263,7 +263,11 @@ async fn cluster(a: ClusterArgs) -> Result<()> {
             &extra,
         )?);
     }
-    let client = connect(&all, "understudy-bench").await?;
+    let (client, _) = connect(
+        &understudy_bus::NatsSettings::plain(all.as_str()),
+        "understudy-bench",
+    )
+    .await?;
     let mut ear = Ear::listen(&client, &group).await?;
     ear.pump_until(Duration::from_secs(30), |e| e.converged(a.devices))
         .await
@@ -366,7 +370,11 @@ async fn failover_run(
     group: &GroupName,
     metrics: bool,
 ) -> Result<()> {
-    let client = connect(url, "understudy-bench").await?;
+    let (client, _) = connect(
+        &understudy_bus::NatsSettings::plain(url),
+        "understudy-bench",
+    )
+    .await?;
     let mut ear = Ear::listen(&client, group).await?;
     let scores = scores(a.devices);
     let n = a.devices;

@@ -15,6 +15,7 @@ use understudy_protocol::{DeviceId, GroupName, Problem, SCHEMA_VERSION, Score, s
 
 use crate::Bus;
 use crate::settings::connect_once;
+use understudy_bus::NatsSettings;
 
 const ANSWER_WITHIN: Duration = Duration::from_secs(3);
 
@@ -68,7 +69,7 @@ fn names(group: &str, device: &str) -> Result<(GroupName, DeviceId)> {
 
 async fn control(d: &DeviceArgs, op: ControlOp) -> Result<ControlReply> {
     let (group, device) = names(&d.group, &d.device)?;
-    let client = connect_once(&d.bus.nats, "understudy-ctl").await?;
+    let client = connect_once(&d.bus.settings(), "understudy-ctl").await?;
     let req = ControlRequest {
         schema: SCHEMA_VERSION,
         op,
@@ -140,7 +141,7 @@ pub async fn election(cmd: ElectionCmd) -> Result<()> {
     match cmd {
         ElectionCmd::Trigger { group, bus } => {
             let group: GroupName = group.parse()?;
-            let client = connect_once(&bus.nats, "understudy-ctl").await?;
+            let client = connect_once(&bus.settings(), "understudy-ctl").await?;
             let t = Trigger {
                 schema: SCHEMA_VERSION,
                 by: Some("understudy election trigger".into()),
@@ -156,7 +157,7 @@ pub async fn election(cmd: ElectionCmd) -> Result<()> {
 }
 
 /// `understudy status`: asks any device's discovery service for the roster.
-pub async fn status(nats: &str, group: &str, json: bool) -> Result<()> {
+pub async fn status(nats: &NatsSettings, group: &str, json: bool) -> Result<()> {
     let group: GroupName = group.parse()?;
     let client = connect_once(nats, "understudy-ctl").await?;
     let msg = tokio::time::timeout(
@@ -264,7 +265,7 @@ pub fn describe(e: &ElectionEvent) -> String {
 /// `understudy events`: replays the last events of the group from the
 /// JetStream stream, then follows live ones.
 pub async fn events(
-    nats: &str,
+    nats: &NatsSettings,
     group: &str,
     last: u64,
     json: bool,

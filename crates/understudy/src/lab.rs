@@ -216,7 +216,7 @@ fn start_prometheus(
 /// Shows the group's election events until Ctrl-C, SIGTERM or `--duration`, killing
 /// and restarting the server device at the `--kill-every` pace.
 async fn watch(a: &LabArgs, group: &GroupName, url: &str, devices: &mut [Device]) -> Result<()> {
-    let client = connect(url, "understudy-lab").await?;
+    let (client, _) = connect(&understudy_bus::NatsSettings::plain(url), "understudy-lab").await?;
     let mut events = client.subscribe(subjects::election_events(group)).await?;
     let mut beats = client.subscribe(subjects::heartbeats(group)).await?;
     let duration = |flag: &Option<String>| {

@@ -36,6 +36,15 @@ struct Bus {
         global = true
     )]
     nats: String,
+    #[command(flatten)]
+    auth: understudy_bus::NatsAuthArgs,
+}
+
+impl Bus {
+    /// The servers with the credentials given.
+    fn settings(&self) -> understudy_bus::NatsSettings {
+        self.auth.clone().with_servers(self.nats.clone())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,7 +155,9 @@ where
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Node(args) => node::run(*args).await,
-            Command::Status { group, json, bus } => ctl::status(&bus.nats, &group, json).await,
+            Command::Status { group, json, bus } => {
+                ctl::status(&bus.settings(), &group, json).await
+            }
             Command::Score { action } => ctl::score(action).await,
             Command::Election { action } => ctl::election(action).await,
             Command::Online(d) => ctl::set_online(d, true).await,
@@ -157,7 +168,7 @@ where
                 json,
                 count,
                 bus,
-            } => ctl::events(&bus.nats, &group, last, json, count).await,
+            } => ctl::events(&bus.settings(), &group, last, json, count).await,
             Command::Project { action } => project::run(action).await,
             Command::Gateway(args) => understudy_control_gateway::cli::run(*args)
                 .await

@@ -41,6 +41,11 @@ pub struct NodeArgs {
     /// NATS server(s), comma-separated [default: nats://127.0.0.1:4222].
     #[arg(long, env = "UNDERSTUDY_NATS")]
     nats: Option<String>,
+    /// NATS credentials and TLS (settings file keys: nats_token, nats_user,
+    /// nats_password, nats_nkey_file, nats_creds_file, nats_tls_ca,
+    /// nats_tls_cert, nats_tls_key, nats_tls_required).
+    #[command(flatten)]
+    nats_auth: understudy_bus::NatsAuthArgs,
     /// How often to publish a heartbeat [default: 100ms].
     #[arg(long, env = "UNDERSTUDY_HEARTBEAT_INTERVAL")]
     heartbeat_interval: Option<String>,
@@ -105,7 +110,7 @@ struct Node {
     device: DeviceId,
     mac: Mac,
     score: Score,
-    nats: String,
+    nats: understudy_bus::NatsSettings,
     heartbeat: Duration,
     grace: Duration,
     preempt: Duration,
@@ -169,6 +174,7 @@ fn resolve(a: NodeArgs) -> Result<Node> {
         None => settings::File::default(),
     };
     let f = file.node;
+    let file_nats_auth = f.nats_auth();
     let group = a.group.or(f.group).ok_or_else(|| {
         anyhow!("--group is required (or UNDERSTUDY_GROUP, or group in the settings file)")
     })?;
@@ -217,10 +223,11 @@ fn resolve(a: NodeArgs) -> Result<Node> {
         device,
         mac,
         score,
-        nats: a
-            .nats
-            .or(f.nats)
-            .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+        nats: a.nats_auth.or(file_nats_auth).with_servers(
+            a.nats
+                .or(f.nats)
+                .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+        ),
         heartbeat,
         grace: dur(
             a.grace_period,
@@ -306,8 +313,9 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         None => None,
     };
     let instance = InstanceId::new(rand::random());
-    info!(group = %n.group, device = %n.device, mac = %n.mac, score = %n.score, %instance, nats = %n.nats, "starting");
-    let client = settings::connect(&n.nats, &format!("understudy-node-{}", n.device)).await?;
+    info!(group = %n.group, device = %n.device, mac = %n.mac, score = %n.score, %instance, nats = %n.nats.servers, "starting");
+    let (client, mut refused) =
+        settings::connect(&n.nats, &format!("understudy-node-{}", n.device)).await?;
 
     let election = ElectionConfig {
         grace_period: n.grace,
@@ -418,6 +426,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     // leaves the device half alive must not go unnoticed).
     let failed: Option<String> = tokio::select! {
         _ = understudy_bus::terminate_or_interrupt() => None,
+        why = refused.wait() => Some(format!("NATS at {} refused this device: {why}", n.nats.servers)),
         r = &mut election_task => Some(format!("election service stopped: {r:?}")),
         r = &mut heartbeat_task => Some(format!("heartbeat service stopped: {r:?}")),
         r = &mut discovery_task => Some(format!("discovery service stopped: {r:?}")),

@@ -24,6 +24,7 @@ use understudy_protocol::GroupName;
 
 use crate::Bus;
 use crate::settings::connect_once;
+use understudy_bus::NatsSettings;
 
 /// How long a command keeps looking for a server (a failover may be under way).
 const FIND_WITHIN: Duration = Duration::from_secs(10);
@@ -119,7 +120,7 @@ pub async fn run(cmd: ProjectCmd) -> Result<()> {
                 .with_context(|| format!("cannot read --file {}", file.display()))?;
             match data_dir {
                 Some(dir) => queue(&dir, base, change_id.as_deref(), &by, &data),
-                None => put(&bus.nats, &group, base, change_id, &by, data).await,
+                None => put(&bus.settings(), &group, base, change_id, &by, data).await,
             }
         }
         ProjectCmd::Get {
@@ -131,7 +132,7 @@ pub async fn run(cmd: ProjectCmd) -> Result<()> {
             let group: GroupName = group.parse()?;
             match data_dir {
                 Some(dir) => get_local(&dir, &file),
-                None => get(&bus.nats, &group, &file).await,
+                None => get(&bus.settings(), &group, &file).await,
             }
         }
         ProjectCmd::Watch {
@@ -139,8 +140,10 @@ pub async fn run(cmd: ProjectCmd) -> Result<()> {
             count,
             json,
             bus,
-        } => watch(&bus.nats, &group.parse()?, count, json).await,
-        ProjectCmd::Status { group, json, bus } => status(&bus.nats, &group.parse()?, json).await,
+        } => watch(&bus.settings(), &group.parse()?, count, json).await,
+        ProjectCmd::Status { group, json, bus } => {
+            status(&bus.settings(), &group.parse()?, json).await
+        }
     }
 }
 
@@ -193,7 +196,7 @@ pub(crate) async fn connect_server_within(
 }
 
 async fn put(
-    nats: &str,
+    nats: &NatsSettings,
     group: &GroupName,
     base: Option<u64>,
     change_id: Option<String>,
@@ -274,7 +277,7 @@ fn queue(
     Ok(())
 }
 
-async fn get(nats: &str, group: &GroupName, file: &Path) -> Result<()> {
+async fn get(nats: &NatsSettings, group: &GroupName, file: &Path) -> Result<()> {
     let client = connect_once(nats, "understudy-project").await?;
     let js = jetstream::new(client);
     let mut pc = connect_server(&js, group).await?;
@@ -370,7 +373,12 @@ fn print_revision(r: &pb::Revision, term: u64, json: bool) {
     let _ = std::io::stdout().flush();
 }
 
-async fn watch(nats: &str, group: &GroupName, count: Option<u64>, json: bool) -> Result<()> {
+async fn watch(
+    nats: &NatsSettings,
+    group: &GroupName,
+    count: Option<u64>,
+    json: bool,
+) -> Result<()> {
     let client = connect_once(nats, "understudy-project").await?;
     let js = jetstream::new(client);
     let mut printed = 0u64;
@@ -421,7 +429,7 @@ async fn watch(nats: &str, group: &GroupName, count: Option<u64>, json: bool) ->
     }
 }
 
-async fn status(nats: &str, group: &GroupName, json: bool) -> Result<()> {
+async fn status(nats: &NatsSettings, group: &GroupName, json: bool) -> Result<()> {
     let client = connect_once(nats, "understudy-project").await?;
     let js = jetstream::new(client);
     let head = ProjectStore::read_only_head(&js, group, CALL_TIMEOUT)

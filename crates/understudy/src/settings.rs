@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::Deserialize;
+use understudy_bus::{NatsAuthArgs, NatsSettings, Refused};
 
 /// Parses a duration as people write it: `100ms`, `2s`, `1.5s`, `1m`, `0`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -65,6 +66,32 @@ pub struct FileNode {
     pub project_advertise: Option<String>,
     pub max_project_size: Option<u64>,
     pub metrics_listen: Option<String>,
+    pub nats_token: Option<String>,
+    pub nats_user: Option<String>,
+    pub nats_password: Option<String>,
+    pub nats_nkey_file: Option<PathBuf>,
+    pub nats_creds_file: Option<PathBuf>,
+    pub nats_tls_ca: Option<PathBuf>,
+    pub nats_tls_cert: Option<PathBuf>,
+    pub nats_tls_key: Option<PathBuf>,
+    pub nats_tls_required: Option<bool>,
+}
+
+impl FileNode {
+    /// The NATS credentials and TLS files the settings file gives.
+    pub fn nats_auth(&self) -> NatsAuthArgs {
+        NatsAuthArgs {
+            token: self.nats_token.clone(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            nkey_file: self.nats_nkey_file.clone(),
+            creds_file: self.nats_creds_file.clone(),
+            tls_ca: self.nats_tls_ca.clone(),
+            tls_cert: self.nats_tls_cert.clone(),
+            tls_key: self.nats_tls_key.clone(),
+            tls_required: self.nats_tls_required.unwrap_or(false),
+        }
+    }
 }
 
 /// The whole settings file.
@@ -82,48 +109,22 @@ pub fn read_file(path: &Path) -> Result<File> {
     toml::from_str(&text).with_context(|| format!("settings file {} is invalid", path.display()))
 }
 
-/// Splits `--nats a,b,c` into server addresses (async-nats refuses the
-/// comma-separated form).
-pub fn nats_servers(list: &str) -> Result<Vec<async_nats::ServerAddr>> {
-    let mut out = Vec::new();
-    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let addr: async_nats::ServerAddr = part
-            .parse()
-            .with_context(|| format!("NATS address {part:?} is invalid"))?;
-        out.push(addr);
-    }
-    if out.is_empty() {
-        bail!("no NATS address given (--nats or UNDERSTUDY_NATS)");
-    }
-    Ok(out)
-}
-
-/// Connects to NATS, retrying forever in the background if it is not up yet.
-pub async fn connect(list: &str, name: &str) -> Result<async_nats::Client> {
-    let servers = nats_servers(list)?;
-    async_nats::ConnectOptions::new()
-        .name(name)
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .ping_interval(Duration::from_secs(1))
-        .connection_timeout(Duration::from_secs(2))
-        .event_callback(|event| async move {
-            understudy_telemetry::metrics().nats_event(&event);
-        })
-        .connect(servers)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {list}"))
+/// Connects a long-running command to NATS with `nats`'s credentials and
+/// TLS, retrying forever in the background if it is not up yet; the
+/// [`Refused`] resolves if the server refuses it before it ever connected.
+pub async fn connect(nats: &NatsSettings, name: &str) -> Result<(async_nats::Client, Refused)> {
+    Ok(nats.connect_service(name, |o| o).await?)
 }
 
 /// Connects for a one-shot command: fails fast when NATS is not there.
-pub async fn connect_once(list: &str, name: &str) -> Result<async_nats::Client> {
-    let servers = nats_servers(list)?;
-    async_nats::ConnectOptions::new()
-        .name(name)
+pub async fn connect_once(nats: &NatsSettings, name: &str) -> Result<async_nats::Client> {
+    let servers = nats.addresses()?;
+    nats.options(name)
+        .await?
         .connection_timeout(Duration::from_secs(3))
         .connect(servers)
         .await
-        .with_context(|| format!("cannot connect to NATS at {list}"))
+        .with_context(|| format!("cannot connect to NATS at {}", nats.servers))
 }
 
 #[cfg(test)]
@@ -139,17 +140,6 @@ mod tests {
         assert!(parse_duration("10").unwrap_err().contains("needs a unit"));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("5h").unwrap_err().contains("unknown unit"));
-    }
-
-    #[test]
-    fn nats_lists_are_split() {
-        assert_eq!(
-            nats_servers("nats://127.0.0.1:4222, 127.0.0.1:4223")
-                .unwrap()
-                .len(),
-            2
-        );
-        assert!(nats_servers(" , ").is_err());
     }
 
     #[test]

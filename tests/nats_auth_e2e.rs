@@ -1,0 +1,167 @@
+//! End to end: a nats-server that asks for credentials. A device with the
+//! right ones serves; one without, or with a wrong password, stops within
+//! 10 s naming the cause, and leaves nothing on the bus; credentials written
+//! in a NATS address are refused before anything connects.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "harness/mod.rs"]
+mod harness;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures::StreamExt;
+use harness::*;
+use understudy_protocol::messages::{self, Heartbeat};
+use understudy_protocol::{GroupName, Role, subjects};
+
+const GROUP: &str = "stage";
+const USER: &str = "device";
+const PASSWORD: &str = "s3cret-pw";
+/// Grace (2 s) plus room for a loaded 2-core CI machine.
+const FIRST_SERVER_WITHIN: Duration = Duration::from_secs(8);
+
+fn config() -> String {
+    format!("authorization {{ users = [ {{ user: \"{USER}\", password: \"{PASSWORD}\" }} ] }}\n")
+}
+
+async fn authorized(url: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::with_user_and_password(USER.into(), PASSWORD.into())
+        .connect(url)
+        .await
+        .expect("the right credentials connect")
+}
+
+/// The first heartbeat on `beats` that `pick` accepts, within `within`.
+async fn beat_where(
+    beats: &mut async_nats::Subscriber,
+    within: Duration,
+    pick: impl Fn(&Heartbeat) -> bool,
+) -> Option<Heartbeat> {
+    tokio::time::timeout(within, async {
+        while let Some(m) = beats.next().await {
+            if let Ok(hb) = messages::decode::<Heartbeat>(&m.payload)
+                && pick(&hb)
+            {
+                return Some(hb);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_right_password_a_device_serves_and_the_cli_reads_the_group() {
+    let nats = NatsServer::start_configured(nats_server_bin(), &config())
+        .await
+        .unwrap();
+    let client = authorized(&nats.url()).await;
+    let group: GroupName = GROUP.parse().unwrap();
+    let mut beats = client
+        .subscribe(subjects::heartbeats(&group))
+        .await
+        .unwrap();
+    let _dev = spawn_device(
+        &[nats.url()],
+        DeviceOpts::new(GROUP, "dev-1", &mac(1), 100)
+            .with_env("UNDERSTUDY_NATS_USER", USER)
+            .with_env("UNDERSTUDY_NATS_PASSWORD", PASSWORD),
+    );
+    let serving = beat_where(&mut beats, FIRST_SERVER_WITHIN, |hb| {
+        hb.device.as_str() == "dev-1" && hb.role == Role::Server
+    })
+    .await;
+    assert!(serving.is_some(), "dev-1 serves with the right credentials");
+
+    // The CLI with the password from the environment (not the command line).
+    let out = tokio::process::Command::new(understudy_bin())
+        .args(["status", "--group", GROUP, "--json", "--nats", &nats.url()])
+        .args(["--nats-user", USER])
+        .env("UNDERSTUDY_NATS_PASSWORD", PASSWORD)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(CLI_TIMEOUT, out)
+        .await
+        .expect("status finishes")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("\"dev-1\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_without_or_with_wrong_credentials_stops_naming_the_cause() {
+    let nats = NatsServer::start_configured(nats_server_bin(), &config())
+        .await
+        .unwrap();
+    let client = authorized(&nats.url()).await;
+    let group: GroupName = GROUP.parse().unwrap();
+    let mut beats = client
+        .subscribe(subjects::heartbeats(&group))
+        .await
+        .unwrap();
+    let cases = [
+        (
+            "no credentials",
+            DeviceOpts::new(GROUP, "dev-x", &mac(8), 100),
+        ),
+        (
+            "a wrong password",
+            DeviceOpts::new(GROUP, "dev-y", &mac(9), 100)
+                .with_env("UNDERSTUDY_NATS_USER", USER)
+                .with_env("UNDERSTUDY_NATS_PASSWORD", "not-the-password"),
+        ),
+    ];
+    for (what, opts) in cases {
+        let mut dev = spawn_device(&[nats.url()], opts);
+        let status = dev
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("a device with {what} must stop within 10 s: {e}"));
+        assert!(!status.success(), "a device with {what} must fail");
+        let log = dev.log();
+        assert!(
+            log.contains("refused this device: authorization violation"),
+            "the cause is named for {what}:\n{log}"
+        );
+        assert!(
+            !log.contains(PASSWORD) && !log.contains("not-the-password"),
+            "no secret in the log"
+        );
+    }
+    assert!(
+        beat_where(&mut beats, Duration::from_millis(500), |_| true)
+            .await
+            .is_none(),
+        "nothing of the group changed: no heartbeat reached the bus"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_written_in_the_address_are_refused_without_echoing_them() {
+    let out = run_cli(&[
+        "status",
+        "--group",
+        GROUP,
+        "--nats",
+        "nats://admin:hunter2@127.0.0.1:4222",
+    ])
+    .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("carries credentials"), "{err}");
+    assert!(err.contains("--nats-user"), "{err}");
+    assert!(
+        !err.contains("hunter2"),
+        "the password is not echoed: {err}"
+    );
+}
