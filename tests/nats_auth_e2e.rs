@@ -1,13 +1,16 @@
-//! End to end: a nats-server that asks for credentials. A device with the
-//! right ones serves; one without, or with a wrong password, stops within
-//! 10 s naming the cause, and leaves nothing on the bus; credentials written
-//! in a NATS address are refused before anything connects.
+//! End to end: a nats-server that asks for credentials, and one that speaks
+//! only TLS. A device with the right credentials (or trusting the right CA)
+//! serves; one without, with a wrong password or with an untrusted
+//! certificate stops within 10 s naming the cause, and leaves nothing on the
+//! bus; credentials written in a NATS address are refused before anything
+//! connects.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "harness/mod.rs"]
 mod harness;
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -130,7 +133,7 @@ async fn a_device_without_or_with_wrong_credentials_stops_naming_the_cause() {
         assert!(!status.success(), "a device with {what} must fail");
         let log = dev.log();
         assert!(
-            log.contains("refused this device: authorization violation"),
+            log.contains("refused this process: authorization violation"),
             "the cause is named for {what}:\n{log}"
         );
         assert!(
@@ -164,4 +167,88 @@ async fn credentials_written_in_the_address_are_refused_without_echoing_them() {
         !err.contains("hunter2"),
         "the password is not echoed: {err}"
     );
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, as PEM files in
+/// `dir`: (ca.pem, server.pem, server.key).
+fn certificates(dir: &std::path::Path, tag: &str) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("understudy test CA {tag}"),
+    );
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = (
+        dir.join(format!("{tag}-ca.pem")),
+        dir.join(format!("{tag}-server.pem")),
+        dir.join(format!("{tag}-server.key")),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_device_trusting_the_ca_serves_and_one_trusting_another_stops() {
+    let dir = TempDir::new("nats-tls").unwrap();
+    let (ca, cert, key) = certificates(dir.path(), "good");
+    let (other_ca, _, _) = certificates(dir.path(), "other");
+    let conf = format!(
+        "tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
+        cert.display(),
+        key.display()
+    );
+    let nats = NatsServer::start_configured(nats_server_bin(), &conf)
+        .await
+        .unwrap();
+    let url = nats.url().replace("nats://", "tls://");
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca.clone())
+        .require_tls(true)
+        .connect(url.as_str())
+        .await
+        .expect("the test's client trusts the CA");
+    let group: GroupName = GROUP.parse().unwrap();
+    let mut beats = client
+        .subscribe(subjects::heartbeats(&group))
+        .await
+        .unwrap();
+
+    let mut stranger = spawn_device(
+        std::slice::from_ref(&url),
+        DeviceOpts::new(GROUP, "dev-x", &mac(8), 200)
+            .with_env("UNDERSTUDY_NATS_TLS_CA", other_ca.to_str().unwrap()),
+    );
+    let status = stranger
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("a device that does not trust the server's certificate stops within 10 s");
+    assert!(!status.success());
+    let log = stranger.log();
+    assert!(
+        log.contains("refused this process: TLS error"),
+        "the cause is named:\n{log}"
+    );
+
+    let _dev = spawn_device(
+        &[url],
+        DeviceOpts::new(GROUP, "dev-1", &mac(1), 100)
+            .with_env("UNDERSTUDY_NATS_TLS_CA", ca.to_str().unwrap()),
+    );
+    let serving = beat_where(&mut beats, FIRST_SERVER_WITHIN, |hb| {
+        hb.device.as_str() == "dev-1" && hb.role == Role::Server
+    })
+    .await;
+    assert!(serving.is_some(), "dev-1 serves over TLS");
 }

@@ -232,10 +232,14 @@ impl NatsSettings {
     /// `options` for a long-running process: it starts even if NATS is not
     /// up yet, and reconnects forever.
     pub async fn service_options(&self, name: &str) -> Result<ConnectOptions, SettingsError> {
+        Ok(self.reconnecting(name).await?.retry_on_initial_connect())
+    }
+
+    /// `options` that reconnect forever once connected.
+    async fn reconnecting(&self, name: &str) -> Result<ConnectOptions, SettingsError> {
         Ok(self
             .options(name)
             .await?
-            .retry_on_initial_connect()
             .max_reconnects(None)
             .ping_interval(Duration::from_secs(1))
             .connection_timeout(Duration::from_secs(2)))
@@ -287,31 +291,38 @@ impl Refused {
 
 impl NatsSettings {
     /// Connects a long-running process (see [`service_options`](Self::service_options)),
-    /// with `more` applied to the options: it starts even if NATS is not up
-    /// yet, counts its connection in the metrics, and tells through
-    /// [`Refused`] when the server refuses it before it ever connected.
+    /// with `more` applied to the options, counting its connection in the
+    /// metrics.
+    ///
+    /// One attempt first: a server that refuses this process (credentials,
+    /// an untrusted certificate) is an error at once, naming the cause. A
+    /// server that is not there yet is waited for: the client starts anyway
+    /// and keeps trying, and [`Refused`] resolves if, once it answers, it
+    /// refuses the credentials.
     pub async fn connect_service(
         &self,
         name: &str,
-        more: impl FnOnce(ConnectOptions) -> ConnectOptions,
+        more: impl Fn(ConnectOptions) -> ConnectOptions,
     ) -> Result<(async_nats::Client, Refused), ConnectFailed> {
         let servers = self.addresses()?;
         let (tx, rx) = watch::channel(None);
         let connected = Arc::new(AtomicBool::new(false));
-        let options = more(self.service_options(name).await?).event_callback(move |event| {
-            let (tx, connected) = (tx.clone(), Arc::clone(&connected));
-            async move {
-                understudy_telemetry::metrics().nats_event(&event);
-                if matches!(event, async_nats::Event::Connected) {
-                    connected.store(true, Ordering::Relaxed);
-                } else if !connected.load(Ordering::Relaxed)
-                    && let Some(why) = refusal(&event)
-                {
-                    tx.send_replace(Some(why));
+        let once = more(self.reconnecting(name).await?)
+            .event_callback(watch_events(tx.clone(), Arc::clone(&connected)));
+        match once.connect(servers.clone()).await {
+            Ok(client) => return Ok((client, Refused(rx))),
+            Err(e) => {
+                if let Some(why) = refused_at_connect(&e) {
+                    return Err(ConnectFailed::Refused {
+                        servers: self.servers.clone(),
+                        why,
+                    });
                 }
+                tracing::debug!(servers = %self.servers, "NATS not reachable yet ({e}); starting anyway");
             }
-        });
-        let client = options
+        }
+        let client = more(self.service_options(name).await?)
+            .event_callback(watch_events(tx, connected))
             .connect(servers)
             .await
             .map_err(|e| ConnectFailed::Connect {
@@ -322,12 +333,71 @@ impl NatsSettings {
     }
 }
 
+/// The event callback of a service's client: metrics, and a refusal before
+/// the first connection.
+fn watch_events(
+    tx: watch::Sender<Option<&'static str>>,
+    connected: Arc<AtomicBool>,
+) -> impl Fn(async_nats::Event) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>
++ Send
++ Sync
++ 'static {
+    move |event| {
+        let (tx, connected) = (tx.clone(), Arc::clone(&connected));
+        Box::pin(async move {
+            understudy_telemetry::metrics().nats_event(&event);
+            if matches!(event, async_nats::Event::Connected) {
+                connected.store(true, Ordering::Relaxed);
+            } else if !connected.load(Ordering::Relaxed)
+                && let Some(why) = refusal(&event)
+            {
+                tx.send_replace(Some(why));
+            }
+        })
+    }
+}
+
+/// Why a first connection attempt was refused, if it was a refusal rather
+/// than a server not (yet) there. A TLS handshake failure comes back as an
+/// I/O error; its message tells it apart.
+fn refused_at_connect(e: &async_nats::ConnectError) -> Option<String> {
+    use async_nats::ConnectErrorKind as K;
+    let mut chain = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    match e.kind() {
+        K::AuthorizationViolation => Some(AUTHORIZATION.to_owned()),
+        K::Authentication => Some(format!("authentication failed ({chain})")),
+        K::Tls => Some(format!("TLS error ({chain})")),
+        K::Io => {
+            let lower = chain.to_lowercase();
+            ["certificate", "handshake", "tls"]
+                .iter()
+                .any(|w| lower.contains(w))
+                .then(|| format!("TLS error ({chain})"))
+        }
+        _ => None,
+    }
+}
+
 /// A connection could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectFailed {
     /// The settings cannot be used.
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// The server refused this process.
+    #[error("NATS at {servers} refused this process: {why}")]
+    Refused {
+        /// The servers.
+        servers: String,
+        /// Why (`authorization violation`, `TLS error`…).
+        why: String,
+    },
     /// The client refused to start.
     #[error("cannot connect to NATS at {servers}: {detail}")]
     Connect {

@@ -426,7 +426,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     // leaves the device half alive must not go unnoticed).
     let failed: Option<String> = tokio::select! {
         _ = understudy_bus::terminate_or_interrupt() => None,
-        why = refused.wait() => Some(format!("NATS at {} refused this device: {why}", n.nats.servers)),
+        why = refused.wait() => Some(format!("NATS at {} refused this process: {why}", n.nats.servers)),
         r = &mut election_task => Some(format!("election service stopped: {r:?}")),
         r = &mut heartbeat_task => Some(format!("heartbeat service stopped: {r:?}")),
         r = &mut discovery_task => Some(format!("discovery service stopped: {r:?}")),
