@@ -36,6 +36,21 @@ async fn authorized(url: &str) -> async_nats::Client {
         .expect("the right credentials connect")
 }
 
+/// A nats-server with the test's user, a client logged in as it, and its
+/// subscription to the group's heartbeats.
+async fn server_with_users() -> (NatsServer, async_nats::Client, async_nats::Subscriber) {
+    let nats = NatsServer::start_configured(nats_server_bin(), &config())
+        .await
+        .unwrap();
+    let client = authorized(&nats.url()).await;
+    let group: GroupName = GROUP.parse().unwrap();
+    let beats = client
+        .subscribe(subjects::heartbeats(&group))
+        .await
+        .unwrap();
+    (nats, client, beats)
+}
+
 /// The first heartbeat on `beats` that `pick` accepts, within `within`.
 async fn beat_where(
     beats: &mut async_nats::Subscriber,
@@ -59,15 +74,7 @@ async fn beat_where(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_right_password_a_device_serves_and_the_cli_reads_the_group() {
-    let nats = NatsServer::start_configured(nats_server_bin(), &config())
-        .await
-        .unwrap();
-    let client = authorized(&nats.url()).await;
-    let group: GroupName = GROUP.parse().unwrap();
-    let mut beats = client
-        .subscribe(subjects::heartbeats(&group))
-        .await
-        .unwrap();
+    let (nats, _client, mut beats) = server_with_users().await;
     let _dev = spawn_device(
         &[nats.url()],
         DeviceOpts::new(GROUP, "dev-1", &mac(1), 100)
@@ -103,15 +110,7 @@ async fn with_the_right_password_a_device_serves_and_the_cli_reads_the_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_without_or_with_wrong_credentials_stops_naming_the_cause() {
-    let nats = NatsServer::start_configured(nats_server_bin(), &config())
-        .await
-        .unwrap();
-    let client = authorized(&nats.url()).await;
-    let group: GroupName = GROUP.parse().unwrap();
-    let mut beats = client
-        .subscribe(subjects::heartbeats(&group))
-        .await
-        .unwrap();
+    let (nats, _client, mut beats) = server_with_users().await;
     let cases = [
         (
             "no credentials",
