@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 source scripts/ensure-nats.sh
 # shellcheck disable=SC1091
 source scripts/ensure-debian.sh
-ensure_debian "the lab's Prometheus" /usr/bin/prometheus -- prometheus
+ensure_debian "the lab's Prometheus" /usr/bin/prometheus -- prometheus ||
+  echo "==> going on without Prometheus (the lab runs; its metrics endpoints are still there)"
 echo "==> building understudy (release)"
 cargo build --release --locked -p understudy
 exec target/release/understudy lab "$@"
