@@ -259,7 +259,18 @@ impl Process {
         let Some(pid) = self.pid() else {
             return Err(refuse("it is not running".to_string()));
         };
-        send_signal(&pid.to_string(), signal).map_err(refuse)
+        send_signal(&pid.to_string(), signal).map_err(refuse)?;
+        if matches!(signal, Signal::Stop) {
+            // kill(2) returns before every thread has stopped: a thread busy
+            // on another core runs on for a moment. Callers count on a
+            // stopped process (a request sent now must wait in its socket).
+            wait_stopped(pid, STOP_WITHIN).map_err(|detail| Error::Signal {
+                name: self.launch.name.clone(),
+                signal: signal.name(),
+                detail,
+            })?;
+        }
+        Ok(())
     }
 
     /// SIGKILL (to its whole group if it leads one) and reap; a no-op when
@@ -334,6 +345,36 @@ impl Drop for Process {
 }
 
 /// `kill -s <signal> -- <target>`; `target` is a pid, or `-pgid` for a group.
+/// How long a SIGSTOP may take to stop every thread of a process.
+const STOP_WITHIN: Duration = Duration::from_secs(5);
+
+/// Waits until every thread of `pid` is stopped (state `T` in
+/// `/proc/<pid>/task/*/stat`), at most `within`.
+fn wait_stopped(pid: u32, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map_err(|e| format!("cannot read the threads of {pid}: {e}"))?;
+        let all_stopped = tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                // `pid (comm) S …`: the state follows the last `)`.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .is_some_and(|state| state == "T" || state == "t")
+            })
+        });
+        if all_stopped {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "not every thread of {pid} stopped within {within:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn send_signal(target: &str, signal: Signal) -> Result<(), String> {
     let status = Command::new("kill")
         .args(["-s", signal.name(), "--", target])
