@@ -152,7 +152,7 @@ async fn a_server_paused_past_its_lease_comes_back_as_a_client() {
         .wait_for(View::converged, FIRST_SERVER_WITHIN)
         .await
         .unwrap();
-    devs[0].signal(Signal::Stop).unwrap();
+    devs[0].pause().await.unwrap();
     let (next, _) = obs
         .wait_for(
             |v: &View| v.server().filter(|(d, _)| d != "dev-1"),

@@ -389,7 +389,7 @@ async fn a_thousand_changes_from_three_clients_survive_losing_the_server_every_f
                 d.restart().unwrap();
                 kills += 1;
             } else {
-                d.signal(Signal::Stop).unwrap();
+                d.pause().await.unwrap();
                 let frozen = d.id().to_string();
                 let before = writers.done();
                 let moved_on = wait_until(
@@ -505,7 +505,7 @@ async fn a_paused_server_that_wakes_up_deposed_cannot_commit() {
     let r1 = commit(&mut to_a, 0, "one", b"revision one\n").await;
 
     // Freeze the server; a change sent to it now waits in its socket.
-    a.signal(Signal::Stop).unwrap();
+    a.pause().await.unwrap();
     let mut late = to_a.clone();
     let pending = tokio::spawn(async move {
         late.submit(change(r1.revision, "from-the-past", &b"stale write\n"[..]))

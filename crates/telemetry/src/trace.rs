@@ -70,15 +70,32 @@ pub fn init(
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(ansi);
-    let logs = logs.with_filter(filter);
-    if !enabled() {
-        tracing_subscriber::registry()
-            .with(logs)
-            .try_init()
-            .map_err(|e| TraceError(e.to_string()))?;
-        return Ok(None);
-    }
+        .with_ansi(ansi)
+        .with_filter(filter);
+    let provider = enabled()
+        .then(|| exporting_provider(default_service))
+        .transpose()?;
+    // Our own spans and events, info and up, whatever the log level: not the
+    // exporter's (tonic, h2), which would trace their own exporting.
+    let ours = tracing_subscriber::filter::filter_fn(|m| {
+        m.target().starts_with("understudy") && *m.level() <= tracing::Level::INFO
+    });
+    let spans = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("understudy"))
+            .with_filter(ours)
+    });
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init()
+        .map_err(|e| TraceError(e.to_string()))?;
+    Ok(provider.map(|provider| Traces { provider }))
+}
+
+/// A tracer provider exporting over OTLP/gRPC as `OTEL_SERVICE_NAME`, or as
+/// `default_service` when that is not set.
+fn exporting_provider(default_service: &str) -> Result<SdkTracerProvider, TraceError> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .build()
@@ -91,26 +108,10 @@ pub fn init(
             .with_service_name(default_service.to_owned())
             .build()
     };
-    let provider = SdkTracerProvider::builder()
+    Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource)
-        .build();
-    let tracer = provider.tracer("understudy");
-    // Our own spans and events, info and up, whatever the log level: not the
-    // exporter's (tonic, h2), which would trace their own exporting.
-    let ours = tracing_subscriber::filter::filter_fn(|m| {
-        m.target().starts_with("understudy") && *m.level() <= tracing::Level::INFO
-    });
-    tracing_subscriber::registry()
-        .with(logs)
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_filter(ours),
-        )
-        .try_init()
-        .map_err(|e| TraceError(e.to_string()))?;
-    Ok(Some(Traces { provider }))
+        .build())
 }
 
 struct GrpcOut<'a>(&'a mut tonic::metadata::MetadataMap);

@@ -259,18 +259,22 @@ impl Process {
         let Some(pid) = self.pid() else {
             return Err(refuse("it is not running".to_string()));
         };
-        send_signal(&pid.to_string(), signal).map_err(refuse)?;
-        if matches!(signal, Signal::Stop) {
-            // kill(2) returns before every thread has stopped: a thread busy
-            // on another core runs on for a moment. Callers count on a
-            // stopped process (a request sent now must wait in its socket).
-            wait_stopped(pid, STOP_WITHIN).map_err(|detail| Error::Signal {
-                name: self.launch.name.clone(),
-                signal: signal.name(),
-                detail,
-            })?;
-        }
-        Ok(())
+        send_signal(&pid.to_string(), signal).map_err(refuse)
+    }
+
+    /// SIGSTOP, then waits (at most 5 s) until every thread has stopped.
+    /// kill(2) returns before that: a multi-threaded process stops only once
+    /// one of its threads takes the signal, and meanwhile another may run on
+    /// (on a loaded machine, long enough to answer a request sent "after").
+    pub async fn pause(&mut self) -> Result<(), Error> {
+        self.signal(Signal::Stop)?;
+        let pid = self.pid().unwrap_or(0);
+        crate::wait_until(
+            &format!("every thread of {} to stop", self.launch.name),
+            STOP_WITHIN,
+            || async move { all_threads_stopped(pid) },
+        )
+        .await
     }
 
     /// SIGKILL (to its whole group if it leads one) and reap; a no-op when
@@ -348,31 +352,23 @@ impl Drop for Process {
 /// How long a SIGSTOP may take to stop every thread of a process.
 const STOP_WITHIN: Duration = Duration::from_secs(5);
 
-/// Waits until every thread of `pid` is stopped (state `T` in
-/// `/proc/<pid>/task/*/stat`), at most `within`.
-fn wait_stopped(pid: u32, within: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + within;
-    loop {
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map_err(|e| format!("cannot read the threads of {pid}: {e}"))?;
-        let all_stopped = tasks.flatten().all(|t| {
-            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
-                // `pid (comm) S …`: the state follows the last `)`.
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().next())
-                    .is_some_and(|state| state == "T" || state == "t")
-            })
-        });
-        if all_stopped {
-            return Ok(());
+/// Whether every thread of `pid` is stopped (state `T` or `t` in
+/// `/proc/<pid>/task/*/stat`); `Err` says which is not.
+fn all_threads_stopped(pid: u32) -> Result<(), String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| format!("cannot read the threads of {pid}: {e}"))?;
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // `tid (comm) S …`: the state follows the last `)`.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("?");
+        if state != "T" && state != "t" {
+            return Err(format!("thread {:?} is in state {state}", task.file_name()));
         }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "not every thread of {pid} stopped within {within:?}"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(1));
     }
+    Ok(())
 }
 
 fn send_signal(target: &str, signal: Signal) -> Result<(), String> {

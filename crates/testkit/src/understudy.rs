@@ -182,6 +182,12 @@ impl Device {
         self.proc.signal(signal)
     }
 
+    /// SIGSTOP, returning once every thread of the device has stopped (see
+    /// [`Process::pause`]).
+    pub async fn pause(&mut self) -> Result<(), Error> {
+        self.proc.pause().await
+    }
+
     /// SIGKILL (crash: no goodbye, no lease release) and reap.
     pub fn kill9(&mut self) {
         self.proc.kill();
