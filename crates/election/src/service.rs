@@ -20,7 +20,7 @@ use understudy_bus::{
 };
 use understudy_protocol::messages::{
     self, ControlOp, ControlReply, ControlRequest, ElectionEvent, ElectionEventKind, ElectionState,
-    Heartbeat, LeaseRecord, PeerChangeKind, PeerNotice, StepDownReason, Trigger,
+    Heartbeat, LeaseRecord, PeerChangeKind, PeerNotice, Trigger,
 };
 use understudy_protocol::{DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, Score, subjects};
 use understudy_telemetry::{ElectionMetrics, ServerWatch};
@@ -605,7 +605,7 @@ impl Driver {
                 }
                 Action::StepDown { term, reason } => {
                     info!(%term, ?reason, "stepped down");
-                    self.metrics.stepped_down(reason_label(reason));
+                    self.metrics.stepped_down(reason.as_str());
                 }
                 Action::Publish(mut kind) => {
                     if let ElectionEventKind::ServerLost {
@@ -794,19 +794,5 @@ impl Driver {
             debug!("stopping with election events not yet stored");
         }
         flush(&self.client).await;
-    }
-}
-
-/// The `reason` label of `understudy_stepped_down_total`: the reason as the
-/// election events spell it.
-fn reason_label(reason: StepDownReason) -> &'static str {
-    match reason {
-        StepDownReason::HandOver => "hand_over",
-        StepDownReason::LeaseLost => "lease_lost",
-        StepDownReason::Deposed => "deposed",
-        StepDownReason::Offline => "offline",
-        StepDownReason::ScoreZero => "score_zero",
-        StepDownReason::Shutdown => "shutdown",
-        StepDownReason::Other => "other",
     }
 }

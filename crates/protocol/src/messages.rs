@@ -224,6 +224,21 @@ pub enum StepDownReason {
     Other,
 }
 
+impl StepDownReason {
+    /// The reason as it is serialised (and as metric labels spell it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepDownReason::HandOver => "hand_over",
+            StepDownReason::LeaseLost => "lease_lost",
+            StepDownReason::Deposed => "deposed",
+            StepDownReason::Offline => "offline",
+            StepDownReason::ScoreZero => "score_zero",
+            StepDownReason::Shutdown => "shutdown",
+            StepDownReason::Other => "other",
+        }
+    }
+}
+
 /// What happened, in an [`ElectionEvent`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -306,3 +306,17 @@ fn control_requests_round_trip() {
         assert_eq!(decode::<ControlRequest>(&encode(&req)).unwrap(), req);
     }
 }
+
+#[test]
+fn a_step_down_reason_reads_as_its_serialised_name() {
+    for r in [
+        StepDownReason::HandOver,
+        StepDownReason::LeaseLost,
+        StepDownReason::Deposed,
+        StepDownReason::Offline,
+        StepDownReason::ScoreZero,
+        StepDownReason::Shutdown,
+    ] {
+        assert_eq!(serde_json::to_value(r).unwrap(), r.as_str(), "{r:?}");
+    }
+}
