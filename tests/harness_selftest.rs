@@ -323,3 +323,26 @@ fn one_server_check_catches_violations() {
     );
     check_one_server(&paused, t0).expect("overlap within the lease");
 }
+
+/// On a secured run (`UNDERSTUDY_TEST_SECURE`, as `scripts/test.sh` runs the
+/// election and project suites a second time), the harness's nats-server
+/// refuses a client without TLS and credentials, and the harness's own
+/// client gets in. (On an ordinary run there is nothing to check.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_secured_run_the_bus_refuses_strangers() {
+    if understudy_testkit::secure::from_env().is_none() {
+        return;
+    }
+    let nats = start_nats().await;
+    let stranger = async_nats::ConnectOptions::new()
+        .connection_timeout(secs(2))
+        .connect(nats.url())
+        .await;
+    assert!(
+        stranger.is_err(),
+        "a client without TLS or credentials is refused"
+    );
+    connect(&nats.url())
+        .await
+        .expect("the harness's own client logs in");
+}

@@ -154,8 +154,13 @@ pub async fn run_cli<S: AsRef<OsStr>>(args: &[S]) -> Output {
         .iter()
         .map(|a| a.as_ref().to_string_lossy().into_owned())
         .collect();
+    // On a secured run the CLI is an operator's: the gateway's credentials.
+    let secured = understudy_testkit::secure::from_env()
+        .map(|bus| bus.env(&understudy_bus::accounts::Role::Gateway))
+        .unwrap_or_default();
     let child = tokio::process::Command::new(bin)
         .args(args)
+        .envs(secured)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

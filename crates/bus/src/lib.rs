@@ -61,6 +61,7 @@
 //! }
 //! ```
 
+pub mod accounts;
 pub mod connect;
 pub mod feed;
 pub mod follow;

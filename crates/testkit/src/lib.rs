@@ -18,6 +18,7 @@
 pub mod nats;
 pub mod ports;
 pub mod process;
+pub mod secure;
 pub mod understudy;
 
 mod dirs;
@@ -30,6 +31,7 @@ pub use dirs::TempDir;
 pub use nats::{NatsCluster, NatsServer, connect, find_nats_server};
 pub use ports::{free_port, free_ports, port_or_free};
 pub use process::{Launch, Process, Signal, tail};
+pub use secure::SecureBus;
 pub use understudy::{Device, DeviceOpts, Gateway, GatewayOpts, mac};
 pub use wait::{POLL, wait_until};
 
@@ -96,6 +98,9 @@ pub enum Error {
         /// What was found, or not.
         detail: String,
     },
+    /// A secured bus could not be set up (a group name, a certificate).
+    #[error("{0}")]
+    Config(String),
     /// The ports picked for a server kept being taken by others.
     #[error("{name}: the ports picked kept being taken by other processes: {last}")]
     PortsTaken {

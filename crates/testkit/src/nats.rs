@@ -86,9 +86,23 @@ fn parse_version(text: &str) -> Option<(u32, u32)> {
 /// separated by commas. Short connection timeout (2 s), quick reconnects (at
 /// most 250 ms apart), 5 s request timeout, and servers a cluster gossips are
 /// ignored (so a client behind a fault proxy stays behind it).
+///
+/// On a secured test run (`UNDERSTUDY_TEST_SECURE`, [`crate::secure`]) it
+/// logs in over TLS as the test's user.
 pub async fn connect(urls: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    match crate::secure::from_env() {
+        Some(bus) => bus.connect(urls).await,
+        None => connect_with(async_nats::ConnectOptions::new(), urls).await,
+    }
+}
+
+/// [`connect`] with `options` (credentials, TLS) as the base.
+pub async fn connect_with(
+    options: async_nats::ConnectOptions,
+    urls: &str,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
     let addrs: Vec<&str> = urls.split(',').map(str::trim).collect();
-    async_nats::ConnectOptions::new()
+    options
         .connection_timeout(Duration::from_secs(2))
         .request_timeout(Some(Duration::from_secs(5)))
         .reconnect_delay_callback(|attempt| Duration::from_millis((attempt as u64 * 50).min(250)))
@@ -183,6 +197,8 @@ async fn read_info(addr: SocketAddr) -> std::io::Result<()> {
 #[derive(Debug)]
 pub struct NatsServer {
     node: Node,
+    /// Started on the secured test bus: fail the test on a refusal.
+    secured: bool,
     // Dropped after `node` (fields drop in order), so the process is gone first.
     home: Home,
 }
@@ -190,8 +206,14 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts `bin` on a free port with its store and log in a fresh temporary
     /// folder, and waits (at most 10 s) until it accepts connections.
+    ///
+    /// On a secured test run ([`crate::secure::from_env`]) it is started
+    /// with that bus's configuration (TLS, accounts).
     pub async fn start(bin: &Path) -> Result<NatsServer, Error> {
-        Self::start_at(bin, None, None, None).await
+        let secured = crate::secure::from_env().map(crate::SecureBus::server_config);
+        let mut server = Self::start_at(bin, None, None, secured.as_deref()).await?;
+        server.secured = secured.is_some();
+        Ok(server)
     }
 
     /// Like [`start`](Self::start), with `config` (nats-server configuration
@@ -226,7 +248,13 @@ impl NatsServer {
                 None => crate::free_port()?,
             };
             match Self::boot(bin, home.path(), port, config).await? {
-                Ok(node) => return Ok(NatsServer { node, home }),
+                Ok(node) => {
+                    return Ok(NatsServer {
+                        node,
+                        secured: false,
+                        home,
+                    });
+                }
                 Err(e) => last = e.to_string(),
             }
         }
@@ -381,6 +409,10 @@ impl NatsCluster {
                 cluster_ports,
                 &store,
             );
+            let text = match crate::secure::from_env() {
+                Some(bus) => text + &bus.server_config(),
+                None => text,
+            };
             std::fs::write(&conf, text).map_err(Error::io("write", &conf))?;
             let args = vec!["-c".to_string(), conf.display().to_string()];
             let log = dir.join(format!("{name}.log"));
@@ -461,12 +493,16 @@ impl NatsCluster {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
+        if self.secured {
+            refuse_permission_violations([&self.node]);
+        }
         forget_store_of_failed_test(self.home.is_temporary(), [&mut self.node]);
     }
 }
 
 impl Drop for NatsCluster {
     fn drop(&mut self) {
+        refuse_permission_violations(&self.nodes);
         forget_store_of_failed_test(self.home.is_temporary(), self.nodes.iter_mut());
     }
 }
@@ -475,6 +511,32 @@ impl Drop for NatsCluster {
 /// JetStream stores in it may be large and are of no use then: kill the
 /// servers and remove their stores. Folders given by the caller are left
 /// alone.
+/// For servers started on the secured test bus ([`crate::secure::from_env`]):
+/// fails the test (panics, unless it is failing already) when a server
+/// refused one of the suite's processes something — every role's
+/// permissions must be enough for everything the suite does.
+fn refuse_permission_violations<'a>(nodes: impl IntoIterator<Item = &'a Node>) {
+    if crate::secure::from_env().is_none() || std::thread::panicking() {
+        return;
+    }
+    let refused: Vec<String> = nodes
+        .into_iter()
+        .flat_map(|node| {
+            node.proc
+                .log()
+                .lines()
+                .filter(|l| l.contains("Publish Violation") || l.contains("Subscription Violation"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "on the secured bus, nats-server refused the suite's processes:\n{}",
+        refused.join("\n")
+    );
+}
+
 fn forget_store_of_failed_test<'a>(temporary: bool, nodes: impl IntoIterator<Item = &'a mut Node>) {
     if !temporary || !std::thread::panicking() {
         return;

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use understudy_bus::accounts::Role;
+
 use crate::dirs::Home;
 use crate::process::{Launch, Process, Signal};
 use crate::{Error, POLL, free_ports};
@@ -98,6 +100,16 @@ impl Device {
         let nats: Vec<&str> = urls.iter().map(AsRef::as_ref).collect();
         let mut launch =
             Launch::new(format!("device {}", opts.device_id), bin, log).scrub_understudy_env();
+        if let Some(bus) = crate::secure::from_env() {
+            let role = opts
+                .group
+                .parse()
+                .map(Role::Device)
+                .unwrap_or(Role::Observer);
+            for (k, v) in bus.env(&role) {
+                launch = launch.env(k, v);
+            }
+        }
         for (k, v) in &opts.env {
             launch = launch.env(k, v);
         }
@@ -273,6 +285,11 @@ impl Gateway {
         }
         if let Some(metrics) = &opts.metrics {
             launch = launch.args(["--metrics-listen", &metrics.to_string()]);
+        }
+        if let Some(bus) = crate::secure::from_env() {
+            for (k, v) in bus.env(&Role::Gateway) {
+                launch = launch.env(k, v);
+            }
         }
         for (k, v) in &opts.env {
             launch = launch.env(k, v);

@@ -1,0 +1,200 @@
+//! A secured bus for the lab, the benchmarks and the tests: a local CA, a
+//! certificate for nats-server on 127.0.0.1, and one NATS user per role
+//! (`understudy_bus::accounts`) with a random password.
+//!
+//! [`SecureBus::server_config`] is the nats-server configuration (TLS and
+//! the accounts); [`SecureBus::env`] the `UNDERSTUDY_NATS_*` variables a
+//! process of a role needs; [`SecureBus::connect`] a client of the test's
+//! own, as a user with every permission (tests only; the lab has none).
+//!
+//! The end-to-end suite runs on a secured bus when `UNDERSTUDY_TEST_SECURE`
+//! is set ([`from_env`]): every nats-server the toolkit starts gets the
+//! configuration, every device the credentials of its group, the gateway
+//! its own, and [`crate::connect`] logs in as the test's user.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use understudy_bus::accounts::{self, Password, Role, User};
+
+use crate::Error;
+
+/// The user the tests' own clients log in as: every permission (observers
+/// that read every bucket, tests that write junk on purpose). Not in the
+/// lab's configuration.
+pub const TEST_USER: &str = "test-admin";
+
+/// The files and users of a secured bus (see the module docs).
+#[derive(Debug, Clone)]
+pub struct SecureBus {
+    dir: PathBuf,
+    users: Vec<(User, String)>,
+    test_password: Option<String>,
+}
+
+impl SecureBus {
+    /// Makes the CA, the server certificate and the users in `dir`: a
+    /// device user for each of `groups`, `gateway` and `observer`, and the
+    /// tests' [`TEST_USER`] when `with_test_user`.
+    pub fn create(dir: &Path, groups: &[&str], with_test_user: bool) -> Result<SecureBus, Error> {
+        std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
+        write_certificates(dir)?;
+        let mut roles = Vec::new();
+        for g in groups {
+            let group = g
+                .parse()
+                .map_err(|e| Error::Config(format!("group {g}: {e}")))?;
+            roles.push(Role::Device(group));
+        }
+        roles.push(Role::Gateway);
+        roles.push(Role::Observer);
+        let users = roles
+            .into_iter()
+            .map(|role| {
+                let secret = random_secret();
+                let mut user = User::conventional(role);
+                user.password = Password::Literal(secret.clone());
+                (user, secret)
+            })
+            .collect();
+        Ok(SecureBus {
+            dir: dir.to_path_buf(),
+            users,
+            test_password: with_test_user.then(random_secret),
+        })
+    }
+
+    /// The CA certificate (PEM) every client trusts.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// The nats-server configuration: TLS with the server certificate, and
+    /// the accounts (passwords written in: keep the file private).
+    pub fn server_config(&self) -> String {
+        let users: Vec<User> = self.users.iter().map(|(u, _)| u.clone()).collect();
+        let mut text = format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 2\n}}\n",
+            self.dir.join("nats-server.pem").display(),
+            self.dir.join("nats-server.key").display()
+        );
+        let mut config = accounts::accounts_config(&users);
+        if let Some(pw) = &self.test_password {
+            // The test's user has no permissions block: it may do anything.
+            config = config.replacen(
+                "    users: [\n",
+                &format!("    users: [\n      {{ user: \"{TEST_USER}\", password: \"{pw}\" }}\n"),
+                1,
+            );
+        }
+        text.push_str(&config);
+        text
+    }
+
+    /// The user name and password of `role`; `None` for a group this bus
+    /// was not made for.
+    pub fn credentials(&self, role: &Role) -> Option<(&str, &str)> {
+        self.users
+            .iter()
+            .find(|(u, _)| &u.role == role)
+            .map(|(u, pw)| (u.name.as_str(), pw.as_str()))
+    }
+
+    /// The `UNDERSTUDY_NATS_*` variables of a process of `role`: its user,
+    /// password and the CA; only the CA for a group this bus was not made for.
+    pub fn env(&self, role: &Role) -> Vec<(String, String)> {
+        let mut env = vec![(
+            "UNDERSTUDY_NATS_TLS_CA".to_string(),
+            self.ca().display().to_string(),
+        )];
+        if let Some((user, pw)) = self.credentials(role) {
+            env.push(("UNDERSTUDY_NATS_USER".to_string(), user.to_string()));
+            env.push(("UNDERSTUDY_NATS_PASSWORD".to_string(), pw.to_string()));
+        }
+        env
+    }
+
+    /// A client as [`TEST_USER`] (or, without one, as the observer), over
+    /// TLS, with [`crate::connect`]'s timings.
+    pub async fn connect(
+        &self,
+        urls: &str,
+    ) -> Result<async_nats::Client, async_nats::ConnectError> {
+        let (user, pw) = match &self.test_password {
+            Some(pw) => (TEST_USER.to_string(), pw.clone()),
+            None => {
+                let (u, p) = self.credentials(&Role::Observer).unwrap_or(("", ""));
+                (u.to_string(), p.to_string())
+            }
+        };
+        let options = async_nats::ConnectOptions::with_user_and_password(user, pw)
+            .add_root_certificates(self.ca())
+            .require_tls(true);
+        crate::nats::connect_with(options, urls).await
+    }
+}
+
+/// 32 random hex digits.
+fn random_secret() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Writes `ca.pem`, `nats-server.pem` and `nats-server.key` (for
+/// 127.0.0.1 and localhost) in `dir`.
+fn write_certificates(dir: &Path) -> Result<(), Error> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let bad = |e: rcgen::Error| Error::Config(format!("cannot make a certificate: {e}"));
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(bad)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "understudy local CA");
+    let ca_key = KeyPair::generate().map_err(bad)?;
+    let ca = ca_params.self_signed(&ca_key).map_err(bad)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).map_err(bad)?;
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    let key = KeyPair::generate().map_err(bad)?;
+    let cert = params.signed_by(&key, &issuer).map_err(bad)?;
+    for (name, text) in [
+        ("ca.pem", ca.pem()),
+        ("nats-server.pem", cert.pem()),
+        ("nats-server.key", key.serialize_pem()),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(Error::io("write", &path))?;
+    }
+    Ok(())
+}
+
+/// The secured bus of this test process when `UNDERSTUDY_TEST_SECURE` is
+/// set (`1`: for the group `stage`; else a comma-separated list of groups),
+/// made once in a folder under the system's temp dir; `None` otherwise.
+/// Panics if it cannot be made (a test run that asked for it cannot go on
+/// without it).
+pub fn from_env() -> Option<&'static SecureBus> {
+    static BUS: OnceLock<Option<SecureBus>> = OnceLock::new();
+    BUS.get_or_init(|| {
+        let value = std::env::var("UNDERSTUDY_TEST_SECURE").ok()?;
+        if value.is_empty() || value == "0" {
+            return None;
+        }
+        let groups: Vec<&str> = if value == "1" {
+            vec!["stage"]
+        } else {
+            value.split(',').map(str::trim).collect()
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "understudy-secure-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        Some(
+            SecureBus::create(&dir, &groups, true)
+                .unwrap_or_else(|e| panic!("UNDERSTUDY_TEST_SECURE: {e}")),
+        )
+    })
+    .as_ref()
+}
