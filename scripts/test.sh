@@ -24,3 +24,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "cargo test (unit, property, simulation and end-to-end tests)"
 cargo test --workspace --locked
+
+say "the election, project and gateway e2e suites again on a secured bus (TLS, least-privilege accounts: UNDERSTUDY_TEST_SECURE)"
+UNDERSTUDY_TEST_SECURE=1 cargo test --locked -p understudy \
+  --test election_e2e --test project_e2e --test gateway_e2e --test harness_selftest

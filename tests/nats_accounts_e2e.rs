@@ -410,3 +410,73 @@ async fn without_the_right_credentials_or_ca_a_device_stops_and_the_group_is_unc
     .expect("dev-1 still beats");
     assert_eq!((now.role, now.term), (DeviceRole::Server, serving.term));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_accounts_are_what_nats_config_prints_and_nats_server_takes_them() {
+    let printed = run_cli_ok(&["nats-config", "--group", GROUP, "--group", OTHER]).await;
+    let shipped = std::fs::read_to_string(repo_root().join("deploy/nats/accounts.conf")).unwrap();
+    assert_eq!(
+        shipped, printed,
+        "deploy/nats/accounts.conf is `understudy nats-config --group stage --group foyer`"
+    );
+    // nats-server checks the whole shipped configuration (with stand-in
+    // certificates) and reads each password from its variable.
+    let dir = TempDir::new("nats-shipped").unwrap();
+    // Writes the stand-in certificates.
+    SecureBus::create(dir.path(), &[GROUP], false).unwrap();
+    let conf = std::fs::read_to_string(repo_root().join("deploy/nats/nats-server.conf"))
+        .unwrap()
+        .replace(
+            "\"server.pem\"",
+            &format!("{:?}", dir.path().join("nats-server.pem")),
+        )
+        .replace(
+            "\"server.key\"",
+            &format!("{:?}", dir.path().join("nats-server.key")),
+        )
+        .replace(
+            "\"/var/lib/nats\"",
+            &format!("{:?}", dir.path().join("store")),
+        );
+    std::fs::write(dir.path().join("nats-server.conf"), conf).unwrap();
+    std::fs::write(dir.path().join("accounts.conf"), &shipped).unwrap();
+    let check = |with_passwords: bool| {
+        let mut cmd = tokio::process::Command::new(nats_server_bin());
+        cmd.arg("-t")
+            .arg("-c")
+            .arg(dir.path().join("nats-server.conf"))
+            .kill_on_drop(true);
+        if with_passwords {
+            for user in ["DEVICE_STAGE", "DEVICE_FOYER", "GATEWAY", "OBSERVER"] {
+                cmd.env(format!("UNDERSTUDY_NATS_PASSWORD_{user}"), "pw");
+            }
+        }
+        async move {
+            tokio::time::timeout(CLI_TIMEOUT, cmd.output())
+                .await
+                .expect("nats-server -t finishes")
+                .unwrap()
+        }
+    };
+    let ok = check(true).await;
+    assert!(
+        ok.status.success(),
+        "nats-server takes the shipped configuration:\n{}{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let missing = check(false).await;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&missing.stdout),
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    assert!(
+        !missing.status.success(),
+        "no password variables: refused\n{said}"
+    );
+    assert!(
+        said.contains("UNDERSTUDY_NATS_PASSWORD_"),
+        "it names the variable:\n{said}"
+    );
+}

@@ -110,11 +110,14 @@ fn common_subscriptions() -> Vec<String> {
     ]
 }
 
-/// The reads of every group's lease and project buckets, for the gateway
-/// and observers: `*` stands for the stream's name, and `$KV.`/`$O.`
-/// publishes (writes) stay refused.
-fn read_every_bucket() -> Vec<String> {
-    read_stream("*")
+/// The JetStream reads of the gateway and observers: account info, and
+/// every stream — the events and each group's lease and project buckets —
+/// read only (`*` stands for the stream's name; `$KV.`/`$O.` publishes,
+/// the writes, stay refused).
+fn read_everything() -> Vec<String> {
+    let mut allowed = vec!["$JS.API.INFO".to_string()];
+    allowed.extend(read_stream("*"));
+    allowed
 }
 
 /// The permissions of `role`.
@@ -128,8 +131,7 @@ pub fn permissions(role: &Role) -> Permissions {
                 "understudy.*.roster".to_string(),
                 subjects::PRESENCE_ALL.to_string(),
             ];
-            publish.extend(common_reads());
-            publish.extend(read_every_bucket());
+            publish.extend(read_everything());
             Permissions {
                 publish,
                 subscribe: common_subscriptions(),
@@ -138,8 +140,7 @@ pub fn permissions(role: &Role) -> Permissions {
         }
         Role::Observer => {
             let mut publish = vec!["understudy.*.roster".to_string()];
-            publish.extend(common_reads());
-            publish.extend(read_every_bucket());
+            publish.extend(read_everything());
             Permissions {
                 publish,
                 subscribe: common_subscriptions(),
@@ -237,9 +238,15 @@ fn quoted(s: &str) -> String {
     out
 }
 
+/// A list of subjects, one a line, indented to sit inside a user's
+/// permissions.
 fn list(subjects: &[String]) -> String {
-    let items: Vec<String> = subjects.iter().map(|s| quoted(s)).collect();
-    format!("[{}]", items.join(", "))
+    let mut out = String::from("[\n");
+    for s in subjects {
+        let _ = writeln!(out, "              {}", quoted(s));
+    }
+    out.push_str("            ]");
+    out
 }
 
 /// The nats-server `accounts { … }` block for `users`: one account with
@@ -265,7 +272,8 @@ pub fn accounts_config(users: &[User]) -> String {
         let _ = writeln!(
             out,
             "      {{\n        user: {}\n        password: {password}\n        permissions: {{\n          \
-             publish: {{ allow: {} }}\n          subscribe: {{ allow: {} }}",
+             publish: {{\n            allow: {}\n          }}\n          \
+             subscribe: {{\n            allow: {}\n          }}",
             quoted(&user.name),
             list(&p.publish),
             list(&p.subscribe),

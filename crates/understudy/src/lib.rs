@@ -102,6 +102,14 @@ enum Command {
     Gateway(Box<understudy_control_gateway::cli::GatewayArgs>),
     /// Start a local lab: a nats-server and N devices, with elections live.
     Lab(lab::LabArgs),
+    /// Print a nats-server `accounts` block with least-privilege users: one
+    /// device user per group, the gateway and a read-only observer
+    /// (passwords read by nats-server from `UNDERSTUDY_NATS_PASSWORD_<USER>`).
+    NatsConfig {
+        /// A project group to make a device user for (repeat for several).
+        #[arg(long = "group", required = true)]
+        groups: Vec<String>,
+    },
     /// Measure failover, hand-over and cold-start times (prints figures).
     Bench {
         #[command(subcommand)]
@@ -175,6 +183,7 @@ where
                 .map_err(anyhow::Error::from),
             Command::Lab(args) => lab::run(args).await,
             Command::Bench { what } => bench::run(what).await,
+            Command::NatsConfig { groups } => nats_config(&groups),
         }
     });
     // Do not wait on stuck background work (a DNS lookup or connect to a bus
@@ -190,6 +199,27 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the accounts block for `groups` (`understudy nats-config`).
+fn nats_config(groups: &[String]) -> anyhow::Result<()> {
+    print!("{}", nats_accounts(groups)?);
+    Ok(())
+}
+
+/// The accounts block `understudy nats-config --group …` prints: a device
+/// user per group, then `gateway` and `observer`, each with its password
+/// from the environment of nats-server.
+pub fn nats_accounts(groups: &[String]) -> anyhow::Result<String> {
+    use understudy_bus::accounts::{Role, User, accounts_config};
+    let mut users = Vec::new();
+    for g in groups {
+        let group = g.parse().map_err(|e| anyhow::anyhow!("--group {g}: {e}"))?;
+        users.push(User::conventional(Role::Device(group)));
+    }
+    users.push(User::conventional(Role::Gateway));
+    users.push(User::conventional(Role::Observer));
+    Ok(accounts_config(&users))
 }
 
 /// The name spans are exported under unless `OTEL_SERVICE_NAME` is set.
