@@ -234,6 +234,19 @@ impl NatsServer {
         Self::start_at(bin, Some(dir), preferred, None).await
     }
 
+    /// [`start_in`](Self::start_in) with `config` (see
+    /// [`start_configured`](Self::start_configured)), written to
+    /// `<dir>/nats-server.conf` readable by its owner only (it may hold
+    /// passwords).
+    pub async fn start_in_configured(
+        bin: &Path,
+        dir: &Path,
+        preferred: Option<u16>,
+        config: &str,
+    ) -> Result<NatsServer, Error> {
+        Self::start_at(bin, Some(dir), preferred, Some(config)).await
+    }
+
     async fn start_at(
         bin: &Path,
         dir: Option<&Path>,
@@ -286,7 +299,7 @@ impl NatsServer {
         ];
         if let Some(text) = config {
             let file = dir.join("nats-server.conf");
-            std::fs::write(&file, text).map_err(Error::io("write", file.display().to_string()))?;
+            crate::secure::write_private(&file, text)?;
             args.push("-c".to_string());
             args.push(file.display().to_string());
         }

@@ -114,6 +114,18 @@ impl SecureBus {
         env
     }
 
+    /// The connection settings of a process of `role` on `servers`: its
+    /// user and password, and the CA.
+    pub fn settings(&self, role: &Role, servers: &str) -> understudy_bus::NatsSettings {
+        let mut settings = understudy_bus::NatsSettings::plain(servers);
+        if let Some((user, pw)) = self.credentials(role) {
+            settings.user = Some(user.to_string());
+            settings.password = Some(pw.to_string());
+        }
+        settings.tls_ca = Some(self.ca());
+        settings
+    }
+
     /// A client as [`TEST_USER`] (or, without one, as the observer), over
     /// TLS, with [`crate::connect`]'s timings.
     pub async fn connect(
@@ -132,6 +144,22 @@ impl SecureBus {
             .require_tls(true);
         crate::nats::connect_with(options, urls).await
     }
+}
+
+/// Writes `text` to `path`, readable and writable by its owner only
+/// (configuration that holds passwords, private keys).
+pub fn write_private(path: &Path, text: &str) -> Result<(), Error> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(Error::io("write", path))?;
+    file.write_all(text.as_bytes())
+        .map_err(Error::io("write", path))
 }
 
 /// 32 random hex digits.
@@ -163,8 +191,7 @@ fn write_certificates(dir: &Path) -> Result<(), Error> {
         ("nats-server.pem", cert.pem()),
         ("nats-server.key", key.serialize_pem()),
     ] {
-        let path = dir.join(name);
-        std::fs::write(&path, text).map_err(Error::io("write", &path))?;
+        write_private(&dir.join(name), &text)?;
     }
     Ok(())
 }

@@ -23,10 +23,11 @@ use understudy_protocol::messages::{
     self, ElectionEvent, ElectionEventKind, ElectionReason, Heartbeat,
 };
 use understudy_protocol::{GroupName, Role, Term, subjects};
-use understudy_testkit::{Device, NatsCluster, NatsServer, Signal};
+use understudy_testkit::{Device, NatsCluster, Signal};
 
-use crate::lab::{nats_binary, scores, spawn_device};
+use crate::lab::{LabBus, nats_binary, scores, spawn_device, start_bus};
 use crate::settings::{connect, parse_duration};
+use understudy_bus::accounts::Role as AccountRole;
 
 /// `understudy bench …`
 #[derive(Debug, Subcommand)]
@@ -81,19 +82,36 @@ pub struct FailoverArgs {
     /// Devices serve `/metrics`, scraped every second during the run (`on`),
     /// or not (`off`); `both` measures off then on in the same run, to show
     /// what metrics cost.
-    #[arg(long, value_enum, default_value_t = MetricsMode::Off)]
-    metrics: MetricsMode,
+    #[arg(long, value_enum, default_value_t = OffOn::Off)]
+    metrics: OffOn,
+    /// The nats-server speaks TLS and every process logs in as its role's
+    /// user (`on`: the secured bus the lab runs), or neither (`off`);
+    /// `both` measures off then on in the same run, to show what TLS costs.
+    #[arg(long, value_enum, default_value_t = OffOn::Off)]
+    nats_tls: OffOn,
 }
 
-/// Whether the devices of `bench failover` serve metrics.
+/// A feature of `bench failover` off, on, or both in turn in one run (to
+/// show what it costs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum MetricsMode {
-    /// No metrics endpoint.
+pub enum OffOn {
+    /// Without it.
     Off,
-    /// Every device serves `/metrics`, scraped every second.
+    /// With it.
     On,
-    /// Off, then on, in the same run.
+    /// Without, then with, in the same run.
     Both,
+}
+
+impl OffOn {
+    /// The settings to measure, in order.
+    fn modes(self) -> &'static [bool] {
+        match self {
+            OffOn::Off => &[false],
+            OffOn::On => &[true],
+            OffOn::Both => &[false, true],
+        }
+    }
 }
 
 /// What the bench process hears on the bus, stamped on arrival.
@@ -256,7 +274,7 @@ async fn cluster(a: ClusterArgs) -> Result<()> {
         devices.push(spawn_device(
             &exe,
             &dir,
-            &all,
+            &LabBus::plain(&all),
             group.as_str(),
             i,
             *s,
@@ -346,17 +364,32 @@ async fn failover(a: FailoverArgs) -> Result<()> {
         bail!("--devices must be at least 2");
     }
     let (dir, exe, bin) = fresh_workspace(&a.dir, a.nats_server.as_deref())?;
-    let nats = NatsServer::start_in(&bin, &dir, None).await?;
-    let modes: &[bool] = match a.metrics {
-        MetricsMode::Off => &[false],
-        MetricsMode::On => &[true],
-        MetricsMode::Both => &[false, true],
-    };
-    for &metrics in modes {
-        let group: GroupName = if metrics { "bench-metrics" } else { "bench" }.parse()?;
-        let run_dir = dir.join(group.as_str());
-        std::fs::create_dir_all(&run_dir)?;
-        failover_run(&a, &run_dir, &exe, &nats.url(), &group, metrics).await?;
+    for &tls in a.nats_tls.modes() {
+        let groups: Vec<String> = a
+            .metrics
+            .modes()
+            .iter()
+            .map(|&metrics| {
+                let mut name = "bench".to_string();
+                if metrics {
+                    name.push_str("-metrics");
+                }
+                if tls {
+                    name.push_str("-tls");
+                }
+                name
+            })
+            .collect();
+        let names: Vec<&str> = groups.iter().map(String::as_str).collect();
+        let nats_dir = dir.join(if tls { "nats-tls" } else { "nats" });
+        std::fs::create_dir_all(&nats_dir)?;
+        let (_nats, bus) = start_bus(&bin, &nats_dir, None, &names, tls).await?;
+        for (&metrics, group) in a.metrics.modes().iter().zip(&groups) {
+            let group: GroupName = group.parse()?;
+            let run_dir = dir.join(group.as_str());
+            std::fs::create_dir_all(&run_dir)?;
+            failover_run(&a, &run_dir, &exe, &bus, &group, metrics).await?;
+        }
     }
     Ok(())
 }
@@ -366,15 +399,11 @@ async fn failover_run(
     a: &FailoverArgs,
     dir: &Path,
     exe: &Path,
-    url: &str,
+    bus: &LabBus,
     group: &GroupName,
     metrics: bool,
 ) -> Result<()> {
-    let (client, _) = connect(
-        &understudy_bus::NatsSettings::plain(url),
-        "understudy-bench",
-    )
-    .await?;
+    let (client, _) = connect(&bus.settings(&AccountRole::Gateway), "understudy-bench").await?;
     let mut ear = Ear::listen(&client, group).await?;
     let scores = scores(a.devices);
     let n = a.devices;
@@ -388,11 +417,16 @@ async fn failover_run(
     };
     let scraper = metrics.then(|| tokio::spawn(scrape_every_second(endpoints.clone())));
     println!(
-        "understudy bench failover: {n} devices, loopback, single nats-server, defaults (heartbeat 100 ms, grace 2 s, lease 1.5 s), metrics {}",
+        "understudy bench failover: {n} devices, loopback, single nats-server, defaults (heartbeat 100 ms, grace 2 s, lease 1.5 s), metrics {}, NATS {}",
         if metrics {
             "on (/metrics scraped every second)"
         } else {
             "off"
+        },
+        if bus.secure.is_some() {
+            "over TLS with a user per role"
+        } else {
+            "plain"
         }
     );
     let spawn = |i: usize, s: u8| {
@@ -400,7 +434,7 @@ async fn failover_run(
             Some(e) => vec!["--metrics-listen", e.as_str()],
             None => vec![],
         };
-        spawn_device(exe, dir, url, group.as_str(), i, s, &extra)
+        spawn_device(exe, dir, bus, group.as_str(), i, s, &extra)
     };
 
     // Cold starts.

@@ -97,7 +97,15 @@ pub async fn project(a: ProjectArgs) -> Result<()> {
     let size = a.size_mib * MIB;
     let max_size = (size as u64 + MIB as u64).max(256 * MIB as u64).to_string();
     let extra = ["--grace-period", "0", "--max-project-size", &max_size];
-    let _server = spawn_device(&exe, &dir, &url, group.as_str(), 0, 200, &extra)?;
+    let _server = spawn_device(
+        &exe,
+        &dir,
+        &crate::lab::LabBus::plain(&url),
+        group.as_str(),
+        0,
+        200,
+        &extra,
+    )?;
     let client = connect_once(
         &understudy_bus::NatsSettings::plain(url.as_str()),
         "understudy-bench-project",

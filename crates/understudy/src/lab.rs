@@ -11,10 +11,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use futures::StreamExt;
 use futures::future::join_all;
+use understudy_bus::accounts::Role as AccountRole;
 use understudy_protocol::messages::{self, ElectionEvent, ElectionEventKind, Heartbeat};
 use understudy_protocol::{GroupName, Role, subjects};
 use understudy_testkit::{
-    Device, DeviceOpts, Gateway, GatewayOpts, NatsServer, find_nats_server, port_or_free,
+    Device, DeviceOpts, Gateway, GatewayOpts, NatsServer, SecureBus, find_nats_server, port_or_free,
 };
 
 use crate::ctl::describe;
@@ -57,6 +58,10 @@ pub struct LabArgs {
     /// Do not start Prometheus.
     #[arg(long)]
     no_prometheus: bool,
+    /// Run the lab's nats-server without TLS and accounts (by default it
+    /// makes a local CA and a user per role in `<dir>/secure`).
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// The nats-server binary: `--nats-server` (or `UNDERSTUDY_NATS_SERVER`),
@@ -72,28 +77,95 @@ pub(crate) fn nats_binary(given: Option<&Path>) -> Result<PathBuf> {
 pub(crate) fn spawn_device(
     exe: &Path,
     dir: &Path,
-    nats: &str,
+    bus: &LabBus,
     group: &str,
     i: usize,
     score: u8,
     extra: &[&str],
 ) -> Result<Device> {
     let n = u8::try_from(i + 1).context("at most 255 devices")?;
-    let opts = DeviceOpts::numbered(group, n, score).with_args(extra);
-    Ok(Device::start(exe, Some(dir), &[nats], opts)?)
+    let mut opts = DeviceOpts::numbered(group, n, score).with_args(extra);
+    let role = AccountRole::Device(group.parse()?);
+    for (k, v) in bus.env(&role) {
+        opts = opts.with_env(&k, &v);
+    }
+    Ok(Device::start(exe, Some(dir), &[bus.url.as_str()], opts)?)
 }
 
 /// Starts the control gateway on 127.0.0.1:8080 and :8081 (other free ports
 /// if those are taken), its log in `dir`.
-fn spawn_gateway(exe: &Path, dir: &Path, nats: &str, token: &str) -> Result<Gateway> {
+fn spawn_gateway(exe: &Path, dir: &Path, bus: &LabBus, token: &str) -> Result<Gateway> {
     let opts = GatewayOpts {
         http: SocketAddr::from(([127, 0, 0, 1], port_or_free(8080)?)),
         tcp: SocketAddr::from(([127, 0, 0, 1], port_or_free(8081)?)),
         api_token: Some(token.to_string()),
         metrics: Some(loopback(9460)?),
-        env: Vec::new(),
+        env: bus.env(&AccountRole::Gateway),
     };
-    Ok(Gateway::start(exe, Some(dir), nats, opts)?)
+    Ok(Gateway::start(exe, Some(dir), &bus.url, opts)?)
+}
+
+/// The NATS a lab or benchmark runs on: its address and, when secured,
+/// its CA and users (`understudy_testkit::SecureBus`).
+pub(crate) struct LabBus {
+    /// Where it is.
+    pub url: String,
+    /// The CA and users of a secured bus; `None`: plain, no credentials.
+    pub secure: Option<SecureBus>,
+}
+
+impl LabBus {
+    /// A plain bus at `url`.
+    pub fn plain(url: &str) -> LabBus {
+        LabBus {
+            url: url.to_string(),
+            secure: None,
+        }
+    }
+
+    /// The `UNDERSTUDY_NATS_*` variables of a process of `role`.
+    pub fn env(&self, role: &AccountRole) -> Vec<(String, String)> {
+        self.secure
+            .as_ref()
+            .map(|b| b.env(role))
+            .unwrap_or_default()
+    }
+
+    /// Connection settings for a process of `role`.
+    pub fn settings(&self, role: &AccountRole) -> understudy_bus::NatsSettings {
+        match &self.secure {
+            Some(b) => b.settings(role, &self.url),
+            None => understudy_bus::NatsSettings::plain(self.url.as_str()),
+        }
+    }
+}
+
+/// Starts a nats-server with JetStream in `dir` (on `preferred` if it is
+/// free): with TLS and least-privilege users for `groups` (their CA and
+/// passwords made in `<dir>/secure`) when `secured`, else plain.
+pub(crate) async fn start_bus(
+    bin: &Path,
+    dir: &Path,
+    preferred: Option<u16>,
+    groups: &[&str],
+    secured: bool,
+) -> Result<(NatsServer, LabBus)> {
+    if !secured {
+        let nats = NatsServer::start_in(bin, dir, preferred).await?;
+        let url = nats.url();
+        return Ok((nats, LabBus { url, secure: None }));
+    }
+    let secure = SecureBus::create(&dir.join("secure"), groups, false)?;
+    let nats =
+        NatsServer::start_in_configured(bin, dir, preferred, &secure.server_config()).await?;
+    let url = nats.url();
+    Ok((
+        nats,
+        LabBus {
+            url,
+            secure: Some(secure),
+        },
+    ))
 }
 
 /// 127.0.0.1 on `preferred`, or on a free port if that one is taken.
@@ -116,20 +188,27 @@ pub async fn run(a: LabArgs) -> Result<()> {
     let group: GroupName = a.group.parse()?;
     std::fs::create_dir_all(&a.dir)?;
     let exe = std::env::current_exe().context("cannot find my own binary")?;
-    let (_nats, url) = match a.nats.clone() {
-        Some(u) => (None, u),
+    let (_nats, bus) = match a.nats.clone() {
+        Some(url) => (None, LabBus { url, secure: None }),
         None => {
             let bin = nats_binary(a.nats_server.as_deref())?;
-            let nats = NatsServer::start_in(&bin, &a.dir, Some(4222)).await?;
+            let (nats, bus) =
+                start_bus(&bin, &a.dir, Some(4222), &[group.as_str()], !a.insecure).await?;
             println!(
-                "nats-server with JetStream at {} (log {})",
+                "nats-server with JetStream at {} ({}; log {})",
                 nats.url(),
+                if bus.secure.is_some() {
+                    "TLS and a user per role"
+                } else {
+                    "insecure: no TLS, no users"
+                },
                 nats.log_path().display()
             );
-            let url = nats.url();
-            (Some(nats), url)
+            (Some(nats), bus)
         }
     };
+    let url = bus.url.clone();
+    let operator = write_operator_env(&a.dir, &bus)?;
     let scores = scores(a.devices);
     let mut devices = Vec::with_capacity(scores.len());
     let mut scraped = Vec::with_capacity(scores.len());
@@ -139,7 +218,7 @@ pub async fn run(a: LabArgs) -> Result<()> {
         devices.push(spawn_device(
             &exe,
             &a.dir,
-            &url,
+            &bus,
             group.as_str(),
             i,
             *s,
@@ -162,7 +241,7 @@ pub async fn run(a: LabArgs) -> Result<()> {
     let gateway = if a.no_gateway {
         None
     } else {
-        let gw = spawn_gateway(&exe, &a.dir, &url, &a.api_token)?;
+        let gw = spawn_gateway(&exe, &a.dir, &bus, &a.api_token)?;
         let http = gw.http();
         println!(
             "gateway:      dashboard http://{http}/?group={group}  API http://{http}/api/v1  TCP {}  token {} (log {})",
@@ -173,15 +252,40 @@ pub async fn run(a: LabArgs) -> Result<()> {
         Some(gw)
     };
     let _prometheus = start_prometheus(&a, &group, &scraped, gateway.as_ref())?;
+    if let Some(env) = &operator {
+        println!(
+            "credentials:  source {}   (the operator's NATS user, password and CA, for the commands below)",
+            env.display()
+        );
+    }
     println!("look at it:   understudy status --group {group} --nats {url}");
     println!("events:       understudy events --group {group} --nats {url}");
     println!("fail over:    kill -9 <pid of the server>   (the best remaining device takes over)");
     println!("rig it:       understudy score set --group {group} --device dev-5 255 --nats {url}");
     println!("Ctrl-C stops the lab. Live election events:");
-    let result = watch(&a, &group, &url, &mut devices).await;
+    let result = watch(&a, &group, &bus, &mut devices).await;
     println!("stopping the lab");
     join_all(devices.iter_mut().map(|d| d.stop(Duration::from_secs(3)))).await;
     result
+}
+
+/// On a secured bus, writes `<dir>/operator.env`: the variables that give
+/// the CLI the gateway's NATS user (operators' rights), its password and
+/// the CA, for `source`; readable by its owner only. Returns its path.
+fn write_operator_env(dir: &Path, bus: &LabBus) -> Result<Option<PathBuf>> {
+    if bus.secure.is_none() {
+        return Ok(None);
+    }
+    let mut text = String::from(
+        "# The lab's operator credentials (NATS user `gateway`): source this file,\n\
+         # then run understudy's CLI commands against the lab.\n",
+    );
+    for (k, v) in bus.env(&AccountRole::Gateway) {
+        text.push_str(&format!("export {k}='{v}'\n"));
+    }
+    let path = std::path::absolute(dir.join("operator.env"))?;
+    understudy_testkit::secure::write_private(&path, &text)?;
+    Ok(Some(path))
 }
 
 /// Starts the lab's Prometheus unless told not to, or says why there is none.
@@ -215,8 +319,8 @@ fn start_prometheus(
 
 /// Shows the group's election events until Ctrl-C, SIGTERM or `--duration`, killing
 /// and restarting the server device at the `--kill-every` pace.
-async fn watch(a: &LabArgs, group: &GroupName, url: &str, devices: &mut [Device]) -> Result<()> {
-    let (client, _) = connect(&understudy_bus::NatsSettings::plain(url), "understudy-lab").await?;
+async fn watch(a: &LabArgs, group: &GroupName, bus: &LabBus, devices: &mut [Device]) -> Result<()> {
+    let (client, _) = connect(&bus.settings(&AccountRole::Observer), "understudy-lab").await?;
     let mut events = client.subscribe(subjects::election_events(group)).await?;
     let mut beats = client.subscribe(subjects::heartbeats(group)).await?;
     let duration = |flag: &Option<String>| {
