@@ -491,6 +491,32 @@ impl NatsAuthArgs {
         }
     }
 
+    /// The `UNDERSTUDY_NATS_*` variables that hand these credentials and
+    /// TLS settings to another understudy process (the lab's devices and
+    /// gateway on a NATS of the user's), so that no secret goes on a
+    /// command line.
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        let pairs = [
+            ("UNDERSTUDY_NATS_TOKEN", self.token.clone()),
+            ("UNDERSTUDY_NATS_USER", self.user.clone()),
+            ("UNDERSTUDY_NATS_PASSWORD", self.password.clone()),
+            ("UNDERSTUDY_NATS_NKEY_FILE", path(&self.nkey_file)),
+            ("UNDERSTUDY_NATS_CREDS_FILE", path(&self.creds_file)),
+            ("UNDERSTUDY_NATS_TLS_CA", path(&self.tls_ca)),
+            ("UNDERSTUDY_NATS_TLS_CERT", path(&self.tls_cert)),
+            ("UNDERSTUDY_NATS_TLS_KEY", path(&self.tls_key)),
+            (
+                "UNDERSTUDY_NATS_TLS_REQUIRED",
+                self.tls_required.then(|| "true".to_string()),
+            ),
+        ];
+        pairs
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+            .collect()
+    }
+
     /// Fills what was not given here from `other` (a settings file).
     pub fn or(self, other: NatsAuthArgs) -> NatsAuthArgs {
         NatsAuthArgs {

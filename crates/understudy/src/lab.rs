@@ -31,9 +31,13 @@ pub struct LabArgs {
     /// The group's name.
     #[arg(long, default_value = "lab")]
     group: String,
-    /// Use this NATS instead of starting a nats-server.
+    /// Use this NATS instead of starting a nats-server (with the
+    /// credentials and TLS settings of the `--nats-*` options or
+    /// `UNDERSTUDY_NATS_*` variables, handed to every process of the lab).
     #[arg(long)]
     nats: Option<String>,
+    #[command(flatten)]
+    auth: understudy_bus::NatsAuthArgs,
     /// The nats-server binary [default: $UNDERSTUDY_NATS_SERVER, .tools/bin/nats-server, PATH].
     #[arg(long, env = "UNDERSTUDY_NATS_SERVER")]
     nats_server: Option<PathBuf>,
@@ -110,8 +114,12 @@ fn spawn_gateway(exe: &Path, dir: &Path, bus: &LabBus, token: &str) -> Result<Ga
 pub(crate) struct LabBus {
     /// Where it is.
     pub url: String,
-    /// The CA and users of a secured bus; `None`: plain, no credentials.
+    /// The CA and users of a secured bus; `None`: plain, or the user's own
+    /// NATS with `given` credentials.
     pub secure: Option<SecureBus>,
+    /// The credentials given for a NATS of the user's, the same for every
+    /// process.
+    pub given: Option<understudy_bus::NatsAuthArgs>,
 }
 
 impl LabBus {
@@ -120,22 +128,25 @@ impl LabBus {
         LabBus {
             url: url.to_string(),
             secure: None,
+            given: None,
         }
     }
 
     /// The `UNDERSTUDY_NATS_*` variables of a process of `role`.
     pub fn env(&self, role: &AccountRole) -> Vec<(String, String)> {
-        self.secure
-            .as_ref()
-            .map(|b| b.env(role))
-            .unwrap_or_default()
+        match (&self.secure, &self.given) {
+            (Some(b), _) => b.env(role),
+            (None, Some(given)) => given.to_env(),
+            (None, None) => Vec::new(),
+        }
     }
 
     /// Connection settings for a process of `role`.
     pub fn settings(&self, role: &AccountRole) -> understudy_bus::NatsSettings {
-        match &self.secure {
-            Some(b) => b.settings(role, &self.url),
-            None => understudy_bus::NatsSettings::plain(self.url.as_str()),
+        match (&self.secure, &self.given) {
+            (Some(b), _) => b.settings(role, &self.url),
+            (None, Some(given)) => given.clone().with_servers(self.url.as_str()),
+            (None, None) => understudy_bus::NatsSettings::plain(self.url.as_str()),
         }
     }
 }
@@ -153,7 +164,7 @@ pub(crate) async fn start_bus(
     if !secured {
         let nats = NatsServer::start_in(bin, dir, preferred).await?;
         let url = nats.url();
-        return Ok((nats, LabBus { url, secure: None }));
+        return Ok((nats, LabBus::plain(&url)));
     }
     let secure = SecureBus::create(&dir.join("secure"), groups, false)?;
     let nats =
@@ -164,6 +175,7 @@ pub(crate) async fn start_bus(
         LabBus {
             url,
             secure: Some(secure),
+            given: None,
         },
     ))
 }
@@ -189,7 +201,14 @@ pub async fn run(a: LabArgs) -> Result<()> {
     std::fs::create_dir_all(&a.dir)?;
     let exe = std::env::current_exe().context("cannot find my own binary")?;
     let (_nats, bus) = match a.nats.clone() {
-        Some(url) => (None, LabBus { url, secure: None }),
+        Some(url) => (
+            None,
+            LabBus {
+                url,
+                secure: None,
+                given: Some(a.auth.clone()),
+            },
+        ),
         None => {
             let bin = nats_binary(a.nats_server.as_deref())?;
             let (nats, bus) =
