@@ -359,7 +359,11 @@ impl ServerSecurity {
 
     /// How the service is secured, in words for the log.
     pub fn describe(&self) -> &'static str {
-        match (self.tls.is_some(), self.check.token.is_some(), self.check.certs) {
+        match (
+            self.tls.is_some(),
+            self.check.token.is_some(),
+            self.check.certs,
+        ) {
             (false, _, _) => "plain gRPC, no TLS, callers not checked",
             (true, false, false) => "TLS, callers not checked",
             (true, true, false) => "TLS, callers checked by the group token",
@@ -431,11 +435,19 @@ impl CallerCheck {
         if self.certs && request.peer_certs().is_some_and(|c| !c.is_empty()) {
             return Ok(());
         }
-        Err(Status::unauthenticated(match (self.token.is_some(), self.certs) {
-            (true, true) => "a device of the group must present the group token (authorization: Bearer) or a client certificate signed by the group's CA",
-            (true, false) => "a device of the group must present the group token (authorization: Bearer)",
-            _ => "a device of the group must present a client certificate signed by the group's CA",
-        }))
+        Err(Status::unauthenticated(
+            match (self.token.is_some(), self.certs) {
+                (true, true) => {
+                    "a device of the group must present the group token (authorization: Bearer) or a client certificate signed by the group's CA"
+                }
+                (true, false) => {
+                    "a device of the group must present the group token (authorization: Bearer)"
+                }
+                _ => {
+                    "a device of the group must present a client certificate signed by the group's CA"
+                }
+            },
+        ))
     }
 }
 
@@ -568,7 +580,10 @@ mod tests {
         // Without TLS there are no peer certificates: a certificate-only
         // check refuses a caller with nothing.
         let mut certs_only = CallerCheck::new(None, true);
-        assert_eq!(code(certs_only.call(call(None))), Some(Code::Unauthenticated));
+        assert_eq!(
+            code(certs_only.call(call(None))),
+            Some(Code::Unauthenticated)
+        );
         assert_eq!(
             code(certs_only.call(call(Some("Bearer anything")))),
             Some(Code::PermissionDenied)
@@ -681,6 +696,13 @@ mod tests {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         assert!(ProjectSecurity::default().is_plain());
-        assert!(ProjectSecurity::default().device().unwrap().server.tls().is_none());
+        assert!(
+            ProjectSecurity::default()
+                .device()
+                .unwrap()
+                .server
+                .tls()
+                .is_none()
+        );
     }
 }

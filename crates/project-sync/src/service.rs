@@ -101,8 +101,7 @@ pub async fn run(
         ElectionFeed::subscribe(&client, &cfg.group, &cfg.device, cfg.election_instance).await?;
     info!(
         security = cfg.security.server.describe(),
-        "project service on {}",
-        cfg.advertise
+        "project service on {}", cfg.advertise
     );
     let grpc = tokio::spawn(serve_grpc(
         svc.clone(),

@@ -160,7 +160,10 @@ fn device_args(p: &ProjectAuthArgs, dir: &Path) -> Result<Vec<String>> {
     if let Some(token) = &p.token {
         let file = dir.join("project-token");
         write_private(&file, token)?;
-        out.extend(["--project-token-file".to_string(), file.display().to_string()]);
+        out.extend([
+            "--project-token-file".to_string(),
+            file.display().to_string(),
+        ]);
     }
     Ok(out)
 }

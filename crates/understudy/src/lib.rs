@@ -216,3 +216,14 @@ pub fn service_main(service: &str) -> ExitCode {
     full.extend(rest);
     main_with(full)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // Flattened argument groups (NATS, project TLS) share no names.
+        super::Cli::command().debug_assert();
+    }
+}

@@ -121,31 +121,49 @@ impl FileNode {
 pub struct ProjectAuthArgs {
     /// Certificate (PEM) of this device's project service, also its client
     /// certificate when it dials another device (mutual TLS).
-    #[arg(long = "project-tls-cert", env = "UNDERSTUDY_PROJECT_TLS_CERT")]
+    #[arg(
+        id = "project_tls_cert",
+        long = "project-tls-cert",
+        env = "UNDERSTUDY_PROJECT_TLS_CERT"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// The certificate's private key (PEM).
-    #[arg(long = "project-tls-key", env = "UNDERSTUDY_PROJECT_TLS_KEY")]
+    #[arg(
+        id = "project_tls_key",
+        long = "project-tls-key",
+        env = "UNDERSTUDY_PROJECT_TLS_KEY"
+    )]
     pub tls_key: Option<PathBuf>,
     /// CA certificates (PEM): trusted for the project servers' certificates
     /// and, on a server, for callers' client certificates. Turns TLS on.
-    #[arg(long = "project-tls-ca", env = "UNDERSTUDY_PROJECT_TLS_CA")]
+    #[arg(
+        id = "project_tls_ca",
+        long = "project-tls-ca",
+        env = "UNDERSTUDY_PROJECT_TLS_CA"
+    )]
     pub tls_ca: Option<PathBuf>,
     /// The DNS name to check project servers' certificates against,
     /// instead of the host of the address the lease advertises.
     #[arg(
+        id = "project_tls_server_name",
         long = "project-tls-server-name",
         env = "UNDERSTUDY_PROJECT_TLS_SERVER_NAME"
     )]
     pub tls_server_name: Option<String>,
     /// The group token (prefer UNDERSTUDY_PROJECT_TOKEN or a file).
     #[arg(
+        id = "project_token",
         long = "project-token",
         env = "UNDERSTUDY_PROJECT_TOKEN",
         hide_env_values = true
     )]
     pub token: Option<String>,
     /// A file holding the group token.
-    #[arg(long = "project-token-file", env = "UNDERSTUDY_PROJECT_TOKEN_FILE")]
+    #[arg(
+        id = "project_token_file",
+        long = "project-token-file",
+        env = "UNDERSTUDY_PROJECT_TOKEN_FILE"
+    )]
     pub token_file: Option<PathBuf>,
 }
 
