@@ -107,7 +107,7 @@ pub async fn project(a: ProjectArgs) -> Result<()> {
     let mut extra: Vec<String> = ["--grace-period", "0", "--max-project-size", &max_size]
         .map(String::from)
         .to_vec();
-    extra.extend(device_args(&a.project, &dir)?);
+    extra.extend(a.project.node_args(&dir)?);
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let _server = spawn_device(&exe, &dir, &url, group.as_str(), 0, 200, &extra)?;
     let client = connect_once(
@@ -137,51 +137,6 @@ pub async fn project(a: ProjectArgs) -> Result<()> {
 
 /// The server and how to dial it.
 type On<'a> = (&'a GroupName, &'a ServerRef, &'a ClientSecurity);
-
-/// The `understudy node` flags that give a device the project service
-/// settings of `p`: the files as they are; a token given by value is
-/// written to `<dir>/project-token` (owner-only) and passed as a file, so it
-/// shows in no process list.
-fn device_args(p: &ProjectAuthArgs, dir: &Path) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut path = |flag: &str, v: &Option<PathBuf>| {
-        if let Some(v) = v {
-            out.push(flag.to_string());
-            out.push(v.display().to_string());
-        }
-    };
-    path("--project-tls-cert", &p.tls_cert);
-    path("--project-tls-key", &p.tls_key);
-    path("--project-tls-ca", &p.tls_ca);
-    path("--project-token-file", &p.token_file);
-    if let Some(name) = &p.tls_server_name {
-        out.extend(["--project-tls-server-name".to_string(), name.clone()]);
-    }
-    if let Some(token) = &p.token {
-        let file = dir.join("project-token");
-        write_private(&file, token)?;
-        out.extend([
-            "--project-token-file".to_string(),
-            file.display().to_string(),
-        ]);
-    }
-    Ok(out)
-}
-
-/// Writes `text` to a file only its owner can read.
-fn write_private(file: &Path, text: &str) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(file)
-        .with_context(|| format!("cannot write {}", file.display()))?;
-    f.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write {}", file.display()))
-}
 
 /// The server's head revision.
 async fn head(pc: &mut ProjectClient) -> Result<pb::Revision> {

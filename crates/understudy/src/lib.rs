@@ -96,7 +96,7 @@ enum Command {
     /// The group's project file: put, get, watch, status.
     Project {
         #[command(subcommand)]
-        action: project::ProjectCmd,
+        action: Box<project::ProjectCmd>,
     },
     /// Run the JSON control gateway: HTTP API, event streams, dashboard, TCP.
     Gateway(Box<understudy_control_gateway::cli::GatewayArgs>),
@@ -169,7 +169,7 @@ where
                 count,
                 bus,
             } => ctl::events(&bus.settings(), &group, last, json, count).await,
-            Command::Project { action } => project::run(action).await,
+            Command::Project { action } => project::run(*action).await,
             Command::Gateway(args) => understudy_control_gateway::cli::run(*args)
                 .await
                 .map_err(anyhow::Error::from),

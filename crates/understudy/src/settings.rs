@@ -204,10 +204,55 @@ impl ProjectAuthArgs {
         }
     }
 
+    /// The `understudy node` flags that give a device these settings (for
+    /// the lab and the bench, which start devices): the files as they are;
+    /// a token given by value is written to `<dir>/project-token`
+    /// (owner-only) and passed as a file, so it shows in no process list.
+    pub fn node_args(&self, dir: &Path) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut path = |flag: &str, v: &Option<PathBuf>| {
+            if let Some(v) = v {
+                out.push(flag.to_string());
+                out.push(v.display().to_string());
+            }
+        };
+        path("--project-tls-cert", &self.tls_cert);
+        path("--project-tls-key", &self.tls_key);
+        path("--project-tls-ca", &self.tls_ca);
+        path("--project-token-file", &self.token_file);
+        if let Some(name) = &self.tls_server_name {
+            out.extend(["--project-tls-server-name".to_string(), name.clone()]);
+        }
+        if let Some(token) = &self.token {
+            let file = dir.join("project-token");
+            write_private(&file, token)?;
+            out.extend([
+                "--project-token-file".to_string(),
+                file.display().to_string(),
+            ]);
+        }
+        Ok(out)
+    }
+
     /// The client side, loaded (a clear error for a bad file or combination).
     pub fn client(&self) -> Result<understudy_project_sync::security::ClientSecurity> {
         Ok(self.clone().settings().client()?)
     }
+}
+
+/// Writes `text` to a file only its owner can read.
+pub fn write_private(file: &Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", file.display()))
 }
 
 /// The whole settings file.
