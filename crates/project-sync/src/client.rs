@@ -12,13 +12,15 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use understudy_protocol::messages::{self, LeaseRecord};
 use understudy_protocol::{DeviceId, GroupName, Term, grpc, subjects};
 
 use crate::core::TermGuard;
 use crate::local::{CopyMeta, Incoming, LocalCopy, LocalError, sha256_hex};
+use crate::security::{BearerToken, ClientSecurity, error_chain};
 
 /// The largest HTTP/2 frame either side accepts (the default is 16 KiB).
 pub const MAX_FRAME: u32 = 1024 * 1024;
@@ -107,6 +109,19 @@ impl ClientError {
             ),
             ClientError::Protocol(_) | ClientError::Local(_) => false,
         }
+    }
+
+    /// Whether the server's caller check refused this client
+    /// (`UNAUTHENTICATED`, `PERMISSION_DENIED`): its token or certificate is
+    /// missing or not the group's.
+    pub fn is_refused_caller(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Rejected {
+                code: Code::Unauthenticated | Code::PermissionDenied,
+                ..
+            }
+        )
     }
 }
 
@@ -214,19 +229,32 @@ pub struct Change {
 pub struct ProjectClient {
     group: GroupName,
     server: ServerRef,
-    rpc: pb::project_client::ProjectClient<Channel>,
+    rpc: pb::project_client::ProjectClient<InterceptedService<Channel, BearerToken>>,
     guard: TermGuard,
     /// Counts the project bytes fetched, when the caller keeps the figure.
     received: Option<understudy_telemetry::Counter>,
 }
 
 impl ProjectClient {
-    /// Connects to `server` (bounded by `timeout`). HTTP/2 keep-alives find a
-    /// server that stopped answering within about two seconds.
+    /// Connects to `server` (bounded by `timeout`) over plain gRPC, with no
+    /// credentials: [`connect_with`](Self::connect_with) and
+    /// [`ClientSecurity::plain`].
     pub async fn connect(
         group: &GroupName,
         server: ServerRef,
         timeout: Duration,
+    ) -> Result<ProjectClient, ClientError> {
+        Self::connect_with(group, server, timeout, &ClientSecurity::plain()).await
+    }
+
+    /// Connects to `server` (bounded by `timeout`) with `security`'s TLS and
+    /// token. HTTP/2 keep-alives find a server that stopped answering within
+    /// about two seconds.
+    pub async fn connect_with(
+        group: &GroupName,
+        server: ServerRef,
+        timeout: Duration,
+        security: &ClientSecurity,
     ) -> Result<ProjectClient, ClientError> {
         let address = server
             .address
@@ -236,8 +264,9 @@ impl ProjectClient {
             address: address.clone(),
             detail,
         };
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| connect_err(e.to_string()))?
+        let endpoint = security
+            .endpoint(&address)
+            .map_err(connect_err)?
             .connect_timeout(timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(1))
@@ -250,8 +279,8 @@ impl ProjectClient {
         let channel = tokio::time::timeout(timeout, endpoint.connect())
             .await
             .map_err(|_| connect_err(format!("no connection within {timeout:?}")))?
-            .map_err(|e| connect_err(e.to_string()))?;
-        let rpc = pb::project_client::ProjectClient::new(channel)
+            .map_err(|e| connect_err(error_chain(&e)))?;
+        let rpc = pb::project_client::ProjectClient::with_interceptor(channel, security.token())
             .max_decoding_message_size(4 * 1024 * 1024)
             .max_encoding_message_size(4 * 1024 * 1024);
         let mut guard = TermGuard::new();

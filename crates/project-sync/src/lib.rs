@@ -10,7 +10,8 @@
 //!   `proto/understudy/v1/project.proto`), [`store`] (the head in JetStream KV,
 //!   the content in a JetStream object store), [`server`] (the gRPC service of
 //!   the elected device), [`client`] (finding the server with the lease and
-//!   talking to it), [`events`] (publishing project events) and [`service`]
+//!   talking to it), [`security`] (TLS and the check that a caller is a
+//!   device of the group), [`events`] (publishing project events) and [`service`]
 //!   (the device's driver).
 
 pub mod core;
@@ -32,6 +33,8 @@ pub use tonic;
 pub mod client;
 #[cfg(feature = "driver")]
 pub mod events;
+#[cfg(feature = "driver")]
+pub mod security;
 #[cfg(feature = "driver")]
 pub mod server;
 #[cfg(feature = "driver")]

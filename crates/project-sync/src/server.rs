@@ -24,6 +24,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 use understudy_bus::unix_ms;
@@ -37,6 +38,7 @@ use crate::core::{
 };
 use crate::local::valid_change_id;
 use crate::pb::{self, submit_chunk::Part};
+use crate::security::CallerCheck;
 use crate::store::{CasError, ProjectStore, StoreError};
 
 /// Content is streamed to clients in chunks of this size.
@@ -223,11 +225,16 @@ impl ProjectService {
     }
 
     /// The tonic server for this service, with message limits fitted to the
-    /// chunk sizes.
-    pub fn into_server(self) -> pb::project_server::ProjectServer<ProjectService> {
-        pb::project_server::ProjectServer::new(self)
+    /// chunk sizes, behind `check`: every call (describe, fetch, submit,
+    /// watch) passes it before the service sees it.
+    pub fn into_server(
+        self,
+        check: CallerCheck,
+    ) -> InterceptedService<pb::project_server::ProjectServer<ProjectService>, CallerCheck> {
+        let server = pb::project_server::ProjectServer::new(self)
             .max_decoding_message_size(FETCH_CHUNK * 2 + 4096)
-            .max_encoding_message_size(FETCH_CHUNK * 2 + 4096)
+            .max_encoding_message_size(FETCH_CHUNK * 2 + 4096);
+        InterceptedService::new(server, check)
     }
 
     /// The serving core's clock: time since this service was made.

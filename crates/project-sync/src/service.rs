@@ -32,6 +32,7 @@ use crate::client::{Change, ClientError, ProjectClient, ServerRef, Submitted, le
 use crate::core::{FenceOutcome, Input};
 use crate::events;
 use crate::local::{CopyState, LocalCopy, LocalError, Outbox, OutboxEntry};
+use crate::security::{DeviceSecurity, ServerSecurity};
 use crate::server::{FenceError, ProjectService, ServerConfig, Snapshot, fence_and_load};
 use crate::store::ProjectStore;
 
@@ -59,6 +60,9 @@ pub struct ProjectSyncConfig {
     /// Either way a second process with this device id (B2) cannot make
     /// this one serve.
     pub election_instance: Option<InstanceId>,
+    /// TLS and the caller check of its gRPC server, and how it dials the
+    /// group's server ([`crate::security`]); the default is plain gRPC.
+    pub security: DeviceSecurity,
 }
 
 /// Why the project-sync service stopped.
@@ -95,7 +99,16 @@ pub async fn run(
     );
     let election =
         ElectionFeed::subscribe(&client, &cfg.group, &cfg.device, cfg.election_instance).await?;
-    let grpc = tokio::spawn(serve_grpc(svc.clone(), listener, shutdown.clone()));
+    info!(
+        security = cfg.security.server.describe(),
+        "project service on {}", cfg.advertise
+    );
+    let grpc = tokio::spawn(serve_grpc(
+        svc.clone(),
+        cfg.security.server.clone(),
+        listener,
+        shutdown.clone(),
+    ));
     let (server_tx, server_rx) = watch::channel::<Option<ServerRef>>(None);
     let sync = tokio::spawn(sync_loop(
         client.clone(),
@@ -127,21 +140,27 @@ pub async fn run(
     }
 }
 
-/// The gRPC server on `listener`, until `shutdown`.
+/// The gRPC server on `listener`, with TLS and the caller check of
+/// `security`, until `shutdown`.
 async fn serve_grpc(
     svc: ProjectService,
+    security: ServerSecurity,
     listener: tokio::net::TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = security.tls() {
+        builder = builder.tls_config(tls.clone())?;
+    }
+    builder
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(4 * 1024 * 1024))
         .initial_connection_window_size(Some(16 * 1024 * 1024))
         .max_frame_size(Some(crate::client::MAX_FRAME))
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
-        .add_service(svc.into_server())
+        .add_service(svc.into_server(security.check().clone()))
         .serve_with_incoming_shutdown(incoming, async move {
             understudy_bus::stopped(&mut shutdown).await;
         })
@@ -381,6 +400,8 @@ async fn sync_loop(
         Err(e) => warn!("cannot verify the local project copy: {e}"),
     }
     let mut backoff = Duration::from_millis(50);
+    // The last refusal by a server's caller check, said once.
+    let mut refused: Option<String> = None;
     loop {
         if *shutdown.borrow() {
             return;
@@ -402,8 +423,18 @@ async fn sync_loop(
             }
             r = follow(&client, &cfg, &local, &outbox, server.clone()) => r,
         };
-        if let Err(e) = outcome {
-            debug!(server = %server.device, "following the project server: {e}");
+        match outcome {
+            // Refused by the server's caller check: a configuration fault
+            // an operator must see (retried all the same, it may be mended).
+            Err(e) if e.is_refused_caller() => {
+                let said = e.to_string();
+                if refused.as_ref() != Some(&said) {
+                    warn!(server = %server.device, "the project server refused this device: {said}");
+                    refused = Some(said);
+                }
+            }
+            Err(e) => debug!(server = %server.device, "following the project server: {e}"),
+            Ok(()) => {}
         }
         // Wait a little (or for the lease to name someone else) and retry.
         tokio::select! {
@@ -421,7 +452,13 @@ async fn follow(
     outbox: &Outbox,
     server: ServerRef,
 ) -> Result<(), ClientError> {
-    let mut pc = ProjectClient::connect(&cfg.group, server.clone(), cfg.store_timeout * 2).await?;
+    let mut pc = ProjectClient::connect_with(
+        &cfg.group,
+        server.clone(),
+        cfg.store_timeout * 2,
+        &cfg.security.client,
+    )
+    .await?;
     pc.count_received(metrics(cfg).received);
     let copy = pc.fetch_into(local).await?;
     let mut have = copy.revision;

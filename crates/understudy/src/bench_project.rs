@@ -33,11 +33,13 @@ use tokio::task::JoinHandle;
 use understudy_project_sync::client::{Change, Fetched, ProjectClient, ServerRef, Submitted};
 use understudy_project_sync::local::LocalCopy;
 use understudy_project_sync::pb;
+use understudy_project_sync::security::ClientSecurity;
 use understudy_protocol::GroupName;
 
 use crate::bench::{fresh_workspace, ms, summary};
 use crate::lab::spawn_device;
 use crate::project::connect_server_within;
+use crate::settings::ProjectAuthArgs;
 use crate::settings::connect_once;
 use understudy_testkit::NatsServer;
 
@@ -71,6 +73,11 @@ pub struct ProjectArgs {
     /// local copies.
     #[arg(long, default_value = ".bench-project")]
     dir: PathBuf,
+    /// TLS and the group token of the project service: the server device
+    /// is started with them, the clients use them (to time TLS against
+    /// plain gRPC).
+    #[command(flatten)]
+    project: ProjectAuthArgs,
 }
 
 /// Aborts the tasks it holds when dropped, so an early return leaves no
@@ -96,7 +103,12 @@ pub async fn project(a: ProjectArgs) -> Result<()> {
     let url = nats.url();
     let size = a.size_mib * MIB;
     let max_size = (size as u64 + MIB as u64).max(256 * MIB as u64).to_string();
-    let extra = ["--grace-period", "0", "--max-project-size", &max_size];
+    let sec = a.project.client()?;
+    let mut extra: Vec<String> = ["--grace-period", "0", "--max-project-size", &max_size]
+        .map(String::from)
+        .to_vec();
+    extra.extend(a.project.node_args(&dir)?);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let _server = spawn_device(
         &exe,
         &dir,
@@ -113,20 +125,26 @@ pub async fn project(a: ProjectArgs) -> Result<()> {
     .await?;
     let js = jetstream::new(client);
     let within = Some(Duration::from_secs(30));
-    let mut pc = connect_server_within(&js, &group, within)
+    let mut pc = connect_server_within(&js, &sec, &group, within)
         .await
         .context("the server device did not serve the project")?;
     let server = pc.server().clone();
     println!(
         "understudy bench project: {} clients in this process, the server `understudy node` {} \
-         in its own, single nats-server (JetStream, file store), loopback",
-        a.clients, server.device
+         in its own, single nats-server (JetStream, file store), loopback, gRPC {}",
+        a.clients,
+        server.device,
+        if sec.is_tls() { "over TLS" } else { "in clear" }
     );
 
     let mut rng = StdRng::seed_from_u64(0x5eed_f11e);
-    notification(&group, &server, &mut pc, &mut rng, a.clients, a.changes).await?;
-    distribution(&group, &server, &mut pc, &mut rng, a.clients, size, &dir).await
+    let on = (&group, &server, &sec);
+    notification(on, &mut pc, &mut rng, a.clients, a.changes).await?;
+    distribution(on, &mut pc, &mut rng, a.clients, size, &dir).await
 }
+
+/// The server and how to dial it.
+type On<'a> = (&'a GroupName, &'a ServerRef, &'a ClientSecurity);
 
 /// The server's head revision.
 async fn head(pc: &mut ProjectClient) -> Result<pb::Revision> {
@@ -176,8 +194,7 @@ fn met(ok: bool) -> &'static str {
 
 /// Part 1: change → every watcher notified.
 async fn notification(
-    group: &GroupName,
-    server: &ServerRef,
+    (group, server, sec): On<'_>,
     pc: &mut ProjectClient,
     rng: &mut StdRng,
     n: usize,
@@ -201,7 +218,7 @@ async fn notification(
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, u64, Instant)>();
     let mut watchers = Tasks(Vec::new());
     for i in 0..n {
-        let mut wc = ProjectClient::connect(group, server.clone(), CALL_TIMEOUT).await?;
+        let mut wc = ProjectClient::connect_with(group, server.clone(), CALL_TIMEOUT, sec).await?;
         let mut stream = wc.watch(last.revision).await?;
         let tx = tx.clone();
         watchers.0.push(tokio::spawn(async move {
@@ -278,8 +295,7 @@ async fn notification(
 
 /// Part 2: S MiB to N clients at once, against raw loopback TCP.
 async fn distribution(
-    group: &GroupName,
-    server: &ServerRef,
+    (group, server, sec): On<'_>,
     pc: &mut ProjectClient,
     rng: &mut StdRng,
     n: usize,
@@ -306,7 +322,7 @@ async fn distribution(
     let mut clients = Vec::with_capacity(n);
     for i in 0..n {
         let local = LocalCopy::open(&copies.join(format!("client-{}", i + 1)))?;
-        let c = ProjectClient::connect(group, server.clone(), CALL_TIMEOUT).await?;
+        let c = ProjectClient::connect_with(group, server.clone(), CALL_TIMEOUT, sec).await?;
         clients.push((c, local));
     }
     let t0 = Instant::now();
@@ -341,7 +357,7 @@ async fn distribution(
 
     // Where the time goes: the same transfer kept in memory, and the disk
     // writes alone.
-    let in_memory = fetch_in_memory(group, server, n, &rev).await?;
+    let in_memory = fetch_in_memory((group, server, sec), n, &rev).await?;
     let disk = disk_only(&copies, n, data.clone()).await?;
     let _ = std::fs::remove_dir_all(&copies);
     let hash = hash_only(n, data.clone()).await?;
@@ -454,14 +470,13 @@ async fn copy_only(n: usize, data: Bytes) -> Result<Duration> {
 
 /// N clients at once fetching `rev` into memory (verified, not written).
 async fn fetch_in_memory(
-    group: &GroupName,
-    server: &ServerRef,
+    (group, server, sec): On<'_>,
     n: usize,
     rev: &pb::Revision,
 ) -> Result<Duration> {
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
-        clients.push(ProjectClient::connect(group, server.clone(), CALL_TIMEOUT).await?);
+        clients.push(ProjectClient::connect_with(group, server.clone(), CALL_TIMEOUT, sec).await?);
     }
     let t0 = Instant::now();
     let mut fetches = Tasks(

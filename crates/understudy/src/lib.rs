@@ -96,7 +96,7 @@ enum Command {
     /// The group's project file: put, get, watch, status.
     Project {
         #[command(subcommand)]
-        action: project::ProjectCmd,
+        action: Box<project::ProjectCmd>,
     },
     /// Run the JSON control gateway: HTTP API, event streams, dashboard, TCP.
     Gateway(Box<understudy_control_gateway::cli::GatewayArgs>),
@@ -177,7 +177,7 @@ where
                 count,
                 bus,
             } => ctl::events(&bus.settings(), &group, last, json, count).await,
-            Command::Project { action } => project::run(action).await,
+            Command::Project { action } => project::run(*action).await,
             Command::Gateway(args) => understudy_control_gateway::cli::run(*args)
                 .await
                 .map_err(anyhow::Error::from),
@@ -245,4 +245,15 @@ pub fn service_main(service: &str) -> ExitCode {
     full.extend(["node".into(), "--services".into(), service.into()]);
     full.extend(rest);
     main_with(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // Flattened argument groups (NATS, project TLS) share no names.
+        super::Cli::command().debug_assert();
+    }
 }

@@ -13,6 +13,7 @@ use understudy_discovery::service::DiscoveryConfig;
 use understudy_election::ElectionConfig;
 use understudy_election::service::ElectionServiceConfig;
 use understudy_heartbeat::service::HeartbeatConfig;
+use understudy_project_sync::security::{DeviceSecurity, ProjectSecurity};
 use understudy_project_sync::service::ProjectSyncConfig;
 use understudy_protocol::{DeviceId, GroupName, InstanceId, Mac, Score};
 
@@ -84,6 +85,12 @@ pub struct NodeArgs {
     /// [default: the address it listens on].
     #[arg(long, env = "UNDERSTUDY_PROJECT_ADVERTISE")]
     project_advertise: Option<String>,
+    /// The project service's TLS and group check (settings file keys:
+    /// project_tls_cert, project_tls_key, project_tls_ca,
+    /// project_tls_server_name, project_token, project_token_file). A device
+    /// gives its certificate, key and CA together, or none.
+    #[command(flatten)]
+    project_auth: crate::settings::ProjectAuthArgs,
     /// The largest project file accepted, in bytes [default: 268435456 = 256 MiB].
     #[arg(long, env = "UNDERSTUDY_MAX_PROJECT_SIZE")]
     max_project_size: Option<u64>,
@@ -121,6 +128,7 @@ struct Node {
     services: Services,
     project_listen: String,
     project_advertise: Option<String>,
+    project_security: ProjectSecurity,
     max_project_size: u64,
     metrics_listen: Option<String>,
 }
@@ -175,6 +183,7 @@ fn resolve(a: NodeArgs) -> Result<Node> {
     };
     let f = file.node;
     let file_nats_auth = f.nats_auth();
+    let file_project_auth = f.project_auth();
     let group = a.group.or(f.group).ok_or_else(|| {
         anyhow!("--group is required (or UNDERSTUDY_GROUP, or group in the settings file)")
     })?;
@@ -254,6 +263,7 @@ fn resolve(a: NodeArgs) -> Result<Node> {
             .or(f.project_listen)
             .unwrap_or_else(|| "127.0.0.1:0".into()),
         project_advertise: a.project_advertise.or(f.project_advertise),
+        project_security: a.project_auth.or(file_project_auth).settings(),
         max_project_size: a
             .max_project_size
             .or(f.max_project_size)
@@ -284,6 +294,15 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     let n = resolve(args)?;
     std::fs::create_dir_all(&n.data_dir)
         .with_context(|| format!("cannot create data dir {}", n.data_dir.display()))?;
+    // The project service's TLS files and token are read now: a bad one is
+    // an error at start, not a refused call later.
+    let project_security = if n.services.project {
+        n.project_security
+            .device()
+            .context("the project service's TLS or token settings")?
+    } else {
+        DeviceSecurity::default()
+    };
     // Bind the project-sync port first: its address goes into the lease.
     let project_listener = if n.services.project {
         let l = tokio::net::TcpListener::bind(&n.project_listen)
@@ -352,6 +371,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         max_size: n.max_project_size,
         store_timeout: Duration::from_secs(2),
         election_instance,
+        security: project_security,
     };
     let heartbeat_cfg = HeartbeatConfig {
         group: n.group.clone(),

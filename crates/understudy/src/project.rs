@@ -19,10 +19,12 @@ use understudy_project_sync::local::{
     LocalCopy, Outbox, fresh_change_id, replace_file, sha256_hex,
 };
 use understudy_project_sync::pb;
+use understudy_project_sync::security::ClientSecurity;
 use understudy_project_sync::store::ProjectStore;
 use understudy_protocol::GroupName;
 
 use crate::Bus;
+use crate::settings::ProjectAuthArgs;
 use crate::settings::connect_once;
 use understudy_bus::NatsSettings;
 
@@ -59,6 +61,8 @@ pub enum ProjectCmd {
         data_dir: Option<PathBuf>,
         #[command(flatten)]
         bus: Bus,
+        #[command(flatten)]
+        project: ProjectAuthArgs,
     },
     /// Write the group's current project to a file.
     Get {
@@ -74,6 +78,8 @@ pub enum ProjectCmd {
         data_dir: Option<PathBuf>,
         #[command(flatten)]
         bus: Bus,
+        #[command(flatten)]
+        project: ProjectAuthArgs,
     },
     /// Print the current revision, then every new one as it lands; follows
     /// the group to a new server after a failover.
@@ -89,6 +95,8 @@ pub enum ProjectCmd {
         json: bool,
         #[command(flatten)]
         bus: Bus,
+        #[command(flatten)]
+        project: ProjectAuthArgs,
     },
     /// Show the server, the head and the recent history.
     Status {
@@ -100,6 +108,8 @@ pub enum ProjectCmd {
         json: bool,
         #[command(flatten)]
         bus: Bus,
+        #[command(flatten)]
+        project: ProjectAuthArgs,
     },
 }
 
@@ -114,13 +124,17 @@ pub async fn run(cmd: ProjectCmd) -> Result<()> {
             by,
             data_dir,
             bus,
+            project,
         } => {
             let group: GroupName = group.parse()?;
             let data = std::fs::read(&file)
                 .with_context(|| format!("cannot read --file {}", file.display()))?;
             match data_dir {
                 Some(dir) => queue(&dir, base, change_id.as_deref(), &by, &data),
-                None => put(&bus.settings(), &group, base, change_id, &by, data).await,
+                None => {
+                    let sec = project.client()?;
+                    put(&bus.settings(), &sec, &group, base, change_id, &by, data).await
+                }
             }
         }
         ProjectCmd::Get {
@@ -128,11 +142,12 @@ pub async fn run(cmd: ProjectCmd) -> Result<()> {
             file,
             data_dir,
             bus,
+            project,
         } => {
             let group: GroupName = group.parse()?;
             match data_dir {
                 Some(dir) => get_local(&dir, &file),
-                None => get(&bus.settings(), &group, &file).await,
+                None => get(&bus.settings(), &project.client()?, &group, &file).await,
             }
         }
         ProjectCmd::Watch {
@@ -140,22 +155,34 @@ pub async fn run(cmd: ProjectCmd) -> Result<()> {
             count,
             json,
             bus,
-        } => watch(&bus.settings(), &group.parse()?, count, json).await,
-        ProjectCmd::Status { group, json, bus } => {
-            status(&bus.settings(), &group.parse()?, json).await
+            project,
+        } => {
+            let sec = project.client()?;
+            watch(&bus.settings(), &sec, &group.parse()?, count, json).await
         }
+        ProjectCmd::Status {
+            group,
+            json,
+            bus,
+            project,
+        } => status(&bus.settings(), &project.client()?, &group.parse()?, json).await,
     }
 }
 
 /// Finds the server and connects, retrying while a failover may be under way.
-async fn connect_server(js: &jetstream::Context, group: &GroupName) -> Result<ProjectClient> {
-    connect_server_within(js, group, Some(FIND_WITHIN)).await
+async fn connect_server(
+    js: &jetstream::Context,
+    sec: &ClientSecurity,
+    group: &GroupName,
+) -> Result<ProjectClient> {
+    connect_server_within(js, sec, group, Some(FIND_WITHIN)).await
 }
 
 /// Like [`connect_server`]; `None` waits for a server for as long as it takes
 /// (saying so once on stderr).
 pub(crate) async fn connect_server_within(
     js: &jetstream::Context,
+    sec: &ClientSecurity,
     group: &GroupName,
     within: Option<Duration>,
 ) -> Result<ProjectClient> {
@@ -166,7 +193,7 @@ pub(crate) async fn connect_server_within(
             let server = find_server(js, group, CALL_TIMEOUT)
                 .await?
                 .ok_or_else(|| ClientError::NoServer(group.clone()))?;
-            let mut pc = ProjectClient::connect(group, server, CALL_TIMEOUT).await?;
+            let mut pc = ProjectClient::connect_with(group, server, CALL_TIMEOUT, sec).await?;
             pc.describe().await?;
             Ok::<_, ClientError>(pc)
         };
@@ -197,6 +224,7 @@ pub(crate) async fn connect_server_within(
 
 async fn put(
     nats: &NatsSettings,
+    sec: &ClientSecurity,
     group: &GroupName,
     base: Option<u64>,
     change_id: Option<String>,
@@ -210,7 +238,7 @@ async fn put(
     let deadline = Instant::now() + FIND_WITHIN;
     let mut base = base;
     loop {
-        let mut pc = connect_server(&js, group).await?;
+        let mut pc = connect_server(&js, sec, group).await?;
         if base.is_none() {
             let head = pc.describe().await?.head.unwrap_or_default();
             base = Some(head.revision);
@@ -277,10 +305,15 @@ fn queue(
     Ok(())
 }
 
-async fn get(nats: &NatsSettings, group: &GroupName, file: &Path) -> Result<()> {
+async fn get(
+    nats: &NatsSettings,
+    sec: &ClientSecurity,
+    group: &GroupName,
+    file: &Path,
+) -> Result<()> {
     let client = connect_once(nats, "understudy-project").await?;
     let js = jetstream::new(client);
-    let mut pc = connect_server(&js, group).await?;
+    let mut pc = connect_server(&js, sec, group).await?;
     // Streamed to disk beside the target (hashed, verified, fsynced), then
     // renamed over it: a 256 MiB project never sits in memory.
     let dir = file
@@ -375,6 +408,7 @@ fn print_revision(r: &pb::Revision, term: u64, json: bool) {
 
 async fn watch(
     nats: &NatsSettings,
+    sec: &ClientSecurity,
     group: &GroupName,
     count: Option<u64>,
     json: bool,
@@ -386,7 +420,7 @@ async fn watch(
     let mut seen_term = 0u64;
     loop {
         // Follows the group for as long as it runs: no server is a wait.
-        let mut pc = connect_server_within(&js, group, None).await?;
+        let mut pc = connect_server_within(&js, sec, group, None).await?;
         pc.observe_term(understudy_protocol::Term::from_revision(seen_term));
         let after = match last {
             Some(l) => l,
@@ -429,7 +463,12 @@ async fn watch(
     }
 }
 
-async fn status(nats: &NatsSettings, group: &GroupName, json: bool) -> Result<()> {
+async fn status(
+    nats: &NatsSettings,
+    sec: &ClientSecurity,
+    group: &GroupName,
+    json: bool,
+) -> Result<()> {
     let client = connect_once(nats, "understudy-project").await?;
     let js = jetstream::new(client);
     let head = ProjectStore::read_only_head(&js, group, CALL_TIMEOUT)
@@ -437,7 +476,7 @@ async fn status(nats: &NatsSettings, group: &GroupName, json: bool) -> Result<()
         .context("cannot read the project head")?;
     let server: Option<ServerRef> = find_server(&js, group, CALL_TIMEOUT).await.ok().flatten();
     let answering = match &server {
-        Some(s) => match ProjectClient::connect(group, s.clone(), CALL_TIMEOUT).await {
+        Some(s) => match ProjectClient::connect_with(group, s.clone(), CALL_TIMEOUT, sec).await {
             Ok(mut pc) => pc.describe().await.map(|_| true).unwrap_or(false),
             Err(_) => false,
         },

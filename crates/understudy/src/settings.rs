@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use understudy_bus::{NatsAuthArgs, NatsSettings, Refused};
+use understudy_project_sync::security::ProjectSecurity;
 
 /// Parses a duration as people write it: `100ms`, `2s`, `1.5s`, `1m`, `0`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -75,6 +76,12 @@ pub struct FileNode {
     pub nats_tls_cert: Option<PathBuf>,
     pub nats_tls_key: Option<PathBuf>,
     pub nats_tls_required: Option<bool>,
+    pub project_tls_cert: Option<PathBuf>,
+    pub project_tls_key: Option<PathBuf>,
+    pub project_tls_ca: Option<PathBuf>,
+    pub project_tls_server_name: Option<String>,
+    pub project_token: Option<String>,
+    pub project_token_file: Option<PathBuf>,
 }
 
 impl FileNode {
@@ -92,6 +99,160 @@ impl FileNode {
             tls_required: self.nats_tls_required.unwrap_or(false),
         }
     }
+
+    /// The project service's TLS and token settings the file gives.
+    pub fn project_auth(&self) -> ProjectAuthArgs {
+        ProjectAuthArgs {
+            tls_cert: self.project_tls_cert.clone(),
+            tls_key: self.project_tls_key.clone(),
+            tls_ca: self.project_tls_ca.clone(),
+            tls_server_name: self.project_tls_server_name.clone(),
+            token: self.project_token.clone(),
+            token_file: self.project_token_file.clone(),
+        }
+    }
+}
+
+/// The project service's TLS and group-token flags, shared by `node`, the
+/// `project` commands and `bench project` (docs/project-sync.md). The token
+/// is best given in a file or a variable, never on the command line where
+/// other users can read it.
+#[derive(Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct ProjectAuthArgs {
+    /// Certificate (PEM) of this device's project service, also its client
+    /// certificate when it dials another device (mutual TLS).
+    #[arg(
+        id = "project_tls_cert",
+        long = "project-tls-cert",
+        env = "UNDERSTUDY_PROJECT_TLS_CERT"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(
+        id = "project_tls_key",
+        long = "project-tls-key",
+        env = "UNDERSTUDY_PROJECT_TLS_KEY"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM): trusted for the project servers' certificates
+    /// and, on a server, for callers' client certificates. Turns TLS on.
+    #[arg(
+        id = "project_tls_ca",
+        long = "project-tls-ca",
+        env = "UNDERSTUDY_PROJECT_TLS_CA"
+    )]
+    pub tls_ca: Option<PathBuf>,
+    /// The DNS name to check project servers' certificates against,
+    /// instead of the host of the address the lease advertises.
+    #[arg(
+        id = "project_tls_server_name",
+        long = "project-tls-server-name",
+        env = "UNDERSTUDY_PROJECT_TLS_SERVER_NAME"
+    )]
+    pub tls_server_name: Option<String>,
+    /// The group token (prefer UNDERSTUDY_PROJECT_TOKEN or a file).
+    #[arg(
+        id = "project_token",
+        long = "project-token",
+        env = "UNDERSTUDY_PROJECT_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// A file holding the group token.
+    #[arg(
+        id = "project_token_file",
+        long = "project-token-file",
+        env = "UNDERSTUDY_PROJECT_TOKEN_FILE"
+    )]
+    pub token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ProjectAuthArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.clone().settings(), f)
+    }
+}
+
+impl ProjectAuthArgs {
+    /// Fills what was not given here from `other` (a settings file). The
+    /// token and the token file are one setting: either given here wins.
+    pub fn or(self, other: ProjectAuthArgs) -> ProjectAuthArgs {
+        let (token, token_file) = if self.token.is_some() || self.token_file.is_some() {
+            (self.token, self.token_file)
+        } else {
+            (other.token, other.token_file)
+        };
+        ProjectAuthArgs {
+            tls_cert: self.tls_cert.or(other.tls_cert),
+            tls_key: self.tls_key.or(other.tls_key),
+            tls_ca: self.tls_ca.or(other.tls_ca),
+            tls_server_name: self.tls_server_name.or(other.tls_server_name),
+            token,
+            token_file,
+        }
+    }
+
+    /// The settings, to be loaded by the side that uses them.
+    pub fn settings(self) -> ProjectSecurity {
+        ProjectSecurity {
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            tls_ca: self.tls_ca,
+            tls_server_name: self.tls_server_name,
+            token: self.token,
+            token_file: self.token_file,
+        }
+    }
+
+    /// The `understudy node` flags that give a device these settings (for
+    /// the lab and the bench, which start devices): the files as they are;
+    /// a token given by value is written to `<dir>/project-token`
+    /// (owner-only) and passed as a file, so it shows in no process list.
+    pub fn node_args(&self, dir: &Path) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut path = |flag: &str, v: &Option<PathBuf>| {
+            if let Some(v) = v {
+                out.push(flag.to_string());
+                out.push(v.display().to_string());
+            }
+        };
+        path("--project-tls-cert", &self.tls_cert);
+        path("--project-tls-key", &self.tls_key);
+        path("--project-tls-ca", &self.tls_ca);
+        path("--project-token-file", &self.token_file);
+        if let Some(name) = &self.tls_server_name {
+            out.extend(["--project-tls-server-name".to_string(), name.clone()]);
+        }
+        if let Some(token) = &self.token {
+            let file = dir.join("project-token");
+            write_private(&file, token)?;
+            out.extend([
+                "--project-token-file".to_string(),
+                file.display().to_string(),
+            ]);
+        }
+        Ok(out)
+    }
+
+    /// The client side, loaded (a clear error for a bad file or combination).
+    pub fn client(&self) -> Result<understudy_project_sync::security::ClientSecurity> {
+        Ok(self.clone().settings().client()?)
+    }
+}
+
+/// Writes `text` to a file only its owner can read.
+pub fn write_private(file: &Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", file.display()))
 }
 
 /// The whole settings file.
