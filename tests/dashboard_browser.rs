@@ -341,15 +341,19 @@ async fn dashboard_shows_the_group_follows_a_score_change_and_resumes_its_events
     let s = &session;
 
     // Without a token the page reads nothing and asks for one.
-    wait_until("the page to ask for a token", ON_SCREEN_WITHIN, || async move {
-        let asked = s
-            .execute("return document.querySelector('#token-form').dataset.needsToken;")
-            .await?;
-        ensure!(asked == "true", "the token form is not marked: {asked}");
-        let note = s.text_of("#group-note").await?;
-        ensure!(note.contains("needs a token"), "#group-note says {note:?}");
-        Ok(())
-    })
+    wait_until(
+        "the page to ask for a token",
+        ON_SCREEN_WITHIN,
+        || async move {
+            let asked = s
+                .execute("return document.querySelector('#token-form').dataset.needsToken;")
+                .await?;
+            ensure!(asked == "true", "the token form is not marked: {asked}");
+            let note = s.text_of("#group-note").await?;
+            ensure!(note.contains("needs a token"), "#group-note says {note:?}");
+            Ok(())
+        },
+    )
     .await
     .unwrap();
     assert_eq!(session.text_of("#server").await.unwrap(), "—");

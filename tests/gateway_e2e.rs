@@ -203,7 +203,11 @@ impl Tcp {
         let r = self
             .call(json!({"id": "auth", "cmd": "auth", "token": TOKEN}))
             .await;
-        assert_eq!(r["result"], json!({"authorised": true, "role": "admin"}), "{r}");
+        assert_eq!(
+            r["result"],
+            json!({"authorised": true, "role": "admin"}),
+            "{r}"
+        );
     }
 
     /// The error code of a refused request.
@@ -659,7 +663,10 @@ async fn late_subscribers_get_exactly_the_missed_events_then_live_ones() {
     let mut sse = Sse::open(
         gw.http(),
         &format!("/api/v1/groups/{GROUP}/events?after=0"),
-        &[("Last-Event-ID", &seen.to_string()), ("Authorization", BEARER)],
+        &[
+            ("Last-Event-ID", &seen.to_string()),
+            ("Authorization", BEARER),
+        ],
     )
     .await
     .unwrap();

@@ -10,7 +10,9 @@
 //! the document marks open (`security: []`, the dashboard's files) answer
 //! without a token. The test counts the operations it called against the
 //! document's, so a route added to the document cannot be skipped. The TCP
-//! protocol's `auth` gives the same roles.
+//! protocol's `auth` gives the same roles. With `--tls-cert`/`--tls-key`
+//! the same API answers over HTTPS (rustls on both sides), and plain HTTP to
+//! that port gets nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -55,7 +57,13 @@ async fn lab(read_env: (&str, String)) -> (NatsServer, Vec<Device>, Gateway) {
     opts.env.push((read_env.0.to_string(), read_env.1));
     let gw = start_gateway_on(&nats.url(), opts).await;
     wait_until("the group to have a server", SERVER_WITHIN, || async {
-        let r = call(gw.http(), "GET", &format!("/api/v1/groups/{GROUP}"), Some(ADMIN)).await?;
+        let r = call(
+            gw.http(),
+            "GET",
+            &format!("/api/v1/groups/{GROUP}"),
+            Some(ADMIN),
+        )
+        .await?;
         ensure!(r.status == 200, "status {}: {}", r.status, r.body);
         ensure!(!r.body["server"].is_null(), "no server yet");
         Ok(())
@@ -142,9 +150,9 @@ fn operations() -> Vec<(String, String, bool)> {
             if method == "parameters" {
                 continue;
             }
-            let security = op["security"].as_array().unwrap_or_else(|| {
-                panic!("{method} {path}: every operation states its security")
-            });
+            let security = op["security"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{method} {path}: every operation states its security"));
             let bearer = security.iter().any(|s| s.get("bearer").is_some());
             ops.push((method.to_uppercase(), path.clone(), bearer));
         }
@@ -161,11 +169,8 @@ async fn every_documented_route_refuses_no_token_and_a_read_only_token_on_writes
         format!("# the lighting desk\n{DESK}\n\n# the stage manager's tablet\n  {TABLET}  \n"),
     )
     .unwrap();
-    let (nats, _devices, gw) = lab((
-        "UNDERSTUDY_READ_TOKENS_FILE",
-        file.display().to_string(),
-    ))
-    .await;
+    let (nats, _devices, gw) =
+        lab(("UNDERSTUDY_READ_TOKENS_FILE", file.display().to_string())).await;
     let addr = gw.http();
 
     let ops = operations();
@@ -194,7 +199,9 @@ async fn every_documented_route_refuses_no_token_and_a_read_only_token_on_writes
                 "{what} with {token:?}: {r:?}"
             );
             assert!(
-                r.challenge.as_deref().is_some_and(|c| c.starts_with("Bearer")),
+                r.challenge
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("Bearer")),
                 "{what}: 401 carries WWW-Authenticate: Bearer ({r:?})"
             );
         }
@@ -282,11 +289,15 @@ async fn every_documented_route_refuses_no_token_and_a_read_only_token_on_writes
     // Without any token configured: reads open, writes refused (401).
     let open_gw = start_gateway(&nats.url(), None).await;
     let status = format!("/api/v1/groups/{GROUP}");
-    wait_until("the open gateway to read the group", SERVER_WITHIN, || async {
-        let r = call(open_gw.http(), "GET", &status, None).await?;
-        ensure!(r.status == 200, "{r:?}");
-        Ok(())
-    })
+    wait_until(
+        "the open gateway to read the group",
+        SERVER_WITHIN,
+        || async {
+            let r = call(open_gw.http(), "GET", &status, None).await?;
+            ensure!(r.status == 200, "{r:?}");
+            Ok(())
+        },
+    )
     .await
     .unwrap();
     let score = format!("/api/v1/groups/{GROUP}/devices/{DEVICE}/score");
@@ -406,7 +417,11 @@ async fn tcp_auth_gives_the_same_roles_as_http() {
     let r = tcp
         .call(json!({"id": 2, "cmd": "auth", "token": TABLET}))
         .await;
-    assert_eq!(r["result"], json!({"authorised": true, "role": "read"}), "{r}");
+    assert_eq!(
+        r["result"],
+        json!({"authorised": true, "role": "read"}),
+        "{r}"
+    );
     for req in tcp_reads() {
         assert_eq!(tcp.outcome(req.clone()).await, "ok", "{req}");
     }
@@ -429,8 +444,110 @@ async fn tcp_auth_gives_the_same_roles_as_http() {
     let r = admin
         .call(json!({"id": 4, "cmd": "auth", "token": ADMIN}))
         .await;
-    assert_eq!(r["result"], json!({"authorised": true, "role": "admin"}), "{r}");
+    assert_eq!(
+        r["result"],
+        json!({"authorised": true, "role": "admin"}),
+        "{r}"
+    );
     for req in tcp_reads().into_iter().chain(tcp_writes()) {
         assert_eq!(admin.outcome(req.clone()).await, "ok", "{req}");
     }
+}
+
+// ---------------------------------------------------------------------- HTTPS
+
+/// A CA and a certificate for localhost and 127.0.0.1 signed by it, written
+/// to `dir`: (CA certificate DER, server certificate file, key file).
+fn make_certificates(dir: &std::path::Path) -> (Vec<u8>, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "understudy gateway test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (cert_file, key_file) = (dir.join("gateway.pem"), dir.join("gateway.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (ca.der().to_vec(), cert_file, key_file)
+}
+
+/// `GET path` over HTTPS (trusting only `ca`), with `token` if any: the
+/// status line and the body.
+async fn https_get(
+    addr: SocketAddr,
+    ca: &[u8],
+    path: &str,
+    token: Option<&str>,
+) -> Result<(String, String)> {
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, pki_types};
+    let mut roots = RootCertStore::empty();
+    roots.add(pki_types::CertificateDer::from(ca.to_vec()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let exchange = async {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = pki_types::ServerName::try_from("localhost")?;
+        let mut tls = connector.connect(name, tcp).await?;
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+        tls.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).await?;
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.lines().next().unwrap_or_default().to_string();
+        anyhow::Ok((status, body.to_string()))
+    };
+    tokio::time::timeout(ANSWER_WITHIN, exchange).await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_certificate_the_api_answers_over_https_with_the_same_roles() {
+    let nats = start_nats().await;
+    let dir = TempDir::new("gateway-tls").unwrap();
+    let (ca, cert, key) = make_certificates(dir.path());
+    let mut opts = GatewayOpts::free_ports(Some(ADMIN)).unwrap();
+    opts.env
+        .push(("UNDERSTUDY_READ_TOKENS".into(), DESK.into()));
+    opts.env.push((
+        "UNDERSTUDY_GATEWAY_TLS_CERT".into(),
+        cert.display().to_string(),
+    ));
+    opts.env.push((
+        "UNDERSTUDY_GATEWAY_TLS_KEY".into(),
+        key.display().to_string(),
+    ));
+    let gw = start_gateway_on(&nats.url(), opts).await;
+    let addr = gw.http();
+
+    let (status, body) = https_get(addr, &ca, "/api/v1/groups", Some(DESK))
+        .await
+        .unwrap();
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(body.contains("\"groups\""), "{body}");
+    let (status, _) = https_get(addr, &ca, "/api/v1/groups", None).await.unwrap();
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized");
+    let (status, body) = https_get(addr, &ca, "/", None).await.unwrap();
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains("token-form"), "the dashboard");
+
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = harness::http::get(addr, "/api/v1/groups").await;
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
 }

@@ -222,7 +222,10 @@ mod tests {
                 assert_eq!(code(t.check_header(Some(bad), need)), Err("unauthorized"));
             }
         }
-        assert_eq!(code(t.check_header(None, Access::Read)), Err("unauthorized"));
+        assert_eq!(
+            code(t.check_header(None, Access::Read)),
+            Err("unauthorized")
+        );
     }
 
     #[test]
@@ -289,7 +292,10 @@ mod tests {
             code(t.check_header(Some(b"Bearer anything"), Access::Read)),
             Ok(None)
         );
-        assert_eq!(code(t.check_header(None, Access::Write)), Err("unauthorized"));
+        assert_eq!(
+            code(t.check_header(None, Access::Write)),
+            Err("unauthorized")
+        );
         assert_eq!(
             code(t.check_header(Some(b"Bearer anything"), Access::Write)),
             Err("unauthorized")
@@ -316,7 +322,10 @@ mod tests {
     #[test]
     fn debug_never_shows_a_token() {
         let shown = format!("{:?}", both());
-        assert!(!shown.contains("s3cret") && !shown.contains("reader"), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("reader"),
+            "{shown}"
+        );
     }
 
     #[test]

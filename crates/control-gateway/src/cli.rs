@@ -48,6 +48,23 @@ pub struct GatewayArgs {
         conflicts_with = "read_tokens"
     )]
     pub read_tokens_file: Option<std::path::PathBuf>,
+    /// A PEM certificate chain (the server's certificate first): the HTTP
+    /// listener then speaks TLS (https://, wss://). Needs --tls-key.
+    #[arg(
+        long = "tls-cert",
+        value_name = "PEM_FILE",
+        env = "UNDERSTUDY_GATEWAY_TLS_CERT",
+        requires = "http_tls_key"
+    )]
+    pub http_tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(
+        long = "tls-key",
+        value_name = "PEM_FILE",
+        env = "UNDERSTUDY_GATEWAY_TLS_KEY",
+        requires = "http_tls_cert"
+    )]
+    pub http_tls_key: Option<std::path::PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9465
     /// (docs/telemetry.md) [default: off].
     #[arg(long, env = "UNDERSTUDY_METRICS_LISTEN")]
@@ -79,6 +96,10 @@ impl GatewayArgs {
             api_token,
             read_tokens,
             metrics_listen: self.metrics_listen,
+            tls: match (self.http_tls_cert, self.http_tls_key) {
+                (Some(cert), Some(key)) => Some(crate::TlsFiles { cert, key }),
+                _ => None,
+            },
         })
     }
 }
@@ -171,8 +192,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("understudy-read-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let file = dir.join("read-tokens");
-        std::fs::write(&file, "# lighting desk\n  desk-token \n\n#tablet\ntablet-token\n")
-            .expect("write");
+        std::fs::write(
+            &file,
+            "# lighting desk\n  desk-token \n\n#tablet\ntablet-token\n",
+        )
+        .expect("write");
         assert_eq!(
             read_tokens_file(&file).expect("read"),
             ["desk-token", "tablet-token"]

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::Request;
 use axum::extract::ws::{
     Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
 use axum::extract::{FromRequestParts, RawPathParams, RawQuery, State};
-use axum::extract::Request;
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -34,8 +34,8 @@ use understudy_protocol::{DeviceId, GroupName};
 use crate::answers::{
     DeviceList, GroupList, OnlineAnswer, ScoreAnswer, SetScoreAnswer, StatusDocument, TriggerAnswer,
 };
-use crate::events::{self, FeedEvent, Start};
 use crate::auth::Access;
+use crate::events::{self, FeedEvent, Start};
 use crate::ops::Shared;
 use crate::{ApiError, assets, input};
 
@@ -361,10 +361,7 @@ async fn put_online(
     Ok(Answer::ok(s.set_online(&group, &device, online).await?))
 }
 
-async fn post_election(
-    State(s): St,
-    names: Names,
-) -> Result<Answer<TriggerAnswer>, ApiError> {
+async fn post_election(State(s): St, names: Names) -> Result<Answer<TriggerAnswer>, ApiError> {
     let answer = s.trigger(&names.group()?).await?;
     Ok(Answer {
         status: StatusCode::ACCEPTED,

@@ -31,6 +31,7 @@ pub mod openapi;
 pub mod ops;
 pub mod presence;
 pub mod tcp;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -69,6 +70,18 @@ pub struct Config {
     pub read_tokens: Vec<String>,
     /// Where `GET /metrics` listens; `None` serves no metrics.
     pub metrics_listen: Option<String>,
+    /// A PEM certificate chain and private key: the HTTP listener speaks
+    /// TLS (HTTPS, WSS) with them; `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The files of the HTTP listener's TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, PEM, the server's certificate first.
+    pub cert: std::path::PathBuf,
+    /// The private key, PEM.
+    pub key: std::path::PathBuf,
 }
 
 /// Connects to NATS; if the bus is not up yet the gateway starts anyway,
@@ -111,6 +124,10 @@ fn local(l: &TcpListener) -> String {
 /// (announcing them gone) and stops.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
     let tokens = auth::Tokens::new(config.api_token.as_deref(), &config.read_tokens);
+    let tls = match &config.tls {
+        Some(files) => Some(tls::server_config(&files.cert, &files.key)?),
+        None => None,
+    };
     let http_listener = bind("--listen", &config.listen).await?;
     let tcp_listener = bind("--tcp-listen", &config.tcp_listen).await?;
     let metrics_listener = match &config.metrics_listen {
@@ -134,6 +151,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     info!(
         http = %local(&http_listener),
+        tls = tls.is_some(),
         tcp = %local(&tcp_listener),
         nats = %config.nats.servers,
         "gateway listening"
@@ -164,11 +182,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }));
     }
     let mut http_stop = stopped.clone();
-    let mut http = tokio::spawn(
-        axum::serve(http_listener, http::router(Arc::clone(&shared)))
-            .with_graceful_shutdown(async move { understudy_bus::stopped(&mut http_stop).await })
-            .into_future(),
-    );
+    let graceful = async move { understudy_bus::stopped(&mut http_stop).await };
+    let app = http::router(Arc::clone(&shared));
+    let mut http = match tls {
+        Some(tls) => {
+            let listener =
+                tls::TlsListener::new(http_listener, tls).map_err(|source| GatewayError::Bind {
+                    what: "--listen",
+                    addr: config.listen.clone(),
+                    source,
+                })?;
+            tokio::spawn(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(graceful)
+                    .into_future(),
+            )
+        }
+        None => tokio::spawn(
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(graceful)
+                .into_future(),
+        ),
+    };
     let mut refusal = None;
     let http_ended = tokio::select! {
         () = shutdown => None,

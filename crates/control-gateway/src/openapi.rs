@@ -487,7 +487,8 @@ mod tests {
                 .expect("infallible");
             if *method == "GET" {
                 assert!(
-                    res.status() != StatusCode::UNAUTHORIZED && res.status() != StatusCode::FORBIDDEN,
+                    res.status() != StatusCode::UNAUTHORIZED
+                        && res.status() != StatusCode::FORBIDDEN,
                     "{method} {path}: a read-only token reads ({})",
                     res.status()
                 );
