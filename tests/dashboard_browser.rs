@@ -6,13 +6,15 @@
 //! was measured and not taken: through `webdriver` 0.53 it pulls second
 //! copies of `http`, `cookie`, `thiserror` and the ICU 1.5 crates.)
 //!
-//! The test sees the devices and the server, is refused a score change
-//! without the API token (and shows the gateway's error message), enters the
-//! token, raises a client's score above the server's and sees the server
-//! change on screen. Then it follows the events over Server-Sent Events
-//! instead of the WebSocket, restarts the gateway while the server changes
-//! again, and sees the page resume the stream after the last event it showed:
-//! the missed election appears once, nothing is doubled. Screenshots go to `target/test-artifacts/`
+//! The gateway has an admin token and a read-only token, so reads need one
+//! too. The page first asks for a token; with the read-only token it shows
+//! the devices, the server and the live events (Server-Sent Events read with
+//! fetch(), carrying the token), and a score change is refused with the
+//! gateway's `forbidden` message on screen. With the admin token it raises a
+//! client's score above the server's and sees the server change on screen.
+//! Then it restarts the gateway while the server changes again, and sees the
+//! page resume the stream after the last event it showed: the missed
+//! election appears once, nothing is doubled. Screenshots go to `target/test-artifacts/`
 //! (`dashboard-before.png`, `dashboard.png`).
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian's `chromium`
@@ -36,6 +38,7 @@ use understudy_testkit::{Launch, Process};
 
 const GROUP: &str = "stage";
 const TOKEN: &str = "dashboard-test-token";
+const READ_TOKEN: &str = "dashboard-read-token";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// Grace (2 s) plus generous room for a loaded CI machine.
@@ -254,7 +257,9 @@ fn browser_tools() -> Option<(PathBuf, PathBuf)> {
 
 /// The gateway's roster document for the group.
 async fn roster(gateway: SocketAddr) -> Result<Value> {
-    let reply = get(gateway, &format!("/api/v1/groups/{GROUP}")).await?;
+    let bearer = format!("Bearer {TOKEN}");
+    let path = format!("/api/v1/groups/{GROUP}");
+    let reply = request(gateway, "GET", &path, &[("Authorization", &bearer)], None).await?;
     ensure!(
         reply.status == 200,
         "HTTP {}: {}",
@@ -286,7 +291,10 @@ async fn dashboard_shows_the_group_follows_a_score_change_and_resumes_its_events
     assert_eq!(first, "dev-1", "the highest score serves");
 
     // The gateway sees the same.
-    let gateway_opts = GatewayOpts::free_ports(Some(TOKEN)).unwrap();
+    let mut gateway_opts = GatewayOpts::free_ports(Some(TOKEN)).unwrap();
+    gateway_opts
+        .env
+        .push(("UNDERSTUDY_READ_TOKENS".into(), READ_TOKEN.into()));
     let gateway_addr = gateway_opts.http;
     let mut gateway = start_gateway_on(&nats.url(), gateway_opts.clone()).await;
     wait_until(
@@ -332,6 +340,27 @@ async fn dashboard_shows_the_group_follows_a_score_change_and_resumes_its_events
     session.goto(&page).await.unwrap();
     let s = &session;
 
+    // Without a token the page reads nothing and asks for one.
+    wait_until(
+        "the page to ask for a token",
+        ON_SCREEN_WITHIN,
+        || async move {
+            let asked = s
+                .execute("return document.querySelector('#token-form').dataset.needsToken;")
+                .await?;
+            ensure!(asked == "true", "the token form is not marked: {asked}");
+            let note = s.text_of("#group-note").await?;
+            ensure!(note.contains("needs a token"), "#group-note says {note:?}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(session.text_of("#server").await.unwrap(), "—");
+
+    // The read-only token: the page shows the group.
+    session.type_into("#token", READ_TOKEN).await.unwrap();
+    session.click("#token-use").await.unwrap();
     // The devices and the server.
     wait_until(
         "the page to show dev-1 as server",
@@ -414,7 +443,7 @@ async fn dashboard_shows_the_group_follows_a_score_change_and_resumes_its_events
     .await
     .unwrap();
     wait_until(
-        "the event stream to be live over WebSocket with dev-1's election in the log",
+        "the event stream to be live over SSE with dev-1's election in the log",
         ON_SCREEN_WITHIN,
         || async move {
             let state = s
@@ -425,7 +454,7 @@ async fn dashboard_shows_the_group_follows_a_score_change_and_resumes_its_events
                 )
                 .await?;
             ensure!(
-                state[0] == "live" && state[1] == "ws",
+                state[0] == "live" && state[1] == "sse",
                 "connection {} over {}",
                 state[0],
                 state[1]
@@ -446,7 +475,7 @@ async fn dashboard_shows_the_group_follows_a_score_change_and_resumes_its_events
         .await
         .unwrap();
 
-    // Without the token the change is refused, and the page says why.
+    // With the read-only token the change is refused, and the page says why.
     let dev3 = "[data-device=\"dev-3\"]";
     session
         .type_into(&format!("{dev3} [data-score-input]"), "250")
@@ -458,15 +487,29 @@ async fn dashboard_shows_the_group_follows_a_score_change_and_resumes_its_events
         .unwrap();
     wait_until("the refusal to be shown", ON_SCREEN_WITHIN, || async move {
         let shown = s.text_of(&format!("{dev3} [data-score-error]")).await?;
-        ensure!(shown.contains("unauthorized"), "dev-3's row says {shown:?}");
+        ensure!(shown.contains("forbidden"), "dev-3's row says {shown:?}");
+        let message = s
+            .execute(
+                "const m = document.querySelector('#message');
+                 return [m.hidden, m.textContent];",
+            )
+            .await?;
+        ensure!(
+            message[0] == false
+                && message[1]
+                    .as_str()
+                    .is_some_and(|t| t.contains("forbidden") && t.contains("admin token")),
+            "the message box shows {message}"
+        );
         Ok(())
     })
     .await
     .unwrap();
     assert_eq!(session.text_of("#server").await.unwrap(), "dev-1");
 
-    // With the token, dev-3 outranks dev-1 and takes over, on screen.
+    // With the admin token, dev-3 outranks dev-1 and takes over, on screen.
     session.type_into("#token", TOKEN).await.unwrap();
+    session.click("#token-use").await.unwrap();
     session
         .type_into(&format!("{dev3} [data-score-input]"), "250")
         .await
@@ -558,12 +601,8 @@ async fn dashboard_shows_the_group_follows_a_score_change_and_resumes_its_events
         .unwrap();
     assert_eq!(kept, TOKEN, "the token survives a reload of the tab");
 
-    // Server-Sent Events, and a gateway restart: the page resumes after the
-    // last event it showed, so it neither misses nor doubles one.
-    session
-        .goto(&format!("{page}&transport=sse"))
-        .await
-        .unwrap();
+    // A gateway restart: the page resumes after the last event it showed,
+    // so it neither misses nor doubles one.
     wait_until(
         "the SSE stream to be live with dev-3's election in the log",
         ON_SCREEN_WITHIN,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use futures::StreamExt;
-use harness::http::{Reply, Sse, get, request};
+use harness::http::{Reply, Sse, request};
 use harness::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -23,6 +23,8 @@ use understudy_protocol::subjects;
 
 const GROUP: &str = "stage";
 const TOKEN: &str = "e2e-secret";
+/// The admin token as an `Authorization` header value.
+const BEARER: &str = "Bearer e2e-secret";
 /// Grace (2 s) plus room for a loaded 2-core machine.
 const SERVER_WITHIN: Duration = Duration::from_secs(15);
 /// Presence is announced every second; counts follow within a few.
@@ -51,6 +53,27 @@ async fn lab(scores: &[u8]) -> (NatsServer, Vec<Device>, Gateway) {
     .await
     .unwrap();
     (nats, devices, gw)
+}
+
+/// `GET path` with the admin token: a gateway with a token configured wants
+/// one on reads too (tests/gateway_roles_e2e.rs checks the roles); a gateway
+/// without one ignores it on reads.
+async fn get(addr: SocketAddr, path: &str) -> Result<Reply> {
+    request(addr, "GET", path, &[("Authorization", BEARER)], None).await
+}
+
+/// A WebSocket request for `path` carrying the admin token.
+fn ws_request(
+    gw: &Gateway,
+    path: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}{path}", gw.http())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", BEARER.parse().unwrap());
+    req
 }
 
 /// The `error.code` of a JSON error answer, checking its shape.
@@ -173,6 +196,18 @@ impl Tcp {
         let reply = self.reply().await;
         assert_eq!(reply["id"], req["id"], "reply {reply} to {req}");
         reply
+    }
+
+    /// Authenticates with the admin token.
+    async fn auth(&mut self) {
+        let r = self
+            .call(json!({"id": "auth", "cmd": "auth", "token": TOKEN}))
+            .await;
+        assert_eq!(
+            r["result"],
+            json!({"authorised": true, "role": "admin"}),
+            "{r}"
+        );
     }
 
     /// The error code of a refused request.
@@ -440,10 +475,7 @@ async fn bad_input_gets_a_json_error_with_the_right_status_on_http_and_tcp() {
         "unauthorized"
     );
     assert_eq!(tcp.error(set(3, json!(5))).await, "unauthorized");
-    let r = tcp
-        .call(json!({"id": "a", "cmd": "auth", "token": TOKEN}))
-        .await;
-    assert_eq!(r["ok"], true, "{r}");
+    tcp.auth().await;
     assert_eq!(tcp.error(set(4, json!(256))).await, "score_out_of_range");
     assert_eq!(tcp.error(set(5, json!(-1))).await, "score_out_of_range");
     assert_eq!(tcp.error(set(6, json!(1.5))).await, "invalid_json");
@@ -519,21 +551,22 @@ async fn open_sessions_show_in_the_counts() {
     let dashboard = Sse::open(
         gw.http(),
         &format!("/api/v1/groups/{GROUP}/events?client=dashboard&last=0"),
-        &[],
+        &[("Authorization", BEARER)],
     )
     .await
     .unwrap();
     wait_sessions(&gw, 1, 0).await;
 
-    let (ws, _) = tokio_tungstenite::connect_async(format!(
-        "ws://{}/api/v1/groups/{GROUP}/events/ws?last=0",
-        gw.http()
+    let (ws, _) = tokio_tungstenite::connect_async(ws_request(
+        &gw,
+        &format!("/api/v1/groups/{GROUP}/events/ws?last=0"),
     ))
     .await
     .unwrap();
     wait_sessions(&gw, 1, 1).await;
 
     let mut tcp = Tcp::connect(gw.tcp()).await;
+    tcp.auth().await;
     let r = tcp
         .call(json!({"id": 1, "cmd": "subscribe", "group": GROUP, "last": 0}))
         .await;
@@ -615,9 +648,9 @@ async fn late_subscribers_get_exactly_the_missed_events_then_live_ones() {
     let missed: Vec<u64> = history.iter().copied().filter(|id| *id > seen).collect();
 
     // WebSocket with after=N.
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
-        "ws://{}/api/v1/groups/{GROUP}/events/ws?after={seen}",
-        gw.http()
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(
+        &gw,
+        &format!("/api/v1/groups/{GROUP}/events/ws?after={seen}"),
     ))
     .await
     .unwrap();
@@ -630,7 +663,10 @@ async fn late_subscribers_get_exactly_the_missed_events_then_live_ones() {
     let mut sse = Sse::open(
         gw.http(),
         &format!("/api/v1/groups/{GROUP}/events?after=0"),
-        &[("Last-Event-ID", &seen.to_string())],
+        &[
+            ("Last-Event-ID", &seen.to_string()),
+            ("Authorization", BEARER),
+        ],
     )
     .await
     .unwrap();
@@ -642,6 +678,7 @@ async fn late_subscribers_get_exactly_the_missed_events_then_live_ones() {
         sse_ids.push(id);
     }
     let mut tcp = Tcp::connect(gw.tcp()).await;
+    tcp.auth().await;
     let r = tcp
         .call(json!({"id": 1, "cmd": "subscribe", "group": GROUP, "after": seen}))
         .await;
@@ -673,7 +710,7 @@ async fn late_subscribers_get_exactly_the_missed_events_then_live_ones() {
     let mut recent = Sse::open(
         gw.http(),
         &format!("/api/v1/groups/{GROUP}/events?last=2"),
-        &[],
+        &[("Authorization", BEARER)],
     )
     .await
     .unwrap();

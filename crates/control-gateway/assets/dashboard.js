@@ -4,12 +4,15 @@
 // JSON API (docs/openapi.json):
 //   GET  /api/v1/groups                                  the group picker
 //   GET  /api/v1/groups/{g}                              the roster document
-//   PUT  /api/v1/groups/{g}/devices/{d}/score            score editing (token)
-//   PUT  /api/v1/groups/{g}/devices/{d}/online           online/offline (token)
-//   POST /api/v1/groups/{g}/election                     trigger (token)
-//   GET  /api/v1/groups/{g}/events/ws?client=dashboard   live events (WebSocket)
-//   GET  /api/v1/groups/{g}/events?client=dashboard      the same as SSE (fallback)
-// `?transport=sse` in the page URL skips the WebSocket and uses SSE at once.
+//   PUT  /api/v1/groups/{g}/devices/{d}/score            score editing (admin token)
+//   PUT  /api/v1/groups/{g}/devices/{d}/online           online/offline (admin token)
+//   POST /api/v1/groups/{g}/election                     trigger (admin token)
+//   GET  /api/v1/groups/{g}/events?client=dashboard      live events (SSE)
+// Every call carries `Authorization: Bearer <token>` once a token is entered
+// (kept in sessionStorage, for this tab only; never in a URL). A gateway with
+// tokens configured wants one on reads too: then the page asks for it. The
+// events are Server-Sent Events read with fetch() and a streamed body, since
+// EventSource and a browser's WebSocket cannot send the header.
 // It re-reads the roster on every event and every 2 s. A lost event stream is
 // resumed with `after=<last id>`, and ids already shown are skipped, so no
 // event is missed or shown twice.
@@ -21,6 +24,7 @@
   const GROUPS_POLL_MS = 5000;
   const LOG_MAX = 300;
   const TOKEN_KEY = "understudy.apiToken";
+  const ASK_FOR_TOKEN = "This gateway needs a token: enter it at the top and press Use token.";
 
   const $ = (sel) => document.querySelector(sel);
 
@@ -29,11 +33,12 @@
     doc: null,
     statusSeq: 0,
     refreshTimer: null,
+    // The token in use (set by the token form; "" for none).
+    token: "",
     // Event stream.
     streamGen: 0,
     stream: null,
-    transport: "ws",
-    wsFailures: 0,
+    transport: "sse",
     reconnectAttempt: 0,
     reconnectTimer: null,
     lastEventId: null,
@@ -70,8 +75,18 @@
     return `${API}/groups/${encodeURIComponent(group)}`;
   }
 
-  function token() {
-    return $("#token").value.trim();
+  // `base` plus the token, when one is in use.
+  function authHeaders(base) {
+    const headers = Object.assign({ Accept: "application/json" }, base || {});
+    if (state.token) headers.Authorization = `Bearer ${state.token}`;
+    return headers;
+  }
+
+  // Shows that the gateway wants a (different) token, and where to enter it.
+  function askForToken(needed) {
+    const form = $("#token-form");
+    setAttr(form, "data-needs-token", needed ? "true" : "false");
+    if (needed && document.activeElement !== $("#token")) $("#token").focus();
   }
 
   function formatAgo(ms) {
@@ -103,9 +118,7 @@
   }
 
   async function send(method, path, body) {
-    const headers = { Accept: "application/json" };
-    const t = token();
-    if (t) headers.Authorization = `Bearer ${t}`;
+    const headers = authHeaders();
     const init = { method, headers };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
@@ -119,7 +132,8 @@
     }
     if (!response.ok) {
       let text = await errorText(response);
-      if (response.status === 401 && !t) text += " — enter the API token at the top";
+      if (response.status === 401) text += " — enter the admin token at the top";
+      else if (response.status === 403) text += " — enter the admin token at the top to change the group";
       throw new Error(text);
     }
     try {
@@ -424,15 +438,22 @@
     if (!group) return;
     const seq = ++state.statusSeq;
     try {
-      const response = await fetch(groupPath(group), { headers: { Accept: "application/json" } });
+      const response = await fetch(groupPath(group), { headers: authHeaders() });
       if (seq !== state.statusSeq || group !== state.group) return;
       if (!response.ok) {
         const text = await errorText(response);
         if (seq !== state.statusSeq || group !== state.group) return;
+        if (response.status === 401) {
+          setText($("#group-note"), `${ASK_FOR_TOKEN} (${text})`);
+          askForToken(true);
+          render(null);
+          return;
+        }
         setText($("#group-note"), `Cannot read group ${group}: ${text}`);
         if (response.status === 404) render(null);
         return;
       }
+      askForToken(false);
       const doc = await response.json();
       if (seq !== state.statusSeq || group !== state.group) return;
       const reporter = doc.reporter ? ` (as seen by ${doc.reporter})` : "";
@@ -679,13 +700,7 @@
     }
     const old = state.stream;
     state.stream = null;
-    if (old) {
-      try {
-        old.close();
-      } catch (_) {
-        /* already closed */
-      }
-    }
+    if (old) old.abort();
   }
 
   function streamQuery() {
@@ -698,9 +713,7 @@
   function connectEvents() {
     if (!state.group) return;
     closeStream();
-    const gen = state.streamGen;
-    if (state.transport === "ws" && "WebSocket" in window) openWebSocket(gen);
-    else openEventSource(gen);
+    openEventStream(state.streamGen);
   }
 
   function scheduleReconnect(gen) {
@@ -714,86 +727,77 @@
     }, delay);
   }
 
-  function openWebSocket(gen) {
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const url = `${scheme}//${location.host}${groupPath(state.group)}/events/ws?${streamQuery()}`;
-    let opened = false;
-    let ws;
+  // One SSE block (the lines between blank lines): its event, if it has data.
+  function dispatchBlock(block) {
+    let id = null;
+    let type = "message";
+    const data = [];
+    for (const line of block.split("\n")) {
+      if (line === "" || line.startsWith(":")) continue; // a comment: keep-alive
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let value = colon < 0 ? "" : line.slice(colon + 1);
+      if (value.startsWith(" ")) value = value.slice(1);
+      if (field === "id") id = value;
+      else if (field === "event") type = value;
+      else if (field === "data") data.push(value);
+    }
+    if (data.length === 0 || (type !== "election" && type !== "project")) return;
+    let ev;
     try {
-      ws = new WebSocket(url);
+      ev = JSON.parse(data.join("\n"));
     } catch (_) {
-      state.transport = "sse";
-      openEventSource(gen);
       return;
     }
-    state.stream = ws;
-    setConnection("connecting", "events: connecting (WebSocket)…");
-    ws.onopen = () => {
-      if (gen !== state.streamGen) return;
-      opened = true;
-      state.wsFailures = 0;
-      state.reconnectAttempt = 0;
-      setConnection("live", "events: live (WebSocket)");
-      scheduleRefresh();
-    };
-    ws.onmessage = (message) => {
-      if (gen !== state.streamGen) return;
-      let frame;
-      try {
-        frame = JSON.parse(message.data);
-      } catch (_) {
-        return;
-      }
-      if (frame && typeof frame === "object" && frame.event) handleEvent(frame.id, frame.type, frame.event);
-    };
-    ws.onerror = () => {
-      /* onclose follows */
-    };
-    ws.onclose = () => {
-      if (gen !== state.streamGen) return;
-      if (!opened) {
-        state.wsFailures += 1;
-        // A WebSocket that never opens (a proxy that does not pass it, say):
-        // use Server-Sent Events instead.
-        if (state.wsFailures >= 2) state.transport = "sse";
-      }
-      scheduleReconnect(gen);
-    };
+    handleEvent(id, type, ev);
   }
 
-  function openEventSource(gen) {
-    if (!("EventSource" in window)) {
+  // Server-Sent Events through fetch(), so the request carries the token.
+  async function openEventStream(gen) {
+    if (!window.fetch || !window.AbortController || !window.TextDecoder) {
       setConnection("down", "events: not supported by this browser (status is polled)");
       return;
     }
-    const url = `${groupPath(state.group)}/events?${streamQuery()}`;
-    const source = new EventSource(url);
-    state.stream = source;
+    const controller = new AbortController();
+    state.stream = controller;
     setConnection("connecting", "events: connecting (SSE)…");
-    const listener = (type) => (message) => {
+    try {
+      const response = await fetch(`${groupPath(state.group)}/events?${streamQuery()}`, {
+        headers: authHeaders({ Accept: "text/event-stream" }),
+        cache: "no-store",
+        signal: controller.signal,
+      });
       if (gen !== state.streamGen) return;
-      let ev;
-      try {
-        ev = JSON.parse(message.data);
-      } catch (_) {
+      if (response.status === 401) {
+        // No use retrying with the same token: wait for another one.
+        setConnection("down", `events: ${await errorText(response)}`);
+        askForToken(true);
         return;
       }
-      handleEvent(message.lastEventId, type, ev);
-    };
-    source.addEventListener("election", listener("election"));
-    source.addEventListener("project", listener("project"));
-    source.onopen = () => {
-      if (gen !== state.streamGen) return;
+      if (!response.ok || !response.body) throw new Error(await errorText(response));
       state.reconnectAttempt = 0;
       setConnection("live", "events: live (SSE)");
       scheduleRefresh();
-    };
-    source.onerror = () => {
-      if (gen !== state.streamGen) return;
-      // Reconnect ourselves, so the resume point is `after=<last shown id>`.
-      source.close();
-      scheduleReconnect(gen);
-    };
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (gen !== state.streamGen) return;
+        if (done) break;
+        buffer = (buffer + decoder.decode(value, { stream: true })).replace(/\r\n/g, "\n");
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          dispatchBlock(block);
+        }
+      }
+    } catch (_) {
+      /* reconnect below */
+    }
+    // The stream ended or failed: resume after the last event shown.
+    if (gen === state.streamGen) scheduleReconnect(gen);
   }
 
   // ---- groups --------------------------------------------------------------
@@ -801,7 +805,12 @@
   async function refreshGroups() {
     let groups = [];
     try {
-      const response = await fetch(`${API}/groups`, { headers: { Accept: "application/json" } });
+      const response = await fetch(`${API}/groups`, { headers: authHeaders() });
+      if (response.status === 401) {
+        setText($("#group-note"), `${ASK_FOR_TOKEN} (${await errorText(response)})`);
+        askForToken(true);
+        return;
+      }
       if (response.ok) {
         const body = await response.json();
         groups = Array.isArray(body.groups) ? body.groups : [];
@@ -853,27 +862,37 @@
 
   // ---- start ---------------------------------------------------------------
 
+  // Uses `value` as the token from now on (kept for this tab), and reads
+  // everything again with it.
+  function useToken(value) {
+    state.token = value;
+    try {
+      if (value) sessionStorage.setItem(TOKEN_KEY, value);
+      else sessionStorage.removeItem(TOKEN_KEY);
+    } catch (_) {
+      /* storage disabled: the token lasts until the page is left */
+    }
+    showMessage("", true);
+    refreshGroups();
+    refreshStatus();
+    connectEvents();
+  }
+
   function start() {
     const tokenInput = $("#token");
     try {
-      tokenInput.value = sessionStorage.getItem(TOKEN_KEY) || "";
+      state.token = sessionStorage.getItem(TOKEN_KEY) || "";
     } catch (_) {
       /* storage disabled */
     }
-    tokenInput.addEventListener("input", () => {
-      try {
-        sessionStorage.setItem(TOKEN_KEY, tokenInput.value.trim());
-      } catch (_) {
-        /* storage disabled */
-      }
+    tokenInput.value = state.token;
+    $("#token-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      useToken(tokenInput.value.trim());
     });
     $("#token-forget").addEventListener("click", () => {
       tokenInput.value = "";
-      try {
-        sessionStorage.removeItem(TOKEN_KEY);
-      } catch (_) {
-        /* storage disabled */
-      }
+      useToken("");
     });
     $("#group").addEventListener("change", (event) => chooseGroup(event.target.value, true));
     $("#trigger").addEventListener("click", triggerElection);
@@ -883,7 +902,6 @@
     });
 
     render(null);
-    if (new URL(location.href).searchParams.get("transport") === "sse") state.transport = "sse";
     const wanted = new URL(location.href).searchParams.get("group");
     if (wanted) chooseGroup(wanted, false);
     refreshGroups();

@@ -144,11 +144,15 @@ pub struct TriggerAnswer {
     pub triggered: bool,
 }
 
-/// `{"authorised":true}`: a TCP connection that may now mutate.
+/// `{"authorised":true,"role":"admin"|"read"}`: a TCP connection's token
+/// was accepted, with the role it gives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuthAnswer {
     /// Always true.
     pub authorised: bool,
+    /// What the connection may now do: `admin` everything, `read` reads and
+    /// subscriptions only.
+    pub role: crate::auth::Role,
 }
 
 /// `{"group","subscribed":true}`: a TCP subscription started.

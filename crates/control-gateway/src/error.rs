@@ -14,9 +14,13 @@ use thiserror::Error;
 /// What went wrong with a request, as told to the client.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ApiError {
-    /// A mutating call without the right API token.
+    /// No token, or one the gateway does not accept, where one is needed
+    /// (or a write to a gateway with no token configured).
     #[error("{0}")]
     Unauthorized(String),
+    /// A valid read-only token on a call that changes something.
+    #[error("{0}")]
+    Forbidden(String),
     /// The body (or a TCP line) is not JSON, or a field has the wrong type.
     #[error("{0}")]
     InvalidJson(String),
@@ -72,6 +76,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::ScoreOutOfRange(_) => "score_out_of_range",
             ApiError::InvalidName(_) => "invalid_name",
@@ -91,6 +96,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::InvalidJson(_) | ApiError::InvalidName(_) => StatusCode::BAD_REQUEST,
             ApiError::ScoreOutOfRange(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnknownGroup { .. } | ApiError::UnknownDevice { .. } => StatusCode::NOT_FOUND,
@@ -157,6 +163,7 @@ mod tests {
     fn every_error_is_a_4xx_or_the_bus_or_device_timeouts() {
         let all = [
             ApiError::Unauthorized(String::new()),
+            ApiError::Forbidden(String::new()),
             ApiError::InvalidJson(String::new()),
             ApiError::ScoreOutOfRange(String::new()),
             ApiError::InvalidName(String::new()),

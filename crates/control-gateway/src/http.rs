@@ -12,13 +12,15 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::Request;
 use axum::extract::ws::{
     Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
 use axum::extract::{FromRequestParts, RawPathParams, RawQuery, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -32,6 +34,7 @@ use understudy_protocol::{DeviceId, GroupName};
 use crate::answers::{
     DeviceList, GroupList, OnlineAnswer, ScoreAnswer, SetScoreAnswer, StatusDocument, TriggerAnswer,
 };
+use crate::auth::Access;
 use crate::events::{self, FeedEvent, Start};
 use crate::ops::Shared;
 use crate::{ApiError, assets, input};
@@ -61,9 +64,14 @@ const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 type St = State<Arc<Shared>>;
 
 /// The HTTP router over the shared state.
+///
+/// Every route under `/api/` passes [`require_role`] first: a `GET` (or
+/// `HEAD`) reads, every other method writes ([`crate::auth`]). The
+/// dashboard's page, script and style sheet hold no group data and stay
+/// open, so a browser can load the page that asks for the token.
 pub fn router(shared: Arc<Shared>) -> Router {
     let g = "/api/v1/groups/{group}";
-    Router::new()
+    let api = Router::new()
         .route("/api/v1/groups", get(groups))
         .route(g, get(status))
         .route(&format!("{g}/devices"), get(devices))
@@ -77,6 +85,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(&format!("{g}/events"), get(events_sse))
         .route(&format!("{g}/events/ws"), get(events_ws))
         .route("/api/v1/openapi.json", get(openapi))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            require_role,
+        ));
+    Router::new()
+        .merge(api)
         .route("/", get(|| async { assets::index() }))
         .route("/dashboard.js", get(|| async { assets::script() }))
         .route("/dashboard.css", get(|| async { assets::style() }))
@@ -84,6 +98,25 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(count_request))
         .with_state(shared)
+}
+
+/// What a request needs: `GET` and `HEAD` read, every other method writes.
+pub fn access_of(method: &Method) -> Access {
+    if method == Method::GET || method == Method::HEAD {
+        Access::Read
+    } else {
+        Access::Write
+    }
+}
+
+/// Lets a request through only with a token whose role allows it (or, with
+/// no token configured, a read).
+async fn require_role(State(s): St, req: Request, next: Next) -> Response {
+    let header = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+    match s.tokens.check_header(header, access_of(req.method())) {
+        Ok(_) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Counts each request answered in `understudy_gateway_requests_total`, by
@@ -121,7 +154,21 @@ pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        json_response(self.status(), &self.document())
+        let mut response = json_response(self.status(), &self.document());
+        // RFC 6750: how to authenticate, and that this token is not enough.
+        let challenge = match self {
+            ApiError::Unauthorized(_) => Some("Bearer realm=\"understudy\""),
+            ApiError::Forbidden(_) => {
+                Some("Bearer realm=\"understudy\", error=\"insufficient_scope\"")
+            }
+            _ => None,
+        };
+        if let Some(c) = challenge {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(c));
+        }
+        response
     }
 }
 
@@ -197,12 +244,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Names {
         }
         Ok(names)
     }
-}
-
-fn authorise(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
-    shared
-        .token
-        .check_header(headers.get(AUTHORIZATION).map(HeaderValue::as_bytes))
 }
 
 /// Reads a JSON object body: `Content-Type: application/json`, at most
@@ -302,7 +343,6 @@ async fn put_score(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Answer<SetScoreAnswer>, ApiError> {
-    authorise(&s, &headers)?;
     let (group, device) = (names.group()?, names.device()?);
     let map = json_body(&headers, body).await?;
     let score = input::score(input::field(&map, "score")?)?;
@@ -315,19 +355,13 @@ async fn put_online(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Answer<OnlineAnswer>, ApiError> {
-    authorise(&s, &headers)?;
     let (group, device) = (names.group()?, names.device()?);
     let map = json_body(&headers, body).await?;
     let online = input::boolean(&map, "online")?;
     Ok(Answer::ok(s.set_online(&group, &device, online).await?))
 }
 
-async fn post_election(
-    State(s): St,
-    names: Names,
-    headers: HeaderMap,
-) -> Result<Answer<TriggerAnswer>, ApiError> {
-    authorise(&s, &headers)?;
+async fn post_election(State(s): St, names: Names) -> Result<Answer<TriggerAnswer>, ApiError> {
     let answer = s.trigger(&names.group()?).await?;
     Ok(Answer {
         status: StatusCode::ACCEPTED,

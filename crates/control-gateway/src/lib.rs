@@ -12,7 +12,7 @@
 //! `docs/openapi.json` and `docs/control.md`.
 //!
 //! One file per concern: [`input`] validates what clients send, [`auth`] the
-//! token, [`bus`] asks the devices, [`ops`] is each call once for both
+//! tokens and roles, [`bus`] asks the devices, [`ops`] is each call once for both
 //! protocols, [`answers`] the documents they answer with, [`events`] reads
 //! the event stream, [`presence`] announces sessions and lists groups,
 //! [`http`] and [`tcp`] are the two front doors, [`cli`] the `understudy
@@ -31,6 +31,7 @@ pub mod openapi;
 pub mod ops;
 pub mod presence;
 pub mod tcp;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -61,10 +62,26 @@ pub struct Config {
     pub listen: String,
     /// Where the TCP protocol listens.
     pub tcp_listen: String,
-    /// The API token mutating calls need; none makes the gateway read-only.
+    /// The admin token (reads and writes); none makes the gateway refuse
+    /// every write.
     pub api_token: Option<String>,
+    /// Read-only tokens (reads and event streams). With no token at all,
+    /// reads are open.
+    pub read_tokens: Vec<String>,
     /// Where `GET /metrics` listens; `None` serves no metrics.
     pub metrics_listen: Option<String>,
+    /// A PEM certificate chain and private key: the HTTP listener speaks
+    /// TLS (HTTPS, WSS) with them; `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The files of the HTTP listener's TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, PEM, the server's certificate first.
+    pub cert: std::path::PathBuf,
+    /// The private key, PEM.
+    pub key: std::path::PathBuf,
 }
 
 /// Connects to NATS; if the bus is not up yet the gateway starts anyway,
@@ -106,7 +123,11 @@ fn local(l: &TcpListener) -> String {
 /// Runs the gateway until `shutdown` resolves; then closes every session
 /// (announcing them gone) and stops.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
-    let token = auth::Token::new(config.api_token.as_deref());
+    let tokens = auth::Tokens::new(config.api_token.as_deref(), &config.read_tokens);
+    let tls = match &config.tls {
+        Some(files) => Some(tls::server_config(&files.cert, &files.key)?),
+        None => None,
+    };
     let http_listener = bind("--listen", &config.listen).await?;
     let tcp_listener = bind("--tcp-listen", &config.tcp_listen).await?;
     let metrics_listener = match &config.metrics_listen {
@@ -114,13 +135,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => None,
     };
     let (client, mut refused) = connect(&config.nats).await?;
-    if !token.is_set() {
+    if !tokens.is_set() {
         warn!(
-            "no API token configured (--api-token or UNDERSTUDY_API_TOKEN): every mutating call will be refused with 401"
+            "no token configured (--api-token-file, --read-tokens-file): reads are open to anyone who can reach the gateway and every mutating call is refused with 401"
+        );
+    } else if !tokens.has_admin() {
+        warn!(
+            "no admin token configured (--api-token-file or UNDERSTUDY_API_TOKEN): every mutating call will be refused"
         );
     }
     info!(
+        admin = tokens.has_admin(),
+        read_only = tokens.read_only_count(),
+        "tokens configured"
+    );
+    info!(
         http = %local(&http_listener),
+        tls = tls.is_some(),
         tcp = %local(&tcp_listener),
         nats = %config.nats.servers,
         "gateway listening"
@@ -128,7 +159,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (stop, stopped) = watch::channel(false);
     let shared = Arc::new(ops::Shared {
         bus: bus::BusApi::new(client.clone()),
-        token,
+        tokens,
         sessions: presence::Sessions::new(),
         groups: presence::GroupsSeen::new(),
         shutdown: stopped.clone(),
@@ -151,11 +182,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }));
     }
     let mut http_stop = stopped.clone();
-    let mut http = tokio::spawn(
-        axum::serve(http_listener, http::router(Arc::clone(&shared)))
-            .with_graceful_shutdown(async move { understudy_bus::stopped(&mut http_stop).await })
-            .into_future(),
-    );
+    let graceful = async move { understudy_bus::stopped(&mut http_stop).await };
+    let app = http::router(Arc::clone(&shared));
+    let mut http = match tls {
+        Some(tls) => {
+            let listener =
+                tls::TlsListener::new(http_listener, tls).map_err(|source| GatewayError::Bind {
+                    what: "--listen",
+                    addr: config.listen.clone(),
+                    source,
+                })?;
+            tokio::spawn(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(graceful)
+                    .into_future(),
+            )
+        }
+        None => tokio::spawn(
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(graceful)
+                .into_future(),
+        ),
+    };
     let mut refusal = None;
     let http_ended = tokio::select! {
         () = shutdown => None,

@@ -33,7 +33,7 @@ mod tests {
         let (_stop, stopped) = tokio::sync::watch::channel(false);
         router(Arc::new(Shared {
             bus: bus::BusApi::new(client),
-            token: auth::Token::new(Some("t")),
+            tokens: auth::Tokens::new(Some("t"), &["r"]),
             sessions: presence::Sessions::new(),
             groups: presence::GroupsSeen::new(),
             shutdown: stopped,
@@ -245,6 +245,7 @@ mod tests {
             ["enum"];
         for code in [
             "unauthorized",
+            "forbidden",
             "invalid_json",
             "score_out_of_range",
             "invalid_name",
@@ -274,7 +275,8 @@ mod tests {
             let path = path
                 .replace("{group}", "stage")
                 .replace("{device}", "dev-1");
-            let (status, body) = call(&app, method, &path, &[], Vec::new()).await;
+            let auth = [("authorization", "Bearer t")];
+            let (status, body) = call(&app, method, &path, &auth, Vec::new()).await;
             let code = body["error"]["code"].as_str().unwrap_or("");
             assert!(
                 code != "not_found" && code != "method_not_allowed",
@@ -289,6 +291,7 @@ mod tests {
         let score = "/api/v1/groups/stage/devices/dev-1/score";
         let json = ("content-type", "application/json");
         let auth = ("authorization", "Bearer t");
+        let read = ("authorization", "Bearer r");
         type Case<'a> = (
             &'a str,
             &'a str,
@@ -314,6 +317,14 @@ mod tests {
                 b"{\"score\":1}".to_vec(),
                 401,
                 "unauthorized",
+            ),
+            (
+                "PUT",
+                score,
+                vec![read, json],
+                b"{\"score\":1}".to_vec(),
+                403,
+                "forbidden",
             ),
             (
                 "PUT",
@@ -358,7 +369,7 @@ mod tests {
             (
                 "GET",
                 "/api/v1/groups/a%2Eb",
-                vec![],
+                vec![read],
                 vec![],
                 400,
                 "invalid_name",
@@ -366,7 +377,7 @@ mod tests {
             (
                 "GET",
                 "/api/v1/groups/stage/events/ws",
-                vec![],
+                vec![read],
                 vec![],
                 426,
                 "upgrade_required",
@@ -374,7 +385,7 @@ mod tests {
             (
                 "GET",
                 "/api/v1/groups/stage/events?after=x",
-                vec![],
+                vec![read],
                 vec![],
                 400,
                 "invalid_json",
@@ -383,6 +394,14 @@ mod tests {
                 "GET",
                 "/api/v1/groups/stage",
                 vec![],
+                vec![],
+                401,
+                "unauthorized",
+            ),
+            (
+                "GET",
+                "/api/v1/groups/stage",
+                vec![read],
                 vec![],
                 503,
                 "bus_unavailable",
@@ -402,6 +421,87 @@ mod tests {
                 (got.as_u16(), doc["error"]["code"].as_str()),
                 (status, Some(code)),
                 "{method} {path}: {doc}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_document_says_which_routes_need_a_token_and_which_role() {
+        let doc = document();
+        for (method, path) in ROUTES {
+            let op = &doc["paths"][path][method.to_lowercase()];
+            let responses = &op["responses"];
+            if path.starts_with("/api/") {
+                assert_eq!(
+                    op["security"],
+                    serde_json::json!([{ "bearer": [] }]),
+                    "{method} {path}"
+                );
+                assert!(responses["401"].is_object(), "{method} {path} lists 401");
+                assert_eq!(
+                    responses["403"].is_object(),
+                    *method != "GET",
+                    "{method} {path}: 403 listed exactly on writes"
+                );
+            } else {
+                assert_eq!(op["security"], serde_json::json!([]), "{method} {path}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_api_route_needs_a_token_and_a_read_only_token_only_reads() {
+        let app = offline_router().await;
+        let send = |method: &str, path: &str, auth: Option<&str>| {
+            let mut req = Request::builder().method(method).uri(path);
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let req = req.body(Body::empty()).expect("request");
+            app.clone().oneshot(req)
+        };
+        for (method, path) in ROUTES {
+            let path = path
+                .replace("{group}", "stage")
+                .replace("{device}", "dev-1");
+            if !path.starts_with("/api/") {
+                let res = send(method, &path, None).await.expect("infallible");
+                assert_eq!(res.status(), StatusCode::OK, "{method} {path} is open");
+                continue;
+            }
+            for auth in [None, Some("Bearer wrong"), Some("Basic dDp0")] {
+                let res = send(method, &path, auth).await.expect("infallible");
+                assert_eq!(
+                    res.status(),
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path} {auth:?}"
+                );
+                let challenge = res.headers().get("www-authenticate");
+                assert!(
+                    challenge.is_some_and(|c| c.as_bytes().starts_with(b"Bearer")),
+                    "{method} {path}: {challenge:?}"
+                );
+            }
+            let res = send(method, &path, Some("Bearer r"))
+                .await
+                .expect("infallible");
+            if *method == "GET" {
+                assert!(
+                    res.status() != StatusCode::UNAUTHORIZED
+                        && res.status() != StatusCode::FORBIDDEN,
+                    "{method} {path}: a read-only token reads ({})",
+                    res.status()
+                );
+            } else {
+                assert_eq!(res.status(), StatusCode::FORBIDDEN, "{method} {path}");
+            }
+            let res = send(method, &path, Some("Bearer t"))
+                .await
+                .expect("infallible");
+            assert!(
+                res.status() != StatusCode::UNAUTHORIZED && res.status() != StatusCode::FORBIDDEN,
+                "{method} {path}: the admin token may ({})",
+                res.status()
             );
         }
     }

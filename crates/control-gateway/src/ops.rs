@@ -16,7 +16,7 @@ use crate::answers::{
     DeviceList, GroupList, GroupSeen, OnlineAnswer, ScoreAnswer, SetScoreAnswer, StatusDocument,
     TriggerAnswer,
 };
-use crate::auth::Token;
+use crate::auth::Tokens;
 use crate::bus::BusApi;
 use crate::presence::{GroupsSeen, Sessions};
 
@@ -25,8 +25,8 @@ use crate::presence::{GroupsSeen, Sessions};
 pub struct Shared {
     /// Requests to the devices.
     pub bus: BusApi,
-    /// The API token for mutating calls.
-    pub token: Token,
+    /// The admin and read-only tokens.
+    pub tokens: Tokens,
     /// Open sessions, announced as presence.
     pub sessions: Arc<Sessions>,
     /// Groups seen in device presence.

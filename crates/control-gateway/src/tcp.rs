@@ -20,6 +20,7 @@ use tracing::{debug, info};
 use understudy_protocol::messages::InstanceKind;
 
 use crate::answers::{AuthAnswer, SubscribeAnswer};
+use crate::auth::{Access, Role};
 use crate::events::{self, Start};
 use crate::ops::Shared;
 use crate::presence::SessionGuard;
@@ -96,7 +97,9 @@ struct Conn {
     shared: Arc<Shared>,
     out: mpsc::Sender<String>,
     session: SessionGuard,
-    authorised: bool,
+    /// The role `auth` gave this connection; `None` before (or after a
+    /// failed `auth`).
+    role: Option<Role>,
     pending: Option<Pending>,
     subscription: Option<JoinHandle<()>>,
 }
@@ -126,7 +129,7 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
         session: shared.sessions.open(InstanceKind::Control, None),
         shared,
         out,
-        authorised: false,
+        role: None,
         pending: None,
         subscription: None,
     };
@@ -224,12 +227,10 @@ impl Conn {
         }
     }
 
-    fn authorised(&self) -> Result<(), ApiError> {
-        if self.authorised {
-            return Ok(());
-        }
-        // The same refusal HTTP gives: no token configured, or none presented.
-        self.shared.token.check(None)
+    /// The same rule as HTTP: reads need a token once any is configured,
+    /// writes need the admin token.
+    fn allow(&self, need: Access) -> Result<(), ApiError> {
+        self.shared.tokens.permit(self.role, need)
     }
 
     async fn command(&mut self, map: &Map<String, Value>) -> Result<Value, ApiError> {
@@ -240,32 +241,48 @@ impl Conn {
         match cmd {
             "auth" => {
                 let token = input::string(map, "token")?;
-                self.authorised = false;
-                s.token.check(Some(token.as_bytes()))?;
-                self.authorised = true;
-                Ok(document(AuthAnswer { authorised: true }))
+                self.role = None;
+                let role = s.tokens.authenticate(token.as_bytes())?;
+                self.role = Some(role);
+                Ok(document(AuthAnswer {
+                    authorised: true,
+                    role,
+                }))
             }
-            "groups" => Ok(document(s.groups())),
-            "status" => s.status(&group()?).await.map(document),
-            "devices" => s.devices(&group()?).await.map(document),
-            "get_score" => s.get_score(&group()?, &device()?).await.map(document),
+            "groups" => {
+                self.allow(Access::Read)?;
+                Ok(document(s.groups()))
+            }
+            "status" => {
+                self.allow(Access::Read)?;
+                s.status(&group()?).await.map(document)
+            }
+            "devices" => {
+                self.allow(Access::Read)?;
+                s.devices(&group()?).await.map(document)
+            }
+            "get_score" => {
+                self.allow(Access::Read)?;
+                s.get_score(&group()?, &device()?).await.map(document)
+            }
             "set_score" => {
-                self.authorised()?;
+                self.allow(Access::Write)?;
                 let (g, d) = (group()?, device()?);
                 let score = input::score(input::field(map, "score")?)?;
                 s.set_score(&g, &d, score).await.map(document)
             }
             "set_online" => {
-                self.authorised()?;
+                self.allow(Access::Write)?;
                 let (g, d) = (group()?, device()?);
                 let online = input::boolean(map, "online")?;
                 s.set_online(&g, &d, online).await.map(document)
             }
             "trigger" => {
-                self.authorised()?;
+                self.allow(Access::Write)?;
                 s.trigger(&group()?).await.map(document)
             }
             "subscribe" => {
+                self.allow(Access::Read)?;
                 let g = group()?;
                 let start =
                     Start::from_request(input::count(map, "after")?, input::count(map, "last")?);
