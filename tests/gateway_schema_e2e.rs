@@ -24,8 +24,8 @@
 mod harness;
 
 use std::fs::File;
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::ensure;
@@ -72,6 +72,44 @@ fn summary(output: &str) -> String {
         .join(" | ")
 }
 
+/// Runs schemathesis with the suite's settings against the gateway at
+/// `base_url`, in a temp dir of its own (it keeps working files in its
+/// folder); returns its exit status and output.
+/// Panics, with the output so far, if it runs longer than [`RUN_WITHIN`].
+async fn run_schemathesis(bin: &Path, base_url: &str) -> (ExitStatus, String) {
+    let work = TempDir::new("schemathesis").unwrap();
+    let out_path = work.path().join("schemathesis.out");
+    let out = File::create(&out_path).unwrap();
+    let root = repo_root();
+    let mut child = tokio::process::Command::new(bin)
+        .arg("--no-color")
+        .arg("--config-file")
+        .arg(root.join("tests/schemathesis-gateway.toml"))
+        .arg("run")
+        .arg(root.join("docs/openapi.json"))
+        .arg("--url")
+        .arg(base_url)
+        // The config file reads the token from here (never the command line).
+        .env("UNDERSTUDY_API_TOKEN", TOKEN)
+        .env("NO_COLOR", "1")
+        .current_dir(work.path())
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    let status = tokio::time::timeout(RUN_WITHIN, child.wait()).await;
+    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+    match status {
+        Ok(status) => (status.unwrap(), output),
+        // The child is killed when dropped.
+        Err(_) => {
+            panic!("schemathesis did not finish within {RUN_WITHIN:?}; its output:\n{output}")
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_gateway_answers_as_its_openapi_document_says() {
     let Some(schemathesis) = schemathesis() else {
@@ -104,38 +142,7 @@ async fn the_gateway_answers_as_its_openapi_document_says() {
     .await
     .unwrap();
 
-    // Run in a temp dir: schemathesis keeps working files in its folder.
-    let work = TempDir::new("schemathesis").unwrap();
-    let out_path = work.path().join("schemathesis.out");
-    let out = File::create(&out_path).unwrap();
-    let root = repo_root();
-    let mut child = tokio::process::Command::new(&schemathesis)
-        .arg("--no-color")
-        .arg("--config-file")
-        .arg(root.join("tests/schemathesis-gateway.toml"))
-        .arg("run")
-        .arg(root.join("docs/openapi.json"))
-        .arg("--url")
-        .arg(format!("http://{}", gw.http()))
-        // The config file reads the token from here (never the command line).
-        .env("UNDERSTUDY_API_TOKEN", TOKEN)
-        .env("NO_COLOR", "1")
-        .current_dir(work.path())
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", schemathesis.display()));
-    let status = tokio::time::timeout(RUN_WITHIN, child.wait()).await;
-    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let status = match status {
-        Ok(status) => status.unwrap(),
-        Err(_) => {
-            // The child is killed when dropped.
-            panic!("schemathesis did not finish within {RUN_WITHIN:?}; its output:\n{output}")
-        }
-    };
+    let (status, output) = run_schemathesis(&schemathesis, &format!("http://{}", gw.http())).await;
     assert!(
         status.success(),
         "schemathesis found the gateway answering otherwise than docs/openapi.json says \
@@ -144,6 +151,8 @@ async fn the_gateway_answers_as_its_openapi_document_says() {
     eprintln!("[schemathesis] {}", summary(&output));
 
     // And the gateway is still there, serving the group.
-    let r = get(gw.http(), &format!("/api/v1/groups/{GROUP}")).await.unwrap();
+    let r = get(gw.http(), &format!("/api/v1/groups/{GROUP}"))
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
 }
