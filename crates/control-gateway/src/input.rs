@@ -4,7 +4,9 @@
 //! becomes a `Score` (B3) here, at the edge, so the rest of the gateway only
 //! handles valid values. The contract tells two score mistakes apart: a value
 //! of the wrong *type* (`"ten"`, `1.5`, `true`) is `invalid_json` (400), an
-//! integer out of 0–255 (`256`, `-1`) is `score_out_of_range` (422).
+//! integer out of 0–255 (`256`, `-1`) is `score_out_of_range` (422). A whole
+//! number written with a fraction or exponent (`140.0`, `1e2`) is an integer,
+//! as JSON Schema (and so docs/openapi.json) counts them.
 
 use serde_json::Value;
 use understudy_protocol::{DeviceId, GroupName, Score};
@@ -87,7 +89,7 @@ pub fn count(map: &serde_json::Map<String, Value>, name: &str) -> Result<Option<
     }
 }
 
-/// A score: a JSON integer 0–255.
+/// A score: a JSON integer 0–255 (`140.0` counts as the integer 140).
 pub fn score(value: &Value) -> Result<Score, ApiError> {
     let out_of_range =
         |shown: String| ApiError::ScoreOutOfRange(format!("score {shown} is out of range 0–255"));
@@ -98,11 +100,17 @@ pub fn score(value: &Value) -> Result<Score, ApiError> {
             } else if n.as_u64().is_some() {
                 Err(out_of_range(n.to_string()))
             } else {
-                // A float: a whole one too large for an integer is still out
-                // of range; anything with a fraction is not a score at all.
+                // A float: a whole one (`140.0`, `1e2`) is an integer, as
+                // JSON Schema counts them; anything with a fraction is not a
+                // score at all.
                 match n.as_f64() {
                     Some(f) if f.fract() == 0.0 && f.is_finite() => {
-                        Err(out_of_range(n.to_string()))
+                        if (0.0..=255.0).contains(&f) {
+                            // In range and whole: the cast is exact.
+                            Ok(Score::new(f as u8))
+                        } else {
+                            Err(out_of_range(n.to_string()))
+                        }
                     }
                     _ => Err(ApiError::InvalidJson(format!(
                         "score must be an integer 0–255, got {n}"
@@ -159,6 +167,34 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// schemathesis sent `{"score": 140.0}`, valid for the document's
+    /// `"type": "integer"` (JSON Schema counts 140.0 as an integer), and the
+    /// gateway answered 422 "score 140.0 is out of range 0–255".
+    #[test]
+    fn a_score_of_140_point_0_is_the_integer_140_not_out_of_range() {
+        for (whole, expected) in [
+            (json!(140.0), 140),
+            (json!(0.0), 0),
+            (json!(-0.0), 0),
+            (json!(255.0), 255),
+        ] {
+            assert_eq!(score(&whole).map(Score::get), Ok(expected), "{whole}");
+        }
+        let exponent: Value = serde_json::from_str("1e2").expect("a JSON number");
+        assert_eq!(score(&exponent).map(Score::get), Ok(100));
+        for bad in [json!(256.0), json!(-1.0), json!(1e300)] {
+            assert_eq!(
+                score(&bad).map_err(|e| e.code()),
+                Err("score_out_of_range"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            score(&json!(140.5)).map_err(|e| e.code()),
+            Err("invalid_json")
+        );
     }
 
     #[test]

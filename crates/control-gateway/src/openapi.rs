@@ -285,6 +285,87 @@ mod tests {
         }
     }
 
+    /// schemathesis (tests/gateway_schema_e2e.rs) sent
+    /// `last=3121425509202003675433664512`, valid for a document that gave no
+    /// maximum, and the gateway refused it (400): the document now gives the
+    /// gateway's bound, the largest JetStream sequence (u64::MAX), for
+    /// `after`, `last` and `Last-Event-ID`, and the gateway takes exactly that.
+    #[tokio::test]
+    async fn event_stream_numbers_are_documented_up_to_the_largest_the_gateway_takes() {
+        let doc = document();
+        let max = Value::from(u64::MAX);
+        let params = &doc["components"]["parameters"];
+        assert_eq!(params["after"]["schema"]["maximum"], max);
+        assert_eq!(params["last"]["schema"]["maximum"], max);
+        let sse = doc["paths"]["/api/v1/groups/{group}/events"]["parameters"]
+            .as_array()
+            .expect("parameters");
+        let last_event_id = sse
+            .iter()
+            .find(|p| p["name"] == "Last-Event-ID")
+            .expect("Last-Event-ID");
+        assert_eq!(last_event_id["schema"]["maximum"], max);
+
+        let app = offline_router().await;
+        let ws = "/api/v1/groups/stage/events/ws";
+        let over = "18446744073709551616";
+        for key in ["after", "last"] {
+            // Taken (then refused only for want of an upgrade), one more is not.
+            let (status, _) = call(
+                &app,
+                "GET",
+                &format!("{ws}?{key}={}", u64::MAX),
+                &[],
+                vec![],
+            )
+            .await;
+            assert_eq!(status, StatusCode::UPGRADE_REQUIRED, "{key}=u64::MAX");
+            let (status, body) =
+                call(&app, "GET", &format!("{ws}?{key}={over}"), &[], vec![]).await;
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (StatusCode::BAD_REQUEST, Some("invalid_json")),
+                "{key}={over}"
+            );
+        }
+        let sse = "/api/v1/groups/stage/events";
+        let max_text = u64::MAX.to_string();
+        let (status, body) = call(&app, "GET", sse, &[("last-event-id", &max_text)], vec![]).await;
+        // Past the header's check, to the bus (not connected here).
+        assert_eq!(body["error"]["code"], "bus_unavailable", "{status}");
+        let (status, body) = call(&app, "GET", sse, &[("last-event-id", over)], vec![]).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_json"))
+        );
+    }
+
+    /// schemathesis sent `{"score": 140.0}` (an integer, as JSON Schema
+    /// counts them) and the gateway answered 422 `score_out_of_range`.
+    #[tokio::test]
+    async fn a_score_of_140_point_0_is_set_not_refused_as_out_of_range() {
+        let app = offline_router().await;
+        let score = "/api/v1/groups/stage/devices/dev-1/score";
+        let headers = [
+            ("content-type", "application/json"),
+            ("authorization", "Bearer t"),
+        ];
+        for body in ["{\"score\":140.0}", "{\"score\":1e2}"] {
+            let (status, doc) = call(&app, "PUT", score, &headers, body.into()).await;
+            // Valid: on to the device (the bus is not connected here).
+            assert_eq!(
+                (status, doc["error"]["code"].as_str()),
+                (StatusCode::SERVICE_UNAVAILABLE, Some("bus_unavailable")),
+                "{body}"
+            );
+        }
+        let (status, doc) = call(&app, "PUT", score, &headers, b"{\"score\":256.0}".to_vec()).await;
+        assert_eq!(
+            (status, doc["error"]["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("score_out_of_range"))
+        );
+    }
+
     #[tokio::test]
     async fn nothing_answers_in_plain_text() {
         let app = offline_router().await;
