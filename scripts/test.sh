@@ -12,6 +12,8 @@ if [ -x scripts/ensure-nats.sh ]; then
   source scripts/ensure-nats.sh
 fi
 # shellcheck disable=SC1091
+source scripts/ensure-schemathesis.sh
+# shellcheck disable=SC1091
 source scripts/ensure-debian.sh
 ensure_debian "the dashboard browser test" /usr/bin/chromium /usr/bin/chromedriver -- chromium chromium-driver
 ensure_debian "the metrics format checks" /usr/bin/promtool -- prometheus

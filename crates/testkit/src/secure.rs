@@ -1,5 +1,6 @@
 //! A secured bus for the lab, the benchmarks and the tests: a local CA, a
-//! certificate for nats-server on 127.0.0.1, and one NATS user per role
+//! certificate for 127.0.0.1 (nats-server's, and the lab devices' project
+//! service's), and one NATS user per role
 //! (`understudy_bus::accounts`) with a random password.
 //!
 //! [`SecureBus::server_config`] is the nats-server configuration (TLS and
@@ -75,8 +76,8 @@ impl SecureBus {
         let users: Vec<User> = self.users.iter().map(|(u, _)| u.clone()).collect();
         let mut text = format!(
             "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 2\n}}\n",
-            self.dir.join("nats-server.pem").display(),
-            self.dir.join("nats-server.key").display()
+            self.dir.join("server.pem").display(),
+            self.dir.join("server.key").display()
         );
         let mut config = accounts::accounts_config(&users);
         if let Some(pw) = &self.test_password {
@@ -112,6 +113,39 @@ impl SecureBus {
             env.push(("UNDERSTUDY_NATS_PASSWORD".to_string(), pw.to_string()));
         }
         env
+    }
+
+    /// The `UNDERSTUDY_PROJECT_*` variables of a device whose project
+    /// service speaks TLS (the server certificate, for 127.0.0.1) and
+    /// checks callers by the group token (in `project-token`).
+    pub fn project_device_env(&self) -> Result<Vec<(String, String)>, Error> {
+        let mut env = self.project_client_env()?;
+        for (k, file) in [
+            ("UNDERSTUDY_PROJECT_TLS_CERT", "server.pem"),
+            ("UNDERSTUDY_PROJECT_TLS_KEY", "server.key"),
+        ] {
+            env.push((k.to_string(), self.dir.join(file).display().to_string()));
+        }
+        Ok(env)
+    }
+
+    /// The `UNDERSTUDY_PROJECT_*` variables of a client of the project
+    /// service (`understudy project …`): the CA and the group token's file.
+    pub fn project_client_env(&self) -> Result<Vec<(String, String)>, Error> {
+        let token = self.dir.join("project-token");
+        if !token.exists() {
+            write_private(&token, &format!("{}\n", random_secret()))?;
+        }
+        Ok(vec![
+            (
+                "UNDERSTUDY_PROJECT_TLS_CA".to_string(),
+                self.ca().display().to_string(),
+            ),
+            (
+                "UNDERSTUDY_PROJECT_TOKEN_FILE".to_string(),
+                token.display().to_string(),
+            ),
+        ])
     }
 
     /// The connection settings of a process of `role` on `servers`: its
@@ -167,7 +201,7 @@ fn random_secret() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-/// Writes `ca.pem`, `nats-server.pem` and `nats-server.key` (for
+/// Writes `ca.pem`, `server.pem` and `server.key` (for
 /// 127.0.0.1 and localhost) in `dir`.
 fn write_certificates(dir: &Path) -> Result<(), Error> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
@@ -188,8 +222,8 @@ fn write_certificates(dir: &Path) -> Result<(), Error> {
     let cert = params.signed_by(&key, &issuer).map_err(bad)?;
     for (name, text) in [
         ("ca.pem", ca.pem()),
-        ("nats-server.pem", cert.pem()),
-        ("nats-server.key", key.serialize_pem()),
+        ("server.pem", cert.pem()),
+        ("server.key", key.serialize_pem()),
     ] {
         write_private(&dir.join(name), &text)?;
     }

@@ -53,9 +53,11 @@ pub struct LabArgs {
     /// Do not start the control gateway (HTTP API and dashboard).
     #[arg(long)]
     no_gateway: bool,
-    /// The API token of the lab's gateway (mutating calls need it).
-    #[arg(long, default_value = "lab-secret")]
-    api_token: String,
+    /// The admin API token of the lab's gateway, a file holding it [default:
+    /// a random one, written to `<dir>/api-token`; a read-only one to
+    /// `<dir>/read-token`].
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
     /// The Prometheus binary [default: prometheus on PATH, /usr/bin/prometheus].
     #[arg(long, env = "UNDERSTUDY_PROMETHEUS")]
     prometheus: Option<PathBuf>,
@@ -93,20 +95,73 @@ pub(crate) fn spawn_device(
     for (k, v) in bus.env(&role) {
         opts = opts.with_env(&k, &v);
     }
+    if let Some(secure) = &bus.secure {
+        for (k, v) in secure.project_device_env()? {
+            opts = opts.with_env(&k, &v);
+        }
+    }
     Ok(Device::start(exe, Some(dir), &[bus.url.as_str()], opts)?)
 }
 
 /// Starts the control gateway on 127.0.0.1:8080 and :8081 (other free ports
 /// if those are taken), its log in `dir`.
-fn spawn_gateway(exe: &Path, dir: &Path, bus: &LabBus, token: &str) -> Result<Gateway> {
+fn spawn_gateway(exe: &Path, dir: &Path, bus: &LabBus, tokens: &LabTokens) -> Result<Gateway> {
+    let mut env = bus.env(&AccountRole::Gateway);
+    env.push((
+        "UNDERSTUDY_READ_TOKENS_FILE".to_string(),
+        tokens.read.display().to_string(),
+    ));
     let opts = GatewayOpts {
         http: SocketAddr::from(([127, 0, 0, 1], port_or_free(8080)?)),
         tcp: SocketAddr::from(([127, 0, 0, 1], port_or_free(8081)?)),
-        api_token: Some(token.to_string()),
+        api_token: Some(tokens.admin_value.clone()),
         metrics: Some(loopback(9460)?),
-        env: bus.env(&AccountRole::Gateway),
+        env,
     };
     Ok(Gateway::start(exe, Some(dir), &bus.url, opts)?)
+}
+
+/// The lab gateway's tokens: files holding them (owner-only).
+struct LabTokens {
+    /// The admin token's file.
+    admin: PathBuf,
+    /// The admin token.
+    admin_value: String,
+    /// The read-only token's file.
+    read: PathBuf,
+}
+
+impl LabTokens {
+    /// `given` as the admin token's file, or a random token written to
+    /// `<dir>/api-token`; a random read-only token in `<dir>/read-token`.
+    fn make(dir: &Path, given: Option<&Path>) -> Result<LabTokens> {
+        let random = || format!("{:032x}", rand::random::<u128>());
+        let admin = match given {
+            Some(file) => std::path::absolute(file)?,
+            None => {
+                let file = std::path::absolute(dir.join("api-token"))?;
+                understudy_testkit::secure::write_private(&file, &format!("{}\n", random()))?;
+                file
+            }
+        };
+        let admin_value = std::fs::read_to_string(&admin)
+            .with_context(|| format!("cannot read {}", admin.display()))?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        if admin_value.is_empty() {
+            bail!("{} holds no token", admin.display());
+        }
+        let read = std::path::absolute(dir.join("read-token"))?;
+        understudy_testkit::secure::write_private(&read, &format!("{}\n", random()))?;
+        Ok(LabTokens {
+            admin,
+            admin_value,
+            read,
+        })
+    }
 }
 
 /// The NATS a lab or benchmark runs on: its address and, when secured,
@@ -260,13 +315,18 @@ pub async fn run(a: LabArgs) -> Result<()> {
     let gateway = if a.no_gateway {
         None
     } else {
-        let gw = spawn_gateway(&exe, &a.dir, &bus, &a.api_token)?;
+        let tokens = LabTokens::make(&a.dir, a.api_token_file.as_deref())?;
+        let gw = spawn_gateway(&exe, &a.dir, &bus, &tokens)?;
         let http = gw.http();
         println!(
-            "gateway:      dashboard http://{http}/?group={group}  API http://{http}/api/v1  TCP {}  token {} (log {})",
+            "gateway:      dashboard http://{http}/?group={group}  API http://{http}/api/v1  TCP {}  (log {})",
             gw.tcp(),
-            a.api_token,
             gw.log_path().display()
+        );
+        println!(
+            "              admin token in {}, read-only token in {} (the dashboard asks for one)",
+            tokens.admin.display(),
+            tokens.read.display()
         );
         Some(gw)
     };
@@ -290,16 +350,19 @@ pub async fn run(a: LabArgs) -> Result<()> {
 
 /// On a secured bus, writes `<dir>/operator.env`: the variables that give
 /// the CLI the gateway's NATS user (operators' rights), its password and
-/// the CA, for `source`; readable by its owner only. Returns its path.
+/// the CA, and the project service's CA and group token file, for
+/// `source`; readable by its owner only. Returns its path.
 fn write_operator_env(dir: &Path, bus: &LabBus) -> Result<Option<PathBuf>> {
-    if bus.secure.is_none() {
-        return Ok(None);
-    }
     let mut text = String::from(
         "# The lab's operator credentials (NATS user `gateway`): source this file,\n\
          # then run understudy's CLI commands against the lab.\n",
     );
-    for (k, v) in bus.env(&AccountRole::Gateway) {
+    let Some(secure) = &bus.secure else {
+        return Ok(None);
+    };
+    let mut vars = bus.env(&AccountRole::Gateway);
+    vars.extend(secure.project_client_env()?);
+    for (k, v) in vars {
         text.push_str(&format!("export {k}='{v}'\n"));
     }
     let path = std::path::absolute(dir.join("operator.env"))?;
