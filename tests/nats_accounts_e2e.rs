@@ -13,7 +13,10 @@
 #[path = "harness/mod.rs"]
 mod harness;
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use anyhow::Context as _;
 
 use async_nats::jetstream;
 use futures::{FutureExt, StreamExt};
@@ -479,4 +482,180 @@ async fn the_shipped_accounts_are_what_nats_config_prints_and_nats_server_takes_
         said.contains("UNDERSTUDY_NATS_PASSWORD_"),
         "it names the variable:\n{said}"
     );
+}
+
+/// Runs `understudy` with `args` and `env` (and nothing of the developer's
+/// `UNDERSTUDY_*`), returning its output.
+async fn cli_with(args: &[&str], env: &[(String, String)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(understudy_bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("UNDERSTUDY_") {
+            cmd.env_remove(k);
+        }
+    }
+    let run = cmd
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(CLI_TIMEOUT, run)
+        .await
+        .expect("the CLI finishes")
+        .unwrap()
+}
+
+/// The `export K='V'` lines of the lab's operator.env.
+fn exports(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lab_runs_secured_by_default() {
+    let dir = TempDir::new("secure-lab").unwrap();
+    let lab_dir = dir.path().join("lab");
+    // Its own process group: if this test fails, dropping it kills the lab
+    // and everything the lab started.
+    let mut lab = Launch::new("lab", understudy_bin(), dir.path().join("lab.log"))
+        .scrub_understudy_env()
+        .env("NO_COLOR", "1")
+        .args([
+            "lab",
+            "--devices",
+            "3",
+            "--no-prometheus",
+            "--duration",
+            "120s",
+        ])
+        .arg("--dir")
+        .arg(&lab_dir)
+        .arg("--nats-server")
+        .arg(nats_server_bin())
+        .own_process_group()
+        .spawn()
+        .unwrap();
+    let (nats, gateway) = wait_until("the lab to print its addresses", secs(60), || {
+        let log = lab.log();
+        async move {
+            let after = |prefix: &str| {
+                log.lines()
+                    .find_map(|l| l.split_once(prefix).map(|(_, rest)| rest.to_string()))
+                    .and_then(|rest| rest.split_whitespace().next().map(str::to_string))
+            };
+            let nats = after("nats-server with JetStream at ").context("no NATS yet")?;
+            let gateway = after("API http://").context("no gateway yet")?;
+            anyhow::ensure!(log.contains("credentials:  source"), "no credentials yet");
+            let gateway: SocketAddr = gateway.trim_end_matches("/api/v1").parse()?;
+            Ok((nats, gateway))
+        }
+    })
+    .await
+    .unwrap();
+
+    // NATS: TLS and users; strangers are refused.
+    let stranger = async_nats::ConnectOptions::new()
+        .connection_timeout(secs(2))
+        .connect(nats.as_str())
+        .await;
+    assert!(
+        stranger.is_err(),
+        "the lab's NATS refuses a client without TLS or credentials"
+    );
+    let operator = exports(&std::fs::read_to_string(lab_dir.join("operator.env")).unwrap());
+    let status = wait_until("the lab's group to have a server", secs(30), || {
+        let (nats, operator) = (nats.clone(), operator.clone());
+        async move {
+            let out = cli_with(
+                &["status", "--group", "lab", "--json", "--nats", &nats],
+                &operator,
+            )
+            .await;
+            anyhow::ensure!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            anyhow::ensure!(doc["server"]["device"] == "dev-1", "no server yet: {doc}");
+            Ok(doc)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status["counts"]["devices_online"], 3);
+    let without = cli_with(&["status", "--group", "lab", "--nats", &nats], &[]).await;
+    assert!(
+        !without.status.success(),
+        "the CLI without the operator's credentials is refused"
+    );
+
+    // The project service: TLS and the group token.
+    let file = dir.path().join("show.txt");
+    std::fs::write(&file, "cue 1\n").unwrap();
+    let file = file.to_str().unwrap();
+    let put = cli_with(
+        &[
+            "project", "put", "--group", "lab", "--file", file, "--nats", &nats,
+        ],
+        &operator,
+    )
+    .await;
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let no_token: Vec<(String, String)> = operator
+        .iter()
+        .filter(|(k, _)| k != "UNDERSTUDY_PROJECT_TOKEN_FILE")
+        .cloned()
+        .collect();
+    let refused = cli_with(
+        &[
+            "project", "put", "--group", "lab", "--file", file, "--nats", &nats,
+        ],
+        &no_token,
+    )
+    .await;
+    assert!(
+        !refused.status.success(),
+        "a project change without the group token is refused"
+    );
+
+    // The gateway: tokens from owner-only files; reads need one.
+    let read = std::fs::read_to_string(lab_dir.join("read-token")).unwrap();
+    let bearer = format!("Bearer {}", read.trim());
+    let open = http::get(gateway, "/api/v1/groups/lab").await.unwrap();
+    assert_eq!(open.status, 401);
+    let reply = http::request(
+        gateway,
+        "GET",
+        "/api/v1/groups/lab",
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200);
+    use std::os::unix::fs::PermissionsExt;
+    for secret in [
+        "api-token",
+        "read-token",
+        "operator.env",
+        "nats-server.conf",
+        "secure/server.key",
+    ] {
+        let mode = std::fs::metadata(lab_dir.join(secret))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{secret} is readable by its owner only");
+    }
+    lab.signal(Signal::Term).unwrap();
+    let exit = lab.wait_exit(secs(20)).await.unwrap();
+    assert!(exit.success(), "{exit}");
 }
