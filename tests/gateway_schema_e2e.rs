@@ -29,7 +29,6 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::ensure;
-use harness::http::get;
 use harness::*;
 
 const GROUP: &str = "stage";
@@ -108,6 +107,12 @@ async fn run_schemathesis(bin: &Path, base_url: &str) -> (ExitStatus, String) {
             panic!("schemathesis did not finish within {RUN_WITHIN:?}; its output:\n{output}")
         }
     }
+}
+
+/// `GET path` with the admin token (reads need a token once one is set).
+async fn get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<harness::http::Reply> {
+    let bearer = format!("Bearer {TOKEN}");
+    harness::http::request(addr, "GET", path, &[("authorization", &bearer)], None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
