@@ -431,11 +431,11 @@ async fn the_shipped_accounts_are_what_nats_config_prints_and_nats_server_takes_
         .unwrap()
         .replace(
             "\"server.pem\"",
-            &format!("{:?}", dir.path().join("nats-server.pem")),
+            &format!("{:?}", dir.path().join("server.pem")),
         )
         .replace(
             "\"server.key\"",
-            &format!("{:?}", dir.path().join("nats-server.key")),
+            &format!("{:?}", dir.path().join("server.key")),
         )
         .replace(
             "\"/var/lib/nats\"",
