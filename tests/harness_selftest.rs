@@ -327,7 +327,8 @@ fn one_server_check_catches_violations() {
 /// On a secured run (`UNDERSTUDY_TEST_SECURE`, as `scripts/test.sh` runs the
 /// election and project suites a second time), the harness's nats-server
 /// refuses a client without TLS and credentials, and the harness's own
-/// client gets in. (On an ordinary run there is nothing to check.)
+/// client gets in, and a device's project service speaks TLS. (On an
+/// ordinary run there is nothing to check.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_secured_run_the_bus_refuses_strangers() {
     if understudy_testkit::secure::from_env().is_none() {
@@ -345,4 +346,18 @@ async fn on_a_secured_run_the_bus_refuses_strangers() {
     connect(&nats.url())
         .await
         .expect("the harness's own client logs in");
+    // A device's project service speaks TLS and checks its callers.
+    let dev = spawn_device(&[nats.url()], DeviceOpts::numbered("stage", 1, 100));
+    let line = wait_until("the device's project service to start", secs(15), || {
+        let log = dev.log();
+        async move {
+            log.lines()
+                .find(|l| l.contains("project service on"))
+                .map(str::to_string)
+                .ok_or_else(|| anyhow::anyhow!("not yet"))
+        }
+    })
+    .await
+    .unwrap();
+    assert!(line.contains("TLS, callers checked"), "{line}");
 }

@@ -65,7 +65,8 @@ impl Project {
             let server = find_server(&self.js, &group(), CALL)
                 .await?
                 .ok_or_else(|| anyhow!("no server holds the lease"))?;
-            let mut pc = ProjectClient::connect(&group(), server, CALL).await?;
+            let mut pc =
+                ProjectClient::connect_with(&group(), server, CALL, &project_security()).await?;
             pc.describe().await?;
             Ok(pc)
         })
@@ -912,7 +913,7 @@ async fn a_64_mib_project_reaches_ten_clients_intact() {
 // ---------------------------------------------------------------------------
 
 async fn raw_submit(
-    rpc: &mut pb::project_client::ProjectClient<tonic::transport::Channel>,
+    rpc: &mut RawProjectClient,
     header: pb::SubmitHeader,
     chunks: Vec<Vec<u8>>,
 ) -> std::result::Result<pb::SubmitReply, tonic::Status> {
@@ -946,9 +947,7 @@ async fn bad_submits_are_refused_clearly_and_change_nothing() {
     let r1 = commit(&mut pc, 0, "one", b"good\n").await;
     let term = pc.seen_term().get();
 
-    let mut rpc = pb::project_client::ProjectClient::connect(format!("http://{addr_a}"))
-        .await
-        .unwrap();
+    let mut rpc = raw_project_client(&addr_a).await.unwrap();
     let data = b"new content\n".to_vec();
     let good = pb::SubmitHeader {
         group: GROUP.into(),
@@ -1062,9 +1061,7 @@ async fn bad_submits_are_refused_clearly_and_change_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // A device that is not the server says who is.
-    let mut not_server = pb::project_client::ProjectClient::connect(format!("http://{addr_b}"))
-        .await
-        .unwrap();
+    let mut not_server = raw_project_client(&addr_b).await.unwrap();
     let err = not_server
         .describe(pb::DescribeRequest {
             group: GROUP.into(),

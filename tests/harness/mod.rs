@@ -146,6 +146,48 @@ pub async fn start_gateway_on(nats: &str, opts: GatewayOpts) -> Gateway {
     gw
 }
 
+/// How the tests' own gRPC clients reach the project service: plain, or on
+/// a secured run over TLS with the group token (as the devices do).
+pub fn project_security() -> understudy_project_sync::security::ClientSecurity {
+    use understudy_project_sync::security::{ClientSecurity, ProjectSecurity};
+    match understudy_testkit::secure::from_env() {
+        None => ClientSecurity::plain(),
+        Some(bus) => ProjectSecurity {
+            tls_ca: Some(bus.ca()),
+            token_file: Some(bus.project_token_file().expect("the project token file")),
+            ..ProjectSecurity::default()
+        }
+        .client()
+        .expect("the project client's settings"),
+    }
+}
+
+/// A raw gRPC client of the project service, as [`raw_project_client`]
+/// makes it.
+pub type RawProjectClient = understudy_project_sync::pb::project_client::ProjectClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        understudy_project_sync::security::BearerToken,
+    >,
+>;
+
+/// A raw gRPC client of the project service at `address` (`host:port`),
+/// as [`project_security`] says (TLS and the token on a secured run).
+pub async fn raw_project_client(address: &str) -> anyhow::Result<RawProjectClient> {
+    let security = project_security();
+    let channel = security
+        .endpoint(address)
+        .map_err(anyhow::Error::msg)?
+        .connect()
+        .await?;
+    Ok(
+        understudy_project_sync::pb::project_client::ProjectClient::with_interceptor(
+            channel,
+            security.token(),
+        ),
+    )
+}
+
 /// Runs the `understudy` CLI with `args` and returns its output; kills it and
 /// panics if it runs longer than [`CLI_TIMEOUT`].
 pub async fn run_cli<S: AsRef<OsStr>>(args: &[S]) -> Output {
@@ -154,9 +196,14 @@ pub async fn run_cli<S: AsRef<OsStr>>(args: &[S]) -> Output {
         .iter()
         .map(|a| a.as_ref().to_string_lossy().into_owned())
         .collect();
-    // On a secured run the CLI is an operator's: the gateway's credentials.
+    // On a secured run the CLI is an operator's: the gateway's credentials,
+    // and the project service's CA and group token.
     let secured = understudy_testkit::secure::from_env()
-        .map(|bus| bus.env(&understudy_bus::accounts::Role::Gateway))
+        .map(|bus| {
+            let mut env = bus.env(&understudy_bus::accounts::Role::Gateway);
+            env.extend(bus.project_client_env().expect("the project token file"));
+            env
+        })
         .unwrap_or_default();
     let child = tokio::process::Command::new(bin)
         .args(args)

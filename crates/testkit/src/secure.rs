@@ -10,8 +10,9 @@
 //!
 //! The end-to-end suite runs on a secured bus when `UNDERSTUDY_TEST_SECURE`
 //! is set ([`from_env`]): every nats-server the toolkit starts gets the
-//! configuration, every device the credentials of its group, the gateway
-//! its own, and [`crate::connect`] logs in as the test's user.
+//! configuration, every device the credentials of its group (and a project
+//! service over TLS with the group token), the gateway its own, and
+//! [`crate::connect`] logs in as the test's user.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -132,10 +133,7 @@ impl SecureBus {
     /// The `UNDERSTUDY_PROJECT_*` variables of a client of the project
     /// service (`understudy project …`): the CA and the group token's file.
     pub fn project_client_env(&self) -> Result<Vec<(String, String)>, Error> {
-        let token = self.dir.join("project-token");
-        if !token.exists() {
-            write_private(&token, &format!("{}\n", random_secret()))?;
-        }
+        let token = self.project_token_file()?;
         Ok(vec![
             (
                 "UNDERSTUDY_PROJECT_TLS_CA".to_string(),
@@ -146,6 +144,16 @@ impl SecureBus {
                 token.display().to_string(),
             ),
         ])
+    }
+
+    /// The file holding the project service's group token (made on first
+    /// use, owner-only).
+    pub fn project_token_file(&self) -> Result<PathBuf, Error> {
+        let token = self.dir.join("project-token");
+        if !token.exists() {
+            write_private(&token, &format!("{}\n", random_secret()))?;
+        }
+        Ok(token)
     }
 
     /// The connection settings of a process of `role` on `servers`: its

@@ -109,6 +109,9 @@ impl Device {
             for (k, v) in bus.env(&role) {
                 launch = launch.env(k, v);
             }
+            for (k, v) in bus.project_device_env()? {
+                launch = launch.env(k, v);
+            }
         }
         for (k, v) in &opts.env {
             launch = launch.env(k, v);
