@@ -177,14 +177,24 @@ fn device(group: &GroupName) -> Permissions {
     }
 }
 
-/// How a user's password appears in the configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How a user's password appears in the configuration (`Debug` never
+/// shows a literal one).
+#[derive(Clone, PartialEq, Eq)]
 pub enum Password {
     /// Read by nats-server from this environment variable when it starts
     /// (`password: $VAR`): the configuration holds no secret.
     Env(String),
     /// Written into the configuration (keep the file private, mode 0600).
     Literal(String),
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Password::Env(var) => f.debug_tuple("Env").field(var).finish(),
+            Password::Literal(_) => f.write_str("Literal(<hidden>)"),
+        }
+    }
 }
 
 /// One user of the [`ACCOUNT`].
@@ -383,5 +393,6 @@ mod tests {
         assert!(text.contains("password: \"p\\\"w\""), "{text}");
         assert_eq!(text.matches("allow_responses: true").count(), 1);
         assert_eq!(text.matches('{').count(), text.matches('}').count());
+        assert!(!format!("{:?}", users[1]).contains("p\"w"), "Debug hides it");
     }
 }

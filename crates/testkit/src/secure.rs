@@ -26,12 +26,24 @@ use crate::Error;
 /// lab's configuration.
 pub const TEST_USER: &str = "test-admin";
 
-/// The files and users of a secured bus (see the module docs).
-#[derive(Debug, Clone)]
+/// The files and users of a secured bus (see the module docs). `Debug`
+/// shows the users, never their passwords.
+#[derive(Clone)]
 pub struct SecureBus {
     dir: PathBuf,
     users: Vec<(User, String)>,
     test_password: Option<String>,
+}
+
+impl std::fmt::Debug for SecureBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let users: Vec<&str> = self.users.iter().map(|(u, _)| u.name.as_str()).collect();
+        f.debug_struct("SecureBus")
+            .field("dir", &self.dir)
+            .field("users", &users)
+            .field("test_user", &self.test_password.is_some())
+            .finish()
+    }
 }
 
 impl SecureBus {
