@@ -456,30 +456,6 @@ async fn tcp_auth_gives_the_same_roles_as_http() {
 
 // ---------------------------------------------------------------------- HTTPS
 
-/// A CA and a certificate for localhost and 127.0.0.1 signed by it, written
-/// to `dir`: (CA certificate DER, server certificate file, key file).
-fn make_certificates(dir: &std::path::Path) -> (Vec<u8>, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "understudy gateway test CA");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let (cert_file, key_file) = (dir.join("gateway.pem"), dir.join("gateway.key"));
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    (ca.der().to_vec(), cert_file, key_file)
-}
-
 /// `GET path` over HTTPS (trusting only `ca`), with `token` if any: the
 /// status line and the body.
 async fn https_get(
@@ -521,7 +497,8 @@ async fn https_get(
 async fn with_a_certificate_the_api_answers_over_https_with_the_same_roles() {
     let nats = start_nats().await;
     let dir = TempDir::new("gateway-tls").unwrap();
-    let (ca, cert, key) = make_certificates(dir.path());
+    let pki = understudy_testkit::secure::make_pki(dir.path(), "gateway-").unwrap();
+    let (ca, cert, key) = (pki.ca_der, pki.cert, pki.key);
     let mut opts = GatewayOpts::free_ports(Some(ADMIN)).unwrap();
     opts.env
         .push(("UNDERSTUDY_READ_TOKENS".into(), DESK.into()));

@@ -14,7 +14,9 @@
 #[path = "harness/mod.rs"]
 mod harness;
 
-use std::path::{Path, PathBuf};
+use understudy_testkit::secure::{Pki, make_pki};
+
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -41,40 +43,9 @@ fn group() -> GroupName {
     GROUP.parse().unwrap()
 }
 
-/// The files of a CA and one certificate it signed (for 127.0.0.1 and
-/// localhost, usable as a server's and as a client's).
-struct Pki {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
+/// A CA and a certificate it signed for 127.0.0.1 (the toolkit's).
 fn pki(dir: &Path, tag: &str) -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        format!("understudy test CA {tag}"),
-    );
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let p = Pki {
-        ca: dir.join(format!("{tag}-ca.pem")),
-        cert: dir.join(format!("{tag}-device.pem")),
-        key: dir.join(format!("{tag}-device.key")),
-    };
-    std::fs::write(&p.ca, ca.pem()).unwrap();
-    std::fs::write(&p.cert, cert.pem()).unwrap();
-    std::fs::write(&p.key, key.serialize_pem()).unwrap();
-    p
+    make_pki(dir, &format!("{tag}-")).unwrap()
 }
 
 fn s(p: &Path) -> &str {

@@ -23,7 +23,7 @@ use futures::{FutureExt, StreamExt};
 use harness::*;
 use tokio::sync::mpsc;
 use understudy_bus::accounts::Role;
-use understudy_protocol::messages::{self, ControlOp, ControlRequest, Heartbeat, Trigger};
+use understudy_protocol::messages::{self, ControlOp, ControlRequest, Trigger};
 use understudy_protocol::roster::RosterReply;
 use understudy_protocol::{GroupName, Role as DeviceRole, Score, subjects};
 use understudy_testkit::SecureBus;
@@ -103,27 +103,6 @@ fn device(bus: &SecureBus, url: &str, group: &str, n: u8, score: u8) -> Device {
         opts = opts.with_env(&k, &v);
     }
     spawn_device(&[url], opts)
-}
-
-/// The first heartbeat on `beats` that `pick` accepts, within `within`.
-async fn beat_where(
-    beats: &mut async_nats::Subscriber,
-    within: Duration,
-    pick: impl Fn(&Heartbeat) -> bool,
-) -> Option<Heartbeat> {
-    tokio::time::timeout(within, async {
-        while let Some(m) = beats.next().await {
-            if let Ok(hb) = messages::decode::<Heartbeat>(&m.payload)
-                && pick(&hb)
-            {
-                return Some(hb);
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten()
 }
 
 /// The revision of `key` in `bucket`, read by the test's own user.

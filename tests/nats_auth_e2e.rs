@@ -10,13 +10,10 @@
 #[path = "harness/mod.rs"]
 mod harness;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use futures::StreamExt;
 use harness::*;
-use understudy_protocol::messages::{self, Heartbeat};
 use understudy_protocol::{GroupName, Role, subjects};
 
 const GROUP: &str = "stage";
@@ -49,27 +46,6 @@ async fn server_with_users() -> (NatsServer, async_nats::Client, async_nats::Sub
         .await
         .unwrap();
     (nats, client, beats)
-}
-
-/// The first heartbeat on `beats` that `pick` accepts, within `within`.
-async fn beat_where(
-    beats: &mut async_nats::Subscriber,
-    within: Duration,
-    pick: impl Fn(&Heartbeat) -> bool,
-) -> Option<Heartbeat> {
-    tokio::time::timeout(within, async {
-        while let Some(m) = beats.next().await {
-            if let Ok(hb) = messages::decode::<Heartbeat>(&m.payload)
-                && pick(&hb)
-            {
-                return Some(hb);
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,41 +144,14 @@ async fn credentials_written_in_the_address_are_refused_without_echoing_them() {
     );
 }
 
-/// A CA and a server certificate for 127.0.0.1 signed by it, as PEM files in
-/// `dir`: (ca.pem, server.pem, server.key).
-fn certificates(dir: &std::path::Path, tag: &str) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        format!("understudy test CA {tag}"),
-    );
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let paths = (
-        dir.join(format!("{tag}-ca.pem")),
-        dir.join(format!("{tag}-server.pem")),
-        dir.join(format!("{tag}-server.key")),
-    );
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, cert.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_tls_a_device_trusting_the_ca_serves_and_one_trusting_another_stops() {
     let dir = TempDir::new("nats-tls").unwrap();
-    let (ca, cert, key) = certificates(dir.path(), "good");
-    let (other_ca, _, _) = certificates(dir.path(), "other");
+    let good = understudy_testkit::secure::make_pki(dir.path(), "good-").unwrap();
+    let (ca, cert, key) = (good.ca, good.cert, good.key);
+    let other_ca = understudy_testkit::secure::make_pki(dir.path(), "other-")
+        .unwrap()
+        .ca;
     let conf = format!(
         "tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
         cert.display(),

@@ -262,3 +262,26 @@ pub async fn set_score(url: &str, group: &str, device: &str, score: u8) {
 pub fn unix_ms_now() -> u64 {
     understudy_bus::unix_ms(SystemTime::now())
 }
+
+/// The first heartbeat on `beats` that `pick` accepts, within `within`
+/// (`None` if none came).
+pub async fn beat_where(
+    beats: &mut async_nats::Subscriber,
+    within: Duration,
+    pick: impl Fn(&understudy_protocol::messages::Heartbeat) -> bool,
+) -> Option<understudy_protocol::messages::Heartbeat> {
+    use futures::StreamExt;
+    tokio::time::timeout(within, async {
+        while let Some(m) = beats.next().await {
+            if let Ok(hb) = understudy_protocol::messages::decode(&m.payload)
+                && pick(&hb)
+            {
+                return Some(hb);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}

@@ -393,6 +393,9 @@ mod tests {
         assert!(text.contains("password: \"p\\\"w\""), "{text}");
         assert_eq!(text.matches("allow_responses: true").count(), 1);
         assert_eq!(text.matches('{').count(), text.matches('}').count());
-        assert!(!format!("{:?}", users[1]).contains("p\"w"), "Debug hides it");
+        assert!(
+            !format!("{:?}", users[1]).contains("p\"w"),
+            "Debug hides it"
+        );
     }
 }

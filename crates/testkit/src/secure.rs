@@ -52,7 +52,7 @@ impl SecureBus {
     /// tests' [`TEST_USER`] when `with_test_user`.
     pub fn create(dir: &Path, groups: &[&str], with_test_user: bool) -> Result<SecureBus, Error> {
         std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
-        write_certificates(dir)?;
+        make_pki(dir, "")?;
         let mut roles = Vec::new();
         for g in groups {
             let group = g
@@ -221,16 +221,30 @@ fn random_secret() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-/// Writes `ca.pem`, `server.pem` and `server.key` (for
-/// 127.0.0.1 and localhost) in `dir`.
-fn write_certificates(dir: &Path) -> Result<(), Error> {
+/// A CA and one certificate it signed, for 127.0.0.1 and `localhost`
+/// (usable as a server's and as a client's), as PEM files.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    /// The CA's certificate.
+    pub ca: PathBuf,
+    /// The CA's certificate, DER-encoded (for a rustls root store).
+    pub ca_der: Vec<u8>,
+    /// The certificate.
+    pub cert: PathBuf,
+    /// Its private key (owner-only).
+    pub key: PathBuf,
+}
+
+/// Makes a [`Pki`] in `dir`: `<tag>ca.pem`, `<tag>server.pem` and
+/// `<tag>server.key` (`tag` may be empty). Every file is owner-only.
+pub fn make_pki(dir: &Path, tag: &str) -> Result<Pki, Error> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
     let bad = |e: rcgen::Error| Error::Config(format!("cannot make a certificate: {e}"));
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(bad)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, "understudy local CA");
+        .push(DnType::CommonName, format!("understudy local CA {tag}"));
     let ca_key = KeyPair::generate().map_err(bad)?;
     let ca = ca_params.self_signed(&ca_key).map_err(bad)?;
     let issuer = Issuer::new(ca_params, ca_key);
@@ -240,14 +254,16 @@ fn write_certificates(dir: &Path) -> Result<(), Error> {
         .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
     let key = KeyPair::generate().map_err(bad)?;
     let cert = params.signed_by(&key, &issuer).map_err(bad)?;
-    for (name, text) in [
-        ("ca.pem", ca.pem()),
-        ("server.pem", cert.pem()),
-        ("server.key", key.serialize_pem()),
-    ] {
-        write_private(&dir.join(name), &text)?;
-    }
-    Ok(())
+    let pki = Pki {
+        ca: dir.join(format!("{tag}ca.pem")),
+        ca_der: ca.der().to_vec(),
+        cert: dir.join(format!("{tag}server.pem")),
+        key: dir.join(format!("{tag}server.key")),
+    };
+    write_private(&pki.ca, &ca.pem())?;
+    write_private(&pki.cert, &cert.pem())?;
+    write_private(&pki.key, &key.serialize_pem())?;
+    Ok(pki)
 }
 
 /// The secured bus of this test process when `UNDERSTUDY_TEST_SECURE` is
