@@ -24,6 +24,9 @@ mod tests {
     }
 
     /// A gateway whose bus is not connected (nothing listens on port 1).
+    /// The read-only token of [`offline_router`], as a header.
+    const READ: &[(&str, &str)] = &[("authorization", "Bearer r")];
+
     async fn offline_router() -> axum::Router {
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
@@ -315,13 +318,13 @@ mod tests {
                 &app,
                 "GET",
                 &format!("{ws}?{key}={}", u64::MAX),
-                &[],
+                READ,
                 vec![],
             )
             .await;
             assert_eq!(status, StatusCode::UPGRADE_REQUIRED, "{key}=u64::MAX");
             let (status, body) =
-                call(&app, "GET", &format!("{ws}?{key}={over}"), &[], vec![]).await;
+                call(&app, "GET", &format!("{ws}?{key}={over}"), READ, vec![]).await;
             assert_eq!(
                 (status, body["error"]["code"].as_str()),
                 (StatusCode::BAD_REQUEST, Some("invalid_json")),
@@ -330,10 +333,24 @@ mod tests {
         }
         let sse = "/api/v1/groups/stage/events";
         let max_text = u64::MAX.to_string();
-        let (status, body) = call(&app, "GET", sse, &[("last-event-id", &max_text)], vec![]).await;
+        let (status, body) = call(
+            &app,
+            "GET",
+            sse,
+            &[("last-event-id", &max_text), READ[0]],
+            vec![],
+        )
+        .await;
         // Past the header's check, to the bus (not connected here).
         assert_eq!(body["error"]["code"], "bus_unavailable", "{status}");
-        let (status, body) = call(&app, "GET", sse, &[("last-event-id", over)], vec![]).await;
+        let (status, body) = call(
+            &app,
+            "GET",
+            sse,
+            &[("last-event-id", over), READ[0]],
+            vec![],
+        )
+        .await;
         assert_eq!(
             (status, body["error"]["code"].as_str()),
             (StatusCode::BAD_REQUEST, Some("invalid_json"))
