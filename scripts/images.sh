@@ -79,6 +79,15 @@ install_stripped() {
 
 # 1. The static understudy binaries.
 target_dir="${CARGO_TARGET_DIR:-target}"
+# Run from a test (cargo test sets these for the test process), the
+# variables a crate's build sees would make cargo think ring and friends
+# changed and build them again: drop them.
+for v in $(compgen -e); do
+  case "$v" in
+    CARGO_PKG_* | CARGO_MANIFEST_* | CARGO_CRATE_NAME | CARGO_BIN_NAME | CARGO_BIN_EXE_* | \
+      CARGO_PRIMARY_PACKAGE | CARGO_TARGET_TMPDIR | OUT_DIR) unset "$v" ;;
+  esac
+done
 say "cargo build --release --target $rust_target (statically linked; cargo skips it when up to date)"
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
   nice -n 10 cargo build --release --locked --target "$rust_target" -p understudy --bins

@@ -8,14 +8,16 @@
 //!
 //! Needs a Docker daemon and `docker compose` or `docker-compose`; without a
 //! daemon it prints why and passes, unless `CI` is set. Bounded: at most
-//! 300 s to come up (about 40 s here with the images cached; a cold image
-//! build adds the static release build), 60 s for the group to converge,
-//! 30 s for the scrapes, then the teardown (~10 s).
+//! 25 min to come up with the images built cold (`compose::UP_WITHIN`; the
+//! static release build is most of it), of which 300 s for the services to
+//! be healthy; about 10 s when the images are cached. Then at most 60 s for
+//! the group to converge, 30 s for the scrapes and 30 s for the heartbeats,
+//! and the teardown (about 3 s).
 
-#[path = "harness/mod.rs"]
-mod harness;
 #[path = "harness/compose.rs"]
 mod compose;
+#[path = "harness/mod.rs"]
+mod harness;
 
 use anyhow::{Context, Result, bail, ensure};
 use harness::*;
@@ -27,7 +29,7 @@ const DEVICES: [&str; 5] = ["dev-1", "dev-2", "dev-3", "dev-4", "dev-5"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_compose_lab_comes_up_with_five_devices_and_one_server() -> Result<()> {
-    let Some(lab) = ComposeLab::up_or_skip("e2e")? else {
+    let Some(lab) = ComposeLab::up_or_skip("e2e").await? else {
         return Ok(());
     };
     println!(
@@ -93,7 +95,11 @@ async fn the_compose_lab_comes_up_with_five_devices_and_one_server() -> Result<(
         None,
     )
     .await?;
-    ensure!(groups.status == 200, "GET /api/v1/groups: {}", groups.status);
+    ensure!(
+        groups.status == 200,
+        "GET /api/v1/groups: {}",
+        groups.status
+    );
 
     // Prometheus scrapes every device.
     wait_until("Prometheus scraping all five devices up", secs(30), || {
@@ -106,9 +112,7 @@ async fn the_compose_lab_comes_up_with_five_devices_and_one_server() -> Result<(
                 .context("activeTargets")?;
             let up = targets
                 .iter()
-                .filter(|t| {
-                    t["labels"]["job"] == "understudy-devices" && t["health"] == "up"
-                })
+                .filter(|t| t["labels"]["job"] == "understudy-devices" && t["health"] == "up")
                 .count();
             if up == 5 {
                 Ok(())
@@ -119,7 +123,26 @@ async fn the_compose_lab_comes_up_with_five_devices_and_one_server() -> Result<(
     })
     .await?;
 
+    // S1 over a good stretch of the group's life: at least 200 heartbeats
+    // (four seconds of five devices beating every 100 ms).
+    wait_until("200 heartbeats recorded", secs(30), || {
+        let beats = obs.recording().heartbeats.len();
+        async move {
+            if beats >= 200 {
+                Ok(())
+            } else {
+                bail!("{beats} heartbeats so far")
+            }
+        }
+    })
+    .await?;
     obs.check_one_server()?;
+    let view = obs.view();
+    ensure!(
+        view.servers() == [("dev-1".to_string(), term)],
+        "{}",
+        view.summary()
+    );
     let beats = obs.recording().heartbeats.len();
     println!(
         "server {server} (term {term}); S1 held over {beats} heartbeats; the CLI, the dashboard and Prometheus see the five devices"

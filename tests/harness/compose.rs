@@ -7,7 +7,7 @@
 //! ```ignore
 //! #[path = "harness/compose.rs"]
 //! mod compose;
-//! let Some(lab) = compose::ComposeLab::up_or_skip("my-test")? else { return Ok(()) };
+//! let Some(lab) = compose::ComposeLab::up_or_skip("my-test").await? else { return Ok(()) };
 //! let dev1 = lab.container("device-1")?;      // a container id, for `docker kill` etc.
 //! let client = lab.connect("gateway").await?; // the operator on the bus
 //! ```
@@ -27,9 +27,14 @@ use anyhow::{Context, Result, anyhow, bail};
 /// The lab's group.
 pub const GROUP: &str = "lab";
 
-/// How long `up` may take, images (cached) included; the script's own
-/// health wait is given the same bound.
-pub const UP_WITHIN: Duration = Duration::from_secs(300);
+/// How long the services may take to be healthy once started (the
+/// script's own wait).
+pub const HEALTHY_WITHIN: Duration = Duration::from_secs(300);
+
+/// How long `up` may take in all, images included: a cold static release
+/// build took 14 min on a busy 2-core machine; with the images cached `up`
+/// takes about 10 s.
+pub const UP_WITHIN: Duration = Duration::from_secs(1500);
 
 /// A running compose lab of the test's own project.
 #[derive(Debug)]
@@ -69,7 +74,7 @@ impl ComposeLab {
     /// Brings the lab up as project `understudy-<name>-<pid>`, or returns
     /// `None` after printing why when no Docker daemon is reachable — a
     /// failure instead when `CI` is set.
-    pub fn up_or_skip(name: &str) -> Result<Option<ComposeLab>> {
+    pub async fn up_or_skip(name: &str) -> Result<Option<ComposeLab>> {
         if let Some(why) = docker_missing() {
             if std::env::var_os("CI").is_some() {
                 bail!("CI is set but {why}");
@@ -77,12 +82,12 @@ impl ComposeLab {
             eprintln!("SKIPPED: the compose lab test needs Docker: {why}");
             return Ok(None);
         }
-        Self::up(name).map(Some)
+        Self::up(name).await.map(Some)
     }
 
     /// Brings the lab up (see the module docs); on failure everything
     /// already made is torn down before the error returns.
-    pub fn up(name: &str) -> Result<ComposeLab> {
+    pub async fn up(name: &str) -> Result<ComposeLab> {
         let repo = repo_root();
         let project = format!("understudy-{name}-{}", std::process::id());
         let ports = free_host_ports(5)?;
@@ -100,7 +105,7 @@ impl ComposeLab {
             ("UNDERSTUDY_BUS_NET".into(), bus_net),
             (
                 "UNDERSTUDY_COMPOSE_TIMEOUT".into(),
-                UP_WITHIN.as_secs().to_string(),
+                HEALTHY_WITHIN.as_secs().to_string(),
             ),
         ];
         let mut lab = ComposeLab {
@@ -115,7 +120,12 @@ impl ComposeLab {
         };
         // From here on, dropping `lab` tears down whatever `up` made.
         let started = Instant::now();
-        let out = lab.script("up")?;
+        let mut cmd = tokio::process::Command::from(lab.command("up"));
+        cmd.kill_on_drop(true);
+        let out = tokio::time::timeout(UP_WITHIN, cmd.output())
+            .await
+            .map_err(|_| anyhow!("scripts/compose-lab.sh up took more than {UP_WITHIN:?}"))?
+            .context("cannot run scripts/compose-lab.sh up")?;
         lab.up_took = started.elapsed();
         if !out.status.success() {
             bail!(
@@ -140,14 +150,20 @@ impl ComposeLab {
         &self.env
     }
 
-    /// Runs `scripts/compose-lab.sh <what>` with this lab's settings.
-    pub fn script(&self, what: &str) -> Result<Output> {
+    /// `scripts/compose-lab.sh <what>` with this lab's settings.
+    pub fn command(&self, what: &str) -> Command {
         let mut cmd = Command::new(self.repo.join("scripts/compose-lab.sh"));
         cmd.arg(what)
             .current_dir(&self.repo)
             .stdin(Stdio::null())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        cmd.output()
+        cmd
+    }
+
+    /// Runs `scripts/compose-lab.sh <what>` (`status`, `down`…) to its end.
+    pub fn script(&self, what: &str) -> Result<Output> {
+        self.command(what)
+            .output()
             .with_context(|| format!("cannot run scripts/compose-lab.sh {what}"))
     }
 
@@ -196,7 +212,10 @@ impl ComposeLab {
             ),
             ("UNDERSTUDY_NATS_TLS_CA".into(), path("ca.pem")),
             ("UNDERSTUDY_PROJECT_TLS_CA".into(), path("ca.pem")),
-            ("UNDERSTUDY_PROJECT_TOKEN_FILE".into(), path("project-token")),
+            (
+                "UNDERSTUDY_PROJECT_TOKEN_FILE".into(),
+                path("project-token"),
+            ),
             ("UNDERSTUDY_GROUP".into(), GROUP.into()),
         ]
     }
@@ -249,8 +268,8 @@ impl ComposeLab {
         .unwrap_or_default();
         let mut out = String::new();
         for id in ids.lines() {
-            let name = docker(&["inspect", "-f", "{{.Name}} {{.State.Status}}", id])
-                .unwrap_or_default();
+            let name =
+                docker(&["inspect", "-f", "{{.Name}} {{.State.Status}}", id]).unwrap_or_default();
             let log = Command::new("docker")
                 .args(["logs", "--tail", "15", id])
                 .output()

@@ -177,7 +177,12 @@ pub async fn health(a: &HealthArgs) -> Result<()> {
     let addr = health_target(&a.metrics).await?;
     let body = tokio::time::timeout(a.timeout, scrape(addr))
         .await
-        .map_err(|_| anyhow!("no answer from http://{addr}/metrics within {:?}", a.timeout))??;
+        .map_err(|_| {
+            anyhow!(
+                "no answer from http://{addr}/metrics within {:?}",
+                a.timeout
+            )
+        })??;
     match nats_connected(&body) {
         Some(true) => {
             println!("healthy: http://{addr}/metrics answers, connected to NATS");
