@@ -111,8 +111,14 @@ up() {
   local start elapsed
   start="$(date +%s)"
   scripts/images.sh
+  # v1 uses the images just built (it has no pull policy and would build
+  # only a missing one); v2 follows `pull_policy: build`, a cached build.
+  local no_build=()
+  case "$($COMPOSE version --short 2>/dev/null || true)" in
+    1.*) no_build=(--no-build) ;;
+  esac
   say "$COMPOSE up -d (project $project)"
-  compose up -d --no-build
+  compose up -d "${no_build[@]}"
   say "waiting for every service to be healthy (at most ${timeout}s)"
   wait_healthy "$start"
   elapsed=$(( $(date +%s) - start ))
