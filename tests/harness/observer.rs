@@ -194,12 +194,18 @@ impl Observer {
     /// subscribes; when this returns the subscriptions are in place. Panics if
     /// it cannot connect or `group` is not a valid group name.
     pub async fn start(url: &str, group: &str) -> Observer {
-        let group_name: GroupName = group
-            .parse()
-            .unwrap_or_else(|e| panic!("invalid group name {group:?}: {e}"));
         let client = connect(url)
             .await
             .unwrap_or_else(|e| panic!("observer: {e:#}"));
+        Observer::start_with(client, group).await
+    }
+
+    /// [`start`](Self::start) on a client of the test's (another user,
+    /// another CA: the compose lab's).
+    pub async fn start_with(client: async_nats::Client, group: &str) -> Observer {
+        let group_name: GroupName = group
+            .parse()
+            .unwrap_or_else(|e| panic!("invalid group name {group:?}: {e}"));
         let beats = client
             .subscribe(subjects::heartbeats(&group_name))
             .await

@@ -29,6 +29,10 @@ pub struct NatsSettings {
     pub user: Option<String>,
     /// The user's password.
     pub password: Option<String>,
+    /// A file holding the user's password (its first line), instead of
+    /// [`password`](Self::password): for containers and service managers
+    /// that hand secrets over as files.
+    pub password_file: Option<PathBuf>,
     /// A file holding an NKey seed (`SU…`).
     pub nkey_file: Option<PathBuf>,
     /// A `.creds` file (JWT and NKey seed, as `nsc` writes them).
@@ -53,6 +57,7 @@ impl fmt::Debug for NatsSettings {
             .field("token", &hidden(&self.token))
             .field("user", &self.user)
             .field("password", &hidden(&self.password))
+            .field("password_file", &self.password_file)
             .field("nkey_file", &self.nkey_file)
             .field("creds_file", &self.creds_file)
             .field("tls_ca", &self.tls_ca)
@@ -161,7 +166,7 @@ impl NatsSettings {
     pub async fn options(&self, name: &str) -> Result<ConnectOptions, SettingsError> {
         let given = [
             self.token.is_some(),
-            self.user.is_some() || self.password.is_some(),
+            self.user.is_some() || self.password.is_some() || self.password_file.is_some(),
             self.nkey_file.is_some(),
             self.creds_file.is_some(),
         ]
@@ -174,7 +179,17 @@ impl NatsSettings {
             ));
         }
         let mut o = ConnectOptions::new().name(name);
-        match (&self.user, &self.password) {
+        let password = match (&self.password, &self.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(SettingsError::Conflict(
+                    "give the NATS password once: --nats-password or --nats-password-file".into(),
+                ));
+            }
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(path)) => Some(read_password(path)?),
+            (None, None) => None,
+        };
+        match (&self.user, &password) {
             (Some(u), Some(p)) => o = o.user_and_password(u.clone(), p.clone()),
             (Some(_), None) | (None, Some(_)) => {
                 return Err(SettingsError::Conflict(
@@ -244,6 +259,24 @@ impl NatsSettings {
             .ping_interval(Duration::from_secs(1))
             .connection_timeout(Duration::from_secs(2)))
     }
+}
+
+/// The password in `path`: its first line, surrounding white space removed;
+/// an empty one is an error.
+fn read_password(path: &std::path::Path) -> Result<String, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+        what: "the NATS password file",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let password = text.lines().next().unwrap_or("").trim();
+    if password.is_empty() {
+        return Err(SettingsError::Conflict(format!(
+            "the NATS password file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(password.to_owned())
 }
 
 /// Why NATS refused this process, read from a connection event; `None`
@@ -432,6 +465,13 @@ pub struct NatsAuthArgs {
         global = true
     )]
     pub password: Option<String>,
+    /// A file holding the NATS password (its first line).
+    #[arg(
+        long = "nats-password-file",
+        env = "UNDERSTUDY_NATS_PASSWORD_FILE",
+        global = true
+    )]
+    pub password_file: Option<PathBuf>,
     /// A file holding an NKey seed.
     #[arg(
         long = "nats-nkey-file",
@@ -482,6 +522,7 @@ impl NatsAuthArgs {
             token: self.token,
             user: self.user,
             password: self.password,
+            password_file: self.password_file,
             nkey_file: self.nkey_file,
             creds_file: self.creds_file,
             tls_ca: self.tls_ca,
@@ -501,6 +542,7 @@ impl NatsAuthArgs {
             ("UNDERSTUDY_NATS_TOKEN", self.token.clone()),
             ("UNDERSTUDY_NATS_USER", self.user.clone()),
             ("UNDERSTUDY_NATS_PASSWORD", self.password.clone()),
+            ("UNDERSTUDY_NATS_PASSWORD_FILE", path(&self.password_file)),
             ("UNDERSTUDY_NATS_NKEY_FILE", path(&self.nkey_file)),
             ("UNDERSTUDY_NATS_CREDS_FILE", path(&self.creds_file)),
             ("UNDERSTUDY_NATS_TLS_CA", path(&self.tls_ca)),
@@ -523,6 +565,7 @@ impl NatsAuthArgs {
             token: self.token.or(other.token),
             user: self.user.or(other.user),
             password: self.password.or(other.password),
+            password_file: self.password_file.or(other.password_file),
             nkey_file: self.nkey_file.or(other.nkey_file),
             creds_file: self.creds_file.or(other.creds_file),
             tls_ca: self.tls_ca.or(other.tls_ca),
@@ -582,6 +625,41 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("device"));
+    }
+
+    #[tokio::test]
+    async fn a_password_file_gives_the_password_once() {
+        let dir = std::env::temp_dir().join(format!("understudy-pwfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("password");
+        std::fs::write(&file, "s3cret\n").expect("write");
+        let base = NatsSettings {
+            user: Some("device-stage".into()),
+            password_file: Some(file.clone()),
+            ..NatsSettings::plain("nats://127.0.0.1:4222")
+        };
+        assert!(base.options("t").await.is_ok());
+        assert_eq!(read_password(&file).expect("read"), "s3cret");
+        let both = NatsSettings {
+            password: Some("p".into()),
+            ..base.clone()
+        };
+        assert!(matches!(
+            both.options("t").await,
+            Err(SettingsError::Conflict(_))
+        ));
+        std::fs::write(&file, "  \n").expect("write");
+        let err = base.options("t").await.expect_err("empty file");
+        assert!(err.to_string().contains("is empty"), "{err}");
+        let gone = NatsSettings {
+            password_file: Some(dir.join("missing")),
+            ..base
+        };
+        assert!(matches!(
+            gone.options("t").await,
+            Err(SettingsError::Read { .. })
+        ));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[tokio::test]

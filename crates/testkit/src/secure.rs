@@ -51,8 +51,20 @@ impl SecureBus {
     /// device user for each of `groups`, `gateway` and `observer`, and the
     /// tests' [`TEST_USER`] when `with_test_user`.
     pub fn create(dir: &Path, groups: &[&str], with_test_user: bool) -> Result<SecureBus, Error> {
+        Self::create_for(dir, groups, with_test_user, &[])
+    }
+
+    /// [`create`](Self::create) with more names (IP addresses or DNS
+    /// names) in the server certificate besides `localhost` and 127.0.0.1:
+    /// the containers of the compose lab (`understudy secure-init`).
+    pub fn create_for(
+        dir: &Path,
+        groups: &[&str],
+        with_test_user: bool,
+        names: &[String],
+    ) -> Result<SecureBus, Error> {
         std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
-        make_pki(dir, "")?;
+        make_pki_for(dir, "", names)?;
         let mut roles = Vec::new();
         for g in groups {
             let group = g
@@ -238,6 +250,13 @@ pub struct Pki {
 /// Makes a [`Pki`] in `dir`: `<tag>ca.pem`, `<tag>server.pem` and
 /// `<tag>server.key` (`tag` may be empty). Every file is owner-only.
 pub fn make_pki(dir: &Path, tag: &str) -> Result<Pki, Error> {
+    make_pki_for(dir, tag, &[])
+}
+
+/// [`make_pki`] with more names in the certificate besides `localhost` and
+/// 127.0.0.1: each of `names` is an IP address or a DNS name (containers'
+/// names and addresses, `understudy secure-init --san`).
+pub fn make_pki_for(dir: &Path, tag: &str, names: &[String]) -> Result<Pki, Error> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
     let bad = |e: rcgen::Error| Error::Config(format!("cannot make a certificate: {e}"));
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(bad)?;
@@ -252,6 +271,17 @@ pub fn make_pki(dir: &Path, tag: &str) -> Result<Pki, Error> {
     params
         .subject_alt_names
         .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    for name in names {
+        let san = match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(
+                name.clone()
+                    .try_into()
+                    .map_err(|e| Error::Config(format!("{name:?} is not a DNS name: {e}")))?,
+            ),
+        };
+        params.subject_alt_names.push(san);
+    }
     let key = KeyPair::generate().map_err(bad)?;
     let cert = params.signed_by(&key, &issuer).map_err(bad)?;
     let pki = Pki {

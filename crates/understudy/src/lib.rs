@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_project;
+mod container;
 mod ctl;
 mod lab;
 mod lab_prometheus;
@@ -110,6 +111,14 @@ enum Command {
         #[arg(long = "group", required = true)]
         groups: Vec<String>,
     },
+    /// Make the compose lab's secrets once (CA and certificate, a NATS user
+    /// per role with a random password, the NATS nodes' configurations, the
+    /// project token, the gateway's tokens) in a folder; a folder already
+    /// made is left as it is.
+    SecureInit(container::SecureInitArgs),
+    /// Health check of a device or the gateway (containers): its metrics
+    /// endpoint answers and it is connected to NATS; exits non-zero otherwise.
+    Health(container::HealthArgs),
     /// Measure failover, hand-over and cold-start times (prints figures).
     Bench {
         #[command(subcommand)]
@@ -184,6 +193,8 @@ where
             Command::Lab(args) => lab::run(args).await,
             Command::Bench { what } => bench::run(what).await,
             Command::NatsConfig { groups } => nats_config(&groups),
+            Command::SecureInit(args) => container::secure_init(&args),
+            Command::Health(args) => container::health(&args).await,
         }
     });
     // Do not wait on stuck background work (a DNS lookup or connect to a bus

@@ -43,7 +43,7 @@ pub struct NodeArgs {
     #[arg(long, env = "UNDERSTUDY_NATS")]
     nats: Option<String>,
     /// NATS credentials and TLS (settings file keys: nats_token, nats_user,
-    /// nats_password, nats_nkey_file, nats_creds_file, nats_tls_ca,
+    /// nats_password, nats_password_file, nats_nkey_file, nats_creds_file, nats_tls_ca,
     /// nats_tls_cert, nats_tls_key, nats_tls_required).
     #[command(flatten)]
     nats_auth: understudy_bus::NatsAuthArgs,
