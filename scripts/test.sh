@@ -24,6 +24,13 @@ cargo fmt --all -- --check
 say "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+say "the compose lab's container images (scripts/images.sh: built offline, cached after the first run)"
+if docker info >/dev/null 2>&1; then
+  ./scripts/images.sh
+else
+  say "no Docker daemon reachable: the container tests will say so (and fail when CI is set)"
+fi
+
 say "cargo test (unit, property, simulation and end-to-end tests)"
 cargo test --workspace --locked
 
