@@ -32,7 +32,10 @@ fuzz_target!(|bytes: &[u8]| {
         Err(e) => {
             let reply = ControlReply::unreadable(&e, None);
             let back = bus_round_trip::<ControlReply>(&messages::encode(&reply));
-            assert_eq!(back.and_then(|r| r.refusal()).map(|r| r.code), Some((&e).into()));
+            assert_eq!(
+                back.and_then(|r| r.refusal()).map(|r| r.code),
+                Some((&e).into())
+            );
         }
     }
     if let Some(reply) = bus_round_trip::<ControlReply>(bytes) {

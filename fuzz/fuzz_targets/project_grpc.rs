@@ -65,7 +65,11 @@ fn fetch_stream(bytes: &[u8]) {
 
 fn fetch_request(req: &pb::FetchRequest) {
     group(&req.group);
-    for (revision, size) in [(req.resume_revision, 0), (req.resume_revision, 1 << 20), (1, 7)] {
+    for (revision, size) in [
+        (req.resume_revision, 0),
+        (req.resume_revision, 1 << 20),
+        (1, 7),
+    ] {
         if let Ok(start) = fetch_start(req, revision, size) {
             assert!(start <= size, "a fetch would start past the end");
         }

@@ -24,9 +24,17 @@ pub fn pb_round_trip<M: prost::Message + Default + PartialEq + Debug>(bytes: &[u
     let m = M::decode(bytes).ok()?;
     let again = match M::decode(m.encode_to_vec().as_slice()) {
         Ok(again) => again,
-        Err(e) => panic!("{} decoded, but not its own encoding: {e}", std::any::type_name::<M>()),
+        Err(e) => panic!(
+            "{} decoded, but not its own encoding: {e}",
+            std::any::type_name::<M>()
+        ),
     };
-    assert_eq!(again, m, "{} does not round-trip", std::any::type_name::<M>());
+    assert_eq!(
+        again,
+        m,
+        "{} does not round-trip",
+        std::any::type_name::<M>()
+    );
     Some(m)
 }
 
@@ -39,13 +47,24 @@ where
     let t: T = serde_json::from_slice(bytes).ok()?;
     let encoded = match serde_json::to_vec(&t) {
         Ok(v) => v,
-        Err(e) => panic!("{} decoded, but cannot be encoded: {e}", std::any::type_name::<T>()),
+        Err(e) => panic!(
+            "{} decoded, but cannot be encoded: {e}",
+            std::any::type_name::<T>()
+        ),
     };
     let again: T = match serde_json::from_slice(&encoded) {
         Ok(again) => again,
-        Err(e) => panic!("{} decoded, but not its own encoding: {e}", std::any::type_name::<T>()),
+        Err(e) => panic!(
+            "{} decoded, but not its own encoding: {e}",
+            std::any::type_name::<T>()
+        ),
     };
-    assert_eq!(again, t, "{} does not round-trip", std::any::type_name::<T>());
+    assert_eq!(
+        again,
+        t,
+        "{} does not round-trip",
+        std::any::type_name::<T>()
+    );
     Some(t)
 }
 

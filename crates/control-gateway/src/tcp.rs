@@ -58,7 +58,9 @@ pub enum Line {
 /// Reads the next line, at most [`input::MAX_BODY`] bytes kept; `None` at the
 /// end of the stream. Public (hidden) for the fuzz targets (`fuzz/`).
 #[doc(hidden)]
-pub async fn next_line<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> std::io::Result<Option<Line>> {
+pub async fn next_line<R: AsyncBufReadExt + Unpin>(
+    reader: &mut R,
+) -> std::io::Result<Option<Line>> {
     let mut line = Vec::new();
     let mut too_long = false;
     loop {
