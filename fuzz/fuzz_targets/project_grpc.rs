@@ -9,17 +9,21 @@
 //!   server's checks: header first and valid, content within its declared
 //!   size, SHA-256 matching — accepted content is exactly what was declared;
 //! - a fetch stream (length-delimited `FetchChunk`s), through the client's
-//!   assembly: accepted content has the head's size and SHA-256.
+//!   assembly: accepted content has the head's size and SHA-256;
+//! - the trailers of a "not the server" refusal (server, term, address, one
+//!   a line), as the client reads them to find who serves.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use understudy_fuzz::{pb_round_trip, pb_stream};
-use understudy_project_sync::client::{FetchAssembly, Fetched};
+use understudy_project_sync::client::{ClientError, FetchAssembly, Fetched};
 use understudy_project_sync::core::MAX_PROJECT_SIZE;
 use understudy_project_sync::local::sha256_hex;
 use understudy_project_sync::pb::{self, submit_chunk::Part};
 use understudy_project_sync::server::{check_submit_header, fetch_start, submit_content};
-use understudy_protocol::GroupName;
+use understudy_project_sync::tonic::Status;
+use understudy_project_sync::tonic::metadata::MetadataValue;
+use understudy_protocol::{GroupName, grpc};
 
 /// The server's first check of every request: the group it names.
 fn group(name: &str) {
@@ -76,11 +80,30 @@ fn fetch_request(req: &pb::FetchRequest) {
     }
 }
 
+fn not_server_trailers(bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    let mut lines = text.splitn(3, '\n');
+    let mut status = Status::failed_precondition("not the server");
+    for key in [grpc::SERVER, grpc::TERM, grpc::SERVER_ADDRESS] {
+        if let Some(v) = lines.next().and_then(|l| MetadataValue::try_from(l).ok()) {
+            status.metadata_mut().insert(key, v);
+        }
+    }
+    match ClientError::from(status) {
+        ClientError::NotServer { server, .. } => {
+            if let Some(s) = server {
+                assert!(text.starts_with(s.device.as_str()));
+            }
+        }
+        other => panic!("a refusal for not serving became {other:?}"),
+    }
+}
+
 fuzz_target!(|bytes: &[u8]| {
     let Some((&which, rest)) = bytes.split_first() else {
         return;
     };
-    match which % 12 {
+    match which % 13 {
         0 => {
             if let Some(r) = pb_round_trip::<pb::DescribeRequest>(rest) {
                 group(&r.group);
@@ -118,6 +141,7 @@ fuzz_target!(|bytes: &[u8]| {
             pb_round_trip::<pb::SubmitHeader>(rest);
         }
         10 => submit_stream(rest),
-        _ => fetch_stream(rest),
+        11 => fetch_stream(rest),
+        _ => not_server_trailers(rest),
     }
 });
