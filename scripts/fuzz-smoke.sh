@@ -9,7 +9,7 @@
 #   FUZZ_SECONDS=60 scripts/fuzz-smoke.sh bus_message
 #
 # Works on the stable toolchain with `-s none` (no AddressSanitizer, which
-# needs nightly; the code under test forbids `unsafe`, and a panic is caught
+# needs nightly; the workspace's crates forbid `unsafe`, and a panic is caught
 # without it). It builds unoptimised (`-D`, with debug assertions and
 # overflow checks): a cold build is then about half the CPU time of the
 # optimised one the long runs use. The corpus it grows is kept in
