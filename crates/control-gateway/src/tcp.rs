@@ -48,7 +48,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// One line read from the client.
-enum Line {
+#[doc(hidden)]
+pub enum Line {
     /// A complete line (without its newline).
     Text(Vec<u8>),
     /// A line longer than the limit, skipped.
@@ -56,8 +57,11 @@ enum Line {
 }
 
 /// Reads the next line, at most [`input::MAX_BODY`] bytes kept; `None` at the
-/// end of the stream.
-async fn next_line<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> std::io::Result<Option<Line>> {
+/// end of the stream. Public (hidden) for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub async fn next_line<R: AsyncBufReadExt + Unpin>(
+    reader: &mut R,
+) -> std::io::Result<Option<Line>> {
     let mut line = Vec::new();
     let mut too_long = false;
     loop {

@@ -224,6 +224,53 @@ pub struct Change {
     pub data: Bytes,
 }
 
+/// A fetch's content as its chunks arrive (their terms checked apart): the
+/// first chunk names the head, each next one follows the bytes received
+/// without a gap or running past the head's size, and the whole must match
+/// the head's size and SHA-256. Pure, for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct FetchAssembly {
+    head: Option<pb::Revision>,
+    data: Vec<u8>,
+}
+
+impl FetchAssembly {
+    /// Takes the next chunk; `Some` when it ends the fetch (up to date).
+    pub fn take(&mut self, chunk: pb::FetchChunk) -> Result<Option<Fetched>, ClientError> {
+        if let Some(h) = chunk.head {
+            if chunk.up_to_date {
+                return Ok(Some(Fetched::UpToDate(h)));
+            }
+            self.data.reserve(h.size.min(256 * 1024 * 1024) as usize);
+            self.head = Some(h);
+        }
+        let Some(h) = &self.head else {
+            return Err(ClientError::Protocol("content before the head".into()));
+        };
+        let received = self.data.len() as u64;
+        if chunk.offset != received || received + chunk.data.len() as u64 > h.size {
+            return Err(ClientError::Protocol(format!(
+                "chunk at {} (len {}) does not follow byte {received} of {}",
+                chunk.offset,
+                chunk.data.len(),
+                h.size
+            )));
+        }
+        self.data.extend_from_slice(&chunk.data);
+        Ok(None)
+    }
+
+    /// The content, verified, once the stream ended.
+    pub fn finish(self) -> Result<Fetched, ClientError> {
+        let head = self
+            .head
+            .ok_or_else(|| ClientError::Protocol("empty fetch".into()))?;
+        verify(&head, &self.data)?;
+        Ok(Fetched::Content(head, self.data))
+    }
+}
+
 /// A connection to one group's server.
 #[derive(Clone)]
 pub struct ProjectClient {
@@ -349,37 +396,15 @@ impl ProjectClient {
             })
             .await?
             .into_inner();
-        let mut head: Option<pb::Revision> = None;
-        let mut data = Vec::new();
+        let mut assembly = FetchAssembly::default();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             self.check_term(chunk.term)?;
-            if let Some(h) = chunk.head {
-                if chunk.up_to_date {
-                    return Ok(Fetched::UpToDate(h));
-                }
-                data.reserve(h.size.min(256 * 1024 * 1024) as usize);
-                head = Some(h);
+            if let Some(done) = assembly.take(chunk)? {
+                return Ok(done);
             }
-            let Some(h) = &head else {
-                return Err(ClientError::Protocol("content before the head".into()));
-            };
-            if chunk.offset != data.len() as u64
-                || data.len() as u64 + chunk.data.len() as u64 > h.size
-            {
-                return Err(ClientError::Protocol(format!(
-                    "chunk at {} (len {}) does not follow byte {} of {}",
-                    chunk.offset,
-                    chunk.data.len(),
-                    data.len(),
-                    h.size
-                )));
-            }
-            data.extend_from_slice(&chunk.data);
         }
-        let head = head.ok_or_else(|| ClientError::Protocol("empty fetch".into()))?;
-        verify(&head, &data)?;
-        Ok(Fetched::Content(head, data))
+        assembly.finish()
     }
 
     /// Counts the bytes [`fetch_into`](Self::fetch_into) receives in `counter`.

@@ -197,6 +197,57 @@ fn upload_status(e: UploadError) -> Status {
     }
 }
 
+/// The checks a submit's header must pass once its group and term are
+/// accepted: a valid change id, a `changed_by` of at most 128 bytes, a size
+/// within `max_size` and a well-formed SHA-256. Returns the upload the
+/// content goes into. Pure, for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn check_submit_header(header: &pb::SubmitHeader, max_size: u64) -> Result<Upload, Status> {
+    if !valid_change_id(&header.change_id) {
+        return Err(Status::invalid_argument(format!(
+            "change_id {:?} is invalid: expected 1–64 of A–Z a–z 0–9 _ -",
+            header.change_id.chars().take(80).collect::<String>()
+        )));
+    }
+    if header.changed_by.len() > 128 {
+        return Err(Status::invalid_argument(
+            "changed_by is longer than 128 bytes",
+        ));
+    }
+    Upload::new(header.size, &header.sha256, max_size).map_err(upload_status)
+}
+
+/// Takes one message of a submit after its header: content goes into
+/// `upload`, a second header is refused. Pure, for the fuzz targets.
+#[doc(hidden)]
+pub fn submit_content(upload: &mut Upload, chunk: pb::SubmitChunk) -> Result<(), Status> {
+    match chunk.part {
+        Some(Part::Data(d)) => upload.push(&d).map_err(upload_status),
+        Some(Part::Header(_)) => Err(Status::invalid_argument(
+            "a submit carries exactly one header",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Where a fetch of `head_revision` (`size` bytes) starts: the request's
+/// offset when it resumes that revision (refused past the end), else 0.
+/// Pure, for the fuzz targets.
+#[doc(hidden)]
+pub fn fetch_start(req: &pb::FetchRequest, head_revision: u64, size: u64) -> Result<u64, Status> {
+    if req.resume_revision == head_revision && req.resume_revision != 0 {
+        if req.offset > size {
+            return Err(Status::invalid_argument(format!(
+                "offset {} is past the end of revision {head_revision} ({size} bytes)",
+                req.offset
+            )));
+        }
+        Ok(req.offset)
+    } else {
+        Ok(0)
+    }
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 impl ProjectService {
@@ -265,29 +316,9 @@ impl ProjectService {
         };
         let snap = self.serving_for(&header.group, header.seen_term)?;
         drop(snap);
-        if !valid_change_id(&header.change_id) {
-            return Err(Status::invalid_argument(format!(
-                "change_id {:?} is invalid: expected 1–64 of A–Z a–z 0–9 _ -",
-                header.change_id.chars().take(80).collect::<String>()
-            )));
-        }
-        if header.changed_by.len() > 128 {
-            return Err(Status::invalid_argument(
-                "changed_by is longer than 128 bytes",
-            ));
-        }
-        let mut upload = Upload::new(header.size, &header.sha256, self.shared.cfg.max_size)
-            .map_err(upload_status)?;
+        let mut upload = check_submit_header(&header, self.shared.cfg.max_size)?;
         while let Some(chunk) = stream.message().await? {
-            match chunk.part {
-                Some(Part::Data(d)) => upload.push(&d).map_err(upload_status)?,
-                Some(Part::Header(_)) => {
-                    return Err(Status::invalid_argument(
-                        "a submit carries exactly one header",
-                    ));
-                }
-                None => {}
-            }
+            submit_content(&mut upload, chunk)?;
         }
         let data = upload.finish().map_err(upload_status)?;
         self.metrics().received.inc_by(data.len() as u64);
@@ -646,17 +677,7 @@ impl pb::project_server::Project for ProjectService {
             return Ok(Response::new(Box::pin(futures::stream::iter([Ok(only)]))));
         }
         let size = snap.content.len() as u64;
-        let start = if req.resume_revision == head.revision && req.resume_revision != 0 {
-            if req.offset > size {
-                return Err(Status::invalid_argument(format!(
-                    "offset {} is past the end of revision {} ({size} bytes)",
-                    req.offset, head.revision
-                )));
-            }
-            req.offset
-        } else {
-            0
-        };
+        let start = fetch_start(&req, head.revision, size)?;
         let content = snap.content.clone();
         self.metrics().sent.inc_by(size.saturating_sub(start));
         let mut offsets: Vec<u64> = (start..size).step_by(FETCH_CHUNK).collect();
