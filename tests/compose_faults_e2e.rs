@@ -23,10 +23,9 @@
 //! down ≈ 3 s of it) and every wait in it has a deadline, so none can run
 //! past 2 min by much more than its lab's bring-up.
 //!
-//! Run them **one at a time**:
-//! `cargo test -p understudy --test compose_faults_e2e -- --test-threads=1`
-//! (five labs at once — 50 containers — overload two cores and would
-//! measure the overload, not the product). The whole file takes about 2 min
+//! They run **one at a time** (a lock in `Faults::up`, held until the lab
+//! is down; five labs at once — 50 containers — overload two cores and
+//! would measure the overload, not the product). The whole file takes about 2 min
 //! warm with the images cached (`scripts/images.sh`; a cold image build
 //! comes on top the first time, as for `compose_e2e`).
 //!
@@ -84,10 +83,17 @@ struct Faults {
     obs: Observer,
     project: Project,
     started: Instant,
+    /// Held until the lab is down (fields drop in order, this one last).
+    _one_lab: tokio::sync::MutexGuard<'static, ()>,
 }
+
+/// One lab at a time in this process, whatever `--test-threads` says: two
+/// labs (twenty containers) on two cores would measure the overload.
+static ONE_LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl Faults {
     async fn up(name: &str) -> Result<Option<Faults>> {
+        let one_lab = ONE_LAB.lock().await;
         let started = Instant::now();
         let Some(lab) = ComposeLab::up_or_skip(name).await? else {
             return Ok(None);
@@ -108,6 +114,7 @@ impl Faults {
             obs,
             project,
             started,
+            _one_lab: one_lab,
         }))
     }
 
