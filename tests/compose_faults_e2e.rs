@@ -331,10 +331,15 @@ async fn write(project: Project, acked: Arc<Mutex<Vec<Ack>>>, stop: Arc<AtomicBo
             );
             let c = match pc.as_mut() {
                 Some(c) => c,
-                None => match project.client(CALL).await {
-                    Ok(c) => pc.insert(c),
-                    Err(_) => continue,
-                },
+                // Waits (with this change's deadline) for a server that answers.
+                None => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let c = project
+                        .client(left)
+                        .await
+                        .with_context(|| format!("change {line}: no project server"))?;
+                    pc.insert(c)
+                }
             };
             let mut data = content.clone();
             data.extend_from_slice(line.as_bytes());
@@ -360,10 +365,8 @@ async fn write(project: Project, acked: Arc<Mutex<Vec<Ack>>>, stop: Arc<AtomicBo
                     Ok(Fetched::UpToDate(_)) => bail!("a fetch without a 'have' was up to date"),
                     Err(_) => pc = None,
                 },
-                Err(e) if e.is_transient() => {
-                    pc = None;
-                    tokio::time::sleep(POLL).await; // back-off before retrying, not a wait
-                }
+                // The server went away: find it again (the wait above).
+                Err(e) if e.is_transient() => pc = None,
                 Err(e) => bail!("change {line}: {e}"),
             }
         }

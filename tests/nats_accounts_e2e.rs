@@ -134,22 +134,61 @@ async fn score_of_dev2(client: &async_nats::Client) -> u8 {
         .get()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_observer_reads_the_group_but_cannot_change_it() {
-    let (_dir, bus, nats) = secured().await;
+/// A secured nats-server with devices `dev-1…` of `stage` at `scores`,
+/// the test's own client, its subscription to the group's heartbeats, and
+/// dev-1's first heartbeat as server.
+struct ServingGroup {
+    dir: TempDir,
+    bus: SecureBus,
+    nats: NatsServer,
+    admin: async_nats::Client,
+    beats: async_nats::Subscriber,
+    serving: understudy_protocol::messages::Heartbeat,
+    _devices: Vec<Device>,
+}
+
+async fn serving_group(scores: &[u8]) -> ServingGroup {
+    let (dir, bus, nats) = secured().await;
     let url = nats.url();
     let admin = bus.connect(&url).await.unwrap();
     let mut beats = admin
         .subscribe(subjects::heartbeats(&group()))
         .await
         .unwrap();
-    let _dev1 = device(&bus, &url, GROUP, 1, 200);
-    let _dev2 = device(&bus, &url, GROUP, 2, 100);
+    let devices = scores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| device(&bus, &url, GROUP, i as u8 + 1, *s))
+        .collect();
     let serving = beat_where(&mut beats, FIRST_SERVER_WITHIN, |hb| {
         hb.device.as_str() == "dev-1" && hb.role == DeviceRole::Server
     })
     .await
     .expect("dev-1 serves on the secured bus");
+    ServingGroup {
+        dir,
+        bus,
+        nats,
+        admin,
+        beats,
+        serving,
+        _devices: devices,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_observer_reads_the_group_but_cannot_change_it() {
+    // Every field bound: what is not would be dropped (devices killed) here.
+    let ServingGroup {
+        dir: _dir,
+        bus,
+        nats,
+        admin,
+        mut beats,
+        serving,
+        _devices,
+    } = serving_group(&[200, 100]).await;
+    let url = nats.url();
     let lease_bucket = subjects::lease_bucket(&group());
     let head_bucket = subjects::project_bucket(&group());
     let lease_before = revision(&admin, &lease_bucket, subjects::LEASE_KEY).await;
@@ -317,19 +356,16 @@ async fn a_device_of_one_group_cannot_publish_to_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_the_right_credentials_or_ca_a_device_stops_and_the_group_is_unchanged() {
-    let (dir, bus, nats) = secured().await;
+    let ServingGroup {
+        dir,
+        bus,
+        nats,
+        admin: _admin,
+        mut beats,
+        serving,
+        _devices,
+    } = serving_group(&[100]).await;
     let url = nats.url();
-    let admin = bus.connect(&url).await.unwrap();
-    let mut beats = admin
-        .subscribe(subjects::heartbeats(&group()))
-        .await
-        .unwrap();
-    let _dev1 = device(&bus, &url, GROUP, 1, 100);
-    let serving = beat_where(&mut beats, FIRST_SERVER_WITHIN, |hb| {
-        hb.device.as_str() == "dev-1" && hb.role == DeviceRole::Server
-    })
-    .await
-    .expect("dev-1 serves");
 
     let other = SecureBus::create(&dir.path().join("other"), &[GROUP], false).unwrap();
     let right = bus.env(&Role::Device(group()));
