@@ -106,7 +106,12 @@ pub(crate) fn spawn_device(
 /// Starts the control gateway on 127.0.0.1:8080 and :8081 (other free ports
 /// if those are taken), its log in `dir`.
 fn spawn_gateway(exe: &Path, dir: &Path, bus: &LabBus, tokens: &LabTokens) -> Result<Gateway> {
+    // The gateway reads (and checks) both token files itself.
     let mut env = bus.env(&AccountRole::Gateway);
+    env.push((
+        "UNDERSTUDY_API_TOKEN_FILE".to_string(),
+        tokens.admin.display().to_string(),
+    ));
     env.push((
         "UNDERSTUDY_READ_TOKENS_FILE".to_string(),
         tokens.read.display().to_string(),
@@ -114,7 +119,7 @@ fn spawn_gateway(exe: &Path, dir: &Path, bus: &LabBus, tokens: &LabTokens) -> Re
     let opts = GatewayOpts {
         http: SocketAddr::from(([127, 0, 0, 1], port_or_free(8080)?)),
         tcp: SocketAddr::from(([127, 0, 0, 1], port_or_free(8081)?)),
-        api_token: Some(tokens.admin_value.clone()),
+        api_token: None,
         metrics: Some(loopback(9460)?),
         env,
     };
@@ -125,8 +130,6 @@ fn spawn_gateway(exe: &Path, dir: &Path, bus: &LabBus, tokens: &LabTokens) -> Re
 struct LabTokens {
     /// The admin token's file.
     admin: PathBuf,
-    /// The admin token.
-    admin_value: String,
     /// The read-only token's file.
     read: PathBuf,
 }
@@ -144,23 +147,9 @@ impl LabTokens {
                 file
             }
         };
-        let admin_value = std::fs::read_to_string(&admin)
-            .with_context(|| format!("cannot read {}", admin.display()))?
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        if admin_value.is_empty() {
-            bail!("{} holds no token", admin.display());
-        }
         let read = std::path::absolute(dir.join("read-token"))?;
         understudy_testkit::secure::write_private(&read, &format!("{}\n", random()))?;
-        Ok(LabTokens {
-            admin,
-            admin_value,
-            read,
-        })
+        Ok(LabTokens { admin, read })
     }
 }
 
