@@ -719,14 +719,25 @@ async fn network_cuts_of_the_server_and_of_a_client_keep_one_server_and_every_ch
         .wait_for(|v: &View| !v.is_live("dev-5"), secs(5))
         .await
         .context("dev-5 silent")?;
-    // Red: it reports the bus unreachable (its health check says so).
-    let red = wait_until("dev-5 reporting the bus unreachable", secs(30), || async {
-        match docker(&["exec", &dev5, "/understudy", "health"]).await {
-            Ok(out) => bail!("still healthy: {out}"),
-            Err(e) if e.to_string().contains("not connected to NATS") => Ok(e.to_string()),
-            Err(e) => bail!("{e:#}"),
-        }
-    })
+    // Red (B2, "Cannot reach the message bus"): its own status colour, read
+    // by its health check from its metrics, with the lost NATS link.
+    let red = wait_until(
+        "dev-5 showing red, the bus unreachable",
+        secs(30),
+        || async {
+            match docker(&["exec", &dev5, "/understudy", "health"]).await {
+                Ok(out) => bail!("still healthy: {out}"),
+                Err(e) => {
+                    let said = e.to_string();
+                    ensure!(
+                        said.contains("not connected to NATS") && said.contains("status red"),
+                        "{said}"
+                    );
+                    Ok(said)
+                }
+            }
+        },
+    )
     .await?;
     // The operator edits on the device itself: `project put --data-dir`.
     content.extend_from_slice(b"made on dev-5 while cut off\n");

@@ -563,12 +563,24 @@ async fn dashboard_shows_the_group_follows_a_score_change_and_resumes_its_events
         "the chart to show the hand-over",
         ON_SCREEN_WITHIN,
         || async move {
+            // Every bar's kind and title, so a failure says what was drawn.
             let bars = s
-                .execute("return document.querySelectorAll('#change-chart rect.planned').length;")
+                .execute(
+                    "return Array.from(document.querySelectorAll('#change-chart rect'))
+                       .map((r) => r.getAttribute('class') + ': ' + r.textContent);",
+                )
                 .await?;
-            ensure!(bars.as_u64() >= Some(1), "{bars} hand-over bars");
             let summary = s.text_of("#change-summary").await?;
-            ensure!(summary.contains("hand-over"), "summary {summary:?}");
+            let planned = bars
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|b| b.as_str().is_some_and(|b| b.starts_with("planned: ")))
+                .count();
+            ensure!(
+                planned >= 1 && summary.contains("hand-over"),
+                "bars {bars}, summary {summary:?}"
+            );
             Ok(())
         },
     )

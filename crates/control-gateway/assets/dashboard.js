@@ -44,7 +44,10 @@
     lastEventId: null,
     // Server changes seen in the events, for the chart.
     changes: [],
-    pendingChange: null,
+    // Ends of terms (loss, step-down, hand-over) and elections not yet
+    // matched into a change, by term.
+    ends: [],
+    elections: [],
   };
 
   // ---- small helpers -------------------------------------------------------
@@ -584,35 +587,81 @@
   // Time without a server, from the events: a failover from the lost
   // server's last heartbeat (`server_lost` at_ms minus its `silent_ms`), a
   // planned change from its `stepped_down` or `handed_over`; each ends at the
-  // next `server_elected`.
+  // `server_elected` of the next term. The old server and the new one report
+  // on their own, so their events may reach the stream in either order: the
+  // two sides are matched by term, not by arrival.
+  const ENDS_KEPT = 16;
+  const STALE_END_MS = 3600 * 1000;
   function noteChange(ev) {
     if (!ev || typeof ev.at_ms !== "number") return;
     switch (ev.type) {
       case "server_lost":
-        state.pendingChange = {
-          kind: "failover",
-          from: ev.device,
-          start: ev.at_ms - (typeof ev.silent_ms === "number" ? ev.silent_ms : 0),
-        };
-        break;
       case "stepped_down":
-      case "handed_over":
-        if (!state.pendingChange) {
-          state.pendingChange = { kind: "planned", from: ev.device || ev.from, start: ev.at_ms };
+      case "handed_over": {
+        if (typeof ev.term !== "number") return;
+        const kind = ev.type === "server_lost" ? "failover" : "planned";
+        const start = kind === "failover" ? ev.at_ms - (typeof ev.silent_ms === "number" ? ev.silent_ms : 0) : ev.at_ms;
+        const from = ev.device || ev.from;
+        const known = state.ends.find((e) => e.term === ev.term);
+        if (known) {
+          // A loss outranks a step-down of the same term (a deposed server
+          // reports its step-down after the others gave it up); otherwise
+          // the earliest report stands.
+          if (known.kind === "planned" && kind === "failover") Object.assign(known, { kind, start, from });
+          else if (known.kind === kind && start < known.start) known.start = start;
+          if (known.change) updateChange(known);
+        } else {
+          state.ends.push({ term: ev.term, kind, start, from, change: null });
+          while (state.ends.length > ENDS_KEPT) state.ends.shift();
+          pairElections();
         }
         break;
-      case "server_elected": {
-        const p = state.pendingChange;
-        state.pendingChange = null;
-        if (!p) return;
-        state.changes.push({ kind: p.kind, from: p.from, to: ev.device, at: ev.at_ms, ms: Math.max(0, ev.at_ms - p.start) });
-        while (state.changes.length > CHANGES_MAX) state.changes.shift();
-        drawChanges();
-        break;
       }
+      case "server_elected":
+        if (typeof ev.term !== "number") return;
+        if (!state.elections.some((e) => e.term === ev.term)) {
+          state.elections.push({ term: ev.term, device: ev.device, at: ev.at_ms, paired: false });
+          while (state.elections.length > ENDS_KEPT) state.elections.shift();
+          pairElections();
+        }
+        break;
       default:
         break;
     }
+  }
+
+  // Pairs each unpaired election with the latest unpaired end of an older
+  // term, and draws what was paired.
+  function pairElections() {
+    let drawn = false;
+    for (const won of state.elections) {
+      if (won.paired) continue;
+      let end = null;
+      for (const e of state.ends) {
+        // An end long before the election is one whose own successor's
+        // event was not seen (before the page opened): not this change.
+        const recent = won.at - e.start <= STALE_END_MS;
+        if (!e.change && recent && e.term < won.term && (!end || e.term > end.term)) end = e;
+      }
+      if (!end) continue;
+      won.paired = true;
+      end.change = { kind: end.kind, from: end.from, to: won.device, at: won.at, ms: Math.max(0, won.at - end.start), term: won.term };
+      state.changes.push(end.change);
+      state.changes.sort((a, b) => a.term - b.term);
+      while (state.changes.length > CHANGES_MAX) state.changes.shift();
+      drawn = true;
+    }
+    if (drawn) drawChanges();
+  }
+
+  // A paired end learnt more (a loss reported after a step-down, an
+  // earlier report): its bar follows.
+  function updateChange(end) {
+    const c = end.change;
+    c.kind = end.kind;
+    c.from = end.from;
+    c.ms = Math.max(0, c.at - end.start);
+    drawChanges();
   }
 
   function drawChanges() {
@@ -844,7 +893,8 @@
     state.statusSeq += 1;
     state.lastEventId = null;
     state.changes = [];
-    state.pendingChange = null;
+    state.ends = [];
+    state.elections = [];
     drawChanges();
     state.reconnectAttempt = 0;
     $("#group").value = group;

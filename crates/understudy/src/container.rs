@@ -172,7 +172,9 @@ pub struct HealthArgs {
 }
 
 /// Succeeds when the process serving `--metrics` answers its scrape and
-/// holds a NATS connection (`understudy_nats_connected 1`).
+/// holds a NATS connection (`understudy_nats_connected 1`). Says the
+/// device's status colour too (B2) when the process reports one, healthy or
+/// not: a device cut off from the bus runs on (unhealthy) and shows red.
 pub async fn health(a: &HealthArgs) -> Result<()> {
     let addr = health_target(&a.metrics).await?;
     let body = tokio::time::timeout(a.timeout, scrape(addr))
@@ -183,14 +185,32 @@ pub async fn health(a: &HealthArgs) -> Result<()> {
                 a.timeout
             )
         })??;
+    let colour = status_colour(&body)
+        .map(|c| format!("; status {c}"))
+        .unwrap_or_default();
     match nats_connected(&body) {
         Some(true) => {
-            println!("healthy: http://{addr}/metrics answers, connected to NATS");
+            println!("healthy: http://{addr}/metrics answers, connected to NATS{colour}");
             Ok(())
         }
-        Some(false) => bail!("not connected to NATS (understudy_nats_connected 0)"),
+        Some(false) => bail!("not connected to NATS (understudy_nats_connected 0){colour}"),
         None => bail!("http://{addr}/metrics has no understudy_nats_connected"),
     }
+}
+
+/// The device's status colour in a scrape (`understudy_status_colour`:
+/// 0 grey, 1 blue, 2 red), if the process reports one.
+fn status_colour(body: &str) -> Option<&'static str> {
+    body.lines().find_map(|line| {
+        let rest = line.strip_prefix("understudy_status_colour")?;
+        let value = rest.rsplit_once(' ')?.1.trim().parse::<f64>().ok()?;
+        Some(match value as i64 {
+            0 => "grey",
+            1 => "blue",
+            2 => "red",
+            _ => "unknown",
+        })
+    })
 }
 
 /// Where to scrape: `listen` resolved, an unspecified IP replaced by the
@@ -253,6 +273,20 @@ mod tests {
         assert_eq!(nats_connected(body), Some(true));
         assert_eq!(nats_connected("understudy_nats_connected 0\n"), Some(false));
         assert_eq!(nats_connected("understudy_term{group=\"lab\"} 3\n"), None);
+    }
+
+    #[test]
+    fn the_status_colour_is_read_from_a_scrape() {
+        let line =
+            |v: u8| format!("understudy_status_colour{{group=\"lab\",device=\"dev-5\"}} {v}\n");
+        assert_eq!(status_colour(&line(1)), Some("blue"));
+        assert_eq!(status_colour(&line(2)), Some("red"));
+        assert_eq!(status_colour(&line(0)), Some("grey"));
+        assert_eq!(status_colour("understudy_nats_connected 1\n"), None);
+        assert_eq!(
+            status_colour("# HELP understudy_status_colour This device's…\n"),
+            None
+        );
     }
 
     #[tokio::test]
