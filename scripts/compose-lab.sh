@@ -29,7 +29,8 @@ project="${COMPOSE_PROJECT_NAME:-understudy}"
 export COMPOSE_PROJECT_NAME="$project"
 state="$repo/.compose-lab/$project"
 timeout="${UNDERSTUDY_COMPOSE_TIMEOUT:-300}"
-understudy="$repo/${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/understudy"
+# The static binary the device image holds (scripts/images.sh puts it here).
+understudy="$repo/deploy/docker/understudy/bin/understudy"
 publish="${UNDERSTUDY_PUBLISH:-127.0.0.1}"
 nats_ports=("${UNDERSTUDY_NATS_PORT_1:-4222}" "${UNDERSTUDY_NATS_PORT_2:-4223}" "${UNDERSTUDY_NATS_PORT_3:-4224}")
 gateway_port="${UNDERSTUDY_GATEWAY_PORT:-8080}"
@@ -108,9 +109,10 @@ wait_healthy() {
 }
 
 up() {
-  local start elapsed
+  local start built up_at
   start="$(date +%s)"
   scripts/images.sh
+  built="$(date +%s)"
   # v1 uses the images just built (it has no pull policy and would build
   # only a missing one); v2 follows `pull_policy: build`, a cached build.
   local no_build=()
@@ -118,12 +120,14 @@ up() {
     1.*) no_build=(--no-build) ;;
   esac
   say "$COMPOSE up -d (project $project)"
+  up_at="$(date +%s)"
   compose up -d "${no_build[@]}"
   say "waiting for every service to be healthy (at most ${timeout}s)"
-  wait_healthy "$start"
-  elapsed=$(( $(date +%s) - start ))
+  wait_healthy "$up_at"
   credentials
-  say "the lab is up and healthy, ${elapsed}s after \`$0 up\` started"
+  local now
+  now="$(date +%s)"
+  say "the lab is up and healthy, $((now - start))s after \`$0 up\` started (images $((built - start))s, up to healthy $((now - up_at))s)"
   cat <<INFO
 
   dashboard   http://$publish:$gateway_port/?group=lab

@@ -21,6 +21,9 @@
 #                   one, for those who can pull); ours is then not built
 #   DEBIAN_MIRROR   the Debian mirror for the Prometheus root filesystem
 #                   [mmdebstrap's default]
+#   UNDERSTUDY_IMAGE_PROFILE  the cargo profile of the image's binaries:
+#                   `image` (quick to build, see Cargo.toml) or `release`
+#                   (fully optimised, for production) [image]
 #   CARGO_TARGET_DIR  as cargo reads it [target]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -177,12 +180,17 @@ for v in $(compgen -e); do
       CARGO_PRIMARY_PACKAGE | CARGO_TARGET_TMPDIR | OUT_DIR) unset "$v" ;;
   esac
 done
-say "cargo build --release --target $rust_target (statically linked; cargo skips it when up to date)"
+profile="${UNDERSTUDY_IMAGE_PROFILE:-image}"
+case "$profile" in
+  dev) profile_dir=debug ;;
+  *) profile_dir="$profile" ;;
+esac
+say "cargo build --profile $profile --target $rust_target (statically linked; cargo skips it when up to date)"
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-  nice -n 10 cargo build --release --locked --target "$rust_target" -p understudy --bins
+  nice -n 10 cargo build --profile "$profile" --locked --target "$rust_target" -p understudy --bins
 mkdir -p deploy/docker/understudy/bin
 for b in "${binaries[@]}"; do
-  install_stripped "$target_dir/$rust_target/release/$b" "deploy/docker/understudy/bin/$b"
+  install_stripped "$target_dir/$rust_target/$profile_dir/$b" "deploy/docker/understudy/bin/$b"
 done
 build_image "$understudy_image" deploy/docker/understudy
 
