@@ -224,6 +224,10 @@ pub struct Change {
     pub data: Bytes,
 }
 
+/// What a fetch reserves up front, whatever size its head announces (a
+/// server cannot make a client hold memory for bytes it never sends).
+const FIRST_RESERVE: u64 = 8 * 1024 * 1024;
+
 /// A fetch's content as its chunks arrive (their terms checked apart): the
 /// first chunk names the head, each next one follows the bytes received
 /// without a gap or running past the head's size, and the whole must match
@@ -242,8 +246,21 @@ impl FetchAssembly {
             if chunk.up_to_date {
                 return Ok(Some(Fetched::UpToDate(h)));
             }
-            self.data.reserve(h.size.min(256 * 1024 * 1024) as usize);
-            self.head = Some(h);
+            match &self.head {
+                Some(first) if *first != h => {
+                    return Err(ClientError::Protocol(format!(
+                        "the head changed within one fetch (revision {} then {})",
+                        first.revision, h.revision
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    // The size announced is not trusted with memory: room
+                    // for the first part only, the rest as the bytes come.
+                    self.data.reserve(h.size.min(FIRST_RESERVE) as usize);
+                    self.head = Some(h);
+                }
+            }
         }
         let Some(h) = &self.head else {
             return Err(ClientError::Protocol("content before the head".into()));
@@ -658,4 +675,67 @@ fn verify(head: &pb::Revision, data: &[u8]) -> Result<(), ClientError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(revision: u64, data: &[u8]) -> pb::Revision {
+        pb::Revision {
+            revision,
+            size: data.len() as u64,
+            sha256: crate::local::sha256_hex(data),
+            ..Default::default()
+        }
+    }
+
+    fn chunk(head: Option<pb::Revision>, offset: u64, data: &[u8]) -> pb::FetchChunk {
+        pb::FetchChunk {
+            term: 1,
+            head,
+            up_to_date: false,
+            offset,
+            data: Bytes::copy_from_slice(data),
+        }
+    }
+
+    #[test]
+    fn a_huge_announced_size_reserves_only_the_first_part() {
+        let mut a = FetchAssembly::default();
+        let mut h = head(3, b"abc");
+        h.size = u64::MAX;
+        assert!(a.take(chunk(Some(h), 0, b"abc")).expect("taken").is_none());
+        assert!(a.data.capacity() as u64 <= FIRST_RESERVE);
+        assert!(a.finish().is_err(), "3 bytes are not the size announced");
+    }
+
+    #[test]
+    fn a_head_that_changes_within_a_fetch_is_refused() {
+        let mut a = FetchAssembly::default();
+        a.take(chunk(Some(head(3, b"abcd")), 0, b"ab"))
+            .expect("first chunk");
+        let again = a.take(chunk(Some(head(3, b"abcd")), 2, b"cd"));
+        assert!(again.expect("the same head again is fine").is_none());
+        let mut b = FetchAssembly::default();
+        b.take(chunk(Some(head(3, b"abcd")), 0, b"ab"))
+            .expect("first chunk");
+        let other = b.take(chunk(Some(head(4, b"abcd")), 2, b"cd"));
+        assert!(matches!(other, Err(ClientError::Protocol(m)) if m.contains("head changed")));
+    }
+
+    #[test]
+    fn chunks_in_order_make_the_verified_content() {
+        let mut a = FetchAssembly::default();
+        a.take(chunk(Some(head(7, b"hello world")), 0, b"hello "))
+            .expect("first");
+        a.take(chunk(None, 6, b"world")).expect("second");
+        match a.finish().expect("verified") {
+            Fetched::Content(h, data) => {
+                assert_eq!(h.revision, 7);
+                assert_eq!(data, b"hello world");
+            }
+            other => panic!("not content: {other:?}"),
+        }
+    }
 }
