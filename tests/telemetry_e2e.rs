@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use harness::*;
 use tokio::io::AsyncWriteExt;
 
@@ -255,6 +255,60 @@ async fn metrics_follow_a_failover_on_every_device_and_the_gateway() {
         assert!(s.text.contains("understudy_build_info{version=\""));
         promtool(&["check", "metrics"], &s.text).await.unwrap();
     }
+}
+
+/// B2 on a device's own metrics: cut off from NATS it shows red with
+/// "Cannot reach the message bus" (its discovery's status cannot reach it
+/// over the bus, so the last one heard must not stand), blue once back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cut_off_from_nats_shows_red_in_its_metrics_and_blue_once_back() {
+    let nats = start_nats().await;
+    let proxy = FaultProxy::start(nats.addr()).await;
+    let ports = free_ports(1).unwrap();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let listen = metrics.to_string();
+    let _server = spawn_device(&[nats.url()], DeviceOpts::new(GROUP, "dev-1", &mac(1), 200));
+    let _client = spawn_device(
+        &[proxy.url()],
+        DeviceOpts::new(GROUP, "dev-2", &mac(2), 100)
+            .with_args(&["--metrics-listen", listen.as_str()]),
+    );
+    let obs = Observer::start(&nats.url(), GROUP).await;
+    obs.wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
+        .await
+        .unwrap();
+    let colour = |want: f64, bus: f64| async move {
+        let s = Scrape::of(metrics).await?;
+        let colour = s.device("understudy_status_colour", "dev-2");
+        let connected = s.value("understudy_nats_connected", &[]);
+        let problem = s.value(
+            "understudy_problems",
+            &[("device", "dev-2"), ("problem", "bus_unreachable")],
+        );
+        ensure!(
+            colour == Some(want) && connected == Some(bus),
+            "colour {colour:?}, connected {connected:?}, bus_unreachable {problem:?}"
+        );
+        Ok(problem)
+    };
+    wait_until("dev-2 blue in its metrics", secs(5), || colour(1.0, 1.0))
+        .await
+        .unwrap();
+
+    proxy.cut();
+    let problem = wait_until("dev-2 red in its metrics while cut off", secs(15), || {
+        colour(2.0, 0.0)
+    })
+    .await
+    .unwrap();
+    assert_eq!(problem, Some(1.0), "the problem is named");
+
+    proxy.heal();
+    wait_until("dev-2 blue again in its metrics", secs(15), || {
+        colour(1.0, 1.0)
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,14 +29,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use understudy_bus::{
-    Inbox, LocalElection, SubscribeError, flush, publish, stopped, ticker, unix_ms,
+    Inbox, LocalElection, SubscribeError, connected, flush, publish, stopped, ticker, unix_ms,
 };
 use understudy_protocol::messages::{
     DeviceStatus, ElectionState, Heartbeat, InstanceKind, Leave, Presence,
 };
 use understudy_protocol::timing::{IntervalError, check_interval};
 use understudy_protocol::{
-    DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, StatusColour, subjects,
+    DeviceId, GroupName, InstanceId, Mac, Problem, SCHEMA_VERSION, StatusColour, subjects,
 };
 
 use understudy_telemetry::HeartbeatMetrics;
@@ -220,10 +220,20 @@ impl Service {
     }
 
     async fn beat(&mut self) {
-        if let Some(beat) = self.me.heartbeat(unix_ms(SystemTime::now())) {
+        let beat = self.me.heartbeat(unix_ms(SystemTime::now()));
+        if let Some(beat) = &beat {
             let subject = subjects::heartbeat(&beat.group, &beat.device);
-            publish(&self.client, subject, &beat).await;
+            publish(&self.client, subject, beat).await;
             self.metrics.sent.inc();
+        }
+        // The colour the metrics show. Discovery's status reaches this
+        // service over the bus, so while this process has lost the bus the
+        // last status it heard is stale: B2 makes the device red then
+        // ("Cannot reach the message bus"), whatever else it last heard.
+        if !connected(&self.client) {
+            self.metrics.colour.set(colour_value(StatusColour::Red));
+            self.metrics.problems([Problem::BusUnreachable.code()]);
+        } else if let Some(beat) = &beat {
             self.metrics.colour.set(colour_value(beat.colour));
             self.metrics
                 .problems(beat.problems.iter().map(|p| p.code()));
