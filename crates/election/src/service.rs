@@ -472,7 +472,7 @@ impl Driver {
             msg = inbox.control.next() => self.on_control(msg).await,
             _trigger = inbox.triggers.next() => {
                 info!("operator triggered an election");
-                self.feed(Event::TriggerElection).await;
+                self.feed(Event::TriggerElection { force: false }).await;
             }
             Some((op, outcome)) = inbox.replies.recv() => {
                 self.feed(Event::StoreReply { op, outcome }).await;

@@ -402,7 +402,7 @@ fn an_operator_trigger_skips_the_preempt_delay() {
     };
     let (mut m, at) = serving(100, 1, cfg);
     m.handle(Event::PeerSeen(peer("better", 200, 9)), at + ms(10));
-    let a = m.handle(Event::TriggerElection, at + ms(20));
+    let a = m.handle(Event::TriggerElection { force: false }, at + ms(20));
     assert!(release(&a).is_some());
 }
 
@@ -664,4 +664,73 @@ fn a_holder_lost_before_it_won_a_new_term_is_waited_for() {
     assert_eq!(claim(&a), None, "a new term is news that it is alive");
     let a = m.handle(Event::PeerSeen(s), seen + ms(5));
     assert_eq!(claim(&a), None);
+}
+
+// ----- show hold -----
+
+#[test]
+fn a_held_server_keeps_serving_past_a_better_candidate_until_the_hold_is_lifted() {
+    let cfg = ElectionConfig {
+        preempt_delay: ms(300),
+        ..ElectionConfig::default()
+    };
+    let (mut m, at) = serving(100, 1, cfg);
+    m.handle(Event::SetHold(true), at + ms(5));
+    assert!(m.held());
+    let t0 = at + ms(10);
+    let a = m.handle(Event::PeerSeen(peer("better", 200, 9)), t0);
+    assert_eq!(release(&a), None);
+    // A score change that makes another device better is no reason either.
+    let a = m.handle(Event::SetScore(Score::new(20)), t0 + ms(100));
+    assert_eq!(release(&a), None, "no score-driven re-election while held");
+    let a = run_until(&mut m, t0 + ms(100), t0 + ms(900));
+    assert_eq!(release(&a), None, "no preemption while held");
+    assert!(m.is_server());
+    // Lifted: the better device has waited past preempt_delay already.
+    let a = m.handle(Event::SetHold(false), t0 + ms(950));
+    let (_, record) = release(&a).expect("hands over as soon as the hold is lifted");
+    assert_eq!(record.handover_to, Some(id("better")));
+    assert_eq!(step_down(&a), Some(StepDownReason::HandOver));
+}
+
+#[test]
+fn while_held_only_a_forced_trigger_hands_over() {
+    let (mut m, at) = serving(100, 1, ElectionConfig::default());
+    m.handle(Event::SetHold(true), at + ms(5));
+    m.handle(Event::PeerSeen(peer("better", 200, 9)), at + ms(10));
+    let a = m.handle(Event::TriggerElection { force: false }, at + ms(20));
+    assert_eq!(release(&a), None, "an unforced trigger is not acted on");
+    assert!(published(&a).is_empty(), "nor announced: {a:?}");
+    let a = m.handle(Event::TriggerElection { force: true }, at + ms(30));
+    assert!(release(&a).is_some(), "a forced one is");
+}
+
+#[test]
+fn a_held_server_still_hands_over_when_taken_offline_set_to_zero_or_stopped() {
+    for (event, reason) in [
+        (Event::SetOnline(false), StepDownReason::Offline),
+        (Event::SetScore(Score::new(0)), StepDownReason::ScoreZero),
+        (Event::Shutdown, StepDownReason::Shutdown),
+    ] {
+        let (mut m, at) = serving(100, 1, ElectionConfig::default());
+        m.handle(Event::SetHold(true), at + ms(5));
+        m.handle(Event::PeerSeen(peer("next", 50, 9)), at + ms(10));
+        let a = m.handle(event, at + ms(20));
+        assert_eq!(step_down(&a), Some(reason));
+        assert!(release(&a).is_some(), "{reason:?}: the lease is released");
+    }
+}
+
+#[test]
+fn a_held_group_still_fails_over_at_once_when_its_server_is_lost() {
+    let mut m = machine(100, 1, ElectionConfig::default());
+    m.handle(Event::SetHold(true), ms(5));
+    let s = server_peer("srv", 200, 9, 5);
+    m.handle(Event::PeerSeen(s.clone()), ms(10));
+    m.handle(
+        Event::LeaseObserved(Some((6, held_by(&s, Some(5))))),
+        ms(20),
+    );
+    let a = m.handle(lost(&s), ms(3000));
+    assert!(claim(&a).is_some(), "the hold never delays a failover");
 }

@@ -39,6 +39,13 @@ pub enum Fault {
     Trigger(usize),
     /// SIGTERM: a planned hand-over, then the process ends.
     Shutdown(usize),
+    /// The operator sets (`true`) or lifts the group's show hold (kept in
+    /// the store: every device on the store's side learns it after a bus
+    /// delay, a starting or healed one when it reads it).
+    Hold(bool),
+    /// An operator forces an election through this device (`--force`, past
+    /// a show hold).
+    ForcedTrigger(usize),
 }
 
 /// Everything a run needs; made from a seed by [`Plan::from_seed`].
@@ -158,6 +165,10 @@ impl Plan {
             };
             faults.push((at, fault));
         }
+        // Show holds come from their own stream of the seed, so the faults
+        // above (and every seed's schedule before holds existed) stay as
+        // they were.
+        faults.extend(holds(seed, n, faults_end));
         faults.sort_by_key(|(at, _)| *at);
         let lo = Duration::from_micros(rng.random_range(100..2000));
         let hi = lo + Duration::from_micros(rng.random_range(0..8000));
@@ -174,6 +185,37 @@ impl Plan {
             delay: (lo, hi),
         }
     }
+}
+
+/// A third of the plans hold the group for a while or two (the end of the
+/// faults lifts a hold still on), with an operator trigger, forced or not,
+/// now and then during it.
+fn holds(seed: u64, n: usize, faults_end: Duration) -> Vec<(Duration, Fault)> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x484f_4c44_5f53_494d); // "HOLD_SIM"
+    let mut out = Vec::new();
+    if !rng.random_bool(1.0 / 3.0) {
+        return out;
+    }
+    let end = faults_end.as_millis() as u64;
+    for _ in 0..rng.random_range(1..=2) {
+        let on = rng.random_range(0..end.saturating_sub(500).max(1));
+        out.push((Duration::from_millis(on), Fault::Hold(true)));
+        let off = on + rng.random_range(200..4000);
+        if off < end {
+            out.push((Duration::from_millis(off), Fault::Hold(false)));
+        }
+        if rng.random_bool(0.5) {
+            let at = Duration::from_millis(rng.random_range(on..off.min(end).max(on + 1)));
+            let d = rng.random_range(0..n);
+            let trigger = if rng.random_bool(0.5) {
+                Fault::Trigger(d)
+            } else {
+                Fault::ForcedTrigger(d)
+            };
+            out.push((at, trigger));
+        }
+    }
+    out
 }
 
 fn random_score(rng: &mut StdRng) -> Score {

@@ -27,7 +27,7 @@ use understudy_election::{
     Action, ElectionConfig, Event, Ignored, Input, InputStage, Machine, OpId, StoreOutcome,
 };
 use understudy_heartbeat::{Detector, DetectorConfig, PeerBeat, PeerChange, peer_notice};
-use understudy_protocol::messages::{Heartbeat, LeaseRecord, PeerNotice};
+use understudy_protocol::messages::{Heartbeat, LeaseRecord, PeerNotice, StepDownReason};
 use understudy_protocol::{
     DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, Score, StatusColour,
 };
@@ -390,6 +390,8 @@ pub(crate) struct World {
     pub devs: Vec<Dev>,
     pub store: Store,
     store_cut: bool,
+    /// The group's show hold as the store keeps it.
+    hold: bool,
     pub(crate) loss_permille: u32,
     pub faults_over: bool,
     trace: VecDeque<String>,
@@ -466,6 +468,7 @@ impl World {
             devs,
             store: Store::default(),
             store_cut: false,
+            hold: false,
             loss_permille: 0,
             faults_over: false,
             trace: VecDeque::new(),
@@ -613,7 +616,8 @@ impl World {
         let inc = d.inc;
         let line = format!("{} starts (score {}, mac {})", d.id, d.score, d.mac);
         self.note(line);
-        // A starting device reads the lease once (a KV get), then watches it.
+        // A starting device reads the lease once (a KV get), then watches it;
+        // the same for the group's hold.
         if self.on_bus(i) {
             let current = self.store.current(self.now);
             let at = self.now + self.delay();
@@ -623,6 +627,15 @@ impl World {
                     dev: i,
                     inc,
                     msg: Msg::Lease(current),
+                },
+            );
+            let hold = self.hold;
+            self.push(
+                at,
+                Ev::Deliver {
+                    dev: i,
+                    inc,
+                    msg: Msg::Control(Event::SetHold(hold)),
                 },
             );
         }
@@ -685,12 +698,28 @@ impl World {
             p.inbox.extend(msgs);
             return Ok(());
         }
+        let held_before = p.machine.held();
+        let forced = msgs
+            .iter()
+            .any(|m| matches!(m, Msg::Control(Event::TriggerElection { force: true })));
         let mut fx = Effects::default();
         for m in msgs {
             p.receive(m, local, wall_ms, &mut fx);
         }
         p.poll_detector(local, wall_ms, &mut fx);
         p.handle(Event::Tick, local, &mut fx);
+        let preempted_while_held = held_before
+            && p.machine.held()
+            && !forced
+            && fx.acts.iter().any(|a| {
+                matches!(
+                    a,
+                    Action::StepDown {
+                        reason: StepDownReason::HandOver,
+                        ..
+                    }
+                )
+            });
         let beat = p.heartbeat(local, wall_ms);
         for n in fx.notes {
             self.note(n);
@@ -704,6 +733,12 @@ impl World {
             self.broadcast(i, Msg::Beat(hb));
         }
         self.reschedule(i);
+        if preempted_while_held {
+            let id = self.devs[i].id.clone();
+            return Err(self.fail(format!(
+                "H1: {id} handed the server over while the group was held (no forced trigger)"
+            )));
+        }
         crate::project::after_election(self, i)?;
         check::after_step(self, i)
     }
@@ -958,6 +993,20 @@ impl World {
     fn resync(&mut self) {
         let current = self.store.current(self.now);
         self.show_lease(current);
+        self.show_hold();
+    }
+
+    /// Delivers the group's hold to every running device on the store's
+    /// side (a KV watch).
+    fn show_hold(&mut self) {
+        for j in 0..self.devs.len() {
+            if self.devs[j].proc.is_some() && self.on_bus(j) {
+                let at = self.now + self.delay();
+                let inc = self.devs[j].inc;
+                let msg = Msg::Control(Event::SetHold(self.hold));
+                self.push(at, Ev::Deliver { dev: j, inc, msg });
+            }
+        }
     }
 
     /// Delivers a lease value to every running device on the store's side.
@@ -1026,11 +1075,16 @@ impl World {
                 self.devs[i].online = on;
                 self.control(i, Event::SetOnline(on))?;
             }
-            Fault::Trigger(i) => {
+            Fault::Trigger(i) | Fault::ForcedTrigger(i) => {
+                let force = matches!(f, Fault::ForcedTrigger(_));
                 if self.devs[i].proc.is_some() {
-                    self.control(i, Event::TriggerElection)?;
-                    self.broadcast(i, Msg::Control(Event::TriggerElection));
+                    self.control(i, Event::TriggerElection { force })?;
+                    self.broadcast(i, Msg::Control(Event::TriggerElection { force }));
                 }
+            }
+            Fault::Hold(on) => {
+                self.hold = on;
+                self.show_hold();
             }
             Fault::Shutdown(i) => {
                 if let Some(p) = self.devs[i].proc.as_ref()
@@ -1064,6 +1118,10 @@ impl World {
         self.note("faults end: heal, resume, restart".into());
         self.faults_over = true;
         self.loss_permille = 0;
+        if self.hold {
+            self.hold = false;
+            self.show_hold();
+        }
         self.heal();
         for i in 0..self.devs.len() {
             let inc = self.devs[i].inc;

@@ -10,6 +10,12 @@
 //!   online/offline, an operator trigger and a better candidate all lead to
 //!   [`Machine::decide`]; preemption is led by the server, which hands over once
 //!   a better candidate past its grace has been live for `preempt_delay`.
+//! - Show hold ([`Event::SetHold`]): while the group is held the server does
+//!   not hand over to a better candidate (no preemption, no score-driven
+//!   re-election) and an operator trigger needs `force`; losing the server
+//!   still fails over at once, and a server taken offline, set to score 0 or
+//!   shut down still hands over. Once the hold is lifted, a better candidate
+//!   that has waited `preempt_delay` takes over at once.
 //! - B6 grace: [`Machine::in_grace`].
 //! - L1 takeover: a client takes over at once from a holder its failure
 //!   detector declared lost, or whose device beat as another instance, after
@@ -126,6 +132,8 @@ pub struct Machine {
     claim_not_before: Duration,
     reason: Option<ElectionReason>,
     operator_trigger: bool,
+    /// The group's show hold (no preemption) as last told.
+    held: bool,
     lost_reported: Term,
     no_viable_reported: bool,
     /// The project-sync address written into the lease while serving.
@@ -197,6 +205,7 @@ impl Machine {
             claim_not_before: Duration::ZERO,
             reason: None,
             operator_trigger: false,
+            held: false,
             lost_reported: Term::ZERO,
             no_viable_reported: false,
             project_addr: None,
@@ -268,7 +277,10 @@ impl Machine {
             Event::StoreReply { op, outcome } => self.store_reply(op, outcome, now),
             Event::SetScore(s) => self.set_score(s, now),
             Event::SetOnline(on) => self.set_online(on, now),
-            Event::TriggerElection => {
+            Event::SetHold(on) => self.held = on,
+            // While held, only a forced trigger counts.
+            Event::TriggerElection { force } if self.held && !force => {}
+            Event::TriggerElection { .. } => {
                 self.operator_trigger = true;
                 self.reason = Some(ElectionReason::Operator);
                 if self.is_server() {
@@ -366,6 +378,11 @@ impl Machine {
     /// has not run out.
     pub fn serving_at(&self, now: Duration) -> bool {
         matches!(self.role, RoleState::Server { valid_until, .. } if now < valid_until)
+    }
+
+    /// Whether the group's show hold is on, as this machine was last told.
+    pub fn held(&self) -> bool {
+        self.held
     }
 
     /// Whether this device holds the server role (as of the last event).
@@ -673,8 +690,11 @@ impl Machine {
         let operator = std::mem::take(&mut self.operator_trigger);
         match better {
             Some(_) => {
+                // Counted while held too, so that lifting the hold lets a
+                // candidate that has waited long enough take over at once.
                 let since = *self.better_since.get_or_insert(now);
-                if operator || now >= since + self.cfg.preempt_delay {
+                let due = now >= since + self.cfg.preempt_delay;
+                if operator || (due && !self.held) {
                     self.hand_over(StepDownReason::HandOver, now);
                     return;
                 }

@@ -84,8 +84,15 @@ pub enum Event {
     SetScore(Score),
     /// This device was taken online or offline (B1).
     SetOnline(bool),
-    /// An operator asked for an election (B9).
-    TriggerElection,
+    /// An operator asked for an election (B9). While the group is held
+    /// only a forced one is acted on.
+    TriggerElection {
+        /// Whether the operator insisted (`--force`) past a show hold.
+        force: bool,
+    },
+    /// The group's show hold was set or lifted: while it is on, the server
+    /// does not hand over to a better candidate (see the machine's docs).
+    SetHold(bool),
     /// This device is shutting down: hand over at once if serving.
     Shutdown,
 }
