@@ -213,6 +213,7 @@ async fn measure_size(
 
     // Cold start: every process started in one loop, one after the other.
     let mut devices: Vec<Device> = Vec::with_capacity(n);
+    let load = Load::start(&nats);
     let t0 = Instant::now();
     for (i, s) in scores(n).iter().enumerate() {
         let d = spawn_device(exe, dir, &bus, group.as_str(), i, *s, extra)
@@ -225,8 +226,9 @@ async fn measure_size(
         .await;
     if let Err(e) = agreed {
         bail!(
-            "cold start: no agreement on dev-1 ({e}); then: {}",
-            heard(&ear, &mut devices, n)
+            "cold start: no agreement on dev-1 ({e}); then: {}; {}",
+            heard(&ear, &mut devices, n),
+            load.since(&devices)
         );
     }
     let cold = t0.elapsed();
@@ -244,9 +246,10 @@ async fn measure_size(
         let round = match round {
             Ok(round) => round,
             Err(e) => bail!(
-                "failover round {}: {e:#}; then: {}",
+                "failover round {}: {e:#}; then: {}; {}",
                 r + 1,
-                heard(&ear, &mut devices, n)
+                heard(&ear, &mut devices, n),
+                load.since(&devices)
             ),
         };
         println!(
@@ -364,6 +367,49 @@ async fn measure_size(
     drop(devices);
     drop(nats);
     Ok(f)
+}
+
+/// The machine's load from the devices' start, for a failure's reason.
+struct Load {
+    at: Instant,
+    nats_pids: Vec<u32>,
+    nats_ticks: Option<u64>,
+}
+
+impl Load {
+    fn start(nats: &Nats) -> Load {
+        let nats_pids = nats.pids();
+        Load {
+            at: Instant::now(),
+            nats_ticks: total_ticks(&nats_pids),
+            nats_pids,
+        }
+    }
+
+    /// The cores nats-server and the devices (their current processes)
+    /// used on average since the start, and the load average.
+    fn since(&self, devices: &[Device]) -> String {
+        let tick = rustix::param::clock_ticks_per_second() as f64;
+        let secs = self.at.elapsed().as_secs_f64();
+        let cores = |ticks: u64| ticks as f64 / tick / secs;
+        let nats = match (self.nats_ticks, total_ticks(&self.nats_pids)) {
+            (Some(b), Some(a)) => format!("{:.2}", cores(a.saturating_sub(b))),
+            _ => "?".to_string(),
+        };
+        let pids: Vec<u32> = devices.iter().map(Device::pid).collect();
+        let devices: u64 = pids.iter().filter_map(|&p| cpu_ticks(p)).sum();
+        let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        format!(
+            "over the {secs:.0} s since the start: nats-server {nats} cores, the devices {:.2} cores \
+             together; load average {}",
+            cores(devices),
+            loadavg
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    }
 }
 
 /// What the bench hears of the group, for a failure's reason: devices
