@@ -429,8 +429,14 @@ fn heard(ear: &Ear, devices: &mut [Device], n: usize) -> String {
         .iter_mut()
         .filter_map(|d| (!d.is_running()).then(|| d.id().to_string()))
         .collect();
+    let elections = ear
+        .log
+        .iter()
+        .filter(|(_, e)| matches!(e.kind, ElectionEventKind::ElectionStarted { .. }))
+        .count();
     format!(
-        "{}/{n} devices heard within {} ms, {grace} in grace, serving: [{}], terms seen: [{}], exited: [{}]",
+        "{}/{n} devices heard within {} ms, {grace} in grace, serving: [{}], terms seen: [{}], \
+         {elections} election(s) started so far, exited: [{}]",
         live.len(),
         crate::bench::LIVE_WITHIN.as_millis(),
         servers.join(", "),
