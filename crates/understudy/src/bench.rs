@@ -39,6 +39,10 @@ pub enum BenchCmd {
     Cluster(ClusterArgs),
     /// Project file exchange: change-notification latency and distribution of a large project to many clients.
     Project(crate::bench_project::ProjectArgs),
+    /// One group of N devices (up to 255) on one bus, or a sweep of sizes:
+    /// cold start, failover, CPU and memory per device, nats-server load and
+    /// false failovers while idle, as a curve.
+    Scale(crate::bench_scale::ScaleArgs),
 }
 
 /// `understudy bench cluster` settings.
@@ -115,15 +119,21 @@ impl OffOn {
 }
 
 /// What the bench process hears on the bus, stamped on arrival.
-struct Ear {
+pub(crate) struct Ear {
     beats: async_nats::Subscriber,
     events: async_nats::Subscriber,
-    latest: BTreeMap<String, (Instant, Heartbeat)>,
-    log: Vec<(Instant, ElectionEvent)>,
+    /// Each device's latest heartbeat, by device id.
+    pub(crate) latest: BTreeMap<String, (Instant, Heartbeat)>,
+    /// Every election event heard, in order.
+    pub(crate) log: Vec<(Instant, ElectionEvent)>,
 }
 
+/// A device counts as live while its latest heartbeat is younger than this.
+pub(crate) const LIVE_WITHIN: Duration = Duration::from_millis(350);
+
 impl Ear {
-    async fn pump_until<T>(
+    /// Takes in what arrives until `done` returns something; fails after `within`.
+    pub(crate) async fn pump_until<T>(
         &mut self,
         within: Duration,
         mut done: impl FnMut(&Self) -> Option<T>,
@@ -132,6 +142,11 @@ impl Ear {
         loop {
             if let Some(v) = done(self) {
                 return Ok(v);
+            }
+            // Checked on every pass: under a steady stream of heartbeats
+            // the quiet branch below may never run.
+            if Instant::now() >= deadline {
+                bail!("timed out after {within:?}");
             }
             tokio::select! {
                 Some(m) = self.beats.next() => {
@@ -144,24 +159,24 @@ impl Ear {
                         self.log.push((Instant::now(), e));
                     }
                 }
-                _ = tokio::time::sleep(Duration::from_millis(5)) => {
-                    if Instant::now() >= deadline {
-                        bail!("timed out after {within:?}");
-                    }
-                }
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
             }
         }
     }
 
-    /// The server every live device agrees on, once none is in grace.
-    fn converged(&self, expect_live: usize) -> Option<(String, Term)> {
+    /// The devices heard within [`LIVE_WITHIN`], their latest heartbeats.
+    pub(crate) fn live(&self) -> Vec<&Heartbeat> {
         let now = Instant::now();
-        let live: Vec<&Heartbeat> = self
-            .latest
+        self.latest
             .values()
-            .filter(|(at, _)| now.duration_since(*at) < Duration::from_millis(350))
+            .filter(|(at, _)| now.duration_since(*at) < LIVE_WITHIN)
             .map(|(_, h)| h)
-            .collect();
+            .collect()
+    }
+
+    /// The server every live device agrees on, once none is in grace.
+    pub(crate) fn converged(&self, expect_live: usize) -> Option<(String, Term)> {
+        let live = self.live();
         if live.len() != expect_live || live.iter().any(|h| h.in_grace) {
             return None;
         }
@@ -172,6 +187,7 @@ impl Ear {
             .then(|| (s.device.to_string(), s.term))
     }
 
+    /// The first `server_elected` after `t0` of a device other than `not`.
     fn elected_after(&self, t0: Instant, not: &str) -> Option<(Instant, String, ElectionReason)> {
         self.log.iter().find_map(|(at, e)| match &e.kind {
             ElectionEventKind::ServerElected { device, reason, .. }
@@ -183,6 +199,7 @@ impl Ear {
         })
     }
 
+    /// When `by` started an election after `t0`, if it did.
     fn started_after(&self, t0: Instant, by: &str) -> Option<Instant> {
         self.log.iter().find_map(|(at, e)| match &e.kind {
             ElectionEventKind::ElectionStarted { .. } if *at >= t0 && e.reporter.as_str() == by => {
@@ -197,12 +214,18 @@ pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The value at quantile `q` of sorted, non-empty `sorted` (the nearest
+/// rank: p99 of fewer than 50 samples is the maximum).
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
 pub(crate) fn summary(name: &str, mut v: Vec<f64>) -> String {
     if v.is_empty() {
         return format!("{name:<38} (no samples)");
     }
     v.sort_by(f64::total_cmp);
-    let pick = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    let pick = |q: f64| quantile(&v, q);
     format!(
         "{name:<38} n={:<3} p50 {:>8.1} ms   p99 {:>8.1} ms   max {:>8.1} ms",
         v.len(),
@@ -222,6 +245,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             BenchCmd::Failover(a) => failover(a).await,
             BenchCmd::Cluster(a) => cluster(a).await,
             BenchCmd::Project(a) => crate::bench_project::project(a).await,
+            BenchCmd::Scale(a) => crate::bench_scale::scale(a).await,
         }
     };
     tokio::select! {
@@ -246,7 +270,7 @@ pub(crate) fn fresh_workspace(
 
 impl Ear {
     /// Subscribes to `group`'s heartbeats and election events.
-    async fn listen(client: &async_nats::Client, group: &GroupName) -> Result<Ear> {
+    pub(crate) async fn listen(client: &async_nats::Client, group: &GroupName) -> Result<Ear> {
         let ear = Ear {
             beats: client.subscribe(subjects::heartbeats(group)).await?,
             events: client.subscribe(subjects::election_events(group)).await?,
@@ -383,7 +407,7 @@ async fn failover(a: FailoverArgs) -> Result<()> {
         let names: Vec<&str> = groups.iter().map(String::as_str).collect();
         let nats_dir = dir.join(if tls { "nats-tls" } else { "nats" });
         std::fs::create_dir_all(&nats_dir)?;
-        let (_nats, bus) = start_bus(&bin, &nats_dir, None, &names, tls).await?;
+        let (_nats, bus) = start_bus(&bin, &nats_dir, None, &names, tls, None).await?;
         for (&metrics, group) in a.metrics.modes().iter().zip(&groups) {
             let group: GroupName = group.parse()?;
             let run_dir = dir.join(group.as_str());
@@ -473,47 +497,24 @@ async fn failover_run(
     let mut handover = Vec::new();
     for planned in [false, true] {
         for r in 0..a.rounds {
-            let (server, _) = ear
-                .pump_until(Duration::from_secs(15), |e| e.converged(n))
-                .await?;
-            // A random phase against the 100 ms heartbeat.
-            let phase = Instant::now() + Duration::from_millis((r as u64 * 37) % 100);
-            ear.pump_until(Duration::from_secs(1), |_| {
-                (Instant::now() >= phase).then_some(())
-            })
+            let round = fail_server_once(
+                &mut ear,
+                &mut devices,
+                n,
+                r,
+                planned,
+                Duration::from_secs(15),
+            )
             .await?;
-            let i = devices
-                .iter()
-                .position(|d| d.id() == server)
-                .ok_or_else(|| anyhow!("server {server} is not one of ours"))?;
-            let t0 = Instant::now();
             if planned {
-                devices[i].signal(Signal::Term)?;
+                handover.push(ms(round.total));
             } else {
-                devices[i].kill9();
-            }
-            let (at, successor, _) = ear
-                .pump_until(Duration::from_secs(10), |e| e.elected_after(t0, &server))
-                .await
-                .map_err(|e| anyhow!("no failover after killing {server}: {e}"))?;
-            if planned {
-                handover.push(ms(at - t0));
-            } else {
-                total.push(ms(at - t0));
-                if let Some(started) = ear.started_after(t0, &successor) {
-                    detect.push(ms(started - t0));
-                    elect.push(ms(at - started));
+                total.push(ms(round.total));
+                if let Some(started) = round.started {
+                    detect.push(ms(started));
+                    elect.push(ms(round.total - started));
                 }
             }
-            // Bring the device back (killing it if a hand-over left it
-            // running); it preempts as the rightful server.
-            devices[i].restart()?;
-            // Judge agreement on heartbeats sent after the restart only.
-            ear.latest.clear();
-            ear.pump_until(Duration::from_secs(15), |e| {
-                e.converged(n).filter(|(s, _)| *s == server)
-            })
-            .await?;
         }
     }
 
@@ -566,8 +567,68 @@ async fn failover_run(
     Ok(())
 }
 
+/// The times of one failover of the group's server.
+pub(crate) struct Round {
+    /// Kill → the successor's `server_elected`.
+    pub total: Duration,
+    /// Kill → the successor's `election_started`, if it was heard.
+    pub started: Option<Duration>,
+}
+
+/// Waits until the `n` devices agree on a server, kills it (SIGKILL, or
+/// SIGTERM when `planned`) at a phase against the 100 ms heartbeat that
+/// round `r` picks, times the failover as heard on the bus, then restarts
+/// the victim and waits until the group agrees on it again (it preempts as
+/// the rightful server). Each wait for agreement fails after `converge`.
+pub(crate) async fn fail_server_once(
+    ear: &mut Ear,
+    devices: &mut [Device],
+    n: usize,
+    r: usize,
+    planned: bool,
+    converge: Duration,
+) -> Result<Round> {
+    let (server, _) = ear
+        .pump_until(converge, |e| e.converged(n))
+        .await
+        .map_err(|e| anyhow!("no agreement before the kill: {e}"))?;
+    // A random phase against the 100 ms heartbeat.
+    let phase = Instant::now() + Duration::from_millis((r as u64 * 37) % 100);
+    ear.pump_until(Duration::from_secs(1), |_| {
+        (Instant::now() >= phase).then_some(())
+    })
+    .await?;
+    let i = devices
+        .iter()
+        .position(|d| d.id() == server)
+        .ok_or_else(|| anyhow!("server {server} is not one of ours"))?;
+    let t0 = Instant::now();
+    if planned {
+        devices[i].signal(Signal::Term)?;
+    } else {
+        devices[i].kill9();
+    }
+    let (at, successor, _) = ear
+        .pump_until(Duration::from_secs(10), |e| e.elected_after(t0, &server))
+        .await
+        .map_err(|e| anyhow!("no failover after killing {server}: {e}"))?;
+    let started = ear.started_after(t0, &successor).map(|s| s - t0);
+    // Bring the device back (killing it if a hand-over left it running);
+    // it preempts as the rightful server.
+    devices[i].restart()?;
+    // Judge agreement on heartbeats sent after the restart only.
+    ear.latest.clear();
+    ear.pump_until(converge, |e| e.converged(n).filter(|(s, _)| *s == server))
+        .await
+        .map_err(|e| anyhow!("no agreement on {server} again after its restart: {e}"))?;
+    Ok(Round {
+        total: at - t0,
+        started,
+    })
+}
+
 /// Resident memory of process `pid` in MiB (Linux), if readable.
-fn rss_mib(pid: u32) -> Option<f64> {
+pub(crate) fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: f64 = status
         .lines()

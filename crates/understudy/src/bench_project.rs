@@ -36,7 +36,7 @@ use understudy_project_sync::pb;
 use understudy_project_sync::security::ClientSecurity;
 use understudy_protocol::GroupName;
 
-use crate::bench::{fresh_workspace, ms, summary};
+use crate::bench::{fresh_workspace, ms, quantile, summary};
 use crate::lab::spawn_device;
 use crate::project::connect_server_within;
 use crate::settings::ProjectAuthArgs;
@@ -181,11 +181,6 @@ fn random_bytes(rng: &mut StdRng, n: usize) -> Bytes {
     let mut v = vec![0u8; n];
     rng.fill_bytes(&mut v);
     Bytes::from(v)
-}
-
-/// The value at quantile `q` of sorted `v`, picked as `summary` does.
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
 fn met(ok: bool) -> &'static str {

@@ -197,22 +197,31 @@ impl LabBus {
 
 /// Starts a nats-server with JetStream in `dir` (on `preferred` if it is
 /// free): with TLS and least-privilege users for `groups` (their CA and
-/// passwords made in `<dir>/secure`) when `secured`, else plain.
+/// passwords made in `<dir>/secure`) when `secured`, else plain; with its
+/// monitoring endpoints (`/varz`…) on `127.0.0.1:<monitor>` when given.
 pub(crate) async fn start_bus(
     bin: &Path,
     dir: &Path,
     preferred: Option<u16>,
     groups: &[&str],
     secured: bool,
+    monitor: Option<u16>,
 ) -> Result<(NatsServer, LabBus)> {
+    let monitoring = monitor
+        .map(|p| format!("http: \"127.0.0.1:{p}\"\n"))
+        .unwrap_or_default();
     if !secured {
-        let nats = NatsServer::start_in(bin, dir, preferred).await?;
+        let nats = if monitoring.is_empty() {
+            NatsServer::start_in(bin, dir, preferred).await?
+        } else {
+            NatsServer::start_in_configured(bin, dir, preferred, &monitoring).await?
+        };
         let url = nats.url();
         return Ok((nats, LabBus::plain(&url)));
     }
     let secure = SecureBus::create(&dir.join("secure"), groups, false)?;
-    let nats =
-        NatsServer::start_in_configured(bin, dir, preferred, &secure.server_config()).await?;
+    let config = secure.server_config() + &monitoring;
+    let nats = NatsServer::start_in_configured(bin, dir, preferred, &config).await?;
     let url = nats.url();
     Ok((
         nats,
@@ -255,8 +264,15 @@ pub async fn run(a: LabArgs) -> Result<()> {
         ),
         None => {
             let bin = nats_binary(a.nats_server.as_deref())?;
-            let (nats, bus) =
-                start_bus(&bin, &a.dir, Some(4222), &[group.as_str()], !a.insecure).await?;
+            let (nats, bus) = start_bus(
+                &bin,
+                &a.dir,
+                Some(4222),
+                &[group.as_str()],
+                !a.insecure,
+                None,
+            )
+            .await?;
             println!(
                 "nats-server with JetStream at {} ({}; log {})",
                 nats.url(),

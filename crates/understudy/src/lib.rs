@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_project;
+mod bench_scale;
 mod container;
 mod ctl;
 mod lab;
