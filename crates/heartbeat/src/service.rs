@@ -226,17 +226,9 @@ impl Service {
             publish(&self.client, subject, beat).await;
             self.metrics.sent.inc();
         }
-        // The colour the metrics show. Discovery's status reaches this
-        // service over the bus, so while this process has lost the bus the
-        // last status it heard is stale: B2 makes the device red then
-        // ("Cannot reach the message bus"), whatever else it last heard.
-        if !connected(&self.client) {
-            self.metrics.colour.set(colour_value(StatusColour::Red));
-            self.metrics.problems([Problem::BusUnreachable.code()]);
-        } else if let Some(beat) = &beat {
-            self.metrics.colour.set(colour_value(beat.colour));
-            self.metrics
-                .problems(beat.problems.iter().map(|p| p.code()));
+        if let Some((colour, problems)) = shown_status(beat.as_ref(), connected(&self.client)) {
+            self.metrics.colour.set(colour_value(colour));
+            self.metrics.problems(problems.iter().map(|p| p.code()));
         }
     }
 
@@ -436,6 +428,21 @@ impl Announcer {
     }
 }
 
+/// The colour and problems this device's metrics show after a beat:
+/// those of the beat (discovery's status). Discovery's status reaches this
+/// service over the bus, so while this process has lost the bus the last
+/// one it heard is stale: B2 makes the device red then ("Cannot reach the
+/// message bus"), whatever else it last heard. `None`: nothing to show.
+fn shown_status(
+    beat: Option<&Heartbeat>,
+    bus_connected: bool,
+) -> Option<(StatusColour, Vec<Problem>)> {
+    if !bus_connected {
+        return Some((StatusColour::Red, vec![Problem::BusUnreachable]));
+    }
+    beat.map(|b| (b.colour, b.problems.clone()))
+}
+
 /// `understudy_status_colour`: 0 grey, 1 blue, 2 red.
 fn colour_value(colour: StatusColour) -> i64 {
     match colour {
@@ -614,5 +621,33 @@ mod tests {
     fn unix_ms_of_the_epoch_and_before() {
         assert_eq!(unix_ms(UNIX_EPOCH + Duration::from_millis(1_234)), 1_234);
         assert_eq!(unix_ms(UNIX_EPOCH - Duration::from_secs(1)), 0);
+    }
+
+    #[test]
+    fn without_the_bus_the_metrics_show_red_whatever_the_last_status_said() {
+        let mut me = Announcer::new(cfg());
+        me.take_election(state());
+        me.take_status(DeviceStatus {
+            schema: SCHEMA_VERSION,
+            group: cfg().group,
+            device: cfg().device,
+            colour: StatusColour::Blue,
+            problems: vec![],
+            instance: None,
+        });
+        let beat = me.heartbeat(1);
+        assert_eq!(
+            shown_status(beat.as_ref(), true),
+            Some((StatusColour::Blue, vec![]))
+        );
+        assert_eq!(
+            shown_status(beat.as_ref(), false),
+            Some((StatusColour::Red, vec![Problem::BusUnreachable]))
+        );
+        assert_eq!(
+            shown_status(None, false),
+            Some((StatusColour::Red, vec![Problem::BusUnreachable]))
+        );
+        assert_eq!(shown_status(None, true), None);
     }
 }
