@@ -15,8 +15,17 @@ use understudy_protocol::{GroupName, Role, Term, subjects};
 
 use super::{POLL, connect};
 
-/// A device counts as live when its last heartbeat is at most this old.
+/// A device counts as live when its last heartbeat is at most this old, or
+/// [`live_window`] of that heartbeat if longer.
 pub const LIVE_WINDOW: Duration = Duration::from_millis(500);
+
+/// How long `beat` keeps its sender live: three of the intervals it
+/// advertises plus 200 ms of slack, at least [`LIVE_WINDOW`] — 500 ms for a
+/// server beating every 100 ms, 3.2 s for a client beating every second.
+pub fn live_window(beat: &Heartbeat) -> Duration {
+    (Duration::from_millis(u64::from(beat.interval_ms)) * 3 + Duration::from_millis(200))
+        .max(LIVE_WINDOW)
+}
 
 /// The server lease: two devices may both report server for at most this long
 /// (a deposed server notices within its lease).
@@ -76,12 +85,12 @@ pub struct View {
 }
 
 impl View {
-    /// The latest heartbeat of every live device (heard within
-    /// [`LIVE_WINDOW`]), by device id.
+    /// The latest heartbeat of every live device (heard within its
+    /// [`live_window`]), by device id.
     pub fn live(&self) -> Vec<&Heartbeat> {
         self.latest
             .values()
-            .filter(|t| self.now.saturating_duration_since(t.at) <= LIVE_WINDOW)
+            .filter(|t| self.now.saturating_duration_since(t.at) <= live_window(&t.msg))
             .map(|t| &t.msg)
             .collect()
     }
@@ -100,7 +109,7 @@ impl View {
     pub fn device(&self, device: &str) -> Option<&Heartbeat> {
         self.latest
             .get(device)
-            .filter(|t| self.now.saturating_duration_since(t.at) <= LIVE_WINDOW)
+            .filter(|t| self.now.saturating_duration_since(t.at) <= live_window(&t.msg))
             .map(|t| &t.msg)
     }
 
@@ -168,7 +177,11 @@ impl View {
                 if t.msg.online { "" } else { " offline" },
                 if t.msg.in_grace { " in grace" } else { "" },
                 age.as_millis(),
-                if age <= LIVE_WINDOW { "" } else { ", not live" }
+                if age <= live_window(&t.msg) {
+                    ""
+                } else {
+                    ", not live"
+                }
             );
         }
         if out.is_empty() {

@@ -597,6 +597,56 @@ fn a_holder_declared_lost_after_its_lease_was_seen_is_gone_at_once() {
 }
 
 #[test]
+fn a_loss_verdict_about_a_holder_never_heard_serving_waits_like_an_unheard_holder() {
+    // Cut off while a client was elected: the last beats heard from it were
+    // its slow client beats, and the detector's verdict on them arrives just
+    // after this device is back and sees the lease. That silence was this
+    // device's own: the holder is waited for, and its server beats keep it.
+    let mut m = machine(100, 1, ElectionConfig::default());
+    let as_client = peer("srv", 50, 9);
+    m.handle(Event::PeerSeen(as_client.clone()), ms(1000));
+    let s = server_peer("srv", 50, 9, 5);
+    let seen = ms(4000);
+    m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), seen);
+    let a = m.handle(lost(&as_client), seen + ms(2));
+    assert_eq!(claim(&a), None, "the verdict rests on its client beats");
+    let a = run_until(&mut m, seen + ms(2), seen + ms(100));
+    assert_eq!(claim(&a), None);
+    m.handle(Event::PeerSeen(s.clone()), seen + ms(100));
+    let a = run_until(&mut m, seen + ms(100), seen + UNHEARD_HOLDER_WAIT + ms(500));
+    assert_eq!(claim(&a), None, "heard serving: it holds the lease");
+    // Heard serving, then silent: gone at once.
+    let t = seen + UNHEARD_HOLDER_WAIT + ms(500);
+    let a = m.handle(lost(&s), t);
+    assert!(
+        claim(&a).is_some(),
+        "a holder heard serving then lost is replaced at once"
+    );
+}
+
+#[test]
+fn a_loss_verdict_about_a_holder_never_heard_serving_still_ends_after_the_wait() {
+    let mut m = machine(100, 1, ElectionConfig::default());
+    let as_client = peer("srv", 50, 9);
+    m.handle(Event::PeerSeen(as_client.clone()), ms(1000));
+    let s = server_peer("srv", 50, 9, 5);
+    let seen = ms(4000);
+    m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), seen);
+    m.handle(lost(&as_client), seen + ms(2));
+    let early = run_until(&mut m, seen + ms(2), seen + UNHEARD_HOLDER_WAIT - ms(1));
+    assert_eq!(claim(&early), None);
+    let a = run_until(
+        &mut m,
+        seen + UNHEARD_HOLDER_WAIT - ms(1),
+        seen + UNHEARD_HOLDER_WAIT,
+    );
+    assert!(
+        claim(&a).is_some(),
+        "never heard serving, silent: gone after the wait"
+    );
+}
+
+#[test]
 fn a_holder_known_only_as_its_older_instance_is_waited_for() {
     // Away while the holder's device restarted and took the lease again:
     // the lease names the new instance before its beats are heard.

@@ -36,13 +36,17 @@ use understudy_protocol::messages::{
 };
 use understudy_protocol::timing::{IntervalError, check_interval};
 use understudy_protocol::{
-    DeviceId, GroupName, InstanceId, Mac, Problem, SCHEMA_VERSION, StatusColour, subjects,
+    DeviceId, GroupName, InstanceId, Mac, Problem, Role, SCHEMA_VERSION, StatusColour, subjects,
 };
 
 use understudy_telemetry::HeartbeatMetrics;
 
 use crate::core::detector::{DEFAULT_INTERVAL, Detector, DetectorConfig, PeerBeat, PeerChange};
 use crate::core::notice::peer_notice;
+
+/// How often a device that is not the server beats unless configured
+/// otherwise (the server beats every [`HeartbeatConfig::interval`]).
+pub const DEFAULT_CLIENT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often presence is announced unless configured otherwise.
 pub const DEFAULT_PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -62,9 +66,20 @@ pub struct HeartbeatConfig {
     pub instance: InstanceId,
     /// The device's MAC, sent in every heartbeat (the election tie-breaker, B4).
     pub mac: Mac,
-    /// How often to beat; [`DEFAULT_INTERVAL`] (100 ms) by default. Must lie in
+    /// How often to beat while this device is the server;
+    /// [`DEFAULT_INTERVAL`] (100 ms) by default: every device detects the
+    /// server's loss within `misses` of these (L1). Must lie in
     /// [`MIN_INTERVAL`](crate::MIN_INTERVAL)`..=`[`MAX_INTERVAL`](crate::MAX_INTERVAL).
     pub interval: Duration,
+    /// How often to beat while this device is not the server (a client, a
+    /// candidate in grace, offline); [`DEFAULT_CLIENT_INTERVAL`] (1 s) by
+    /// default. Every beat goes to every device of the group, so a group of
+    /// N costs about N × N / `client_interval` deliveries a second; peers
+    /// judge each beat by the interval it advertises. Changes that rank or
+    /// fence this device are announced at once whatever the cadence. Must
+    /// lie in [`MIN_INTERVAL`](crate::MIN_INTERVAL)`..=`[`MAX_INTERVAL`](crate::MAX_INTERVAL);
+    /// a value below `interval` counts as `interval`.
+    pub client_interval: Duration,
     /// A peer is lost after this many of its own intervals without a beat
     /// ([`DetectorConfig::DEFAULT_MISSES`], 3, by default).
     pub misses: u32,
@@ -88,6 +103,7 @@ impl HeartbeatConfig {
             instance,
             mac,
             interval: DEFAULT_INTERVAL,
+            client_interval: DEFAULT_CLIENT_INTERVAL,
             misses: DetectorConfig::DEFAULT_MISSES,
             presence_interval: DEFAULT_PRESENCE_INTERVAL,
             election_instance: None,
@@ -98,6 +114,7 @@ impl HeartbeatConfig {
     /// cannot run.
     fn validate(&self) -> Result<(), IntervalError> {
         check_interval("heartbeat interval", self.interval)?;
+        check_interval("client heartbeat interval", self.client_interval)?;
         check_interval("presence interval", self.presence_interval)?;
         Ok(())
     }
@@ -183,7 +200,8 @@ impl Service {
 
     /// The loop: one message or timer at a time until `shutdown`.
     async fn serve(&mut self, mut subs: Subscriptions, shutdown: &mut watch::Receiver<bool>) {
-        let mut beat_tick = ticker(self.cfg.interval);
+        let mut cadence = self.me.cadence();
+        let mut beat_tick = ticker(cadence);
         let mut presence_tick = ticker(self.cfg.presence_interval);
         let no_state_yet = tokio::time::sleep(ELECTION_STATE_WAIT);
         tokio::pin!(no_state_yet);
@@ -205,8 +223,14 @@ impl Service {
                 }
                 state = subs.election.next() => {
                     if self.on_election(state) {
-                        beat_tick.reset();
+                        // Beat at once; the next one after the cadence of the
+                        // new state (faster as server, slower otherwise).
                         self.beat().await;
+                        if self.me.cadence() != cadence {
+                            cadence = self.me.cadence();
+                            beat_tick = ticker(cadence);
+                        }
+                        beat_tick.reset();
                     }
                 }
                 status = subs.status.next() => self.me.take_status(status),
@@ -326,6 +350,21 @@ impl Announcer {
         self.election.is_some()
     }
 
+    /// How often this device beats now: every `interval` while it is the
+    /// server (its loss must be detected fast, L1), every `client_interval`
+    /// (never faster than `interval`) otherwise.
+    fn cadence(&self) -> Duration {
+        let serving = self
+            .election
+            .as_ref()
+            .is_some_and(|s| s.role == Role::Server && s.online);
+        if serving {
+            self.cfg.interval
+        } else {
+            self.cfg.client_interval.max(self.cfg.interval)
+        }
+    }
+
     /// Keeps `state` if it is this device's. Returns whether peers must hear
     /// of it at once: it is the first, or it changes what ranks or fences
     /// this device (role, term, online, score, grace).
@@ -396,7 +435,7 @@ impl Announcer {
             colour,
             problems,
             seq: self.seq,
-            interval_ms: millis_u32(self.cfg.interval),
+            interval_ms: millis_u32(self.cadence()),
             sent_at_ms,
         })
     }
@@ -521,7 +560,10 @@ mod tests {
             (first.seq, first.colour, first.problems.clone()),
             (1, StatusColour::Grey, vec![])
         );
-        assert_eq!(first.interval_ms, 100);
+        assert_eq!(
+            first.interval_ms, 1_000,
+            "a client beats at the client cadence"
+        );
         assert_eq!(first.mac, cfg().mac);
         me.take_status(DeviceStatus {
             schema: SCHEMA_VERSION,
@@ -553,6 +595,40 @@ mod tests {
         serving.in_grace = false;
         assert!(me.take_election(serving));
         assert_eq!(me.heartbeat(0).map(|b| b.role), Some(Role::Server));
+    }
+
+    #[test]
+    fn the_server_beats_fast_and_every_other_device_slowly() {
+        let mut me = Announcer::new(cfg());
+        me.take_election(state());
+        assert_eq!(me.cadence(), DEFAULT_CLIENT_INTERVAL);
+        let mut serving = state();
+        serving.role = Role::Server;
+        serving.term = Term::from_revision(3);
+        assert!(
+            me.take_election(serving.clone()),
+            "becoming server is announced at once"
+        );
+        assert_eq!(me.cadence(), DEFAULT_INTERVAL);
+        assert_eq!(me.heartbeat(0).map(|b| b.interval_ms), Some(100));
+        serving.online = false;
+        assert!(me.take_election(serving));
+        assert_eq!(
+            me.cadence(),
+            DEFAULT_CLIENT_INTERVAL,
+            "offline: not serving"
+        );
+        assert_eq!(me.heartbeat(0).map(|b| b.interval_ms), Some(1_000));
+
+        let mut fast = cfg();
+        fast.client_interval = Duration::from_millis(20);
+        let mut me = Announcer::new(fast);
+        me.take_election(state());
+        assert_eq!(
+            me.cadence(),
+            DEFAULT_INTERVAL,
+            "never faster than the server's"
+        );
     }
 
     #[test]

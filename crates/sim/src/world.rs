@@ -29,7 +29,7 @@ use understudy_election::{
 use understudy_heartbeat::{Detector, DetectorConfig, PeerBeat, PeerChange, peer_notice};
 use understudy_protocol::messages::{Heartbeat, LeaseRecord, PeerNotice, StepDownReason};
 use understudy_protocol::{
-    DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, Score, StatusColour,
+    DeviceId, GroupName, InstanceId, Mac, Role, SCHEMA_VERSION, Score, StatusColour, Term,
 };
 
 use crate::check;
@@ -37,8 +37,12 @@ use crate::project::{Mutation, Projects};
 use crate::schedule::{Fault, Plan};
 use crate::store::{Store, Write};
 
-/// The heartbeat interval devices use (the product default).
+/// The heartbeat interval of the server (the product default).
 pub const HEARTBEAT: Duration = Duration::from_millis(100);
+/// The heartbeat interval of every other device (the product default); a
+/// change of role, term, score, online state or grace is beaten at once, as
+/// the heartbeat service does.
+pub const CLIENT_HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long after the faults end the group must have converged (L2, P1):
 /// grace period + preempt delay + this slack.
 pub const CONVERGENCE_SLACK: Duration = Duration::from_secs(3);
@@ -193,6 +197,9 @@ pub(crate) struct Proc {
     input: InputStage,
     seq: u64,
     next_beat: Duration,
+    /// What the last beat said that ranks or fences the device: a change
+    /// is beaten at once.
+    announced: Option<(Role, Term, bool, Score, bool)>,
     generation: u64,
     inbox: VecDeque<Msg>,
     /// What it published while cut off from the bus.
@@ -232,6 +239,7 @@ impl Proc {
             input: InputStage::new(group.clone(), d.id.clone()),
             seq: 0,
             next_beat: local,
+            announced: None,
             generation: 0,
             inbox: VecDeque::new(),
             outbox: VecDeque::new(),
@@ -302,12 +310,24 @@ impl Proc {
 
     /// The next heartbeat, if one is due.
     fn heartbeat(&mut self, local: Duration, wall_ms: u64) -> Option<Heartbeat> {
-        if local < self.next_beat {
+        let st = self.machine.status(local);
+        let said = (st.role, st.term, st.online, st.score, st.in_grace);
+        let urgent = self.announced != Some(said);
+        if local < self.next_beat && !urgent {
             return None;
         }
+        let cadence = if st.role == Role::Server && st.online {
+            HEARTBEAT
+        } else {
+            CLIENT_HEARTBEAT
+        };
         self.seq += 1;
-        self.next_beat = (self.next_beat + HEARTBEAT).max(local + HEARTBEAT / 2);
-        let st = self.machine.status(local);
+        self.announced = Some(said);
+        self.next_beat = if urgent {
+            local + cadence
+        } else {
+            (self.next_beat + cadence).max(local + cadence / 2)
+        };
         Some(Heartbeat {
             schema: SCHEMA_VERSION,
             group: self.group.clone(),
@@ -322,7 +342,7 @@ impl Proc {
             colour: StatusColour::Grey,
             problems: Vec::new(),
             seq: self.seq,
-            interval_ms: HEARTBEAT.as_millis() as u32,
+            interval_ms: cadence.as_millis() as u32,
             sent_at_ms: wall_ms,
         })
     }

@@ -128,8 +128,17 @@ pub(crate) struct Ear {
     pub(crate) log: Vec<(Instant, ElectionEvent)>,
 }
 
-/// A device counts as live while its latest heartbeat is younger than this.
+/// A device counts as live while its latest heartbeat is younger than this
+/// (a server beating every 100 ms), or than [`live_within`] of it.
 pub(crate) const LIVE_WITHIN: Duration = Duration::from_millis(350);
+
+/// How long `beat` keeps its sender live: three of the intervals it
+/// advertises plus 50 ms, at least [`LIVE_WITHIN`] (a client beats every
+/// second, the server every 100 ms).
+pub(crate) fn live_within(beat: &Heartbeat) -> Duration {
+    (Duration::from_millis(u64::from(beat.interval_ms)) * 3 + Duration::from_millis(50))
+        .max(LIVE_WITHIN)
+}
 
 impl Ear {
     /// Takes in what arrives until `done` returns something; fails after `within`.
@@ -164,12 +173,12 @@ impl Ear {
         }
     }
 
-    /// The devices heard within [`LIVE_WITHIN`], their latest heartbeats.
+    /// The devices heard within [`live_within`] their latest heartbeats.
     pub(crate) fn live(&self) -> Vec<&Heartbeat> {
         let now = Instant::now();
         self.latest
             .values()
-            .filter(|(at, _)| now.duration_since(*at) < LIVE_WITHIN)
+            .filter(|(at, h)| now.duration_since(*at) < live_within(h))
             .map(|(_, h)| h)
             .collect()
     }
@@ -335,7 +344,7 @@ async fn cluster(a: ClusterArgs) -> Result<()> {
             let live: Vec<&Heartbeat> = ear
                 .latest
                 .values()
-                .filter(|(at, _)| now.duration_since(*at) < Duration::from_millis(350))
+                .filter(|(at, h)| now.duration_since(*at) < live_within(h))
                 .map(|(_, h)| h)
                 .collect();
             let servers: Vec<(String, Term)> = live

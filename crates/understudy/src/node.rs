@@ -47,9 +47,16 @@ pub struct NodeArgs {
     /// nats_tls_cert, nats_tls_key, nats_tls_required).
     #[command(flatten)]
     nats_auth: understudy_bus::NatsAuthArgs,
-    /// How often to publish a heartbeat [default: 100ms].
+    /// How often the server publishes a heartbeat: every device detects its
+    /// loss after three missed [default: 100ms].
     #[arg(long, env = "UNDERSTUDY_HEARTBEAT_INTERVAL")]
     heartbeat_interval: Option<String>,
+    /// How often a device that is not the server publishes a heartbeat (a
+    /// lost client is noticed after three missed; changes of role, term,
+    /// score, online or grace go out at once); never faster than
+    /// --heartbeat-interval [default: 1s].
+    #[arg(long, env = "UNDERSTUDY_CLIENT_HEARTBEAT_INTERVAL")]
+    client_heartbeat_interval: Option<String>,
     /// Start-up grace before claiming the server [default: 2s].
     #[arg(long, env = "UNDERSTUDY_GRACE_PERIOD")]
     grace_period: Option<String>,
@@ -119,6 +126,7 @@ struct Node {
     score: Score,
     nats: understudy_bus::NatsSettings,
     heartbeat: Duration,
+    client_heartbeat: Duration,
     grace: Duration,
     preempt: Duration,
     lease: Duration,
@@ -219,6 +227,17 @@ fn resolve(a: NodeArgs) -> Result<Node> {
     if heartbeat < Duration::from_millis(10) || heartbeat > Duration::from_secs(60) {
         return Err(anyhow!("--heartbeat-interval must be between 10ms and 60s"));
     }
+    let client_heartbeat = dur(
+        a.client_heartbeat_interval,
+        f.client_heartbeat_interval,
+        understudy_heartbeat::service::DEFAULT_CLIENT_INTERVAL,
+        "client-heartbeat-interval",
+    )?;
+    if client_heartbeat < Duration::from_millis(10) || client_heartbeat > Duration::from_secs(60) {
+        return Err(anyhow!(
+            "--client-heartbeat-interval must be between 10ms and 60s"
+        ));
+    }
     let lease = dur(a.lease, f.lease, Duration::from_millis(1500), "lease")?;
     if lease < heartbeat * 5 {
         return Err(anyhow!("--lease must be at least five heartbeat intervals"));
@@ -238,6 +257,7 @@ fn resolve(a: NodeArgs) -> Result<Node> {
                 .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
         ),
         heartbeat,
+        client_heartbeat,
         grace: dur(
             a.grace_period,
             f.grace_period,
@@ -379,6 +399,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         instance,
         mac: n.mac,
         interval: n.heartbeat,
+        client_interval: n.client_heartbeat,
         misses: 3,
         presence_interval: Duration::from_secs(1),
         election_instance,

@@ -56,6 +56,7 @@ pub struct FileNode {
     pub score: Option<i64>,
     pub nats: Option<String>,
     pub heartbeat_interval: Option<String>,
+    pub client_heartbeat_interval: Option<String>,
     pub grace_period: Option<String>,
     pub preempt_delay: Option<String>,
     pub lease: Option<String>,

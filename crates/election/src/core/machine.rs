@@ -152,6 +152,12 @@ struct HolderNews {
     term: Term,
     /// When a lease naming this holder was first observed.
     since: Duration,
+    /// Whether a beat of it acting as server with this term was heard: a
+    /// loss verdict says it is gone only then. Before, the verdict rests on
+    /// beats it sent before it served (a client beats slowly): the silence
+    /// may be this device's own, cut off while the holder was elected, and
+    /// the holder is waited for like one not yet heard.
+    heard_serving: bool,
     /// Whether the failure detector declared it lost since then.
     lost: bool,
     /// Whether another instance of its device beat since then.
@@ -162,8 +168,10 @@ struct HolderNews {
 /// has not yet declared live before it counts the holder as gone. The
 /// verdict that a peer is live travels the bus apart from the lease, so a
 /// device that was away (paused, cut off) may see the lease first: it must
-/// not depose a server it simply has not heard yet. A holder the detector
-/// declares lost after the lease was seen is gone at once (L1).
+/// not depose a server it simply has not heard yet. A holder heard acting as
+/// server that the detector then declares lost is gone at once (L1); a loss
+/// verdict about a holder never heard serving (it rests on the slow beats
+/// the holder sent as a client) does not shorten this wait.
 pub const UNHEARD_HOLDER_WAIT: Duration = Duration::from_secs(1);
 
 /// Wait after a store call failed before claiming again.
@@ -441,9 +449,12 @@ impl Machine {
         }
         if let Some(news) = self.holder_news.as_mut()
             && news.device == p.device
-            && news.instance != p.instance
         {
-            news.replaced = true;
+            if news.instance != p.instance {
+                news.replaced = true;
+            } else if p.role == Role::Server && p.term >= news.term {
+                news.heard_serving = true;
+            }
         }
         if p.term > self.known_term {
             self.known_term = p.term;
@@ -469,6 +480,7 @@ impl Machine {
         if let Some(news) = self.holder_news.as_mut()
             && &news.device == device
             && news.instance == instance
+            && news.heard_serving
         {
             news.lost = true;
         }
@@ -541,6 +553,9 @@ impl Machine {
         };
         if !same {
             self.holder_news = holder.map(|(device, instance, term)| HolderNews {
+                heard_serving: self.peers.get(&device).is_some_and(|p| {
+                    p.instance == instance && p.role == Role::Server && p.term >= term
+                }),
                 device,
                 instance,
                 term,
