@@ -184,8 +184,11 @@ async fn two_devices_with_one_id_are_reported_not_merged() {
     let nats = start_nats().await;
     let urls = vec![nats.url()];
     let _a = spawn_device(&urls, opts("dev-1", 1, 200, &[]));
-    let _b = spawn_device(&urls, opts("dev-2", 2, 100, &[]));
-    let _twin = spawn_device(&urls, opts("dev-2", 3, 50, &[]));
+    // The twins beat every 100 ms, as a server does, so that 3 s of beats
+    // give 30 chances to catch one beating with the other's state.
+    let fast = ["--client-heartbeat-interval", "100ms"];
+    let _b = spawn_device(&urls, opts("dev-2", 2, 100, &fast));
+    let _twin = spawn_device(&urls, opts("dev-2", 3, 50, &fast));
     let obs = Observer::start(&nats.url(), GROUP).await;
     // Both processes named dev-2 say so in their own heartbeats (B2)...
     wait_until(
@@ -295,4 +298,55 @@ async fn a_device_stops_promptly_on_sigterm_even_with_the_bus_gone() {
     dev.signal(Signal::Term).unwrap();
     let status = dev.wait_exit(secs(10)).await.unwrap();
     assert!(status.success(), "exit status {status}");
+}
+
+/// B10 with discovery hearing only its own group's heartbeats: the devices
+/// of another group are counted network-wide from their presence — online,
+/// offline, servers and clients — and one that stops cleanly is no longer
+/// counted; the group's own roster lists its own devices only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_of_another_group_are_counted_network_wide() {
+    let nats = start_nats().await;
+    let urls = vec![nats.url()];
+    let _stage = spawn_device(&urls, opts("dev-1", 1, 200, &[]));
+    let _foyer_1 = spawn_device(&urls, DeviceOpts::new("foyer", "foyer-1", &mac(11), 200));
+    let _foyer_2 = spawn_device(
+        &urls,
+        DeviceOpts::new("foyer", "foyer-2", &mac(12), 100).with_args(&["--offline"]),
+    );
+    let mut foyer_3 = spawn_device(&urls, DeviceOpts::new("foyer", "foyer-3", &mac(13), 50));
+    let url = nats.url();
+    let status = || {
+        let url = url.clone();
+        async move {
+            let out = run_cli_ok(&["status", "--group", GROUP, "--nats", &url, "--json"]).await;
+            anyhow::Ok(serde_json::from_str::<RosterReply>(&out)?)
+        }
+    };
+    wait_until("stage to count the foyer's devices", secs(15), || async {
+        let doc = status().await?;
+        let n = &doc.network_counts;
+        let own: Vec<&str> = doc.devices.iter().map(|d| d.device.as_str()).collect();
+        anyhow::ensure!(own == ["dev-1"], "stage's roster lists {own:?}");
+        let got = (n.devices_online, n.devices_offline, n.servers, n.clients);
+        // dev-1 and foyer-1 serve; foyer-3 is a client; foyer-2 is offline.
+        anyhow::ensure!(got == (3, 1, 2, 1), "network counts {n:?}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    foyer_3.signal(Signal::Term).unwrap();
+    foyer_3.wait_exit(secs(10)).await.unwrap();
+    wait_until(
+        "stage to stop counting foyer-3 after its goodbye",
+        secs(10),
+        || async {
+            let n = status().await?.network_counts;
+            let got = (n.devices_online, n.devices_offline, n.devices_missing);
+            anyhow::ensure!(got == (2, 1, 0), "network counts {n:?}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
 }

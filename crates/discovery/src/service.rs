@@ -3,10 +3,12 @@
 //!
 //! It makes no decision of its own. It
 //!
-//! - feeds the core every heartbeat and goodbye of **every** group
-//!   (`subjects::ALL_HEARTBEATS`, `subjects::ALL_LEAVES`) and every presence
-//!   announcement (`understudy.presence.*`), so the network-wide counts are
-//!   true (B10);
+//! - feeds the core the heartbeats of its own group
+//!   (`understudy.<group>.heartbeat.*`), the goodbyes of every group
+//!   (`subjects::ALL_LEAVES`, rare) and every presence announcement
+//!   (`understudy.presence.*`): devices of other groups are counted from
+//!   their presence, once a second, so the network-wide counts are true
+//!   (B10) without every device hearing every beat of the network;
 //! - keeps this device's own state from its election service
 //!   (`understudy.<group>.local.<device>.election`, through an
 //!   [`ElectionFeed`]: only the one election service followed counts, B2);
@@ -163,7 +165,7 @@ impl Inputs {
     async fn subscribe(client: &Client, cfg: &DiscoveryConfig) -> Result<Self, SubscribeError> {
         let (group, device) = (&cfg.group, &cfg.device);
         Ok(Self {
-            beats: Inbox::subscribe(client, subjects::ALL_HEARTBEATS).await?,
+            beats: Inbox::subscribe(client, subjects::heartbeats(group)).await?,
             leaves: Inbox::subscribe(client, subjects::ALL_LEAVES).await?,
             presence: Inbox::subscribe(client, subjects::PRESENCE_ALL).await?,
             election: ElectionFeed::subscribe(client, group, device, cfg.election_instance).await?,

@@ -23,8 +23,9 @@ pub fn heartbeats(group: &GroupName) -> String {
     format!("understudy.{group}.heartbeat.*")
 }
 
-/// `understudy.*.heartbeat.*`: every heartbeat of every group (discovery
-/// listens network-wide for the counts, B10).
+/// `understudy.*.heartbeat.*`: every heartbeat of every group (what an
+/// observer of the whole network may follow; discovery hears its own group's
+/// beats and counts other groups' devices from their presence, B10).
 pub const ALL_HEARTBEATS: &str = "understudy.*.heartbeat.*";
 
 /// `understudy.*.leave.*`: every goodbye of every group.

@@ -47,18 +47,7 @@ impl Counts {
     ) -> Self {
         let mut counts = Counts::default();
         for device in devices {
-            let bucket = match (device.live, device.online) {
-                (false, _) => &mut counts.devices_missing,
-                (true, false) => &mut counts.devices_offline,
-                (true, true) => &mut counts.devices_online,
-            };
-            bump(bucket);
-            if device.live && device.online {
-                bump(match device.role {
-                    Role::Client => &mut counts.clients,
-                    Role::Server => &mut counts.servers,
-                });
-            }
+            counts.add_device(device.live, device.online, device.role);
         }
         for session in sessions {
             match session.kind {
@@ -68,6 +57,23 @@ impl Counts {
             }
         }
         counts
+    }
+
+    /// Counts one device: missing unless `live`; else online (as a client or
+    /// a server by `role`) or offline.
+    pub fn add_device(&mut self, live: bool, online: bool, role: Role) {
+        let bucket = match (live, online) {
+            (false, _) => &mut self.devices_missing,
+            (true, false) => &mut self.devices_offline,
+            (true, true) => &mut self.devices_online,
+        };
+        bump(bucket);
+        if live && online {
+            bump(match role {
+                Role::Client => &mut self.clients,
+                Role::Server => &mut self.servers,
+            });
+        }
     }
 
     /// How many devices were counted: online, offline and missing together.

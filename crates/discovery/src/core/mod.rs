@@ -196,7 +196,13 @@ impl Discovery {
             None => self.roster.all_devices(now),
         };
         let sessions = self.roster.sessions(group, now);
-        Counts::tally(&devices, &sessions)
+        let mut counts = Counts::tally(&devices, &sessions);
+        for (_, remote) in self.roster.remote_devices() {
+            if group.is_none_or(|g| *g == remote.group) {
+                counts.add_device(remote.is_live(now), remote.online, remote.role);
+            }
+        }
+        counts
     }
 }
 
@@ -621,6 +627,40 @@ mod tests {
                 control_sessions: 1,
             }
         );
+    }
+
+    #[test]
+    fn devices_of_other_groups_are_counted_from_their_presence() {
+        let mut d = connected();
+        d.observe_heartbeat(&server_beat("g", "a", 20, 1), ms(0));
+        let presence = |name: &str, instance: u64, online: bool, role: Role| {
+            let mut p = session(instance, InstanceKind::Device, Some("h"));
+            p.device = Some(device(name));
+            p.online = online;
+            p.role = Some(role);
+            p
+        };
+        d.observe_presence(&presence("h-1", 50, true, Role::Server), ms(0));
+        d.observe_presence(&presence("h-2", 51, true, Role::Client), ms(0));
+        d.observe_presence(&presence("h-3", 52, false, Role::Client), ms(0));
+        let h = d.counts(Some(&group("h")), ms(100));
+        assert_eq!(
+            (h.devices_online, h.devices_offline, h.servers, h.clients),
+            (2, 1, 1, 1)
+        );
+        let all = d.counts(None, ms(100));
+        assert_eq!(
+            (all.devices(), all.servers, all.clients),
+            (5, 2, 2),
+            "me, a and h-1..3"
+        );
+        assert!(
+            d.roster(&group("h"), ms(100)).is_empty(),
+            "not in any roster reply"
+        );
+        // Silent for three presence intervals: missing, still counted.
+        let later = d.counts(Some(&group("h")), ms(3_000));
+        assert_eq!((later.devices_missing, later.devices()), (3, 3));
     }
 
     #[test]

@@ -8,10 +8,17 @@
 //!   devices too (B10). A device's entry shows what its newest instance last
 //!   reported: group, MAC, score, role, term, colour and problems.
 //! - **Sessions come from presence.** GUI and control sessions announce
-//!   themselves on `understudy.presence.*`. Presence of kind `device` is *not*
-//!   used: heartbeats already carry everything, and a device's presence may be
-//!   published by another process (another [`InstanceId`]) than its heartbeat,
-//!   which would look like a duplicate id.
+//!   themselves on `understudy.presence.*`.
+//! - **Devices of other groups come from presence.** Discovery hears the
+//!   heartbeats of its own group only (every beat reaches every listener: a
+//!   network of G groups of N would cost each device G × N beats a second);
+//!   a device's presence, once a second, says its group, online state and
+//!   role, which is what the network-wide counts need (B10). Such a device
+//!   is a [`RemoteDevice`]: counted, live until [`MISSES`] × its presence
+//!   interval passes, then missing; a clean goodbye of its instance removes
+//!   it. Presence never overrides heartbeats: a device heard beating is
+//!   taken from its beats only (its presence may come from another process,
+//!   another [`InstanceId`], which would look like a duplicate id).
 //! - **Staleness.** An instance is live until [`MISSES`] × *its own* advertised
 //!   interval passes without a message; the interval is clamped
 //!   ([`clamp_interval`]: 10 ms–60 s, the bounds every service shares), so a
@@ -255,6 +262,36 @@ impl Session {
     }
 }
 
+/// A device known from its presence only (another group's, see the module
+/// docs): enough for the network-wide counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteDevice {
+    /// Its group.
+    pub group: GroupName,
+    /// The announcing process.
+    pub instance: InstanceId,
+    /// Whether it is online (B1).
+    pub online: bool,
+    /// Its role.
+    pub role: Role,
+    /// When its last presence was heard.
+    pub last_heard: Duration,
+    /// The presence interval it advertises, in milliseconds.
+    pub interval_ms: u32,
+}
+
+impl RemoteDevice {
+    /// Whether its presence came within its stale window.
+    pub fn is_live(&self, now: Duration) -> bool {
+        now < self.live_until()
+    }
+
+    fn live_until(&self) -> Duration {
+        self.last_heard
+            .saturating_add(stale_window(self.interval_ms))
+    }
+}
+
 /// The network-wide table of device instances and sessions.
 #[derive(Debug, Clone)]
 pub struct Roster {
@@ -262,6 +299,8 @@ pub struct Roster {
     my_instance: InstanceId,
     started_at: Duration,
     devices: BTreeMap<DeviceId, DeviceRecord>,
+    /// Devices heard only through their presence (other groups').
+    remote: BTreeMap<DeviceId, RemoteDevice>,
     sessions: BTreeMap<InstanceId, Session>,
     /// Sessions that said goodbye, and until when their late presence is ignored.
     closed_sessions: BTreeMap<InstanceId, Duration>,
@@ -275,6 +314,7 @@ impl Roster {
             my_instance: instance,
             started_at: now,
             devices: BTreeMap::new(),
+            remote: BTreeMap::new(),
             sessions: BTreeMap::new(),
             closed_sessions: BTreeMap::new(),
         }
@@ -293,6 +333,7 @@ impl Roster {
     /// Takes in a heartbeat heard at `now`. Returns `false` if it was ignored
     /// (out of order, duplicate, or in flight from before a leave).
     pub fn observe_heartbeat(&mut self, beat: &Heartbeat, now: Duration) -> bool {
+        self.remote.remove(&beat.device);
         let record = self.devices.entry(beat.device.clone()).or_default();
         let accepted = match record.instances.get_mut(&beat.instance) {
             Some(known) => known.accept(beat, now),
@@ -313,14 +354,14 @@ impl Roster {
     /// Takes in a presence announcement heard at `now`. Only GUI and control
     /// sessions are tracked (see the module docs). Returns `false` if ignored.
     pub fn observe_presence(&mut self, presence: &Presence, now: Duration) -> bool {
-        if presence.kind == InstanceKind::Device {
-            return false;
-        }
         if let Some(until) = self.closed_sessions.get(&presence.instance) {
             if now < *until {
                 return false;
             }
             self.closed_sessions.remove(&presence.instance);
+        }
+        if presence.kind == InstanceKind::Device {
+            return self.observe_device_presence(presence, now);
         }
         if !presence.online {
             return self.close_session(presence.instance, now);
@@ -342,10 +383,46 @@ impl Roster {
         true
     }
 
+    /// A device's presence: kept only for a device not heard beating (one of
+    /// another group, see the module docs).
+    fn observe_device_presence(&mut self, presence: &Presence, now: Duration) -> bool {
+        let (Some(device), Some(group)) = (&presence.device, &presence.group) else {
+            return false;
+        };
+        if self.devices.contains_key(device) || *device == self.me {
+            return false;
+        }
+        let last_heard = self
+            .remote
+            .get(device)
+            .filter(|r| r.instance == presence.instance)
+            .map_or(now, |r| r.last_heard.max(now));
+        self.remote.insert(
+            device.clone(),
+            RemoteDevice {
+                group: group.clone(),
+                instance: presence.instance,
+                online: presence.online,
+                role: presence.role.unwrap_or(Role::Client),
+                last_heard,
+                interval_ms: presence.interval_ms,
+            },
+        );
+        true
+    }
+
     /// Takes in a clean goodbye heard at `now`. Returns `false` if it changed
     /// nothing (unknown instance, or an instance that already moved on).
     pub fn observe_leave(&mut self, leave: &Leave, now: Duration) -> bool {
         let mut changed = self.close_session(leave.instance, now);
+        if let Some(remote) = self.remote.get(&leave.device)
+            && remote.instance == leave.instance
+        {
+            let until = now.saturating_add(stale_window(remote.interval_ms));
+            self.remote.remove(&leave.device);
+            self.closed_sessions.insert(leave.instance, until);
+            changed = true;
+        }
         let Some(record) = self.devices.get_mut(&leave.device) else {
             return changed;
         };
@@ -404,14 +481,26 @@ impl Roster {
             .sessions
             .values()
             .map(|s| s.last_heard.saturating_add(stale_window(s.interval_ms)));
-        devices.chain(sessions).filter(|t| *t > now).min()
+        let remote = self.remote.values().map(RemoteDevice::live_until);
+        devices
+            .chain(sessions)
+            .chain(remote)
+            .filter(|t| *t > now)
+            .min()
     }
 
     /// An operator removes `device` from the roster and from the expected set.
     /// If it is still beating it comes back with its next heartbeat. Returns
     /// whether it was known.
     pub fn forget(&mut self, device: &DeviceId) -> bool {
-        self.devices.remove(device).is_some()
+        let remote = self.remote.remove(device).is_some();
+        self.devices.remove(device).is_some() || remote
+    }
+
+    /// The devices known from their presence only (other groups'), live or
+    /// missing, sorted by device id.
+    pub fn remote_devices(&self) -> impl Iterator<Item = (&DeviceId, &RemoteDevice)> {
+        self.remote.iter()
     }
 
     /// The devices of `group`, live or missing, sorted by device id.
@@ -733,13 +822,47 @@ mod tests {
         assert_eq!(r.next_deadline(ms(10_000)), None);
     }
 
+    fn device_presence(group_name: &str, name: &str, instance: u64) -> Presence {
+        let mut p = session(instance, InstanceKind::Device, Some(group_name));
+        p.device = Some(device(name));
+        p.role = Some(Role::Client);
+        p
+    }
+
     #[test]
-    fn device_presence_does_not_create_devices() {
+    fn device_presence_is_kept_apart_and_never_overrides_heartbeats() {
         let mut r = roster_at(ms(0));
-        let mut p = session(30, InstanceKind::Device, Some("g"));
-        p.device = Some(device("a"));
-        assert!(!r.observe_presence(&p, ms(0)));
-        assert!(r.all_devices(ms(0)).is_empty());
+        assert!(r.observe_presence(&device_presence("other", "a", 30), ms(0)));
+        assert!(r.all_devices(ms(0)).is_empty(), "not a beating device");
+        assert_eq!(r.remote_devices().count(), 1);
+        // Heard beating: the beats count, the presence entry goes.
+        r.observe_heartbeat(&beat("g", "a", 10, 1), ms(10));
+        assert_eq!(r.remote_devices().count(), 0);
+        assert!(!r.observe_presence(&device_presence("other", "a", 30), ms(20)));
+        assert_eq!(r.remote_devices().count(), 0);
+        // This device's own presence is never a remote device.
+        assert!(!r.observe_presence(&device_presence("other", "me", 31), ms(20)));
+    }
+
+    #[test]
+    fn a_device_known_by_presence_goes_missing_then_leaves() {
+        let mut r = roster_at(ms(0));
+        r.observe_presence(&device_presence("other", "a", 30), ms(0));
+        let (_, a) = r.remote_devices().next().expect("kept");
+        assert!(a.is_live(ms(2_999)) && !a.is_live(ms(3_000)));
+        assert_eq!(r.next_deadline(ms(0)), Some(ms(3_000)));
+        r.poll(ms(5_000));
+        assert_eq!(r.remote_devices().count(), 1, "stale devices stay, missing");
+        assert!(
+            !r.observe_leave(&leave("other", "a", 99), ms(5_000)),
+            "another instance"
+        );
+        assert!(r.observe_leave(&leave("other", "a", 30), ms(5_000)));
+        assert_eq!(r.remote_devices().count(), 0);
+        assert!(
+            !r.observe_presence(&device_presence("other", "a", 30), ms(5_100)),
+            "a late presence of the instance that left"
+        );
     }
 
     #[test]
