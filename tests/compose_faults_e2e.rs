@@ -274,6 +274,8 @@ struct Ack {
 struct Writer {
     acked: Arc<Mutex<Vec<Ack>>>,
     stop: Arc<AtomicBool>,
+    /// Why the writer stopped early, for the waits to say.
+    failed: Arc<Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<Result<()>>,
 }
 
@@ -282,9 +284,21 @@ impl Writer {
         let project = Project::new(lab).await?;
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (a, s) = (acked.clone(), stop.clone());
-        let task = tokio::spawn(async move { write(project, a, s).await });
-        Ok(Writer { acked, stop, task })
+        let failed = Arc::new(Mutex::new(None));
+        let (a, s, f) = (acked.clone(), stop.clone(), failed.clone());
+        let task = tokio::spawn(async move {
+            let result = write(project, a, s).await;
+            if let Err(e) = &result {
+                *f.lock().unwrap() = Some(format!("{e:#}"));
+            }
+            result
+        });
+        Ok(Writer {
+            acked,
+            stop,
+            failed,
+            task,
+        })
     }
 
     fn done(&self) -> usize {
@@ -298,7 +312,10 @@ impl Writer {
             &format!("{target} changes acknowledged"),
             within,
             || async {
-                ensure!(!self.task.is_finished(), "the writer stopped");
+                if self.task.is_finished() {
+                    let why = self.failed.lock().unwrap().clone();
+                    bail!("the writer stopped: {}", why.unwrap_or_default());
+                }
                 let done = self.done();
                 ensure!(done >= target, "{done} of {target} acknowledged");
                 Ok(())
