@@ -18,6 +18,14 @@
 //! A size that does not agree within its deadline (15 s + 100 ms per
 //! device) is reported as failed, with what was heard, and the sweep goes
 //! on.
+//!
+//! With `--groups G`, G groups of N devices each share the bus: the cold
+//! start waits for every group to agree on its own dev-1; the failover
+//! rounds take the groups in turn (R rounds per group), and around each one
+//! the bench takes in what every other group said and counts as cross-talk
+//! any heartbeat naming another server or term than the group agreed on,
+//! and any election event; false failovers and CPU are counted per group
+//! and for the whole run.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -30,9 +38,8 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use understudy_bus::accounts::Role as AccountRole;
-use understudy_protocol::GroupName;
-use understudy_protocol::Role;
 use understudy_protocol::messages::ElectionEventKind;
+use understudy_protocol::{GroupName, Role, Term};
 use understudy_testkit::{Device, NatsCluster, NatsServer};
 
 use crate::bench::{Ear, fail_server_once, fresh_workspace, ms, quantile, rss_mib, summary};
@@ -42,17 +49,28 @@ use crate::settings::{connect, parse_duration};
 /// The fewest and most devices in one group (device numbers are one byte).
 const SIZES: std::ops::RangeInclusive<usize> = 2..=255;
 
+/// The fewest and most groups on one bus (named with two digits).
+const GROUPS: std::ops::RangeInclusive<usize> = 1..=99;
+
+/// Taking in a group's buffered messages ends after this long without one.
+const QUIET: Duration = Duration::from_millis(4);
+
 /// `understudy bench scale` settings.
 #[derive(Debug, Args)]
 pub struct ScaleArgs {
-    /// Devices in the group (2–255).
+    /// Devices in the group (2–255); in each group with `--groups`.
     #[arg(long, default_value_t = 5, conflicts_with = "sweep")]
     devices: usize,
+    /// Groups of `--devices` devices each, all on the same bus (1–99):
+    /// `scale` alone, else `scale-01`, `scale-02`… The failover rounds take
+    /// the groups in turn, and every other group is watched for cross-talk.
+    #[arg(long, default_value_t = 1)]
+    groups: usize,
     /// Sizes to measure in turn, each on a fresh bus with fresh devices
     /// (e.g. 5,25,50,100,200); ends with the curve as one table.
     #[arg(long)]
     sweep: Option<String>,
-    /// Failovers (kill -9 of the server) per size.
+    /// Failovers (kill -9 of the server) per size; per group with `--groups`.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// The idle window per size, in which CPU, messages and false
@@ -78,11 +96,12 @@ pub struct ScaleArgs {
 /// What one size measured.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Figures {
-    /// Starting the N processes (the spawn loop).
+    /// Starting the processes (the spawn loop), every group's.
     spawn: Duration,
-    /// First spawn → every device agrees on dev-1, the grace included.
+    /// First spawn → every group agrees on its dev-1, the grace included.
     cold: Duration,
-    /// Kill -9 → the successor's `server_elected`, per round, in ms.
+    /// Kill -9 → the successor's `server_elected`, per round, in ms, every
+    /// group's.
     failovers: Vec<f64>,
     /// The idle window's length.
     idle: Duration,
@@ -95,14 +114,41 @@ struct Figures {
     /// Messages per second into and out of nats-server over the idle
     /// window (`None`: no monitoring port).
     msgs: Option<(f64, f64)>,
-    /// `election_started` events during the idle window.
+    /// `election_started` events during the idle window, every group's.
     false_failovers: usize,
+    /// Each group's own figures, in order.
+    groups: Vec<GroupFigures>,
+}
+
+impl Figures {
+    /// What groups said while another group failed over, all together.
+    fn cross_talk(&self) -> usize {
+        self.groups.iter().map(|g| g.cross_talk.len()).sum()
+    }
+}
+
+/// What one group of a size measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct GroupFigures {
+    /// The group's name.
+    name: String,
+    /// Kill -9 → the successor's `server_elected`, per own round, in ms.
+    failovers: Vec<f64>,
+    /// `election_started` events of the group during the idle window.
+    false_failovers: usize,
+    /// What the group said while another group failed over (or between
+    /// rounds), other than heartbeats agreeing on its server and term: one
+    /// line per kind of message per round.
+    cross_talk: Vec<String>,
 }
 
 /// One line of the curve.
 #[derive(Debug, Clone, PartialEq)]
 struct Row {
+    /// Devices per group.
     devices: usize,
+    /// Groups on the bus.
+    groups: usize,
     /// The figures, or why the size failed.
     outcome: Result<Figures, String>,
 }
@@ -130,18 +176,32 @@ pub async fn scale(a: ScaleArgs) -> Result<()> {
         None => parse_sizes(&a.devices.to_string()),
     }
     .map_err(|e| anyhow!(e))?;
+    if !GROUPS.contains(&a.groups) {
+        bail!(
+            "--groups {}: from {} to {} groups",
+            a.groups,
+            GROUPS.start(),
+            GROUPS.end()
+        );
+    }
     let idle = parse_duration(&a.idle).map_err(|e| anyhow!(e))?;
     if idle.is_zero() {
         bail!("--idle must be longer than 0");
     }
     let largest = sizes.iter().copied().max().unwrap_or(0);
-    ensure_open_files(largest)?;
+    ensure_open_files(largest * a.groups)?;
     let (dir, exe, bin) = fresh_workspace(&a.dir, a.nats_server.as_deref())?;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "understudy bench scale: sizes {sizes:?}, {} rounds, idle {:.0} s, {}, loopback, defaults \
-         (heartbeat 100 ms, grace 2 s, lease 1.5 s), {cores} cores; logs in {}",
+        "understudy bench scale: sizes {sizes:?}{}, {} rounds{}, idle {:.0} s, {}, loopback, \
+         defaults (heartbeat 100 ms, grace 2 s, lease 1.5 s), {cores} cores; logs in {}",
+        if a.groups > 1 {
+            format!(" in each of {} groups on one bus", a.groups)
+        } else {
+            String::new()
+        },
         a.rounds,
+        if a.groups > 1 { " per group" } else { "" },
         idle.as_secs_f64(),
         if a.cluster {
             "3-node NATS cluster (lease bucket R3)"
@@ -152,18 +212,30 @@ pub async fn scale(a: ScaleArgs) -> Result<()> {
     );
     let mut rows = Vec::with_capacity(sizes.len());
     for &n in &sizes {
-        let size_dir = dir.join(format!("{n}-devices"));
+        let (size_dir, title) = if a.groups > 1 {
+            (
+                dir.join(format!("{}x{n}-devices", a.groups)),
+                format!("{} groups x {n} devices", a.groups),
+            )
+        } else {
+            (dir.join(format!("{n}-devices")), format!("{n} devices"))
+        };
         std::fs::create_dir_all(&size_dir)?;
-        println!("\n== {n} devices ==");
-        let outcome = measure_size(&a, n, idle, &exe, &bin, &size_dir)
+        println!("\n== {title} ==");
+        let names = group_names(a.groups)?;
+        let dirs = group_dirs(&size_dir, &names);
+        let outcome = measure_size(&a, n, idle, &exe, &bin, &size_dir, &names, &dirs)
             .await
             .map_err(|e| format!("{e:#}"));
-        if let Err(reason) = &outcome {
-            println!("{n} devices FAILED: {reason}");
+        match &outcome {
+            Err(reason) => println!("{title} FAILED: {reason}"),
+            Ok(f) if a.groups > 1 => println!("{}", group_table(f)),
+            Ok(_) => {}
         }
-        println!("{}", device_log_counts(&size_dir, n));
+        println!("{}", device_log_counts(&dirs, n));
         rows.push(Row {
             devices: n,
+            groups: a.groups,
             outcome,
         });
         if let Some(file) = &a.csv {
@@ -178,12 +250,38 @@ pub async fn scale(a: ScaleArgs) -> Result<()> {
     Ok(())
 }
 
+/// The names of `g` groups: `scale` alone, else `scale-01`, `scale-02`…
+fn group_names(g: usize) -> Result<Vec<GroupName>> {
+    if g == 1 {
+        return Ok(vec!["scale".parse()?]);
+    }
+    (1..=g)
+        .map(|i| Ok(format!("scale-{i:02}").parse()?))
+        .collect()
+}
+
+/// Where each group's devices keep their logs and data: the size's folder
+/// for one group, a folder per group (named after it) for several.
+fn group_dirs(size_dir: &Path, names: &[GroupName]) -> Vec<PathBuf> {
+    if names.len() == 1 {
+        return vec![size_dir.to_path_buf()];
+    }
+    names.iter().map(|g| size_dir.join(g.as_str())).collect()
+}
+
 /// 15 s plus 100 ms per device: how long a size may take to agree.
 fn converge_deadline(n: usize) -> Duration {
     Duration::from_secs(15) + Duration::from_millis(100) * u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// One size, on a fresh bus with fresh devices in `dir`.
+/// The process ids of every group's devices.
+fn pids_of(groups: &[Vec<Device>]) -> Vec<u32> {
+    groups.iter().flatten().map(Device::pid).collect()
+}
+
+/// One size, on a fresh bus with fresh devices: `names.len()` groups of `n`,
+/// each group's logs and data in its folder of `dirs`.
+#[allow(clippy::too_many_arguments)]
 async fn measure_size(
     a: &ScaleArgs,
     n: usize,
@@ -191,76 +289,162 @@ async fn measure_size(
     exe: &Path,
     bin: &Path,
     dir: &Path,
+    names: &[GroupName],
+    dirs: &[PathBuf],
 ) -> Result<Figures> {
-    let group: GroupName = "scale".parse()?;
-    let deadline = converge_deadline(n);
+    let g = names.len();
+    let deadline = converge_deadline(n * g);
     let nats_dir = dir.join("nats");
     std::fs::create_dir_all(&nats_dir)?;
+    for d in dirs {
+        std::fs::create_dir_all(d)?;
+    }
     let (nats, bus, monitor) = if a.cluster {
         let cluster = NatsCluster::start_in(bin, &nats_dir, 3).await?;
         let urls = cluster.urls().join(",");
         (Nats::Cluster(cluster), LabBus::plain(&urls), None)
     } else {
         let port = understudy_testkit::free_port()?;
-        let (server, bus) =
-            start_bus(bin, &nats_dir, None, &[group.as_str()], false, Some(port)).await?;
+        let groups: Vec<&str> = names.iter().map(GroupName::as_str).collect();
+        let (server, bus) = start_bus(bin, &nats_dir, None, &groups, false, Some(port)).await?;
         let monitor = SocketAddr::from(([127, 0, 0, 1], port));
         (Nats::Single(Box::new(server)), bus, Some(monitor))
     };
     let (client, _) = connect(&bus.settings(&AccountRole::Gateway), "understudy-bench").await?;
-    let mut ear = Ear::listen(&client, &group).await?;
+    let mut ears = Vec::with_capacity(g);
+    for name in names {
+        ears.push(Ear::listen(&client, name).await?);
+    }
     let extra: &[&str] = if a.cluster { &["--replicas", "3"] } else { &[] };
 
-    // Cold start: every process started in one loop, one after the other.
-    let mut devices: Vec<Device> = Vec::with_capacity(n);
+    // Cold start: every process started in one loop, one group after the
+    // other.
+    let mut groups: Vec<Vec<Device>> = Vec::with_capacity(g);
     let load = Load::start(&nats);
     let t0 = Instant::now();
-    for (i, s) in scores(n).iter().enumerate() {
-        let d = spawn_device(exe, dir, &bus, group.as_str(), i, *s, extra)
-            .with_context(|| format!("cannot start device {} of {n}", i + 1))?;
-        devices.push(d);
+    for (name, gdir) in names.iter().zip(dirs) {
+        let mut devices = Vec::with_capacity(n);
+        for (i, s) in scores(n).iter().enumerate() {
+            let d = spawn_device(exe, gdir, &bus, name.as_str(), i, *s, extra)
+                .with_context(|| format!("cannot start device {} of {n} in {name}", i + 1))?;
+            devices.push(d);
+        }
+        groups.push(devices);
     }
     let spawn = t0.elapsed();
-    let agreed = ear
-        .pump_until(deadline, |e| e.converged(n).filter(|(s, _)| s == "dev-1"))
-        .await;
-    if let Err(e) = agreed {
-        bail!(
-            "cold start: no agreement on dev-1 ({e}); then: {}; {}",
-            heard(&ear, &mut devices, n),
-            load.since(&devices)
-        );
+    // Each group's agreement (server, term), heard one group after the
+    // other: the later groups' messages wait in their subscriptions, so the
+    // time is that of the last group to agree, give or take that backlog.
+    let mut agreed: Vec<(String, Term)> = Vec::with_capacity(g);
+    for i in 0..g {
+        let left = deadline.saturating_sub(t0.elapsed());
+        let heard_agree = ears[i]
+            .pump_until(left, |e| e.converged(n).filter(|(s, _)| s == "dev-1"))
+            .await;
+        match heard_agree {
+            Ok(pair) => agreed.push(pair),
+            Err(e) => {
+                let all = agreeing(&mut ears, names, n).await;
+                bail!(
+                    "cold start: no agreement on dev-1{} ({e}); then: {}; {all}; {}",
+                    if g > 1 {
+                        format!(" in {}", names[i])
+                    } else {
+                        String::new()
+                    },
+                    heard(&ears[i], &mut groups[i], n),
+                    load.since(&pids_of(&groups))
+                )
+            }
+        }
     }
     let cold = t0.elapsed();
-    println!("started {n} processes in {:.0} ms", ms(spawn));
+    println!("started {} processes in {:.0} ms", n * g, ms(spawn));
     println!(
-        "cold start to agreement (the 2 s grace included): {:.0} ms ({:.0} ms after the grace)",
+        "cold start to agreement{} (the 2 s grace included): {:.0} ms ({:.0} ms after the grace)",
+        if g > 1 { " of every group" } else { "" },
         ms(cold),
         ms(cold) - 2000.0
     );
 
-    // Failovers.
-    let mut failovers = Vec::with_capacity(a.rounds);
-    for r in 0..a.rounds {
-        let round = fail_server_once(&mut ear, &mut devices, n, r, false, deadline).await;
+    // Failovers: the groups in turn; around each round, what every other
+    // group said is taken in and checked against its agreement.
+    let mut per_group: Vec<GroupFigures> = names
+        .iter()
+        .map(|name| GroupFigures {
+            name: name.to_string(),
+            ..GroupFigures::default()
+        })
+        .collect();
+    let mut marks: Vec<usize> = ears.iter().map(|e| e.log.len()).collect();
+    let mut failovers = Vec::with_capacity(a.rounds * g);
+    for r in 0..a.rounds * g {
+        let v = r % g;
+        let before = format!("before round {}", r + 1);
+        listen_to_others(&mut ears, v, &agreed, &mut marks, &mut per_group, &before).await;
+        let round = fail_server_once(&mut ears[v], &mut groups[v], n, r, false, deadline).await;
         let round = match round {
             Ok(round) => round,
             Err(e) => bail!(
-                "failover round {}: {e:#}; then: {}; {}",
+                "failover round {}{}: {e:#}; then: {}; {}",
                 r + 1,
-                heard(&ear, &mut devices, n),
-                load.since(&devices)
+                if g > 1 {
+                    format!(" ({})", names[v])
+                } else {
+                    String::new()
+                },
+                heard(&ears[v], &mut groups[v], n),
+                load.since(&pids_of(&groups))
             ),
         };
+        // It agrees again on its restarted dev-1, in a newer term.
+        agreed[v] = ears[v]
+            .converged(n)
+            .ok_or_else(|| anyhow!("{} agreed, then did not", names[v]))?;
+        // The group's own reports of the round (the restarted dev-1's
+        // `server_elected` last) may arrive after the heartbeats that showed
+        // it: take them in before the mark, so they are not counted as
+        // cross-talk later.
+        let (server, term) = agreed[v].clone();
+        let from = marks[v];
+        let _ = ears[v]
+            .pump_until(Duration::from_secs(5), |e| {
+                e.log[from..]
+                    .iter()
+                    .any(|(_, ev)| {
+                        matches!(&ev.kind, ElectionEventKind::ServerElected { device, term: t, .. }
+                            if device.as_str() == server && *t == term)
+                    })
+                    .then_some(())
+            })
+            .await;
+        marks[v] = ears[v].log.len();
+        let during = format!("during round {} ({}'s failover)", r + 1, names[v]);
+        let talk =
+            listen_to_others(&mut ears, v, &agreed, &mut marks, &mut per_group, &during).await;
         println!(
-            "  round {}: kill -9 -> elected {:.0} ms (detection {})",
+            "  round {}{}: kill -9 -> elected {:.0} ms (detection {}){}",
             r + 1,
+            if g > 1 {
+                format!(" ({})", names[v])
+            } else {
+                String::new()
+            },
             ms(round.total),
             round
                 .started
-                .map_or("not heard".to_string(), |d| format!("{:.0} ms", ms(d)))
+                .map_or("not heard".to_string(), |d| format!("{:.0} ms", ms(d))),
+            if g > 1 {
+                format!(
+                    ", other groups: {}",
+                    talk.unwrap_or_else(|| "quiet".to_string())
+                )
+            } else {
+                String::new()
+            }
         );
         failovers.push(ms(round.total));
+        per_group[v].failovers.push(ms(round.total));
     }
     if a.rounds > 0 {
         println!(
@@ -271,21 +455,25 @@ async fn measure_size(
 
     // The idle window.
     let tick = rustix::param::clock_ticks_per_second() as f64;
-    let pids: Vec<u32> = devices.iter().map(Device::pid).collect();
+    let pids = pids_of(&groups);
     let nats_pids = nats.pids();
+    for (ear, mark) in ears.iter_mut().zip(&mut marks) {
+        take_in(ear, |_| {}).await;
+        *mark = ear.log.len();
+    }
     let before: Vec<Option<u64>> = pids.iter().map(|&p| cpu_ticks(p)).collect();
     let nats_before = total_ticks(&nats_pids);
     let varz_before = match monitor {
         Some(m) => Some(varz(m).await?),
         None => None,
     };
-    let events_before = ear.log.len();
     let w0 = Instant::now();
     let until = w0 + idle;
-    ear.pump_until(idle + Duration::from_secs(5), |_| {
-        (Instant::now() >= until).then_some(())
-    })
-    .await?;
+    while Instant::now() < until {
+        for ear in &mut ears {
+            take_in(ear, |_| {}).await;
+        }
+    }
     let varz_after = match monitor {
         Some(m) => Some(varz(m).await?),
         None => None,
@@ -311,19 +499,27 @@ async fn measure_size(
         )),
         _ => None,
     };
-    let started: Vec<String> = ear.log[events_before..]
-        .iter()
-        .filter_map(|(at, e)| match &e.kind {
-            ElectionEventKind::ElectionStarted { reason } => Some(format!(
-                "{} at {:.1} s ({reason:?})",
-                e.reporter,
-                at.saturating_duration_since(w0).as_secs_f64()
-            )),
-            _ => None,
-        })
-        .collect();
-    let exited = devices
+    let mut started: Vec<String> = Vec::new();
+    for ((ear, mark), group) in ears.iter().zip(&marks).zip(&mut per_group) {
+        for (at, e) in &ear.log[*mark..] {
+            if let ElectionEventKind::ElectionStarted { reason } = &e.kind {
+                group.false_failovers += 1;
+                started.push(format!(
+                    "{}{} at {:.1} s ({reason:?})",
+                    if g > 1 {
+                        format!("{}/", group.name)
+                    } else {
+                        String::new()
+                    },
+                    e.reporter,
+                    at.saturating_duration_since(w0).as_secs_f64()
+                ));
+            }
+        }
+    }
+    let exited = groups
         .iter_mut()
+        .flatten()
         .filter_map(|d| (!d.is_running()).then_some(()))
         .count();
     let f = Figures {
@@ -336,6 +532,7 @@ async fn measure_size(
         nats_cores,
         msgs,
         false_failovers: started.len(),
+        groups: per_group,
     };
     println!("idle {secs:.0} s:");
     println!(
@@ -361,12 +558,148 @@ async fn measure_size(
             format!(": {}", started.join(", "))
         }
     );
+    if g > 1 {
+        println!(
+            "cross-talk (a group heard to change server or term, or to hold an election, \
+             while another failed over or between rounds): {}",
+            f.cross_talk()
+        );
+        for group in f.groups.iter().filter(|g| !g.cross_talk.is_empty()) {
+            println!("  {}: {}", group.name, group.cross_talk.join("; "));
+        }
+    }
     if exited > 0 {
         println!("  {exited} device(s) exited during the run");
     }
-    drop(devices);
+    drop(groups);
     drop(nats);
     Ok(f)
+}
+
+/// Takes in what `ear` has buffered, until no message came for [`QUIET`]
+/// (2 s at most), calling `each` after every message.
+async fn take_in(ear: &mut Ear, mut each: impl FnMut(&Ear)) {
+    let mut prev = Instant::now();
+    // Timing out means messages kept coming for 2 s: what was taken in is
+    // enough for now, the rest is taken in next time.
+    let _ = ear
+        .pump_until(Duration::from_secs(2), |e| {
+            each(e);
+            let now = Instant::now();
+            let quiet = now.duration_since(prev) >= QUIET;
+            prev = now;
+            quiet.then_some(())
+        })
+        .await;
+}
+
+/// Takes in what every group but `skip` said since its mark and checks it
+/// against the group's agreement: a heartbeat naming another server or term,
+/// or any election event, is cross-talk, noted in the group's figures with
+/// `when`. Returns a summary of what was noted, `None` if nothing.
+async fn listen_to_others(
+    ears: &mut [Ear],
+    skip: usize,
+    agreed: &[(String, Term)],
+    marks: &mut [usize],
+    groups: &mut [GroupFigures],
+    when: &str,
+) -> Option<String> {
+    let mut noted = Vec::new();
+    for (i, ear) in ears.iter_mut().enumerate() {
+        if i == skip {
+            continue;
+        }
+        let (server, term) = &agreed[i];
+        let mut odd = std::collections::BTreeSet::new();
+        take_in(ear, |e| {
+            for (_, h) in e.latest.values() {
+                if h.term != *term {
+                    odd.insert(format!("{} in term {} (not {term})", h.device, h.term));
+                } else if h.role == Role::Server && h.device.as_str() != server.as_str() {
+                    odd.insert(format!("{} serving (not {server})", h.device));
+                }
+            }
+        })
+        .await;
+        for (_, e) in &ear.log[marks[i]..] {
+            if let Some(what) = disturbance(&e.kind, *term) {
+                odd.insert(format!("{} reported {what}", e.reporter));
+            }
+        }
+        marks[i] = ear.log.len();
+        if !odd.is_empty() {
+            let odd: Vec<String> = odd.into_iter().collect();
+            groups[i]
+                .cross_talk
+                .push(format!("{when}: {}", odd.join(", ")));
+            noted.push(format!("{} heard {}", groups[i].name, odd.len()));
+        }
+    }
+    (!noted.is_empty()).then(|| noted.join(", "))
+}
+
+/// Whether an election event heard in a group that agreed on `term` is
+/// cross-talk, and what it was: an election started, or a change to a newer
+/// term. A report about `term` or an older one is the group's own earlier
+/// change heard late (events travel through JetStream and may arrive after
+/// the heartbeats that show their effect); a real disturbance also starts
+/// an election.
+fn disturbance(kind: &ElectionEventKind, term: Term) -> Option<String> {
+    let newer = |t: &Term, what: String| (*t > term).then_some(what);
+    match kind {
+        ElectionEventKind::ElectionStarted { reason } => {
+            Some(format!("election_started ({reason:?})"))
+        }
+        ElectionEventKind::ServerElected {
+            device, term: t, ..
+        } => newer(t, format!("server_elected {device} term {t}")),
+        ElectionEventKind::ServerLost {
+            device, term: t, ..
+        } => newer(t, format!("server_lost {device} term {t}")),
+        ElectionEventKind::SteppedDown {
+            device, term: t, ..
+        } => newer(t, format!("stepped_down {device} term {t}")),
+        ElectionEventKind::HandedOver { from, to, term: t } => {
+            newer(t, format!("handed_over {from} -> {to} term {t}"))
+        }
+        ElectionEventKind::NoViableCandidate => Some("no_viable_candidate".to_string()),
+        ElectionEventKind::Unknown => Some("an event of an unknown type".to_string()),
+    }
+}
+
+/// After a failure: how many groups agree now, and what the others were
+/// heard saying (each group's buffered messages taken in first: a device
+/// counts as heard if any heartbeat of it was, however old).
+async fn agreeing(ears: &mut [Ear], names: &[GroupName], n: usize) -> String {
+    let mut not = Vec::new();
+    for (ear, name) in ears.iter_mut().zip(names) {
+        take_in(ear, |_| {}).await;
+        if ear.converged(n).is_none_or(|(s, _)| s != "dev-1") {
+            let servers: Vec<String> = ear
+                .latest
+                .values()
+                .filter(|(_, h)| h.role == Role::Server)
+                .map(|(_, h)| format!("{} term {}", h.device, h.term))
+                .collect();
+            let grace = ear.latest.values().filter(|(_, h)| h.in_grace).count();
+            not.push(format!(
+                "{name} (heard {}/{n}, {grace} in grace, serving [{}])",
+                ear.latest.len(),
+                servers.join(", ")
+            ));
+        }
+    }
+    format!(
+        "{}/{} group(s) agree on dev-1 now{}",
+        ears.len() - not.len(),
+        ears.len(),
+        if not.is_empty() {
+            String::new()
+        } else {
+            format!(", not: [{}]", not.join(", "))
+        }
+    )
 }
 
 /// The machine's load from the devices' start, for a failure's reason.
@@ -386,9 +719,9 @@ impl Load {
         }
     }
 
-    /// The cores nats-server and the devices (their current processes)
-    /// used on average since the start, and the load average.
-    fn since(&self, devices: &[Device]) -> String {
+    /// The cores nats-server and the devices (processes `pids`) used on
+    /// average since the start, and the load average.
+    fn since(&self, pids: &[u32]) -> String {
         let tick = rustix::param::clock_ticks_per_second() as f64;
         let secs = self.at.elapsed().as_secs_f64();
         let cores = |ticks: u64| ticks as f64 / tick / secs;
@@ -396,7 +729,6 @@ impl Load {
             (Some(b), Some(a)) => format!("{:.2}", cores(a.saturating_sub(b))),
             _ => "?".to_string(),
         };
-        let pids: Vec<u32> = devices.iter().map(Device::pid).collect();
         let devices: u64 = pids.iter().filter_map(|&p| cpu_ticks(p)).sum();
         let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         format!(
@@ -445,13 +777,13 @@ fn heard(ear: &Ear, devices: &mut [Device], n: usize) -> String {
     )
 }
 
-/// Warning and error lines in the size's device logs, and the most
-/// frequent warning, as one line.
-fn device_log_counts(dir: &Path, n: usize) -> String {
+/// Warning and error lines in the size's device logs (`n` devices in each
+/// folder of `dirs`), and the most frequent warning, as one line.
+fn device_log_counts(dirs: &[PathBuf], n: usize) -> String {
     let mut warn = 0usize;
     let mut error = 0usize;
     let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
-    for i in 1..=n {
+    for (dir, i) in dirs.iter().flat_map(|d| (1..=n).map(move |i| (d, i))) {
         let Ok(text) = std::fs::read_to_string(dir.join(format!("dev-{i}.log"))) else {
             continue;
         };
@@ -630,9 +962,10 @@ fn p50_p99_max(v: &[f64]) -> String {
 /// The curve as a Markdown table, one row per size.
 fn curve(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| devices | cold start ms (grace incl.) | failover p50 / p99 / max ms \
+        "| groups | devices per group | cold start ms (grace incl.) | failover p50 / p99 / max ms \
          | CPU s per device per s (mean / max) | RSS MiB (mean / max) | nats-server cores \
-         | msgs/s in / out | false failovers |\n|---|---|---|---|---|---|---|---|\n",
+         | msgs/s in / out | false failovers | cross-talk |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         match &r.outcome {
@@ -642,14 +975,16 @@ fn curve(rows: &[Row]) -> String {
                     .map_or("–".to_string(), |(i, o)| format!("{i:.0} / {o:.0}"));
                 let _ = writeln!(
                     t,
-                    "| {} | {:.0} | {} | {} | {} | {:.2} | {msgs} | {} |",
+                    "| {} | {} | {:.0} | {} | {} | {} | {:.2} | {msgs} | {} | {} |",
+                    r.groups,
                     r.devices,
                     ms(f.cold),
                     p50_p99_max(&f.failovers),
                     mean_max(&f.cpu, 4),
                     mean_max(&f.rss, 1),
                     f.nats_cores,
-                    f.false_failovers
+                    f.false_failovers,
+                    f.cross_talk()
                 );
             }
             Err(reason) => {
@@ -657,9 +992,33 @@ fn curve(rows: &[Row]) -> String {
                 // and in the CSV.
                 let first = reason.split("; ").next().unwrap_or_default();
                 let reason: String = first.replace('|', "/").chars().take(120).collect();
-                let _ = writeln!(t, "| {} | failed: {reason} | | | | | | |", r.devices);
+                let _ = writeln!(
+                    t,
+                    "| {} | {} | failed: {reason} | | | | | | | |",
+                    r.groups, r.devices
+                );
             }
         }
+    }
+    t
+}
+
+/// Each group's own figures as a Markdown table.
+fn group_table(f: &Figures) -> String {
+    let mut t = String::from(
+        "| group | failovers | failover p50 / p99 / max ms | false failovers | cross-talk |\n\
+         |---|---|---|---|---|\n",
+    );
+    for g in &f.groups {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} |",
+            g.name,
+            g.failovers.len(),
+            p50_p99_max(&g.failovers),
+            g.false_failovers,
+            g.cross_talk.len()
+        );
     }
     t
 }
@@ -667,9 +1026,9 @@ fn curve(rows: &[Row]) -> String {
 /// The curve as CSV, one row per size (empty fields where a size failed).
 fn csv(rows: &[Row]) -> String {
     let mut t = String::from(
-        "devices,status,spawn_ms,cold_start_ms,failover_p50_ms,failover_p99_ms,failover_max_ms,\
-         idle_s,cpu_s_per_s_mean,cpu_s_per_s_max,rss_mib_mean,rss_mib_max,nats_cores,\
-         msgs_in_per_s,msgs_out_per_s,false_failovers,reason\n",
+        "groups,devices,status,spawn_ms,cold_start_ms,failover_p50_ms,failover_p99_ms,\
+         failover_max_ms,idle_s,cpu_s_per_s_mean,cpu_s_per_s_max,rss_mib_mean,rss_mib_max,\
+         nats_cores,msgs_in_per_s,msgs_out_per_s,false_failovers,cross_talk,reason\n",
     );
     for r in rows {
         match &r.outcome {
@@ -693,7 +1052,8 @@ fn csv(rows: &[Row]) -> String {
                 });
                 let _ = writeln!(
                     t,
-                    "{},ok,{:.1},{:.1},{},{},{},{:.1},{},{},{},{},{:.4},{i},{o},{},",
+                    "{},{},ok,{:.1},{:.1},{},{},{},{:.1},{},{},{},{},{:.4},{i},{o},{},{},",
+                    r.groups,
                     r.devices,
                     ms(f.spawn),
                     ms(f.cold),
@@ -706,12 +1066,17 @@ fn csv(rows: &[Row]) -> String {
                     stat(&f.rss, false),
                     stat(&f.rss, true),
                     f.nats_cores,
-                    f.false_failovers
+                    f.false_failovers,
+                    f.cross_talk()
                 );
             }
             Err(reason) => {
                 let reason = reason.replace('"', "'");
-                let _ = writeln!(t, "{},failed,,,,,,,,,,,,,,,\"{reason}\"", r.devices);
+                let _ = writeln!(
+                    t,
+                    "{},{},failed,,,,,,,,,,,,,,,,\"{reason}\"",
+                    r.groups, r.devices
+                );
             }
         }
     }
@@ -784,7 +1149,34 @@ mod tests {
             nats_cores: 0.125,
             msgs: Some((250.0, 6250.0)),
             false_failovers: 0,
+            groups: vec![GroupFigures {
+                name: "scale".to_string(),
+                failovers: vec![300.0, 250.0, 260.0],
+                false_failovers: 0,
+                cross_talk: Vec::new(),
+            }],
         }
+    }
+
+    /// Two groups: the second heard electing during the first's failover.
+    fn two_groups() -> Figures {
+        let mut f = figures();
+        f.groups = vec![
+            GroupFigures {
+                name: "scale-01".to_string(),
+                failovers: vec![300.0, 250.0],
+                false_failovers: 0,
+                cross_talk: Vec::new(),
+            },
+            GroupFigures {
+                name: "scale-02".to_string(),
+                failovers: vec![260.0],
+                false_failovers: 1,
+                cross_talk: vec!["during round 1 (scale-01's failover): dev-2 serving".into()],
+            },
+        ];
+        f.false_failovers = 1;
+        f
     }
 
     #[test]
@@ -792,27 +1184,100 @@ mod tests {
         let rows = [
             Row {
                 devices: 5,
+                groups: 1,
                 outcome: Ok(figures()),
             },
             Row {
+                devices: 10,
+                groups: 2,
+                outcome: Ok(two_groups()),
+            },
+            Row {
                 devices: 200,
+                groups: 1,
                 outcome: Err("cold start: no | agreement; then: 3/200 heard".to_string()),
             },
         ];
         let t = curve(&rows);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 4, "{t}");
+        assert_eq!(lines.len(), 5, "{t}");
         assert_eq!(
             lines[2],
-            "| 5 | 2150 | 260 / 300 / 300 | 0.0200 / 0.0300 | 9.0 / 10.0 | 0.12 | 250 / 6250 | 0 |"
+            "| 1 | 5 | 2150 | 260 / 300 / 300 | 0.0200 / 0.0300 | 9.0 / 10.0 | 0.12 | 250 / 6250 \
+             | 0 | 0 |"
         );
+        assert!(lines[3].starts_with("| 2 | 10 | 2150 |"), "{}", lines[3]);
+        assert!(lines[3].ends_with("| 1 | 1 |"), "{}", lines[3]);
         assert_eq!(
-            lines[3],
-            "| 200 | failed: cold start: no / agreement | | | | | | |"
+            lines[4],
+            "| 1 | 200 | failed: cold start: no / agreement | | | | | | | |"
         );
         for l in &lines {
-            assert_eq!(l.matches('|').count(), 9, "{l}");
+            assert_eq!(l.matches('|').count(), 11, "{l}");
         }
+    }
+
+    #[test]
+    fn the_group_table_has_a_row_per_group() {
+        let t = group_table(&two_groups());
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        // The nearest rank: p50 of two samples is the higher.
+        assert_eq!(lines[2], "| scale-01 | 2 | 300 / 300 / 300 | 0 | 0 |");
+        assert_eq!(lines[3], "| scale-02 | 1 | 260 / 260 / 260 | 1 | 1 |");
+    }
+
+    #[test]
+    fn late_reports_of_a_groups_own_change_are_not_cross_talk() {
+        use understudy_protocol::messages::ElectionReason;
+        let term = Term::from_revision(5);
+        let lost = |t| ElectionEventKind::ServerLost {
+            device: "dev-1".parse().expect("valid"),
+            term: Term::from_revision(t),
+            silent_ms: None,
+        };
+        let handed = |t| ElectionEventKind::HandedOver {
+            from: "dev-2".parse().expect("valid"),
+            to: "dev-1".parse().expect("valid"),
+            term: Term::from_revision(t),
+        };
+        assert_eq!(disturbance(&lost(5), term), None);
+        assert_eq!(disturbance(&handed(4), term), None);
+        assert_eq!(
+            disturbance(&lost(6), term).as_deref(),
+            Some("server_lost dev-1 term 6")
+        );
+        assert!(disturbance(&handed(6), term).is_some());
+        let started = ElectionEventKind::ElectionStarted {
+            reason: ElectionReason::ServerLost,
+        };
+        assert!(disturbance(&started, term).is_some());
+        assert!(disturbance(&ElectionEventKind::NoViableCandidate, term).is_some());
+    }
+
+    #[test]
+    fn groups_are_named_with_two_digits_unless_alone() {
+        let names = |g| -> Vec<String> {
+            group_names(g)
+                .expect("valid names")
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(names(1), ["scale"]);
+        assert_eq!(names(3), ["scale-01", "scale-02", "scale-03"]);
+        let dirs = group_dirs(Path::new("/b/20x10"), &group_names(2).expect("valid"));
+        assert_eq!(
+            dirs,
+            [
+                Path::new("/b/20x10/scale-01"),
+                Path::new("/b/20x10/scale-02")
+            ]
+        );
+        assert_eq!(
+            group_dirs(Path::new("/b/10"), &group_names(1).expect("valid")),
+            [Path::new("/b/10")]
+        );
     }
 
     #[test]
@@ -823,14 +1288,17 @@ mod tests {
         let rows = [
             Row {
                 devices: 5,
+                groups: 1,
                 outcome: Ok(figures()),
             },
             Row {
                 devices: 25,
+                groups: 1,
                 outcome: Ok(no_msgs),
             },
             Row {
                 devices: 200,
+                groups: 20,
                 outcome: Err("timed \"out\"".to_string()),
             },
         ];
@@ -838,12 +1306,13 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4);
         let columns = lines[0].split(',').count();
-        assert_eq!(columns, 17);
+        assert_eq!(columns, 19);
         for l in &lines {
             assert_eq!(l.split(',').count(), columns, "{l}");
         }
-        assert!(lines[1].starts_with("5,ok,40.0,2150.0,260.0,300.0,300.0,60.0,0.02000,0.03000,"));
-        assert!(lines[3].starts_with("200,failed,"));
+        assert!(lines[1].starts_with("1,5,ok,40.0,2150.0,260.0,300.0,300.0,60.0,0.02000,0.03000,"));
+        assert!(lines[1].ends_with(",0,0,"), "{}", lines[1]);
+        assert!(lines[3].starts_with("20,200,failed,"));
         assert!(lines[3].ends_with("\"timed 'out'\""));
     }
 }
