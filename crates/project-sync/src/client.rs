@@ -7,6 +7,7 @@
 //! reply's term goes through a [`TermGuard`]: a reply from a term older than
 //! the newest seen is dropped as [`ClientError::StaleTerm`].
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -442,7 +443,7 @@ impl ProjectClient {
         if have.as_ref() == Some(&target) {
             return Ok(target);
         }
-        let mut writer = Writer::start(local.begin(&target)?);
+        let mut writer = Writer::start(local.begin(&target)?, partial_path(local, &target));
         let mut stream = self
             .rpc
             .fetch(pb::FetchRequest {
@@ -474,7 +475,7 @@ impl ProjectClient {
                         drop(incoming);
                         incoming = restart(local, &meta)?;
                     }
-                    writer = Writer::start(incoming);
+                    writer = Writer::start(incoming, partial_path(local, &meta));
                 }
                 started = true;
             }
@@ -568,6 +569,9 @@ impl ProjectClient {
 
 /// Writes (and hashes) a download on a blocking thread, so the next chunks
 /// arrive while the disk works; a few chunks are buffered between the two.
+/// Every [`Writer::FLUSH_STEP`] bytes a [`Flusher`] pushes what was written
+/// to the disk, so the writeback overlaps the network instead of waiting for
+/// the final fsync.
 struct Writer {
     tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
     task: tokio::task::JoinHandle<Result<Incoming, LocalError>>,
@@ -578,15 +582,26 @@ struct Writer {
 
 impl Writer {
     const BUFFERED_CHUNKS: usize = 8;
+    /// Bytes written between two flushes.
+    const FLUSH_STEP: u64 = 8 * 1024 * 1024;
 
-    fn start(mut incoming: Incoming) -> Writer {
+    /// Writes into `incoming`, whose file is `path` (for the [`Flusher`]).
+    fn start(mut incoming: Incoming, path: PathBuf) -> Writer {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(Self::BUFFERED_CHUNKS);
         let offset = incoming.offset();
         let meta = incoming.meta().clone();
         let task = tokio::task::spawn_blocking(move || {
+            let flusher = Flusher::start(&path);
+            let mut unflushed = 0;
             while let Some(data) = rx.blocking_recv() {
                 incoming.write(&data)?;
+                unflushed += data.len() as u64;
+                if unflushed >= Self::FLUSH_STEP {
+                    flusher.kick();
+                    unflushed = 0;
+                }
             }
+            drop(flusher);
             Ok(incoming)
         });
         Writer {
@@ -644,12 +659,84 @@ impl Writer {
     }
 }
 
+/// Flushes a download's written bytes to the disk (`fdatasync` on a second
+/// handle of the partial file, on a thread of its own) when kicked, so the
+/// writer goes on while the disk works. It only makes the bytes reach the
+/// disk sooner: the partial file stays partial, and [`Incoming::finish`]
+/// still verifies, fsyncs and then renames. A failed flush stops the
+/// flushing; the error is not lost, Linux reports a writeback error to every
+/// open handle of the file, so the final fsync sees it too.
+struct Flusher {
+    kick: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    /// A flusher of `path`, or one that does nothing if the file cannot be
+    /// opened again or no thread started (the final fsync does it all then).
+    fn start(path: &Path) -> Flusher {
+        let idle = Flusher {
+            kick: None,
+            thread: None,
+        };
+        let file = match std::fs::OpenOptions::new().write(true).open(path) {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "download not flushed while written");
+                return idle;
+            }
+        };
+        // One kick pending at most: a kick during a flush asks for one more.
+        let (kick, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let shown = path.display().to_string();
+        let thread = std::thread::Builder::new()
+            .name("download-flush".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    if let Err(e) = file.sync_data() {
+                        tracing::warn!(path = %shown, error = %e, "flushing a download failed");
+                        break;
+                    }
+                }
+            });
+        match thread {
+            Ok(thread) => Flusher {
+                kick: Some(kick),
+                thread: Some(thread),
+            },
+            Err(_) => idle,
+        }
+    }
+
+    /// Asks for a flush, unless one is already asked for.
+    fn kick(&self) {
+        if let Some(k) = &self.kick {
+            let _ = k.try_send(());
+        }
+    }
+}
+
+impl Drop for Flusher {
+    /// Stops the thread after the flush in progress, if any.
+    fn drop(&mut self) {
+        self.kick = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The file a download of `meta` into `local` is written to (named as
+/// `LocalCopy::begin` names it).
+fn partial_path(local: &LocalCopy, meta: &CopyMeta) -> PathBuf {
+    local
+        .dir()
+        .join(format!("partial-{}-{}", meta.revision, meta.sha256))
+}
+
 fn restart(local: &LocalCopy, meta: &CopyMeta) -> Result<Incoming, ClientError> {
     // Drop any partial of this revision and begin from byte 0.
-    let partial = local
-        .dir()
-        .join(format!("partial-{}-{}", meta.revision, meta.sha256));
-    let _ = std::fs::remove_file(partial);
+    let _ = std::fs::remove_file(partial_path(local, meta));
     Ok(local.begin(meta)?)
 }
 
