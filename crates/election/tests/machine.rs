@@ -632,18 +632,38 @@ fn a_loss_verdict_about_a_holder_never_heard_serving_still_ends_after_the_wait()
     let s = server_peer("srv", 50, 9, 5);
     let seen = ms(4000);
     m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), seen);
-    m.handle(lost(&as_client), seen + ms(2));
-    let early = run_until(&mut m, seen + ms(2), seen + UNHEARD_HOLDER_WAIT - ms(1));
+    let verdict = seen + ms(2);
+    m.handle(lost(&as_client), verdict);
+    let early = run_until(&mut m, verdict, verdict + UNHEARD_HOLDER_WAIT - ms(1));
     assert_eq!(claim(&early), None);
     let a = run_until(
         &mut m,
-        seen + UNHEARD_HOLDER_WAIT - ms(1),
-        seen + UNHEARD_HOLDER_WAIT,
+        verdict + UNHEARD_HOLDER_WAIT - ms(1),
+        verdict + UNHEARD_HOLDER_WAIT,
     );
     assert!(
         claim(&a).is_some(),
         "never heard serving, silent: gone after the wait"
     );
+}
+
+#[test]
+fn a_loss_verdict_about_a_holder_never_heard_serving_restarts_the_wait() {
+    // The lease naming it was seen just before this device was cut off for
+    // seconds; its first server beat never arrived. Back on the bus, the
+    // verdict on its client beats must not depose it at once (simulator
+    // seed 7975 of the soak, 2026-12-01).
+    let mut m = machine(100, 1, ElectionConfig::default());
+    let as_client = peer("srv", 50, 9);
+    m.handle(Event::PeerSeen(as_client.clone()), ms(1000));
+    let s = server_peer("srv", 50, 9, 5);
+    m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), ms(1200));
+    let back = ms(4800);
+    let a = m.handle(lost(&as_client), back);
+    assert_eq!(claim(&a), None, "the wait starts again from the verdict");
+    m.handle(Event::PeerSeen(s), back + ms(100));
+    let a = run_until(&mut m, back + ms(100), back + UNHEARD_HOLDER_WAIT + ms(500));
+    assert_eq!(claim(&a), None, "heard serving: it holds the lease");
 }
 
 #[test]

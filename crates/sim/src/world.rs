@@ -41,8 +41,13 @@ use crate::store::{Store, Write};
 pub const HEARTBEAT: Duration = Duration::from_millis(100);
 /// The heartbeat interval of every other device (the product default); a
 /// change of role, term, score, online state or grace is beaten at once, as
-/// the heartbeat service does.
-pub const CLIENT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// the heartbeat service does. At 1 s (`--client-heartbeat-interval 1s`) the
+/// 2,000 suite seeds pass, but the soak's seed 7975 (of 20,000) fails "no
+/// needless takeover": a device cut off for 3.6 s, while the server it never
+/// heard serving was elected, gets on its return that server's late beats
+/// and then its own loss verdict made on the client beats, and deposes it.
+/// Hence 1 s is not the default yet.
+pub const CLIENT_HEARTBEAT: Duration = HEARTBEAT;
 /// How long after the faults end the group must have converged (L2, P1):
 /// grace period + preempt delay + this slack.
 pub const CONVERGENCE_SLACK: Duration = Duration::from_secs(3);

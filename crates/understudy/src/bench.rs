@@ -450,7 +450,7 @@ async fn failover_run(
     };
     let scraper = metrics.then(|| tokio::spawn(scrape_every_second(endpoints.clone())));
     println!(
-        "understudy bench failover: {n} devices, loopback, single nats-server, defaults (heartbeat 100 ms, grace 2 s, lease 1.5 s), metrics {}, NATS {}",
+        "understudy bench failover: {n} devices, loopback, single nats-server, defaults (heartbeat 100 ms, grace 2 s, lease 1.5 s; UNDERSTUDY_* variables reach the devices), metrics {}, NATS {}",
         if metrics {
             "on (/metrics scraped every second)"
         } else {

@@ -81,6 +81,10 @@ pub struct ScaleArgs {
     /// nats-server (its nodes have no monitoring port: no msgs/s).
     #[arg(long)]
     cluster: bool,
+    /// The devices' `--client-heartbeat-interval` (e.g. 1s) [default: the
+    /// devices' own default].
+    #[arg(long)]
+    client_heartbeat_interval: Option<String>,
     /// Also write the curve's rows to this CSV file (rewritten after each size).
     #[arg(long)]
     csv: Option<PathBuf>,
@@ -194,7 +198,7 @@ pub async fn scale(a: ScaleArgs) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "understudy bench scale: sizes {sizes:?}{}, {} rounds{}, idle {:.0} s, {}, loopback, \
-         defaults (heartbeat 100 ms, grace 2 s, lease 1.5 s), {cores} cores; logs in {}",
+         defaults (heartbeat 100 ms, grace 2 s, lease 1.5 s; UNDERSTUDY_* variables reach the devices), {cores} cores; logs in {}",
         if a.groups > 1 {
             format!(" in each of {} groups on one bus", a.groups)
         } else {
@@ -315,7 +319,14 @@ async fn measure_size(
     for name in names {
         ears.push(Ear::listen(&client, name).await?);
     }
-    let extra: &[&str] = if a.cluster { &["--replicas", "3"] } else { &[] };
+    let mut extra: Vec<&str> = Vec::new();
+    if a.cluster {
+        extra.extend(["--replicas", "3"]);
+    }
+    if let Some(every) = &a.client_heartbeat_interval {
+        extra.extend(["--client-heartbeat-interval", every.as_str()]);
+    }
+    let extra = extra.as_slice();
 
     // Cold start: every process started in one loop, one group after the
     // other.

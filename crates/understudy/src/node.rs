@@ -54,7 +54,8 @@ pub struct NodeArgs {
     /// How often a device that is not the server publishes a heartbeat (a
     /// lost client is noticed after three missed; changes of role, term,
     /// score, online or grace go out at once); never faster than
-    /// --heartbeat-interval [default: 1s].
+    /// --heartbeat-interval. 1s cuts a large group's load several times but
+    /// is not the default yet (docs/BENCHMARKS.md, "Scale") [default: 100ms].
     #[arg(long, env = "UNDERSTUDY_CLIENT_HEARTBEAT_INTERVAL")]
     client_heartbeat_interval: Option<String>,
     /// Start-up grace before claiming the server [default: 2s].

@@ -171,7 +171,8 @@ struct HolderNews {
 /// not depose a server it simply has not heard yet. A holder heard acting as
 /// server that the detector then declares lost is gone at once (L1); a loss
 /// verdict about a holder never heard serving (it rests on the slow beats
-/// the holder sent as a client) does not shorten this wait.
+/// the holder sent as a client, and this device may just be back from a
+/// cut-off) starts this wait again from the verdict.
 pub const UNHEARD_HOLDER_WAIT: Duration = Duration::from_secs(1);
 
 /// Wait after a store call failed before claiming again.
@@ -280,7 +281,7 @@ impl Machine {
         match event {
             Event::Tick => {}
             Event::PeerSeen(p) => self.peer_seen(p),
-            Event::PeerLost { device, instance } => self.peer_lost(&device, instance),
+            Event::PeerLost { device, instance } => self.peer_lost(&device, instance, now),
             Event::LeaseObserved(obs) => self.observe_lease(obs, now),
             Event::StoreReply { op, outcome } => self.store_reply(op, outcome, now),
             Event::SetScore(s) => self.set_score(s, now),
@@ -476,13 +477,19 @@ impl Machine {
     /// names that very instance: the goodbye or silence of a process that
     /// has since restarted and won the lease again says nothing of the new
     /// one (it is waited for like any holder not yet heard).
-    fn peer_lost(&mut self, device: &DeviceId, instance: InstanceId) {
+    fn peer_lost(&mut self, device: &DeviceId, instance: InstanceId, now: Duration) {
         if let Some(news) = self.holder_news.as_mut()
             && &news.device == device
             && news.instance == instance
-            && news.heard_serving
         {
-            news.lost = true;
+            if news.heard_serving {
+                news.lost = true;
+            } else {
+                // The verdict rests on its client beats: this device may
+                // just be back from a cut-off. Wait for its server beats
+                // from now, as for a holder not heard yet.
+                news.since = news.since.max(now);
+            }
         }
         if self.peers.remove(device).is_some() {
             let was_holder = self
