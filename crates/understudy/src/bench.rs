@@ -672,3 +672,35 @@ async fn scrape_every_second(endpoints: Vec<String>) {
         }
     }
 }
+
+/// Makes sure the open-files soft limit is at least `need` (for `what`, as
+/// the messages say it), raising it up to the hard limit if needed; the
+/// processes this one starts inherit it.
+pub(crate) fn ensure_open_files(need: u64, what: &str) -> Result<()> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let Some(soft) = limit.current else {
+        return Ok(());
+    };
+    if soft >= need {
+        return Ok(());
+    }
+    if let Some(hard) = limit.maximum
+        && hard < need
+    {
+        bail!(
+            "{what} need about {need} open files, but the hard limit is {hard}: raise it \
+             (ulimit -Hn as root, or LimitNOFILE) and run again"
+        );
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(need),
+            maximum: limit.maximum,
+        },
+    )
+    .with_context(|| format!("cannot raise the open-files soft limit from {soft} to {need}"))?;
+    println!("raised the open-files soft limit from {soft} to {need} for {what}");
+    Ok(())
+}

@@ -44,7 +44,7 @@ use understudy_project_sync::pb;
 use understudy_project_sync::security::ClientSecurity;
 use understudy_protocol::GroupName;
 
-use crate::bench::{fresh_workspace, ms, quantile, summary};
+use crate::bench::{ensure_open_files, fresh_workspace, ms, quantile, summary};
 use crate::lab::spawn_device;
 use crate::project::connect_server_within;
 use crate::settings::ProjectAuthArgs;
@@ -119,7 +119,10 @@ pub async fn project(a: ProjectArgs) -> Result<()> {
     ensure!(a.watchers >= 1, "--watchers must be at least 1");
     ensure!(a.changes >= 1, "--changes must be at least 1");
     ensure!(a.size_mib >= 1, "--size-mib must be at least 1");
-    ensure_open_files(a.watchers.max(a.clients).max(a.wide_clients))?;
+    let n = a.watchers.max(a.clients).max(a.wide_clients);
+    // A socket per client here, and one per client in the server device,
+    // which inherits the limit; a file or two per download.
+    ensure_open_files(3 * n as u64 + 256, &format!("{n} clients"))?;
     let group: GroupName = "bench".parse()?;
     let (dir, exe, bin) = fresh_workspace(&a.dir, a.nats_server.as_deref())?;
     let nats = NatsServer::start_in(&bin, &dir, None).await?;
@@ -166,40 +169,6 @@ pub async fn project(a: ProjectArgs) -> Result<()> {
     if a.wide_clients > 0 {
         wide_distribution(on, &rev, data, a.wide_clients, &dir).await?;
     }
-    Ok(())
-}
-
-/// Makes sure the open-files limit is enough for `n` connections at once:
-/// this process holds a socket per client (and a file or two per download),
-/// the server device it starts inherits the limit and holds a socket per
-/// client too. Raises the soft limit up to the hard one if needed.
-fn ensure_open_files(n: usize) -> Result<()> {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let need = 3 * n as u64 + 256;
-    let limit = getrlimit(Resource::Nofile);
-    let Some(soft) = limit.current else {
-        return Ok(());
-    };
-    if soft >= need {
-        return Ok(());
-    }
-    if let Some(hard) = limit.maximum
-        && hard < need
-    {
-        bail!(
-            "{n} clients need about {need} open files, but the hard limit is {hard}: \
-             raise it (ulimit -Hn as root, or LimitNOFILE) and run again"
-        );
-    }
-    setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(need),
-            maximum: limit.maximum,
-        },
-    )
-    .with_context(|| format!("cannot raise the open-files soft limit from {soft} to {need}"))?;
-    println!("raised the open-files soft limit from {soft} to {need} for {n} clients");
     Ok(())
 }
 

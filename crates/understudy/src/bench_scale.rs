@@ -42,7 +42,9 @@ use understudy_protocol::messages::ElectionEventKind;
 use understudy_protocol::{GroupName, Role, Term};
 use understudy_testkit::{Device, NatsCluster, NatsServer};
 
-use crate::bench::{Ear, fail_server_once, fresh_workspace, ms, quantile, rss_mib, summary};
+use crate::bench::{
+    Ear, ensure_open_files, fail_server_once, fresh_workspace, ms, quantile, rss_mib, summary,
+};
 use crate::lab::{LabBus, scores, spawn_device, start_bus};
 use crate::settings::{connect, parse_duration};
 
@@ -193,7 +195,10 @@ pub async fn scale(a: ScaleArgs) -> Result<()> {
         bail!("--idle must be longer than 0");
     }
     let largest = sizes.iter().copied().max().unwrap_or(0);
-    ensure_open_files(largest * a.groups)?;
+    let n = largest * a.groups;
+    // nats-server, started by this process, inherits the limit and holds a
+    // connection per device.
+    ensure_open_files(4 * n as u64 + 256, &format!("{n} devices"))?;
     let (dir, exe, bin) = fresh_workspace(&a.dir, a.nats_server.as_deref())?;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
@@ -826,40 +831,6 @@ fn log_message(after_level: &str) -> String {
         .take_while(|w| !w.contains('='))
         .collect();
     words.join(" ").chars().take(100).collect()
-}
-
-/// Makes sure the open-files limit (which nats-server, started by this
-/// process, inherits: one connection per device) is enough for `n` devices,
-/// raising the soft limit up to the hard one if needed.
-fn ensure_open_files(n: usize) -> Result<()> {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let need = 4 * n as u64 + 256;
-    let limit = getrlimit(Resource::Nofile);
-    let Some(soft) = limit.current else {
-        return Ok(());
-    };
-    if soft >= need {
-        return Ok(());
-    }
-    if let Some(hard) = limit.maximum
-        && hard < need
-    {
-        bail!(
-            "{n} devices need about {need} open files (nats-server holds a connection per device \
-             and inherits this limit), but the hard limit is {hard}: raise it (ulimit -Hn as root, \
-             or LimitNOFILE) and run again"
-        );
-    }
-    setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(need),
-            maximum: limit.maximum,
-        },
-    )
-    .with_context(|| format!("cannot raise the open-files soft limit from {soft} to {need}"))?;
-    println!("raised the open-files soft limit from {soft} to {need} for {n} devices");
-    Ok(())
 }
 
 /// utime + stime of process `pid` in clock ticks, if it runs.
