@@ -657,7 +657,7 @@ impl Driver {
     async fn on_heartbeat(&mut self, hb: &Heartbeat) {
         let now = self.now();
         self.server_watch.beat(&hb.device, now);
-        if let Input::Feed(event) = self.input.heartbeat(hb) {
+        if let Input::Feed(event) = self.input.heartbeat(hb, unix_ms(SystemTime::now())) {
             self.feed(event).await;
         }
     }

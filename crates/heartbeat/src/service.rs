@@ -48,8 +48,8 @@ use crate::core::notice::peer_notice;
 /// otherwise (the server beats every [`HeartbeatConfig::interval`]): as
 /// fast as the server for now. A slower client cadence (1 s) cuts a large
 /// group's load several times (docs/BENCHMARKS.md, "Scale") but is not the
-/// default yet: the simulator's soak found a needless takeover with it
-/// (seed 7975 with `CLIENT_HEARTBEAT` at 1 s, see crates/sim).
+/// default yet: it waits for a 200,000-seed soak of the simulator with it
+/// (`CLIENT_HEARTBEAT` in crates/sim).
 pub const DEFAULT_CLIENT_INTERVAL: Duration = DEFAULT_INTERVAL;
 
 /// How often presence is announced unless configured otherwise.

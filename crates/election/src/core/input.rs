@@ -32,6 +32,13 @@
 //!   that really is gone still loses its place, because its lease expires
 //!   and the machine sees that through the lease watch; and a server that is
 //!   really gone stops beating, so a fresh `Lost` follows.
+//! - **Superseded verdicts.** A `Lost` notice made before this stage heard a
+//!   beat of that very instance (both times on this device's own wall
+//!   clock) is ignored: the peer beat after the silence the verdict
+//!   describes. Back from a cut-off, a device may hear the peers' fresh
+//!   beats before its own verdicts made while it was away (younger than the
+//!   liveness window when the peers beat slowly); the detector, hearing
+//!   the same beat, declares the peer live again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -68,6 +75,8 @@ pub enum Ignored {
         /// How old it was on arrival.
         age: Duration,
     },
+    /// A `Lost` verdict made before a beat of that instance was heard.
+    Superseded,
 }
 
 /// The newest heartbeat of one device.
@@ -75,6 +84,8 @@ pub enum Ignored {
 struct Latest {
     seq: u64,
     status: PeerStatus,
+    /// When it was heard, on this device's wall clock (Unix milliseconds).
+    heard_ms: u64,
 }
 
 /// Beat dedup, live gating and the stale-verdict filter of one device's
@@ -100,8 +111,9 @@ impl InputStage {
         }
     }
 
-    /// A heartbeat from the group's subject.
-    pub fn heartbeat(&mut self, hb: &Heartbeat) -> Input {
+    /// A heartbeat from the group's subject, arriving when this device's
+    /// wall clock reads `now_ms` (Unix milliseconds).
+    pub fn heartbeat(&mut self, hb: &Heartbeat, now_ms: u64) -> Input {
         if hb.device == self.me || hb.group != self.group {
             return Input::Ignored(Ignored::NotOurs);
         }
@@ -118,6 +130,7 @@ impl InputStage {
             Latest {
                 seq: hb.seq,
                 status: status.clone(),
+                heard_ms: now_ms,
             },
         );
         if self.live.get(&hb.device) == Some(&hb.instance) {
@@ -137,6 +150,7 @@ impl InputStage {
             PeerChangeKind::Joined | PeerChangeKind::Restarted => self.now_live(notice),
             PeerChangeKind::Lost => match stale_age(notice, now_ms) {
                 Some(age) => Input::Ignored(Ignored::Stale { age }),
+                None if self.heard_since(notice) => Input::Ignored(Ignored::Superseded),
                 None => self.gone(notice),
             },
             PeerChangeKind::Left => self.gone(notice),
@@ -146,6 +160,17 @@ impl InputStage {
     /// Whether the detector holds `device` live (as far as this stage heard).
     pub fn is_live(&self, device: &DeviceId) -> bool {
         self.live.contains_key(device)
+    }
+
+    /// Whether a beat of the instance `notice` is about was heard after the
+    /// notice was made (a notice without a timestamp: no).
+    fn heard_since(&self, notice: &PeerNotice) -> bool {
+        let Some(made) = notice.sent_at_ms else {
+            return false;
+        };
+        self.latest
+            .get(&notice.device)
+            .is_some_and(|l| l.status.instance == notice.instance && l.heard_ms > made)
     }
 
     fn now_live(&mut self, notice: &PeerNotice) -> Input {
@@ -254,25 +279,51 @@ mod tests {
         }
     }
 
+    /// When `with_live_peer`'s beat was heard: well before `NOW`.
+    const HEARD: u64 = NOW - 5_000;
+
     /// A stage where `p` (instance 1) is live and its beat 1 was heard.
     fn with_live_peer() -> InputStage {
         let mut s = stage();
-        s.heartbeat(&beat("p", 1, 1));
-        s.notice(&notice(PeerChangeKind::Joined, "p", 1, NOW), NOW);
+        s.heartbeat(&beat("p", 1, 1), HEARD);
+        s.notice(&notice(PeerChangeKind::Joined, "p", 1, HEARD), HEARD);
         s
+    }
+
+    #[test]
+    fn a_lost_verdict_made_before_a_beat_heard_since_is_ignored() {
+        // Back from a cut-off: the peer's fresh beat arrives before this
+        // device's own verdict made while away (seed 7975 of the soak).
+        let mut s = with_live_peer();
+        assert!(matches!(s.heartbeat(&beat("p", 1, 2), NOW), Input::Feed(_)));
+        assert_eq!(
+            s.notice(&notice(PeerChangeKind::Lost, "p", 1, NOW - 600), NOW + 5),
+            Input::Ignored(Ignored::Superseded)
+        );
+        assert!(s.is_live(&id("p")), "the peer stays live");
+        // A verdict made after the last beat heard counts.
+        let later = s.notice(&notice(PeerChangeKind::Lost, "p", 1, NOW + 300), NOW + 305);
+        assert_eq!(fed(later), lost_p());
+        // A beat of another instance does not supersede a verdict on this one.
+        let mut s = with_live_peer();
+        s.heartbeat(&beat("p", 2, 1), NOW);
+        assert_eq!(
+            fed(s.notice(&notice(PeerChangeKind::Lost, "p", 1, NOW - 600), NOW + 5)),
+            lost_p()
+        );
     }
 
     #[test]
     fn a_beat_reaches_the_machine_only_once_the_detector_declares_the_peer_live() {
         let mut s = stage();
         assert_eq!(
-            s.heartbeat(&beat("p", 1, 1)),
+            s.heartbeat(&beat("p", 1, 1), NOW),
             Input::Ignored(Ignored::NotLive)
         );
         let joined = s.notice(&notice(PeerChangeKind::Joined, "p", 1, NOW), NOW);
         assert!(matches!(fed(joined), Event::PeerSeen(st) if st.device == id("p")));
         assert!(matches!(
-            fed(s.heartbeat(&beat("p", 1, 2))),
+            fed(s.heartbeat(&beat("p", 1, 2), NOW)),
             Event::PeerSeen(_)
         ));
     }
@@ -285,7 +336,7 @@ mod tests {
             Input::Ignored(Ignored::NotLive)
         );
         assert!(matches!(
-            fed(s.heartbeat(&beat("p", 1, 1))),
+            fed(s.heartbeat(&beat("p", 1, 1), NOW)),
             Event::PeerSeen(_)
         ));
     }
@@ -294,15 +345,15 @@ mod tests {
     fn a_repeated_or_older_beat_is_dropped() {
         let mut s = with_live_peer();
         assert!(matches!(
-            fed(s.heartbeat(&beat("p", 1, 5))),
+            fed(s.heartbeat(&beat("p", 1, 5), NOW)),
             Event::PeerSeen(_)
         ));
         assert_eq!(
-            s.heartbeat(&beat("p", 1, 5)),
+            s.heartbeat(&beat("p", 1, 5), NOW),
             Input::Ignored(Ignored::Duplicate)
         );
         assert_eq!(
-            s.heartbeat(&beat("p", 1, 4)),
+            s.heartbeat(&beat("p", 1, 4), NOW),
             Input::Ignored(Ignored::Duplicate)
         );
     }
@@ -311,12 +362,12 @@ mod tests {
     fn own_beats_and_other_groups_are_not_ours() {
         let mut s = stage();
         assert_eq!(
-            s.heartbeat(&beat("me", 1, 1)),
+            s.heartbeat(&beat("me", 1, 1), NOW),
             Input::Ignored(Ignored::NotOurs)
         );
         let mut other = beat("p", 1, 1);
         other.group = "h".parse().expect("valid group");
-        assert_eq!(s.heartbeat(&other), Input::Ignored(Ignored::NotOurs));
+        assert_eq!(s.heartbeat(&other, NOW), Input::Ignored(Ignored::NotOurs));
         let mut theirs = notice(PeerChangeKind::Joined, "p", 1, NOW);
         theirs.observer = id("q");
         assert_eq!(s.notice(&theirs, NOW), Input::Ignored(Ignored::NotOurs));
@@ -329,7 +380,7 @@ mod tests {
         assert_eq!(fed(lost), lost_p());
         assert!(!s.is_live(&id("p")));
         assert_eq!(
-            s.heartbeat(&beat("p", 1, 2)),
+            s.heartbeat(&beat("p", 1, 2), NOW),
             Input::Ignored(Ignored::NotLive),
             "a late beat must not resurrect a lost peer"
         );
@@ -352,7 +403,7 @@ mod tests {
     #[test]
     fn a_verdict_about_a_replaced_instance_is_ignored() {
         let mut s = with_live_peer();
-        s.heartbeat(&beat("p", 2, 1));
+        s.heartbeat(&beat("p", 2, 1), NOW);
         let restarted = s.notice(&notice(PeerChangeKind::Restarted, "p", 2, NOW), NOW);
         assert!(matches!(fed(restarted), Event::PeerSeen(st) if st.instance == InstanceId::new(2)));
         assert_eq!(
@@ -360,7 +411,7 @@ mod tests {
             Input::Ignored(Ignored::NotTheLiveInstance)
         );
         assert_eq!(
-            s.heartbeat(&beat("p", 1, 9)),
+            s.heartbeat(&beat("p", 1, 9), NOW),
             Input::Ignored(Ignored::NotLive),
             "the old process's beats do not reach the machine"
         );
