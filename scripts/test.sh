@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-say() { printf '==> %s\n' "$*"; }
+# Each step says how long the run has taken so far (minutes:seconds), so a
+# CI log shows where the time goes.
+say() { printf '==> [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 if [ -x scripts/ensure-nats.sh ]; then
   # shellcheck disable=SC1091
@@ -42,3 +44,5 @@ UNDERSTUDY_TEST_SECURE=1 cargo test --workspace --locked \
 
 say "a short coverage-guided fuzz run of every decoder of network input (scripts/fuzz-smoke.sh)"
 ./scripts/fuzz-smoke.sh
+
+say "all checks passed"
