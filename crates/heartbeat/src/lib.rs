@@ -25,6 +25,8 @@ pub mod core;
 #[cfg(feature = "driver")]
 pub mod service;
 
-pub use crate::core::detector::{DEFAULT_INTERVAL, Detector, DetectorConfig, PeerBeat, PeerChange};
+pub use crate::core::detector::{
+    DEFAULT_CLIENT_INTERVAL, DEFAULT_INTERVAL, Detector, DetectorConfig, PeerBeat, PeerChange,
+};
 pub use crate::core::notice::peer_notice;
 pub use understudy_protocol::timing::{MAX_INTERVAL, MIN_INTERVAL};

@@ -44,13 +44,7 @@ use understudy_telemetry::HeartbeatMetrics;
 use crate::core::detector::{DEFAULT_INTERVAL, Detector, DetectorConfig, PeerBeat, PeerChange};
 use crate::core::notice::peer_notice;
 
-/// How often a device that is not the server beats unless configured
-/// otherwise (the server beats every [`HeartbeatConfig::interval`]): as
-/// fast as the server for now. A slower client cadence (1 s) cuts a large
-/// group's load several times (docs/BENCHMARKS.md, "Scale") but is not the
-/// default yet: it waits for a 200,000-seed soak of the simulator with it
-/// (`CLIENT_HEARTBEAT` in crates/sim).
-pub const DEFAULT_CLIENT_INTERVAL: Duration = DEFAULT_INTERVAL;
+pub use crate::core::detector::DEFAULT_CLIENT_INTERVAL;
 
 /// How often presence is announced unless configured otherwise.
 pub const DEFAULT_PRESENCE_INTERVAL: Duration = Duration::from_secs(1);

@@ -31,7 +31,7 @@ mod world;
 
 pub use project::Mutation;
 pub use schedule::{Fault, Plan};
-pub use world::{Failure, Report, run_mutated, run_plan, run_seed};
+pub use world::{Failure, Report, client_heartbeat, run_mutated, run_plan, run_seed};
 
 /// The largest clock-rate error the simulator gives a device, in parts per
 /// million (±2 %). The election's drift allowance (5 %) must cover it.

@@ -39,16 +39,35 @@ use crate::store::{Store, Write};
 
 /// The heartbeat interval of the server (the product default).
 pub const HEARTBEAT: Duration = Duration::from_millis(100);
-/// The heartbeat interval of every other device (the product default); a
+/// The heartbeat interval of every other device by default (the product's
+/// default, `understudy_heartbeat::DEFAULT_CLIENT_INTERVAL`); a
 /// change of role, term, score, online state or grace is beaten at once, as
 /// the heartbeat service does. At 1 s (`--client-heartbeat-interval 1s`) a
 /// 20,000-seed soak once failed "no needless takeover" (seed 7975: a device
-/// back from a 3.6 s cut-off heard the new server's fresh beats, then its
-/// own loss verdict made while away on that server's client beats, and
-/// deposed it); the input stage now ignores a verdict made before a beat it
-/// heard since, and seed 7975 passes at 1 s. 1 s becomes the default once a
-/// 200,000-seed soak at 1 s is green.
-pub const CLIENT_HEARTBEAT: Duration = HEARTBEAT;
+/// back from a cut-off heard the new server's fresh beats, then its own loss
+/// verdict made while away on that server's client beats, and deposed it);
+/// the input stage now ignores a verdict made before a beat it heard since.
+pub const CLIENT_HEARTBEAT: Duration = understudy_heartbeat::DEFAULT_CLIENT_INTERVAL;
+
+/// The client cadence this run simulates: [`CLIENT_HEARTBEAT`], or
+/// `UNDERSTUDY_SIM_CLIENT_HEARTBEAT_MS` when set (so a soak can prove another
+/// cadence without a rebuild: `UNDERSTUDY_SIM_CLIENT_HEARTBEAT_MS=1000`).
+/// Read once; an unparsable value is reported and the default kept.
+pub fn client_heartbeat() -> Duration {
+    static CADENCE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *CADENCE.get_or_init(|| match std::env::var("UNDERSTUDY_SIM_CLIENT_HEARTBEAT_MS") {
+        Err(_) => CLIENT_HEARTBEAT,
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(ms) if (10..=60_000).contains(&ms) => Duration::from_millis(ms),
+            _ => {
+                eprintln!(
+                    "UNDERSTUDY_SIM_CLIENT_HEARTBEAT_MS={v:?} is not 10..=60000 ms; simulating {CLIENT_HEARTBEAT:?}"
+                );
+                CLIENT_HEARTBEAT
+            }
+        },
+    })
+}
 /// How long after the faults end the group must have converged (L2, P1):
 /// grace period + preempt delay + this slack.
 pub const CONVERGENCE_SLACK: Duration = Duration::from_secs(3);
@@ -325,7 +344,7 @@ impl Proc {
         let cadence = if st.role == Role::Server && st.online {
             HEARTBEAT
         } else {
-            CLIENT_HEARTBEAT
+            client_heartbeat()
         };
         self.seq += 1;
         self.announced = Some(said);

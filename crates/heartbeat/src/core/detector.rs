@@ -41,6 +41,14 @@ use understudy_protocol::{DeviceId, InstanceId};
 /// How often a device beats unless configured otherwise.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How often a device that is not the server beats unless configured
+/// otherwise (the server beats every `HeartbeatConfig::interval`): as
+/// fast as the server for now. A slower client cadence (1 s) cuts a large
+/// group's load several times (docs/BENCHMARKS.md, "Scale") but is not the
+/// default yet: it waits for a 200,000-seed soak of the simulator with it
+/// (`CLIENT_HEARTBEAT` in crates/sim).
+pub const DEFAULT_CLIENT_INTERVAL: Duration = DEFAULT_INTERVAL;
+
 pub use understudy_protocol::timing::{MAX_INTERVAL, MIN_INTERVAL};
 
 /// How many replaced instances of one device are remembered, so that their

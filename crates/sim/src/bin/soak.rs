@@ -2,6 +2,8 @@
 //!
 //! Runs SEEDS seeds (default 200 000) from FIRST (default 0) on every core and
 //! prints the figures; exits non-zero with the first failure's replay line.
+//! `UNDERSTUDY_SIM_CLIENT_HEARTBEAT_MS` sets the clients' cadence (default:
+//! the product's).
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
-use understudy_sim::{Failure, run_seed};
+use understudy_sim::{Failure, client_heartbeat, run_seed};
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -72,7 +74,8 @@ fn main() -> ExitCode {
     let mut failures = failures.lock().map(|v| v.clone()).unwrap_or_default();
     failures.sort_by_key(|f| f.seed);
     println!(
-        "soak: {count} seeds from {first} in {secs:.1} s on {threads} threads ({:.0} seeds/s), {} steps, {} terms granted, {} stale verdicts ignored, {} project changes acknowledged",
+        "soak: {count} seeds from {first} with clients beating every {:?}, in {secs:.1} s on {threads} threads ({:.0} seeds/s), {} steps, {} terms granted, {} stale verdicts ignored, {} project changes acknowledged",
+        client_heartbeat(),
         count as f64 / secs,
         steps.load(Ordering::Relaxed),
         terms.load(Ordering::Relaxed),
