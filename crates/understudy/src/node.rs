@@ -412,12 +412,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         publish_interval: Duration::from_secs(1),
         election_instance,
     };
-    let (c1, c2, c3, c4) = (
-        client.clone(),
-        client.clone(),
-        client.clone(),
-        client.clone(),
-    );
+    let (c1, c2, c3) = (client.clone(), client.clone(), client.clone());
     if let Some(listener) = metrics_listener {
         let mut stop = others_rx.clone();
         tokio::spawn(understudy_telemetry::serve(listener, async move {
@@ -426,15 +421,28 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     }
     let others_rx2 = others_rx.clone();
     let others_rx3 = others_rx.clone();
-    let mut project_task = tokio::spawn(async move {
-        match project_listener {
-            Some(listener) => {
-                understudy_project_sync::service::run(c4, project_cfg, listener, others_rx3)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            None => idle(others_rx3).await,
-        }
+    // Project transfers (a server serving fifty fetches, a client receiving
+    // and hashing 64 MiB) run on a runtime and a NATS connection of their
+    // own: the lease's renewal, the heartbeats and discovery never queue
+    // behind them. On one shared runtime a server serving 50 fetches on two
+    // loaded cores missed its renewals and lost its lease 2–4 times per run
+    // (docs/BENCHMARKS.md, "Project distribution").
+    let project_runtime = ProjectRuntime::start()?;
+    let project_nats = n.nats.clone();
+    let project_name = format!("understudy-node-{}-project", n.device);
+    let mut project_task = project_runtime.spawn(async move {
+        let Some(listener) = project_listener else {
+            return idle(others_rx3).await;
+        };
+        // The control connection's refusals already stop the process; this
+        // one's show in project-sync's errors.
+        let own = match settings::connect(&project_nats, &project_name).await {
+            Ok((own, _refused)) => own,
+            Err(e) => return Err(format!("project-sync's NATS connection: {e:#}")),
+        };
+        understudy_project_sync::service::run(own, project_cfg, listener, others_rx3)
+            .await
+            .map_err(|e| e.to_string())
     });
     let mut election_task = tokio::spawn(async move {
         if svc.election {
@@ -509,6 +517,43 @@ fn report(name: &str, r: Stopped) {
         Ok(Err(e)) => warn!("{name} service panicked: {e}"),
         Err(_) => warn!("{name} service did not stop in 2 s"),
         Ok(Ok(Ok(()))) => {}
+    }
+}
+
+/// The runtime project transfers run on (two worker threads named
+/// `project-sync`), apart from the control services'; shut down without
+/// waiting when the device stops (its tasks were stopped before).
+struct ProjectRuntime(Option<tokio::runtime::Runtime>);
+
+impl ProjectRuntime {
+    fn start() -> Result<ProjectRuntime> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("project-sync")
+            .enable_all()
+            .build()
+            .context("cannot start the project-sync runtime")?;
+        Ok(ProjectRuntime(Some(rt)))
+    }
+
+    fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.0 {
+            Some(rt) => rt.spawn(f),
+            None => tokio::spawn(f),
+        }
+    }
+}
+
+impl Drop for ProjectRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another one's task would panic.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
