@@ -51,6 +51,9 @@ fn main() -> ExitCode {
                             acked.fetch_add(r.changes_acknowledged, Ordering::Relaxed);
                         }
                         Err(f) => {
+                            // Said at once: a long soak stopped early still
+                            // names what it found.
+                            eprintln!("soak: seed {} FAILED (replay: UNDERSTUDY_SEED={} cargo test -p understudy-sim --test simulation replay_one_seed)", f.seed, f.seed);
                             if let Ok(mut v) = failures.lock() {
                                 v.push(f);
                             }
