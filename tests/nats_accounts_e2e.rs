@@ -224,6 +224,7 @@ async fn an_observer_reads_the_group_but_cannot_change_it() {
     let t = Trigger {
         schema: messages::SCHEMA_VERSION,
         by: Some("observer".into()),
+        force: false,
     };
     observer
         .publish(trigger.clone(), messages::encode(&t).into())

@@ -109,6 +109,7 @@ fn seeds() -> Vec<Vec<u8>> {
         messages::encode(&Trigger {
             schema: SCHEMA_VERSION,
             by: Some("operator".into()),
+            force: false,
         }),
         messages::encode(&Leave {
             schema: SCHEMA_VERSION,
