@@ -661,7 +661,8 @@ async fn bad_settings_requests_get_clear_errors() {
 async fn a_hold_survives_a_restart_of_every_device_and_of_nats() {
     let (mut nats, obs, mut devs) = group_of(&[200, 100], &[]).await;
     let url = nats.url();
-    obs.wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
+    let (_, before) = obs
+        .wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
         .await
         .unwrap();
     hold_on(&url, &["--reason", "finale"]).await;
@@ -676,10 +677,16 @@ async fn a_hold_survives_a_restart_of_every_device_and_of_nats() {
     assert_eq!(status["held"], true, "{status}");
     assert_eq!(status["record"]["reason"], "finale", "{status}");
     assert_eq!(status["record"]["set_by"], "stage-manager", "{status}");
-    let (_, term) = obs
-        .wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
+    // The restarted devices elect anew (a newer term: the old server is
+    // gone), the best of them first.
+    let (server, term) = obs
+        .wait_for(
+            |v: &View| v.converged().filter(|(_, t)| *t > before),
+            FIRST_SERVER_WITHIN,
+        )
         .await
         .unwrap();
+    assert_eq!(server, "dev-1");
     // The restarted devices hold: a score change makes no re-election.
     set_score(&url, GROUP, "dev-2", 255).await;
     keeps_serving(&obs, "dev-1", term, "dev-2", secs(3)).await;

@@ -300,7 +300,10 @@ pub fn describe(e: &ElectionEvent) -> String {
             set_by,
         } => format!(
             "SHOW HOLD ON{}{}{}",
-            until_ms.map_or(String::new(), |u| format!(" until {u} (Unix ms)")),
+            until_ms.map_or(String::new(), |u| format!(
+                " until {}",
+                crate::hold::rfc3339(u)
+            )),
             reason
                 .as_deref()
                 .map_or(String::new(), |r| format!(", reason: {r}")),

@@ -254,7 +254,7 @@ pub fn describe(r: &HoldRecord, now_ms: u64) -> String {
 }
 
 /// Unix milliseconds as RFC 3339 (UTC, whole seconds).
-fn rfc3339(ms: u64) -> String {
+pub(crate) fn rfc3339(ms: u64) -> String {
     let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
     OffsetDateTime::from_unix_timestamp(secs)
         .ok()
