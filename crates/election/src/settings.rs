@@ -46,16 +46,17 @@ pub async fn open_settings_bucket(
     }
 }
 
-/// The hold as a KV entry gives it, with the entry's revision: `None` for
-/// a deleted key; an undecodable value is skipped (`Err`), with a warning.
-pub fn hold_entry(entry: &kv::Entry) -> Result<(u64, Option<HoldRecord>), ()> {
+/// The hold as a KV entry gives it, with the entry's revision (the record
+/// is `None` for a deleted key); `None` for an undecodable value, which is
+/// skipped with a warning.
+pub fn hold_entry(entry: &kv::Entry) -> Option<(u64, Option<HoldRecord>)> {
     match entry.operation {
-        kv::Operation::Delete | kv::Operation::Purge => Ok((entry.revision, None)),
+        kv::Operation::Delete | kv::Operation::Purge => Some((entry.revision, None)),
         kv::Operation::Put => match messages::decode::<HoldRecord>(&entry.value) {
-            Ok(rec) => Ok((entry.revision, Some(rec))),
+            Ok(rec) => Some((entry.revision, Some(rec))),
             Err(e) => {
                 warn!(revision = entry.revision, "ignoring a hold entry: {e}");
-                Err(())
+                None
             }
         },
     }
@@ -65,7 +66,7 @@ pub fn hold_entry(entry: &kv::Entry) -> Result<(u64, Option<HoldRecord>), ()> {
 pub async fn read_hold(store: &kv::Store) -> Result<Option<(u64, Option<HoldRecord>)>, String> {
     match store.entry(subjects::HOLD_KEY).await {
         Ok(None) => Ok(None),
-        Ok(Some(entry)) => Ok(hold_entry(&entry).ok()),
+        Ok(Some(entry)) => Ok(hold_entry(&entry)),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -92,7 +93,7 @@ pub async fn next_hold(w: &mut Option<kv::Watch>) -> Option<(u64, Option<HoldRec
                 return None;
             }
             Some(Ok(entry)) => {
-                if let Ok(obs) = hold_entry(&entry) {
+                if let Some(obs) = hold_entry(&entry) {
                     return Some(obs);
                 }
             }
