@@ -697,3 +697,33 @@ async fn a_hold_survives_a_restart_of_every_device_and_of_nats() {
     );
     obs.check_one_server().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_with_an_end_lapses_by_itself_and_the_best_device_takes_over() {
+    let nats = start_nats().await;
+    let obs = Observer::start(&nats.url(), GROUP).await;
+    let url = nats.url();
+    let urls = vec![url.clone()];
+    let _low = spawn(&urls, "dev-2", 2, 100, &[]);
+    let (_, term) = obs
+        .wait_converged_on("dev-2", FIRST_SERVER_WITHIN)
+        .await
+        .unwrap();
+    let out = hold_on(&url, &["--until", "6s"]).await;
+    assert!(out.contains("(in 6s)") || out.contains("(in 5s)"), "{out}");
+    let _high = spawn(&urls, "dev-1", 1, 200, &[]);
+    obs.wait_for(|v: &View| v.is_live("dev-1"), secs(5))
+        .await
+        .unwrap();
+    // Held: past its grace, dev-1 stays a client…
+    keeps_serving(&obs, "dev-2", term, "dev-1", secs(3)).await;
+    // … until the hold lapses, with no operator action.
+    obs.wait_converged_on("dev-1", secs(6)).await.unwrap();
+    let status = hold_status(&url).await;
+    assert_eq!(status["held"], false, "{status}");
+    assert_eq!(
+        status["record"]["held"], true,
+        "the record says it lapsed: {status}"
+    );
+    obs.check_one_server().unwrap();
+}
