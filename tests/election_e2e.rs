@@ -10,10 +10,11 @@ mod harness;
 use std::time::Duration;
 
 use harness::*;
+use understudy_protocol::hold::{SettingsErrorCode, SettingsReply};
 use understudy_protocol::messages::{
     self, ControlErrorCode, ControlReply, ElectionEventKind, ElectionReason, StepDownReason,
 };
-use understudy_protocol::{Problem, Role, StatusColour, subjects};
+use understudy_protocol::{Problem, Role, StatusColour, Term, subjects};
 
 const GROUP: &str = "stage";
 /// Grace (2 s) plus generous room for a loaded 2-core CI machine.
@@ -434,5 +435,295 @@ async fn a_device_can_run_its_services_as_separate_processes() {
         .await
         .unwrap();
     assert_eq!(next, "dev-2");
+    obs.check_one_server().unwrap();
+}
+
+// ---- Show hold (`understudy hold`): no preemption while the show runs ----
+
+/// `understudy hold on --group stage …` as an operator runs it; returns
+/// what it printed.
+async fn hold_on(url: &str, extra: &[&str]) -> String {
+    let mut args = vec!["hold", "on", "--group", GROUP, "--by", "stage-manager"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--nats", url]);
+    let out = run_cli_ok(&args).await;
+    assert!(out.contains("HELD"), "{out}");
+    out
+}
+
+/// `understudy hold status --json`, read back.
+async fn hold_status(url: &str) -> serde_json::Value {
+    let out = run_cli_ok(&["hold", "status", "--group", GROUP, "--json", "--nats", url]).await;
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("hold status --json: {e}: {out}"))
+}
+
+/// Fails unless `server` serves in the same `term` on every heartbeat the
+/// observer hears for the whole `window`, with `also` live and past its
+/// grace by the end (so it could have preempted, had the group not been
+/// held).
+async fn keeps_serving(obs: &Observer, server: &str, term: Term, also: &str, window: Duration) {
+    let until = tokio::time::Instant::now() + window;
+    while tokio::time::Instant::now() < until {
+        let v = obs.view();
+        assert_eq!(
+            v.servers(),
+            vec![(server.to_string(), term)],
+            "the server changed while the group was held: {}",
+            v.summary()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let v = obs.view();
+    let other = v
+        .device(also)
+        .unwrap_or_else(|| panic!("{also} is not live"));
+    assert!(
+        !other.in_grace && other.role == Role::Client,
+        "{also} should be a client past its grace: {}",
+        v.summary()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_show_hold_stops_preemption_but_not_failover() {
+    let (nats, obs, mut devs) = group_of(&[200, 150, 100], &[]).await;
+    let url = nats.url();
+    obs.wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
+        .await
+        .unwrap();
+    let out = hold_on(&url, &["--until", "2h", "--reason", "act 1"]).await;
+    assert!(
+        out.contains("reason: act 1") && out.contains("stage-manager"),
+        "{out}"
+    );
+    wait_event(&obs, "hold_changed on", |k| {
+        matches!(k, ElectionEventKind::HoldChanged { held: true, reason: Some(r), set_by: Some(b), until_ms: Some(_) }
+            if r == "act 1" && b == "stage-manager")
+    })
+    .await;
+    let status = hold_status(&url).await;
+    assert_eq!(status["held"], true, "{status}");
+    assert_eq!(status["record"]["reason"], "act 1", "{status}");
+
+    // (b) Losing the server while held still fails over at once, to the
+    // best remaining device.
+    devs[0].kill9();
+    let (next, term) = obs
+        .wait_for(
+            |v: &View| v.server().filter(|(d, _)| d != "dev-1"),
+            FAILOVER_WITHIN,
+        )
+        .await
+        .unwrap();
+    assert_eq!(next, "dev-2", "the best remaining device takes over");
+    obs.wait_for(View::converged, FAILOVER_WITHIN)
+        .await
+        .unwrap();
+
+    // (a) The better device comes back: while held it stays a client.
+    devs[0].restart().unwrap();
+    obs.wait_for(|v: &View| v.is_live("dev-1"), secs(5))
+        .await
+        .unwrap();
+    keeps_serving(&obs, "dev-2", term, "dev-1", secs(5)).await;
+
+    // (e) An operator trigger is refused while held, without --force.
+    let out = run_cli(&["election", "trigger", "--group", GROUP, "--nats", &url]).await;
+    assert!(!out.status.success(), "a trigger while held was accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("held: use --force"), "{err}");
+    keeps_serving(&obs, "dev-2", term, "dev-1", secs(1)).await;
+
+    // (c) Lifting the hold lets the best device take over.
+    let out = run_cli_ok(&["hold", "off", "--group", GROUP, "--nats", &url]).await;
+    assert!(out.contains("not held (lifted by"), "{out}");
+    obs.wait_converged_on("dev-1", FAILOVER_WITHIN)
+        .await
+        .unwrap();
+    wait_event(&obs, "hold_changed off", |k| {
+        matches!(k, ElectionEventKind::HoldChanged { held: false, .. })
+    })
+    .await;
+    assert_eq!(hold_status(&url).await["held"], false);
+    obs.check_one_server().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_trigger_elects_the_best_device_despite_the_hold() {
+    let nats = start_nats().await;
+    let obs = Observer::start(&nats.url(), GROUP).await;
+    let url = nats.url();
+    let urls = vec![url.clone()];
+    let _low = spawn(&urls, "dev-2", 2, 100, &[]);
+    let (_, term) = obs
+        .wait_converged_on("dev-2", FIRST_SERVER_WITHIN)
+        .await
+        .unwrap();
+    hold_on(&url, &[]).await;
+    let _high = spawn(&urls, "dev-1", 1, 200, &[]);
+    obs.wait_for(|v: &View| v.is_live("dev-1"), secs(5))
+        .await
+        .unwrap();
+    keeps_serving(&obs, "dev-2", term, "dev-1", secs(4)).await;
+    let out = run_cli(&["election", "trigger", "--group", GROUP, "--nats", &url]).await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("held: use --force"));
+    let out = run_cli_ok(&[
+        "election", "trigger", "--group", GROUP, "--force", "--nats", &url,
+    ])
+    .await;
+    assert!(out.contains("election triggered"), "{out}");
+    obs.wait_converged_on("dev-1", FAILOVER_WITHIN)
+        .await
+        .unwrap();
+    assert_eq!(
+        hold_status(&url).await["held"],
+        true,
+        "a trigger leaves the hold on"
+    );
+    obs.check_one_server().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_settings_requests_get_clear_errors() {
+    let (nats, obs, _devs) = group_of(&[200, 100], &[]).await;
+    let url = nats.url();
+    obs.wait_for(View::converged, FIRST_SERVER_WITHIN)
+        .await
+        .unwrap();
+    let long = "x".repeat(201);
+    for (args, needle) in [
+        (vec!["--until", "2020-01-01T00:00:00Z"], "until_in_past"),
+        (vec!["--until", "tomorrow"], "neither an RFC 3339 time"),
+        (vec!["--until", "90d"], "until_too_far"),
+        (vec!["--reason", long.as_str()], "reason_too_long"),
+    ] {
+        let mut all = vec!["hold", "on", "--group", GROUP, "--nats", &url];
+        all.extend_from_slice(&args);
+        let out = run_cli(&all).await;
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    for (group, needle) in [
+        ("bad.group", "group name"),
+        ("nobody", "no device of group nobody is running"),
+    ] {
+        let out = run_cli(&["hold", "on", "--group", group, "--nats", &url]).await;
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{group}: {err}");
+    }
+    // Straight on the bus: each refusal carries a code and words.
+    let client = connect(&url).await.unwrap();
+    let subject = subjects::settings(&GROUP.parse().unwrap());
+    for (body, code) in [
+        (&b"{not json"[..], SettingsErrorCode::InvalidRequest),
+        (
+            br#"{"schema":1,"op":"dance"}"#,
+            SettingsErrorCode::InvalidRequest,
+        ),
+        (
+            br#"{"schema":9,"op":"set_hold","held":true}"#,
+            SettingsErrorCode::UnsupportedSchema,
+        ),
+        (
+            br#"{"schema":1,"op":"set_hold"}"#,
+            SettingsErrorCode::InvalidRequest,
+        ),
+        (
+            br#"{"schema":1,"op":"set_hold","held":true,"until_ms":1000}"#,
+            SettingsErrorCode::UntilInPast,
+        ),
+        (
+            br#"{"schema":1,"op":"set_hold","held":false,"until_ms":99999999999999}"#,
+            SettingsErrorCode::InvalidRequest,
+        ),
+    ] {
+        let reply = client
+            .request(subject.clone(), body.to_vec().into())
+            .await
+            .unwrap();
+        let reply: SettingsReply = messages::decode(&reply.payload).unwrap();
+        assert!(!reply.ok, "{reply:?}");
+        assert_eq!(reply.code, Some(code), "{reply:?}");
+        assert!(
+            reply.error.as_deref().is_some_and(|e| !e.is_empty()),
+            "{reply:?}"
+        );
+    }
+    // Nothing was held, nothing changed.
+    assert_eq!(hold_status(&url).await["record"], serde_json::Value::Null);
+    let (server, _) = obs.wait_for(View::converged, secs(2)).await.unwrap();
+    assert_eq!(server, "dev-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_survives_a_restart_of_every_device_and_of_nats() {
+    let (mut nats, obs, mut devs) = group_of(&[200, 100], &[]).await;
+    let url = nats.url();
+    let (_, before) = obs
+        .wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
+        .await
+        .unwrap();
+    hold_on(&url, &["--reason", "finale"]).await;
+    for d in &mut devs {
+        d.kill9();
+    }
+    nats.restart().await.unwrap();
+    for d in &mut devs {
+        d.restart().unwrap();
+    }
+    let status = hold_status(&url).await;
+    assert_eq!(status["held"], true, "{status}");
+    assert_eq!(status["record"]["reason"], "finale", "{status}");
+    assert_eq!(status["record"]["set_by"], "stage-manager", "{status}");
+    // The restarted devices elect anew (a newer term: the old server is
+    // gone), the best of them first.
+    let (server, term) = obs
+        .wait_for(
+            |v: &View| v.converged().filter(|(_, t)| *t > before),
+            FIRST_SERVER_WITHIN,
+        )
+        .await
+        .unwrap();
+    assert_eq!(server, "dev-1");
+    // The restarted devices hold: a score change makes no re-election.
+    set_score(&url, GROUP, "dev-2", 255).await;
+    keeps_serving(&obs, "dev-1", term, "dev-2", secs(3)).await;
+    let out = run_cli_ok(&["status", "--group", GROUP, "--nats", &url]).await;
+    assert!(
+        out.contains("hold: group stage: HELD until lifted, reason: finale; set by stage-manager"),
+        "{out}"
+    );
+    obs.check_one_server().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_with_an_end_lapses_by_itself_and_the_best_device_takes_over() {
+    let nats = start_nats().await;
+    let obs = Observer::start(&nats.url(), GROUP).await;
+    let url = nats.url();
+    let urls = vec![url.clone()];
+    let _low = spawn(&urls, "dev-2", 2, 100, &[]);
+    let (_, term) = obs
+        .wait_converged_on("dev-2", FIRST_SERVER_WITHIN)
+        .await
+        .unwrap();
+    let out = hold_on(&url, &["--until", "6s"]).await;
+    assert!(out.contains("(in 6s)") || out.contains("(in 5s)"), "{out}");
+    let _high = spawn(&urls, "dev-1", 1, 200, &[]);
+    obs.wait_for(|v: &View| v.is_live("dev-1"), secs(5))
+        .await
+        .unwrap();
+    // Held: past its grace, dev-1 stays a client…
+    keeps_serving(&obs, "dev-2", term, "dev-1", secs(3)).await;
+    // … until the hold lapses, with no operator action.
+    obs.wait_converged_on("dev-1", secs(6)).await.unwrap();
+    let status = hold_status(&url).await;
+    assert_eq!(status["held"], false, "{status}");
+    assert_eq!(
+        status["record"]["held"], true,
+        "the record says it lapsed: {status}"
+    );
     obs.check_one_server().unwrap();
 }

@@ -224,6 +224,7 @@ async fn an_observer_reads_the_group_but_cannot_change_it() {
     let t = Trigger {
         schema: messages::SCHEMA_VERSION,
         by: Some("observer".into()),
+        force: false,
     };
     observer
         .publish(trigger.clone(), messages::encode(&t).into())
@@ -251,7 +252,16 @@ async fn an_observer_reads_the_group_but_cannot_change_it() {
         "dev-2's score is unchanged"
     );
 
-    // It cannot write the lease or the head, nor purge a bucket.
+    // It cannot put the group on a show hold.
+    let settings = subjects::settings(&group());
+    let hold = br#"{"schema":1,"op":"set_hold","held":true,"set_by":"observer"}"#;
+    let answer = observer
+        .request(settings.clone(), hold.to_vec().into())
+        .await;
+    assert!(answer.is_err(), "no device answers a refused hold");
+    refused(&mut errors, &settings).await;
+
+    // It cannot write the lease, the head or the hold, nor purge a bucket.
     let forged = format!(
         "{{\"schema\":1,\"group\":\"{GROUP}\",\"holder\":null,\"term\":{},\"handover_to\":null}}",
         serving.term.get() + 1
@@ -259,6 +269,11 @@ async fn an_observer_reads_the_group_but_cannot_change_it() {
     for subject in [
         format!("$KV.{lease_bucket}.{}", subjects::LEASE_KEY),
         format!("$KV.{head_bucket}.{}", subjects::PROJECT_HEAD_KEY),
+        format!(
+            "$KV.{}.{}",
+            subjects::settings_bucket(&group()),
+            subjects::HOLD_KEY
+        ),
         format!("$JS.API.STREAM.PURGE.KV_{lease_bucket}"),
         format!("$JS.API.STREAM.DELETE.KV_{head_bucket}"),
     ] {

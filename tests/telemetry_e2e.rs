@@ -236,6 +236,26 @@ async fn metrics_follow_a_failover_on_every_device_and_the_gateway() {
     assert_eq!(s3.value("understudy_nats_connected", &[]), Some(1.0));
     obs.check_one_server().unwrap();
 
+    // A show hold shows on every device (and lifted, goes).
+    assert_eq!(s2.device("understudy_group_held", "dev-2"), Some(0.0));
+    let url = nats.url();
+    for (on, want) in [("on", 1.0), ("off", 0.0)] {
+        run_cli_ok(&["hold", on, "--group", GROUP, "--nats", &url]).await;
+        wait_until("every survivor to report the hold", secs(5), || async {
+            for (i, id) in [(1, "dev-2"), (2, "dev-3")] {
+                let held = Scrape::of(addr(i))
+                    .await?
+                    .device("understudy_group_held", id);
+                if held != Some(want) {
+                    bail!("{id}: understudy_group_held is {held:?}, not {want} after hold {on}");
+                }
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+
     // The gateway counts what it answers.
     let reply = http::get(gateway.http(), "/api/v1/groups").await.unwrap();
     assert_eq!(reply.status, 200);

@@ -6,8 +6,8 @@
 //!
 //! | role | may |
 //! |------|-----|
-//! | **device** of group *g* | everything under `understudy.<g>.` (beats, goodbyes, events, its services' local subjects, control of its own group), network-wide presence; JetStream for *g*'s lease and project buckets and the events stream; read every group's heartbeats and goodbyes (the network-wide counts, B10); reply to requests it receives |
-//! | **gateway** (and operators' CLI) | ask any group's devices (control, roster), trigger elections, announce its sessions' presence; read heartbeats, goodbyes, events and presence; read (never write) the lease and project buckets |
+//! | **device** of group *g* | everything under `understudy.<g>.` (beats, goodbyes, events, its services' local subjects, control and settings of its own group), network-wide presence; JetStream for *g*'s lease, settings and project buckets and the events stream; read every group's heartbeats and goodbyes (the network-wide counts, B10); reply to requests it receives |
+//! | **gateway** (and operators' CLI) | ask any group's devices (control, roster, settings such as the show hold), trigger elections, announce its sessions' presence; read heartbeats, goodbyes, events and presence; read (never write) the lease, settings and project buckets (a hold is written by a device of the group, asked on `understudy.<g>.settings`) |
 //! | **observer** | read heartbeats, goodbyes, events and presence, ask for a roster; read the buckets; nothing else — no control, no trigger, no `$KV` write |
 //!
 //! So a device of one group cannot publish on another group's subjects nor
@@ -129,6 +129,7 @@ pub fn permissions(role: &Role) -> Permissions {
                 "understudy.*.control.*".to_string(),
                 "understudy.*.trigger".to_string(),
                 "understudy.*.roster".to_string(),
+                subjects::ALL_SETTINGS.to_string(),
                 subjects::PRESENCE_ALL.to_string(),
             ];
             publish.extend(read_everything());
@@ -152,12 +153,14 @@ pub fn permissions(role: &Role) -> Permissions {
 
 fn device(group: &GroupName) -> Permissions {
     let lease = format!("KV_{}", subjects::lease_bucket(group));
+    let settings = format!("KV_{}", subjects::settings_bucket(group));
     let head = format!("KV_{}", subjects::project_bucket(group));
     let content = format!("OBJ_{}", subjects::project_bucket(group));
     let mut publish = vec![
         format!("understudy.{group}.>"),
         subjects::PRESENCE_ALL.to_string(),
         format!("$KV.{}.>", subjects::lease_bucket(group)),
+        format!("$KV.{}.>", subjects::settings_bucket(group)),
         format!("$KV.{}.>", subjects::project_bucket(group)),
         format!("$O.{}.>", subjects::project_bucket(group)),
         // Pruning old revisions purges their chunks.
@@ -165,7 +168,7 @@ fn device(group: &GroupName) -> Permissions {
         format!("$JS.API.STREAM.CREATE.{}", subjects::EVENTS_STREAM),
     ];
     publish.extend(common_reads());
-    for stream in [&lease, &head, &content] {
+    for stream in [&lease, &settings, &head, &content] {
         publish.extend(own_stream(stream));
     }
     let mut subscribe = common_subscriptions();
@@ -315,6 +318,9 @@ mod tests {
             "understudy.stage.local.dev-1.election",
             "understudy.presence.00000000000000a1",
             "$KV.understudy-lease-stage.lease",
+            "$KV.understudy-settings-stage.hold",
+            "$JS.API.STREAM.CREATE.KV_understudy-settings-stage",
+            "understudy.stage.settings",
             "$KV.understudy-project-stage.head",
             "$O.understudy-project-stage.C.abc",
             "$JS.API.STREAM.INFO.KV_understudy-lease-stage",
@@ -327,6 +333,8 @@ mod tests {
             "understudy.foyer.trigger",
             "understudy.foyer.control.dev-1",
             "$KV.understudy-lease-foyer.lease",
+            "$KV.understudy-settings-foyer.hold",
+            "understudy.foyer.settings",
             "$KV.understudy-project-foyer.head",
             "$O.understudy-project-foyer.C.abc",
             "$JS.API.STREAM.INFO.KV_understudy-lease-foyer",
@@ -345,6 +353,7 @@ mod tests {
         let observer = permissions(&Role::Observer);
         for write in [
             "understudy.stage.trigger",
+            "understudy.stage.settings",
             "understudy.stage.control.dev-1",
             "understudy.stage.heartbeat.dev-1",
             "understudy.stage.events.election",
@@ -369,6 +378,8 @@ mod tests {
         let gateway = permissions(&Role::Gateway);
         assert!(gateway.may_publish("understudy.stage.control.dev-1"));
         assert!(gateway.may_publish("understudy.stage.trigger"));
+        assert!(gateway.may_publish("understudy.stage.settings"));
+        assert!(!gateway.may_publish("$KV.understudy-settings-stage.hold"));
         assert!(!gateway.may_publish("understudy.stage.heartbeat.dev-1"));
         assert!(!gateway.may_publish("$KV.understudy-lease-stage.lease"));
         assert!(!gateway.may_publish("$JS.API.STREAM.CREATE.KV_understudy-lease-stage"));

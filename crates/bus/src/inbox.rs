@@ -55,6 +55,20 @@ impl Subscription {
             Err(source) => Err(SubscribeError { subject, source }),
         }
     }
+
+    /// Subscribes to `subject` in the NATS queue group `queue`: each message
+    /// goes to one member of the group only.
+    pub async fn queue_subscribe(
+        client: &Client,
+        subject: impl Into<String>,
+        queue: impl Into<String>,
+    ) -> Result<Self, SubscribeError> {
+        let subject = subject.into();
+        match client.queue_subscribe(subject.clone(), queue.into()).await {
+            Ok(sub) => Ok(Self::from_stream(subject, sub)),
+            Err(source) => Err(SubscribeError { subject, source }),
+        }
+    }
 }
 
 impl<S: Stream<Item = Message> + Unpin> Subscription<S> {
@@ -171,6 +185,7 @@ mod tests {
         Trigger {
             schema: understudy_protocol::SCHEMA_VERSION,
             by: Some(by.to_owned()),
+            force: false,
         }
     }
 

@@ -164,6 +164,7 @@ impl BusApi {
         let t = Trigger {
             schema: SCHEMA_VERSION,
             by: Some(by.to_owned()),
+            force: false,
         };
         self.client
             .publish(subjects::trigger(group), messages::encode(&t).into())

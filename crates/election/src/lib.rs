@@ -13,6 +13,8 @@
 pub mod core;
 #[cfg(feature = "driver")]
 pub mod service;
+#[cfg(feature = "driver")]
+pub mod settings;
 
 pub use crate::core::{
     Action, Candidate, ElectionConfig, Event, Expect, Ignored, Input, InputStage, Machine,

@@ -6,6 +6,12 @@
 //! [`Event`]s, and the machine's [`Action`]s into JetStream KV
 //! compare-and-set calls (`create` for [`Expect::Absent`], `update` on a
 //! revision otherwise) and bus publishes. Every rule lives in the core.
+//!
+//! It also keeps the group's show hold ([`crate::settings`]): it watches
+//! (and re-reads) the `hold` key and tells the machine whether the group is
+//! held, at once on a change and again when a hold lapses by itself; one
+//! election service of the group (a NATS queue group) answers the operators'
+//! settings requests, stores the hold and publishes `hold_changed`.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
@@ -16,11 +22,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use understudy_bus::{
-    Inbox, SubscribeError, Subscription, connected, flush, publish, stopped, ticker, unix_ms,
+    Inbox, Request, SubscribeError, Subscription, connected, flush, publish, stopped, ticker,
+    unix_ms,
+};
+use understudy_protocol::hold::{
+    HoldChange, HoldRecord, SettingsErrorCode, SettingsOp, SettingsReply, SettingsRequest,
 };
 use understudy_protocol::messages::{
     self, ControlOp, ControlReply, ControlRequest, ElectionEvent, ElectionEventKind, ElectionState,
-    Heartbeat, LeaseRecord, PeerChangeKind, PeerNotice, Trigger,
+    Heartbeat, LeaseRecord, PeerChangeKind, PeerNotice, Trigger, TriggerReply,
 };
 use understudy_protocol::{DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, Score, subjects};
 use understudy_telemetry::{ElectionMetrics, ServerWatch};
@@ -28,6 +38,7 @@ use understudy_telemetry::{ElectionMetrics, ServerWatch};
 use crate::core::{
     Action, ElectionConfig, Event, Expect, Ignored, Input, InputStage, Machine, OpId, StoreOutcome,
 };
+use crate::settings::{next_hold, open_settings_bucket, read_hold, write_hold};
 
 /// What the election service needs to run for one device.
 #[derive(Debug, Clone)]
@@ -131,6 +142,11 @@ struct Driver {
     /// The trace span of the election under way, from its first news
     /// (the server lost, or a claim) to its end, and when it began.
     election_span: Option<(tracing::Span, Duration)>,
+    /// The group's settings bucket, once open.
+    settings: Option<kv::Store>,
+    /// The show hold as last stored, with its KV revision (`None`: never
+    /// set, or not read yet).
+    hold: Option<(u64, Option<HoldRecord>)>,
 }
 
 /// Everything the loop waits on besides the shutdown signal.
@@ -141,8 +157,13 @@ struct Sources {
     notices: Inbox<PeerNotice>,
     /// Operator requests; raw, so an unreadable one still gets an answer.
     control: Subscription,
-    /// Operator-triggered elections.
+    /// Operator-triggered elections (answered when asked as requests).
     triggers: Inbox<Trigger>,
+    /// Operators' settings requests (the show hold), shared with the
+    /// group's other election services: one answers each.
+    settings: Subscription,
+    /// The watch of the show hold, when open.
+    hold_watch: Option<kv::Watch>,
     /// Replies of store calls running in the background.
     replies: mpsc::Receiver<(OpId, StoreOutcome)>,
     /// The lease watch, when open.
@@ -171,6 +192,13 @@ impl Sources {
             notices: Inbox::subscribe(client, subjects::local_peers(group, device)).await?,
             control: Subscription::subscribe(client, subjects::control(group, device)).await?,
             triggers: Inbox::subscribe(client, subjects::trigger(group)).await?,
+            settings: Subscription::queue_subscribe(
+                client,
+                subjects::settings(group),
+                subjects::SETTINGS_QUEUE,
+            )
+            .await?,
+            hold_watch: None,
             replies,
             watch: None,
             resync: ticker(Duration::from_secs(1)),
@@ -381,6 +409,8 @@ impl Driver {
             election_span: None,
             events: Some(events_tx),
             events_task: Some(events_task),
+            settings: None,
+            hold: None,
         }
     }
 
@@ -430,6 +460,129 @@ impl Driver {
         if inbox.watch.is_none() {
             self.open_watch(inbox).await;
         }
+        if self.settings.is_none() {
+            self.open_settings(js, &mut inbox.warned).await;
+        }
+        if inbox.hold_watch.is_none() {
+            self.open_hold_watch(inbox).await;
+        }
+    }
+
+    /// Opens the settings bucket and reads the hold at once: a device that
+    /// starts while the group is held knows it long before its grace ends.
+    async fn open_settings(
+        &mut self,
+        js: &jetstream::Context,
+        warned: &mut BTreeSet<&'static str>,
+    ) {
+        let (group, replicas) = (&self.cfg.group, self.cfg.replicas);
+        let open = tokio::time::timeout(
+            self.store_timeout * 2,
+            open_settings_bucket(js, group, replicas),
+        )
+        .await
+        .unwrap_or_else(|_| Err("JetStream did not answer".to_string()));
+        match open {
+            Ok(store) => {
+                info!(bucket = %subjects::settings_bucket(group), "settings bucket open");
+                self.settings = Some(store);
+                self.reread_hold().await;
+            }
+            Err(e) => {
+                if warned.insert("settings") {
+                    warn!("{e}; retrying");
+                }
+            }
+        }
+    }
+
+    /// Opens the watch of the hold, once the settings bucket is open.
+    async fn open_hold_watch(&self, inbox: &mut Sources) {
+        let Some(store) = &self.settings else { return };
+        let watch = tokio::time::timeout(
+            self.store_timeout * 2,
+            store.watch_with_history(subjects::HOLD_KEY),
+        )
+        .await
+        .unwrap_or_else(|_| Err(kv::WatchError::new(kv::WatchErrorKind::TimedOut)));
+        match watch {
+            Ok(w) => inbox.hold_watch = Some(w),
+            Err(e) => {
+                if inbox.warned.insert("hold watch") {
+                    warn!("cannot watch the show hold: {e}; retrying");
+                }
+            }
+        }
+    }
+
+    /// Reads the hold from the bucket and applies it; `false` if the store
+    /// did not answer.
+    async fn reread_hold(&mut self) -> bool {
+        let Some(store) = self.settings.clone() else {
+            return false;
+        };
+        match tokio::time::timeout(self.store_timeout, read_hold(&store)).await {
+            Ok(Ok(Some(obs))) => {
+                self.observe_hold(obs).await;
+                true
+            }
+            Ok(Ok(None)) => {
+                self.apply_hold().await;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A value of the hold seen in the bucket (watched, read or written):
+    /// kept unless an older revision than the one already known (a read
+    /// may lag a write on a cluster).
+    async fn observe_hold(&mut self, (revision, record): (u64, Option<HoldRecord>)) {
+        if self
+            .hold
+            .as_ref()
+            .is_some_and(|(known, _)| *known > revision)
+        {
+            return;
+        }
+        self.hold = Some((revision, record));
+        self.apply_hold().await;
+    }
+
+    /// Whether the group is held now, by the wall clock.
+    fn held_now(&self) -> bool {
+        let now = unix_ms(SystemTime::now());
+        self.hold
+            .as_ref()
+            .and_then(|(_, r)| r.as_ref())
+            .is_some_and(|r| r.in_effect(now))
+    }
+
+    /// When the hold in effect lapses by itself, on the loop's clock.
+    fn hold_lapses_at(&self) -> Option<Instant> {
+        let now = unix_ms(SystemTime::now());
+        let rec = self.hold.as_ref().and_then(|(_, r)| r.as_ref())?;
+        rec.lapses_in_ms(now)
+            .map(|ms| Instant::now() + Duration::from_millis(ms))
+    }
+
+    /// Tells the machine whether the group is held, when that changed (a
+    /// new value, or a hold that lapsed by itself).
+    async fn apply_hold(&mut self) {
+        let held = self.held_now();
+        if held == self.machine.held() {
+            return;
+        }
+        let rec = self.hold.as_ref().and_then(|(_, r)| r.clone());
+        match (&rec, held) {
+            (Some(r), true) => info!(
+                until_ms = ?r.until_ms, reason = ?r.reason, set_by = ?r.set_by,
+                "the group is held: no preemption until the hold is lifted"
+            ),
+            (Some(r), false) if r.held => info!("the show hold lapsed"),
+            _ => info!("the show hold is lifted"),
+        }
+        self.feed(Event::SetHold(held)).await;
     }
 
     /// Opens the watch of the lease entry, once the store is open.
@@ -459,21 +612,32 @@ impl Driver {
         js: &jetstream::Context,
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
-        let deadline = self
+        let mut deadline = self
             .machine
             .next_deadline()
             .map(|t| self.start + t)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-        let missing = self.store.is_none() || inbox.watch.is_none();
+        if let Some(lapse) = self.hold_lapses_at() {
+            deadline = deadline.min(lapse);
+        }
+        let missing = self.store.is_none()
+            || inbox.watch.is_none()
+            || self.settings.is_none()
+            || inbox.hold_watch.is_none();
         tokio::select! {
             () = stopped(shutdown) => return false,
             hb = inbox.heartbeats.next() => self.on_heartbeat(&hb).await,
             notice = inbox.notices.next() => self.on_notice(&notice).await,
             msg = inbox.control.next() => self.on_control(msg).await,
-            _trigger = inbox.triggers.next() => {
-                info!("operator triggered an election");
-                self.feed(Event::TriggerElection { force: false }).await;
-            }
+            req = inbox.triggers.next_request() => self.on_trigger(req).await,
+            msg = inbox.settings.next() => self.on_settings(msg, js).await,
+            obs = next_hold(&mut inbox.hold_watch) => match obs {
+                Some(obs) => self.observe_hold(obs).await,
+                None => {
+                    debug!("hold watch ended; reopening");
+                    inbox.hold_watch = None;
+                }
+            },
             Some((op, outcome)) = inbox.replies.recv() => {
                 self.feed(Event::StoreReply { op, outcome }).await;
             }
@@ -484,11 +648,21 @@ impl Driver {
                     inbox.watch = None;
                 }
             },
-            _ = tokio::time::sleep_until(deadline) => self.feed(Event::Tick).await,
-            _ = inbox.resync.tick() => self.resync(&mut inbox.watch).await,
+            _ = tokio::time::sleep_until(deadline) => {
+                self.apply_hold().await;
+                self.feed(Event::Tick).await;
+            }
+            _ = inbox.resync.tick() => {
+                // The hold only when the store answered for the lease: a
+                // store that does not answer holds the loop up once, not twice.
+                if self.resync(&mut inbox.watch).await && !self.reread_hold().await {
+                    inbox.hold_watch = None;
+                }
+            }
             _ = inbox.state_tick.tick() => {
                 // Let the machine see the time first (a pause may have ended
-                // its lease), then say what it is.
+                // its lease, a hold may have lapsed), then say what it is.
+                self.apply_hold().await;
                 self.feed(Event::Tick).await;
                 self.publish_state(true).await;
             }
@@ -498,14 +672,20 @@ impl Driver {
     }
 
     /// Reads the lease; if the store does not answer, drops the watch so it
-    /// is rebuilt when the bus is back.
-    async fn resync(&mut self, watch: &mut Option<kv::Watch>) {
+    /// is rebuilt when the bus is back (and returns `false`).
+    async fn resync(&mut self, watch: &mut Option<kv::Watch>) -> bool {
         let Some(store) = self.store.clone() else {
-            return;
+            return false;
         };
         match tokio::time::timeout(self.store_timeout, read_lease(&store)).await {
-            Ok(Ok(obs)) => self.feed(Event::LeaseObserved(obs)).await,
-            _ => *watch = None,
+            Ok(Ok(obs)) => {
+                self.feed(Event::LeaseObserved(obs)).await;
+                true
+            }
+            _ => {
+                *watch = None;
+                false
+            }
         }
     }
 
@@ -565,6 +745,7 @@ impl Driver {
             .is_some_and(|(d, _)| *d == self.cfg.device);
         m.is_server.set(i64::from(serving));
         m.group_has_server.set(i64::from(st.server.is_some()));
+        m.group_held.set(i64::from(self.machine.held()));
         let term = st
             .server
             .as_ref()
@@ -691,6 +872,91 @@ impl Driver {
             }
             Input::Ignored(why) => debug!(peer = %notice.device, ?why, "peer notice ignored"),
         }
+    }
+
+    /// An operator's trigger: the machine decides (a trigger without
+    /// `force` is ignored while the group is held); a trigger asked as a
+    /// request is answered with what this device did.
+    async fn on_trigger(&mut self, req: Request<Trigger>) {
+        let Trigger { force, by, .. } = req.message;
+        let held = self.machine.held();
+        let acted = !held || force;
+        if acted {
+            info!(force, by = ?by, "operator triggered an election");
+        } else {
+            info!(by = ?by, "election trigger ignored: the group is held (use force)");
+        }
+        self.feed(Event::TriggerElection { force }).await;
+        if let Some(to) = req.reply {
+            let reply = TriggerReply {
+                schema: SCHEMA_VERSION,
+                device: self.cfg.device.clone(),
+                acted,
+                held,
+            };
+            publish(&self.client, to.to_string(), &reply).await;
+        }
+    }
+
+    /// An operator's settings request (this device answers it for the
+    /// group): validated, stored, evented, answered.
+    async fn on_settings(&mut self, msg: async_nats::Message, js: &jetstream::Context) {
+        let reply = match messages::decode::<SettingsRequest>(&msg.payload) {
+            Err(e) => {
+                info!("unreadable settings request refused: {e}");
+                SettingsReply::unreadable(&e)
+            }
+            Ok(req) => match req.op {
+                SettingsOp::SetHold(change) => self.set_hold(&change, js).await,
+            },
+        };
+        if let Some(to) = msg.reply {
+            publish(&self.client, to.to_string(), &reply).await;
+        }
+    }
+
+    async fn set_hold(&mut self, change: &HoldChange, js: &jetstream::Context) -> SettingsReply {
+        let record = match change.validate(&self.cfg.group, unix_ms(SystemTime::now())) {
+            Ok(r) => r,
+            Err(e) => {
+                info!("show hold change refused: {e}");
+                return SettingsReply::refused(e.code(), e.to_string());
+            }
+        };
+        if self.settings.is_none() {
+            let mut warned = BTreeSet::new();
+            self.open_settings(js, &mut warned).await;
+        }
+        let Some(store) = self.settings.clone() else {
+            return SettingsReply::refused(
+                SettingsErrorCode::StoreUnavailable,
+                format!(
+                    "cannot open the settings bucket {} (is JetStream up?)",
+                    subjects::settings_bucket(&self.cfg.group)
+                ),
+            );
+        };
+        let written = tokio::time::timeout(self.store_timeout * 2, write_hold(&store, &record))
+            .await
+            .unwrap_or_else(|_| Err("JetStream did not answer in time".to_string()));
+        let revision = match written {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("{e}");
+                return SettingsReply::refused(SettingsErrorCode::StoreUnavailable, e);
+            }
+        };
+        info!(held = record.held, until_ms = ?record.until_ms, reason = ?record.reason,
+            set_by = ?record.set_by, "show hold stored");
+        self.act(vec![Action::Publish(ElectionEventKind::HoldChanged {
+            held: record.held,
+            until_ms: record.until_ms,
+            reason: record.reason.clone(),
+            set_by: record.set_by.clone(),
+        })])
+        .await;
+        self.observe_hold((revision, Some(record.clone()))).await;
+        SettingsReply::ok(record)
     }
 
     async fn on_control(&mut self, msg: async_nats::Message) {

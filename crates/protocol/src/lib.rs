@@ -11,6 +11,7 @@
 
 mod error;
 pub mod grpc;
+pub mod hold;
 mod ids;
 mod mac;
 pub mod messages;

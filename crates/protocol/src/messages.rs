@@ -292,6 +292,21 @@ pub enum ElectionEventKind {
     },
     /// Every online score is 0: no election runs (B7).
     NoViableCandidate,
+    /// An operator put the group's show hold on or lifted it (see
+    /// [`crate::hold`]); the reporter is the device that stored it.
+    HoldChanged {
+        /// Whether the group is now held.
+        held: bool,
+        /// When the hold lapses by itself, Unix milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until_ms: Option<u64>,
+        /// Why, in the operator's words.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// Who set it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        set_by: Option<String>,
+    },
     /// An event type this build does not know.
     #[serde(other)]
     Unknown,
@@ -688,10 +703,34 @@ pub struct Trigger {
     /// Who asked, in words (for the log).
     #[serde(default)]
     pub by: Option<String>,
+    /// Whether the operator insists past a show hold (`--force`); a trigger
+    /// while the group is held is ignored without it. Absent means false.
+    #[serde(default)]
+    pub force: bool,
 }
 
 impl BusMessage for Trigger {
     const KIND: &'static str = "trigger";
+}
+
+/// A device's answer to a [`Trigger`] sent as a request (each device of the
+/// group answers; a requester takes the first answer). A trigger published
+/// without a reply subject gets none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerReply {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// The answering device.
+    pub device: DeviceId,
+    /// Whether the device acted on the trigger (held an election).
+    pub acted: bool,
+    /// Whether the group is under a show hold, as the device knows it: a
+    /// trigger without `force` is not acted on then.
+    pub held: bool,
+}
+
+impl BusMessage for TriggerReply {
+    const KIND: &'static str = "trigger reply";
 }
 
 /// One committed project revision, as remembered in [`ProjectHead::recent`]

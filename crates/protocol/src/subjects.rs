@@ -104,6 +104,30 @@ pub fn trigger(group: &GroupName) -> String {
     format!("understudy.{group}.trigger")
 }
 
+/// `understudy.<group>.settings`: an operator's request to change a group
+/// setting (the show hold), request/reply. One election service of the
+/// group answers: they subscribe in the queue group [`SETTINGS_QUEUE`].
+pub fn settings(group: &GroupName) -> String {
+    format!("understudy.{group}.settings")
+}
+
+/// `understudy.*.settings`: every group's settings requests (what an
+/// operator or the gateway may publish on).
+pub const ALL_SETTINGS: &str = "understudy.*.settings";
+
+/// The NATS queue group the election services of a group answer
+/// [`settings`] requests in, so exactly one answers each.
+pub const SETTINGS_QUEUE: &str = "understudy-settings";
+
+/// The JetStream KV bucket that holds a group's operator settings (the show
+/// hold under [`HOLD_KEY`]).
+pub fn settings_bucket(group: &GroupName) -> String {
+    format!("understudy-settings-{group}")
+}
+
+/// The key of the show hold in a group's settings bucket.
+pub const HOLD_KEY: &str = "hold";
+
 /// `understudy.<group>.local.<device>.election`: the election service's state,
 /// for the other services of the same device.
 pub fn local_election(group: &GroupName, device: &DeviceId) -> String {
@@ -163,6 +187,9 @@ mod tests {
         assert_eq!(heartbeat(&g, &d), "understudy.main-stage.heartbeat.desk_1");
         assert_eq!(election_events(&g), "understudy.main-stage.events.election");
         assert_eq!(lease_bucket(&g), "understudy-lease-main-stage");
+        assert_eq!(settings(&g), "understudy.main-stage.settings");
+        assert!(matches(ALL_SETTINGS, &settings(&g)));
+        assert_eq!(settings_bucket(&g), "understudy-settings-main-stage");
         assert_eq!(
             presence(InstanceId::new(255)),
             "understudy.presence.00000000000000ff"

@@ -1,7 +1,8 @@
 //! Network input never panics a decoder (a bounded property run in every
 //! `cargo test`): every bus message a device or the gateway reads from the
 //! network — heartbeat, peer notice, control request, lease record,
-//! election event, trigger, goodbye, presence, project head — is decoded
+//! election event, trigger, goodbye, presence, project head, settings
+//! request and reply, hold record, trigger reply — is decoded
 //! from arbitrary bytes, from valid messages with bytes flipped, cut or
 //! inserted, and from valid JSON with a field replaced by any JSON value.
 //! Decoding must return a value or a typed error, and a value that decodes
@@ -15,9 +16,11 @@ mod json;
 use json::any_json;
 use proptest::prelude::*;
 use serde_json::Value;
+use understudy_protocol::hold::{HoldRecord, SettingsReply, SettingsRequest};
 use understudy_protocol::messages::{
     self, BusMessage, ControlOp, ControlRequest, ElectionEvent, ElectionEventKind, ElectionReason,
     Heartbeat, LeaseHolder, LeaseRecord, Leave, PeerChangeKind, PeerNotice, ProjectHead, Trigger,
+    TriggerReply,
 };
 use understudy_protocol::{InstanceId, Mac, Role, SCHEMA_VERSION, Score, StatusColour, Term};
 
@@ -40,6 +43,10 @@ fn all_survive(bytes: &[u8]) {
     survives::<Trigger>(bytes);
     survives::<Leave>(bytes);
     survives::<ProjectHead>(bytes);
+    survives::<SettingsRequest>(bytes);
+    survives::<SettingsReply>(bytes);
+    survives::<HoldRecord>(bytes);
+    survives::<TriggerReply>(bytes);
 }
 
 /// One valid example of each, encoded: the seeds the mutations start from.
@@ -109,6 +116,7 @@ fn seeds() -> Vec<Vec<u8>> {
         messages::encode(&Trigger {
             schema: SCHEMA_VERSION,
             by: Some("operator".into()),
+            force: false,
         }),
         messages::encode(&Leave {
             schema: SCHEMA_VERSION,
@@ -118,6 +126,11 @@ fn seeds() -> Vec<Vec<u8>> {
             reason: "shutdown".into(),
         }),
         br#"{"schema":1,"group":"stage","term":3,"current":null,"recent":[]}"#.to_vec(),
+        br#"{"schema":1,"op":"set_hold","held":true,"until_ms":1764097200000,"reason":"act 2","set_by":"ops"}"#.to_vec(),
+        br#"{"schema":1,"ok":true,"hold":{"schema":1,"group":"stage","held":true,"reason":"act 2","since_ms":1764090000000}}"#.to_vec(),
+        br#"{"schema":1,"ok":false,"code":"until_in_past","error":"until is not in the future"}"#.to_vec(),
+        br#"{"schema":1,"device":"desk-1","acted":false,"held":true}"#.to_vec(),
+        br#"{"schema":1,"group":"stage","reporter":"desk-1","at_ms":1,"type":"hold_changed","held":true,"reason":"act 2"}"#.to_vec(),
     ]
 }
 

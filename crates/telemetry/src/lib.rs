@@ -100,6 +100,7 @@ pub struct Metrics {
     // election
     is_server: Family<DeviceLabels, Gauge>,
     group_has_server: Family<DeviceLabels, Gauge>,
+    group_held: Family<DeviceLabels, Gauge>,
     term: Family<DeviceLabels, Gauge>,
     score: Family<DeviceLabels, Gauge>,
     online: Family<DeviceLabels, Gauge>,
@@ -166,6 +167,12 @@ impl Metrics {
                 r,
                 "understudy_group_has_server",
                 "1 while this device knows a live server of its group, else 0",
+                Family::default()
+            ),
+            group_held: register!(
+                r,
+                "understudy_group_held",
+                "1 while this device's group is under a show hold (no preemption), else 0",
                 Family::default()
             ),
             term: register!(
@@ -347,6 +354,7 @@ impl Metrics {
         ElectionMetrics {
             is_server: one(&self.is_server, &l),
             group_has_server: one(&self.group_has_server, &l),
+            group_held: one(&self.group_held, &l),
             term: one(&self.term, &l),
             score: one(&self.score, &l),
             online: one(&self.online, &l),
@@ -472,6 +480,8 @@ pub struct ElectionMetrics {
     pub is_server: Gauge,
     /// `understudy_group_has_server`.
     pub group_has_server: Gauge,
+    /// `understudy_group_held`.
+    pub group_held: Gauge,
     /// `understudy_term`.
     pub term: Gauge,
     /// `understudy_score`.

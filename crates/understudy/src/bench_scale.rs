@@ -680,6 +680,7 @@ fn disturbance(kind: &ElectionEventKind, term: Term) -> Option<String> {
             newer(t, format!("handed_over {from} -> {to} term {t}"))
         }
         ElectionEventKind::NoViableCandidate => Some("no_viable_candidate".to_string()),
+        ElectionEventKind::HoldChanged { held, .. } => Some(format!("hold_changed held {held}")),
         ElectionEventKind::Unknown => Some("an event of an unknown type".to_string()),
     }
 }

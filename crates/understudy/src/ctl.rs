@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use futures::StreamExt;
 use understudy_protocol::messages::{
     self, ControlOp, ControlReply, ControlRequest, ElectionEvent, ElectionEventKind, Trigger,
+    TriggerReply,
 };
 use understudy_protocol::roster::RosterReply;
 use understudy_protocol::{DeviceId, GroupName, Problem, SCHEMA_VERSION, Score, subjects};
@@ -53,11 +54,15 @@ pub enum ScoreCmd {
 /// `understudy election …`
 #[derive(Debug, Subcommand)]
 pub enum ElectionCmd {
-    /// Ask every device of the group to hold an election now.
+    /// Ask every device of the group to hold an election now (refused
+    /// while the group is under a show hold, unless `--force`).
     Trigger {
         /// The project group.
         #[arg(long, env = "UNDERSTUDY_GROUP")]
         group: String,
+        /// Trigger even though the group is held (`understudy hold`).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         bus: Bus,
     },
@@ -139,18 +144,42 @@ pub async fn set_online(d: DeviceArgs, online: bool) -> Result<()> {
 /// `understudy election trigger`.
 pub async fn election(cmd: ElectionCmd) -> Result<()> {
     match cmd {
-        ElectionCmd::Trigger { group, bus } => {
+        ElectionCmd::Trigger { group, force, bus } => {
             let group: GroupName = group.parse()?;
             let client = connect_once(&bus.settings(), "understudy-ctl").await?;
             let t = Trigger {
                 schema: SCHEMA_VERSION,
                 by: Some("understudy election trigger".into()),
+                force,
             };
-            client
-                .publish(subjects::trigger(&group), messages::encode(&t).into())
-                .await?;
-            client.flush().await?;
-            println!("election triggered in group {group}");
+            // Every device acts on the trigger; the first answer says
+            // whether the group's devices took it.
+            let msg = tokio::time::timeout(
+                ANSWER_WITHIN,
+                client.request(subjects::trigger(&group), messages::encode(&t).into()),
+            )
+            .await
+            .map_err(|_| anyhow!("no device of group {group} answered within 3 s"))?
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => {
+                    anyhow!("no device of group {group} is running (no answer on the bus)")
+                }
+                _ => anyhow!("triggering an election in group {group}: {e}"),
+            })?;
+            let reply: TriggerReply =
+                messages::decode(&msg.payload).context("cannot read the device's answer")?;
+            if !reply.acted {
+                bail!(
+                    "group {group} is under a show hold, so no election was triggered \
+                     (held: use --force to trigger anyway, or `understudy hold off`)"
+                );
+            }
+            let forced = if force && reply.held {
+                " past the show hold"
+            } else {
+                ""
+            };
+            println!("election triggered in group {group}{forced}");
             Ok(())
         }
     }
@@ -178,6 +207,13 @@ pub async fn status(nats: &NatsSettings, group: &str, json: bool) -> Result<()> 
         println!("{}", serde_json::to_string_pretty(&roster)?);
     } else {
         print!("{}", render_status(&roster));
+        // The show hold, from the group's settings bucket.
+        let now = understudy_bus::unix_ms(std::time::SystemTime::now());
+        match crate::hold::read_with(&client, &group).await {
+            Ok(Some(rec)) => println!("hold: {}", crate::hold::describe(&rec, now)),
+            Ok(None) => println!("hold: group {group}: not held (no hold was ever set)"),
+            Err(e) => println!("hold: unknown ({e:#})"),
+        }
     }
     Ok(())
 }
@@ -257,6 +293,34 @@ pub fn describe(e: &ElectionEvent) -> String {
         ElectionEventKind::NoViableCandidate => {
             "no viable candidate: every online score is 0".into()
         }
+        ElectionEventKind::HoldChanged {
+            held: true,
+            until_ms,
+            reason,
+            set_by,
+        } => format!(
+            "SHOW HOLD ON{}{}{}",
+            until_ms.map_or(String::new(), |u| format!(
+                " until {}",
+                crate::hold::rfc3339(u)
+            )),
+            reason
+                .as_deref()
+                .map_or(String::new(), |r| format!(", reason: {r}")),
+            set_by
+                .as_deref()
+                .map_or(String::new(), |b| format!(", set by {b}")),
+        ),
+        ElectionEventKind::HoldChanged {
+            held: false,
+            set_by,
+            ..
+        } => format!(
+            "show hold lifted{}",
+            set_by
+                .as_deref()
+                .map_or(String::new(), |b| format!(" by {b}"))
+        ),
         ElectionEventKind::Unknown => "an event this version does not know".into(),
     };
     format!("[{}] {} reports {what}", e.group, e.reporter)

@@ -8,6 +8,7 @@ mod bench_project;
 mod bench_scale;
 mod container;
 mod ctl;
+mod hold;
 mod lab;
 mod lab_prometheus;
 mod nic;
@@ -73,6 +74,11 @@ enum Command {
     Election {
         #[command(subcommand)]
         action: ctl::ElectionCmd,
+    },
+    /// The group's show hold: no preemption while the show runs.
+    Hold {
+        #[command(subcommand)]
+        action: hold::HoldCmd,
     },
     /// Take a device online.
     Online(ctl::DeviceArgs),
@@ -178,6 +184,7 @@ where
             }
             Command::Score { action } => ctl::score(action).await,
             Command::Election { action } => ctl::election(action).await,
+            Command::Hold { action } => hold::run(action).await,
             Command::Online(d) => ctl::set_online(d, true).await,
             Command::Offline(d) => ctl::set_online(d, false).await,
             Command::Events {

@@ -1,0 +1,102 @@
+//! The group's settings bucket (JetStream KV `understudy-settings-<group>`)
+//! and the show hold kept in it (key `hold`, a [`HoldRecord`]).
+//!
+//! Plumbing for the driver: open or create the bucket, read, watch and
+//! write the hold. Whether the group is held at a given moment is the
+//! record's to say ([`HoldRecord::in_effect`]); what a hold means for the
+//! election is the core's ([`crate::Event::SetHold`]).
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use tracing::{debug, warn};
+use understudy_protocol::hold::HoldRecord;
+use understudy_protocol::messages;
+use understudy_protocol::{GroupName, subjects};
+
+/// How many values of each key the settings bucket keeps, so who set and
+/// lifted the last holds, and when, can be looked up.
+pub const SETTINGS_HISTORY: i64 = 16;
+
+/// The settings bucket's name and config for a group: kept on file, no
+/// expiry (a hold lasts until lifted or its own `until_ms`).
+pub fn settings_bucket_config(group: &GroupName, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: subjects::settings_bucket(group),
+        description: format!("understudy operator settings of group {group}"),
+        history: SETTINGS_HISTORY,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas.max(1),
+        ..Default::default()
+    }
+}
+
+/// Opens the group's settings bucket, creating it if it does not exist.
+pub async fn open_settings_bucket(
+    js: &jetstream::Context,
+    group: &GroupName,
+    replicas: usize,
+) -> Result<kv::Store, String> {
+    let name = subjects::settings_bucket(group);
+    match js.get_key_value(&name).await {
+        Ok(store) => Ok(store),
+        Err(_) => js
+            .create_key_value(settings_bucket_config(group, replicas))
+            .await
+            .map_err(|e| format!("cannot open or create KV bucket {name}: {e}")),
+    }
+}
+
+/// The hold as a KV entry gives it, with the entry's revision (the record
+/// is `None` for a deleted key); `None` for an undecodable value, which is
+/// skipped with a warning.
+pub fn hold_entry(entry: &kv::Entry) -> Option<(u64, Option<HoldRecord>)> {
+    match entry.operation {
+        kv::Operation::Delete | kv::Operation::Purge => Some((entry.revision, None)),
+        kv::Operation::Put => match messages::decode::<HoldRecord>(&entry.value) {
+            Ok(rec) => Some((entry.revision, Some(rec))),
+            Err(e) => {
+                warn!(revision = entry.revision, "ignoring a hold entry: {e}");
+                None
+            }
+        },
+    }
+}
+
+/// Reads the hold: `Ok(None)` when it was never set.
+pub async fn read_hold(store: &kv::Store) -> Result<Option<(u64, Option<HoldRecord>)>, String> {
+    match store.entry(subjects::HOLD_KEY).await {
+        Ok(None) => Ok(None),
+        Ok(Some(entry)) => Ok(hold_entry(&entry)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Stores `record` as the group's hold; returns the entry's revision.
+pub async fn write_hold(store: &kv::Store, record: &HoldRecord) -> Result<u64, String> {
+    store
+        .put(subjects::HOLD_KEY, messages::encode(record).into())
+        .await
+        .map_err(|e| format!("cannot store the hold: {e}"))
+}
+
+/// The next change of the hold on `watch`; `None` when the watch ended
+/// (it is reopened). Waits forever without a watch.
+pub async fn next_hold(w: &mut Option<kv::Watch>) -> Option<(u64, Option<HoldRecord>)> {
+    let Some(watch) = w.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match watch.next().await {
+            None => return None,
+            Some(Err(e)) => {
+                debug!("hold watch error: {e}");
+                return None;
+            }
+            Some(Ok(entry)) => {
+                if let Some(obs) = hold_entry(&entry) {
+                    return Some(obs);
+                }
+            }
+        }
+    }
+}
