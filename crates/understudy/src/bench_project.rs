@@ -342,12 +342,12 @@ async fn fetch_into_all(
             .into_iter()
             .map(|(mut c, local)| {
                 tokio::spawn(async move {
-                    let mut retries = 0;
+                    let mut retries = Vec::new();
                     loop {
                         match c.fetch_into(&local).await {
                             Ok(meta) => return anyhow::Ok((meta, Instant::now(), local, retries)),
                             Err(e) if e.is_transient() && Instant::now() < deadline => {
-                                retries += 1;
+                                retries.push(e.to_string());
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                             }
                             Err(e) => return Err(anyhow!(e).context("fetch_into")),
@@ -359,7 +359,7 @@ async fn fetch_into_all(
     );
     let mut first = None::<Duration>;
     let mut locals = Vec::with_capacity(n);
-    let mut retries = 0;
+    let mut retries = Vec::new();
     for f in &mut fetches.0 {
         // `&mut JoinHandle` is a future too; the guard still owns the handle.
         let (meta, at, local, r) = f.await??;
@@ -374,7 +374,7 @@ async fn fetch_into_all(
         let took = at - t0;
         first = Some(first.map_or(took, |f| f.min(took)));
         locals.push(local);
-        retries += r;
+        retries.extend(r);
     }
     Ok(Fetches {
         took: t0.elapsed(),
@@ -390,8 +390,8 @@ struct Fetches {
     took: Duration,
     /// Until the first did.
     first: Duration,
-    /// Fetches tried again, all clients together.
-    retries: usize,
+    /// Why fetches were tried again, one entry per retry, all clients.
+    retries: Vec<String>,
     /// The clients' copies.
     locals: Vec<LocalCopy>,
 }
@@ -426,14 +426,22 @@ fn step_downs(dir: &Path) -> usize {
 }
 
 /// A note for the output when a phase needed retries or saw the server step
-/// down; empty otherwise.
-fn trouble(retries: usize, step_downs: usize) -> String {
-    if retries == 0 && step_downs == 0 {
+/// down (with why the fetches were tried again, each reason once); empty
+/// otherwise.
+fn trouble(retries: &[String], step_downs: usize) -> String {
+    if retries.is_empty() && step_downs == 0 {
         return String::new();
     }
+    let reasons: std::collections::BTreeSet<&str> = retries.iter().map(String::as_str).collect();
+    let why: Vec<&str> = reasons.into_iter().take(3).collect();
+    let downs = match step_downs {
+        0 => "the server never stepped down".to_string(),
+        k => format!("the server stepped down {k} times, its lease not renewed in time"),
+    };
     format!(
-        "\n    ({retries} fetches tried again; the server stepped down {step_downs} times \
-         meanwhile, its lease not renewed in time: the figure is not clean)"
+        "\n    ({} fetches tried again ({}); {downs}: the figure is not clean)",
+        retries.len(),
+        why.join("; ")
     )
 }
 
@@ -471,14 +479,14 @@ async fn distribution(
     let downs = step_downs(dir);
     let fetched = fetch_into_all(on, n, &rev, &copies).await?;
     let (to_disk, first) = (fetched.took, fetched.first);
-    let disk_trouble = trouble(fetched.retries, step_downs(dir) - downs);
+    let disk_trouble = trouble(&fetched.retries, step_downs(dir) - downs);
     drop(fetched);
     let _ = std::fs::remove_dir_all(&copies);
     let disk = disk_only(&copies, n, data.clone()).await?;
     let _ = std::fs::remove_dir_all(&copies);
     let downs = step_downs(dir);
     let (in_memory, retries) = fetch_in_memory(on, n, &rev).await?;
-    let memory_trouble = trouble(retries, step_downs(dir) - downs);
+    let memory_trouble = trouble(&retries, step_downs(dir) - downs);
     let hash = hash_only(n, data.clone()).await?;
     let copy = copy_only(n, data.clone()).await?;
     let raw = raw_loopback(n, data.clone()).await?;
@@ -589,7 +597,7 @@ async fn wide_distribution(
         retries,
         locals,
     } = fetch_into_all(on, n, rev, &copies).await?;
-    let wide_trouble = trouble(retries, step_downs(dir) - downs);
+    let wide_trouble = trouble(&retries, step_downs(dir) - downs);
     let mut whole = 0;
     for local in &locals {
         match local.check()? {
@@ -676,7 +684,7 @@ async fn fetch_in_memory(
     (group, server, sec): On<'_>,
     n: usize,
     rev: &pb::Revision,
-) -> Result<(Duration, usize)> {
+) -> Result<(Duration, Vec<String>)> {
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
         clients.push(ProjectClient::connect_with(group, server.clone(), CALL_TIMEOUT, sec).await?);
@@ -688,12 +696,12 @@ async fn fetch_in_memory(
             .into_iter()
             .map(|mut c| {
                 tokio::spawn(async move {
-                    let mut retries = 0;
+                    let mut retries = Vec::new();
                     loop {
                         match c.fetch(None).await {
                             Ok(got) => return anyhow::Ok((got, retries)),
                             Err(e) if e.is_transient() && Instant::now() < deadline => {
-                                retries += 1;
+                                retries.push(e.to_string());
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                             }
                             Err(e) => return Err(anyhow!(e).context("fetch")),
@@ -703,10 +711,10 @@ async fn fetch_in_memory(
             })
             .collect(),
     );
-    let mut retries = 0;
+    let mut retries = Vec::new();
     for f in &mut fetches.0 {
         match f.await?? {
-            (Fetched::Content(r, _), k) if r.sha256 == rev.sha256 => retries += k,
+            (Fetched::Content(r, _), k) if r.sha256 == rev.sha256 => retries.extend(k),
             _ => bail!("an in-memory fetch did not bring revision {}", rev.revision),
         }
     }
