@@ -992,6 +992,20 @@ async fn a_hold_set_through_the_gateway_survives_a_restart_of_every_device_and_o
         d.kill9();
     }
     nats.restart().await.unwrap();
+    // With no device running, the gateway reads the hold from the bucket
+    // (once it has reconnected).
+    wait_until(
+        "the hold read with no device running",
+        SERVER_WITHIN,
+        || async {
+            let doc = hold_doc(&gw).await?;
+            ensure!(doc["held"] == true, "{doc}");
+            ensure!(doc["record"]["reason"] == "survives", "{doc}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
     for d in &mut devices {
         d.restart().unwrap();
     }
