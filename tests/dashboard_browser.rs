@@ -14,8 +14,11 @@
 //! client's score above the server's and sees the server change on screen.
 //! Then it restarts the gateway while the server changes again, and sees the
 //! page resume the stream after the last event it showed: the missed
-//! election appears once, nothing is doubled. Screenshots go to `target/test-artifacts/`
-//! (`dashboard-before.png`, `dashboard.png`).
+//! election appears once, nothing is doubled. Last, a show hold put on
+//! through the gateway brings up the hold banner (reason, who, until) and
+//! lifting it takes the banner away. Screenshots go to
+//! `target/test-artifacts/` (`dashboard-before.png`, `dashboard.png`,
+//! `dashboard-hold.png`, `dashboard-hold-lifted.png`).
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian's `chromium`
 //! and `chromium-driver`; `scripts/test.sh` installs them). Without
@@ -639,7 +642,7 @@ async fn dashboard_shows_the_group_follows_a_score_change_and_resumes_its_events
         .await
         .unwrap();
     assert_eq!(server, "dev-1");
-    let _gateway = start_gateway_on(&nats.url(), gateway_opts).await;
+    let gateway = start_gateway_on(&nats.url(), gateway_opts).await;
     let elected = format!("dev-1 elected server: term {}", term.get());
     let elected = elected.as_str();
     wait_until(
@@ -672,7 +675,88 @@ async fn dashboard_shows_the_group_follows_a_score_change_and_resumes_its_events
     let log = session.text_of("#event-log").await.unwrap();
     assert_eq!(log.matches(elected).count(), 1, "shown once: {log:?}");
     obs.check_one_server().unwrap();
+
+    // The show hold: no banner while the group is not held; put on through
+    // the gateway, the banner appears with the reason and who set it;
+    // lifted, it goes.
+    assert!(!hold_banner(s).await.unwrap().0, "no hold, no banner");
+    set_hold(
+        gateway.http(),
+        json!({"held": true, "reason": "evening show", "by": "stage manager"}),
+    )
+    .await;
+    wait_until(
+        "the hold banner to appear",
+        ON_SCREEN_WITHIN,
+        || async move {
+            let (shown, text) = hold_banner(s).await?;
+            ensure!(shown, "no banner yet");
+            for words in [
+                "SHOW HOLD — no preemption; failover still automatic",
+                "Reason: evening show",
+                "set by stage manager",
+                "until lifted",
+            ] {
+                ensure!(text.contains(words), "no {words:?} in the banner: {text:?}");
+            }
+            let log = s.text_of("#event-log").await?;
+            ensure!(log.contains("show hold ON: evening show"), "log: {log:?}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    session
+        .screenshot(&artifacts.join("dashboard-hold.png"))
+        .await
+        .unwrap();
+    set_hold(gateway.http(), json!({"held": false})).await;
+    wait_until("the hold banner to go", ON_SCREEN_WITHIN, || async move {
+        let (shown, text) = hold_banner(s).await?;
+        ensure!(!shown, "the banner still shows {text:?}");
+        let log = s.text_of("#event-log").await?;
+        ensure!(log.contains("show hold lifted"), "log: {log:?}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    session
+        .screenshot(&artifacts.join("dashboard-hold-lifted.png"))
+        .await
+        .unwrap();
     session.close().await.unwrap();
+}
+
+/// Puts the group's show hold on or off through the gateway's API.
+async fn set_hold(gateway: SocketAddr, body: Value) {
+    let auth = format!("Bearer {TOKEN}");
+    let r = request(
+        gateway,
+        "PUT",
+        &format!("/api/v1/groups/{GROUP}/hold"),
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+        ],
+        Some(body.to_string().as_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Whether the hold banner is shown (laid out, not hidden), and its text.
+async fn hold_banner(s: &Session) -> Result<(bool, String)> {
+    let v = s
+        .execute(
+            "const b = document.querySelector('#hold-banner');
+             return [!b.hidden && b.offsetHeight > 0, b.innerText];",
+        )
+        .await?;
+    Ok((
+        v[0].as_bool().unwrap_or(false),
+        v[1].as_str().unwrap_or_default().to_string(),
+    ))
 }
 
 /// The event stream's state and transport as the page shows them.

@@ -317,9 +317,17 @@ async fn http_reads_and_controls_a_group() {
     .await
     .unwrap();
     assert_eq!(r.status, 202);
+    let doc = r.json().unwrap();
     assert_eq!(
-        r.json().unwrap(),
-        json!({"group": GROUP, "triggered": true})
+        (&doc["group"], &doc["triggered"], &doc["held"]),
+        (&json!(GROUP), &json!(true), &json!(false)),
+        "{doc}"
+    );
+    assert!(
+        doc["device"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("dev-")),
+        "{doc}"
     );
     wait_server(&gw, "dev-3").await;
 
@@ -720,4 +728,318 @@ async fn late_subscribers_get_exactly_the_missed_events_then_live_ones() {
         "last=2 began at {first}, the group's events are {all:?}"
     );
     let _ = ws.close(None).await;
+}
+
+// ------------------------------------------------------------------ show hold
+
+fn hold_path() -> String {
+    format!("/api/v1/groups/{GROUP}/hold")
+}
+
+/// `GET /hold`, checked to be a 200.
+async fn hold_doc(gw: &Gateway) -> Result<Value> {
+    let r = get(gw.http(), &hold_path()).await?;
+    ensure!(r.status == 200, "status {}: {}", r.status, r.text());
+    r.json()
+}
+
+/// `POST /election` (with `?force=true` when `force`).
+async fn trigger(gw: &Gateway, force: bool) -> Reply {
+    let path = format!(
+        "/api/v1/groups/{GROUP}/election{}",
+        if force { "?force=true" } else { "" }
+    );
+    request(gw.http(), "POST", &path, &[("Authorization", BEARER)], None)
+        .await
+        .unwrap()
+}
+
+/// An RFC 3339 time `ahead` from now (UTC, whole seconds).
+fn rfc3339_in(ahead: Duration) -> String {
+    let at = std::time::SystemTime::now() + ahead;
+    let secs = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let t = time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap();
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// Asserts over `window` (polling the gateway's status) that no device
+/// but `device` serves: neither as the roster's server nor by its own role
+/// (a device that has just started may not know the server yet, and its
+/// roster says `null`), and that `device` serves at the end.
+async fn keeps_serving(gw: &Gateway, device: &str, window: Duration) {
+    let end = tokio::time::Instant::now() + window;
+    while tokio::time::Instant::now() < end {
+        let doc = status_doc(gw).await.unwrap();
+        let server = &doc["server"]["device"];
+        assert!(
+            server.is_null() || server == device,
+            "{server} serves while the group was held ({device} did)"
+        );
+        for d in doc["devices"].as_array().unwrap() {
+            assert!(
+                d["role"] != "server" || d["device"] == device,
+                "{} serves while the group was held ({device} did)",
+                d["device"]
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    wait_server(gw, device).await;
+}
+
+/// Waits until the roster shows `device` live and online (a restarted
+/// device is heard again).
+async fn wait_live(gw: &Gateway, device: &str) {
+    wait_until(&format!("{device} live again"), SERVER_WITHIN, || async {
+        let doc = status_doc(gw).await?;
+        let d = doc["devices"]
+            .as_array()
+            .and_then(|ds| ds.iter().find(|d| d["device"] == device).cloned())
+            .unwrap_or(Value::Null);
+        ensure!(d["live"] == true && d["online"] == true, "{d}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_set_through_the_gateway_holds_shows_and_lifts_on_http_and_tcp() {
+    let (_nats, mut devices, gw) = lab(&[100, 200]).await;
+    wait_server(&gw, "dev-2").await;
+
+    // Never set: not held.
+    let doc = hold_doc(&gw).await.unwrap();
+    assert_eq!(doc, json!({"group": GROUP, "held": false, "record": null}));
+
+    // On, until an hour from now, with a reason.
+    let until = rfc3339_in(Duration::from_secs(3600));
+    let r = put_json(
+        gw.http(),
+        &hold_path(),
+        &json!({"held": true, "until": until, "reason": "evening show"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let doc = r.json().unwrap();
+    assert_eq!(doc["held"], true, "{doc}");
+    assert_eq!(doc["record"]["reason"], "evening show", "{doc}");
+    assert_eq!(doc["record"]["set_by"], "gateway", "{doc}");
+    let until_ms = doc["record"]["until_ms"].as_u64().unwrap();
+    assert!(
+        until_ms.abs_diff(unix_ms_now() + 3_600_000) < 10_000,
+        "{doc}"
+    );
+    let doc = hold_doc(&gw).await.unwrap();
+    assert_eq!(doc["held"], true, "{doc}");
+    assert_eq!(doc["record"]["until_ms"], until_ms, "{doc}");
+    let status = status_doc(&gw).await.unwrap();
+    assert_eq!(status["hold"]["held"], true, "{status}");
+    assert_eq!(status["hold"]["record"]["reason"], "evening show");
+
+    // Held: losing the server still fails over at once; the better device
+    // coming back does not take the server back.
+    devices[1].kill9();
+    wait_server(&gw, "dev-1").await;
+    devices[1].restart().unwrap();
+    wait_live(&gw, "dev-2").await;
+    keeps_serving(&gw, "dev-1", Duration::from_secs(5)).await;
+
+    // A trigger without force is refused while held: 409, and nothing moves.
+    let r = trigger(&gw, false).await;
+    assert_eq!((r.status, error_code(&r).as_str()), (409, "held"));
+    let message = r.json().unwrap()["error"]["message"].to_string();
+    assert!(message.contains("use force"), "{message}");
+    let mut tcp = Tcp::connect(gw.tcp()).await;
+    tcp.auth().await;
+    let r = tcp
+        .call(json!({"id": "hs", "cmd": "hold_status", "group": GROUP}))
+        .await;
+    assert_eq!(r["result"]["held"], true, "{r}");
+    let code = tcp
+        .error(json!({"id": "t", "cmd": "trigger", "group": GROUP}))
+        .await;
+    assert_eq!(code, "held");
+    wait_server(&gw, "dev-1").await;
+
+    // With force: an election, and the best device (dev-2) serves.
+    let r = trigger(&gw, true).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let doc = r.json().unwrap();
+    assert_eq!(
+        (doc["triggered"].clone(), doc["held"].clone()),
+        (json!(true), json!(true))
+    );
+    wait_server(&gw, "dev-2").await;
+
+    // Lifted over TCP (named), put on and lifted again over HTTP.
+    let r = tcp
+        .call(json!({"id": "off", "cmd": "hold", "group": GROUP, "held": false, "by": "desk"}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["held"], false, "{r}");
+    assert_eq!(r["result"]["record"]["set_by"], "desk", "{r}");
+    let r = tcp
+        .call(json!({"id": "on", "cmd": "hold", "group": GROUP, "held": true, "reason": "tcp"}))
+        .await;
+    assert_eq!(r["result"]["held"], true, "{r}");
+    assert_eq!(hold_doc(&gw).await.unwrap()["record"]["reason"], "tcp");
+    let r = put_json(gw.http(), &hold_path(), &json!({"held": false})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let doc = hold_doc(&gw).await.unwrap();
+    assert_eq!(doc["held"], false, "{doc}");
+    assert_eq!(doc["record"]["held"], false, "{doc}");
+    assert_eq!(status_doc(&gw).await.unwrap()["hold"]["held"], false);
+    // Not held: a plain trigger is taken again (once every device has
+    // seen the lifted hold in the bucket).
+    wait_until("a plain trigger taken", ANSWER_WITHIN, || async {
+        let r = trigger(&gw, false).await;
+        ensure!(r.status == 202, "{}: {}", r.status, r.text());
+        ensure!(r.json()?["held"] == false, "{}", r.text());
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    // Bad input: a clear 4xx on HTTP, the same code on TCP; nothing stored.
+    let long = "x".repeat(201);
+    let past = "2020-01-01T00:00:00Z";
+    let far = rfc3339_in(Duration::from_secs(31 * 24 * 3600));
+    let cases: Vec<(Value, u16, &str, &str)> = vec![
+        (
+            json!({"held": true, "until": past}),
+            422,
+            "invalid_hold",
+            "not in the future",
+        ),
+        (
+            json!({"held": true, "until": far}),
+            422,
+            "invalid_hold",
+            "30 days",
+        ),
+        (
+            json!({"held": true, "until": "tonight"}),
+            400,
+            "invalid_json",
+            "RFC 3339",
+        ),
+        (
+            json!({"held": false, "until": until}),
+            422,
+            "invalid_hold",
+            "only for putting",
+        ),
+        (
+            json!({"held": true, "reason": long}),
+            422,
+            "invalid_hold",
+            "at most 200",
+        ),
+        (json!({"held": "yes"}), 400, "invalid_json", "true or false"),
+        (json!({"until": until}), 400, "invalid_json", "held"),
+    ];
+    for (body, status, code, words) in cases {
+        let r = put_json(gw.http(), &hold_path(), &body).await;
+        assert_eq!(
+            (r.status, error_code(&r).as_str()),
+            (status, code),
+            "{body}"
+        );
+        let message = r.json().unwrap()["error"]["message"].to_string();
+        assert!(message.contains(words), "{body}: {message}");
+        let mut req = body.clone();
+        req["id"] = json!("bad");
+        req["cmd"] = json!("hold");
+        req["group"] = json!(GROUP);
+        assert_eq!(tcp.error(req).await, code, "{body} on TCP");
+    }
+    let r = put_json(
+        gw.http(),
+        "/api/v1/groups/nosuch/hold",
+        &json!({"held": true}),
+    )
+    .await;
+    assert_eq!((r.status, error_code(&r).as_str()), (404, "unknown_group"));
+    let r = request(
+        gw.http(),
+        "POST",
+        &format!("/api/v1/groups/{GROUP}/election?force=yes"),
+        &[("Authorization", BEARER)],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.status, error_code(&r).as_str()), (400, "invalid_json"));
+    assert_eq!(hold_doc(&gw).await.unwrap()["held"], false);
+}
+
+/// Issue 16's acceptance: a hold set through the gateway survives a restart
+/// of every device and of nats-server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_set_through_the_gateway_survives_a_restart_of_every_device_and_of_nats() {
+    let (mut nats, mut devices, gw) = lab(&[100, 200]).await;
+    let r = put_json(
+        gw.http(),
+        &hold_path(),
+        &json!({"held": true, "reason": "survives"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    for d in &mut devices {
+        d.kill9();
+    }
+    nats.restart().await.unwrap();
+    // With no device running, the gateway reads the hold from the bucket
+    // (once it has reconnected).
+    wait_until(
+        "the hold read with no device running",
+        SERVER_WITHIN,
+        || async {
+            let doc = hold_doc(&gw).await?;
+            ensure!(doc["held"] == true, "{doc}");
+            ensure!(doc["record"]["reason"] == "survives", "{doc}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    for d in &mut devices {
+        d.restart().unwrap();
+    }
+    wait_until(
+        "the group to have a server again",
+        SERVER_WITHIN,
+        || async {
+            let doc = status_doc(&gw).await?;
+            ensure!(!doc["server"].is_null(), "no server yet");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+
+    // The gateway reads it back, and the devices act on it: a trigger
+    // without force is refused.
+    let doc = hold_doc(&gw).await.unwrap();
+    assert_eq!(doc["held"], true, "{doc}");
+    assert_eq!(doc["record"]["reason"], "survives", "{doc}");
+    wait_until(
+        "the restarted devices to know the hold",
+        SERVER_WITHIN,
+        || async {
+            let r = trigger(&gw, false).await;
+            ensure!(
+                r.status == 409,
+                "trigger answered {}: {}",
+                r.status,
+                r.text()
+            );
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
 }

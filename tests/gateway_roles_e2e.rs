@@ -89,9 +89,11 @@ impl Answer {
 }
 
 /// A write's body that changes nothing: dev-2 keeps its score and stays
-/// online (the election trigger takes none).
+/// online, the group stays unheld (the election trigger takes none).
 fn harmless_body(path: &str) -> Option<Vec<u8>> {
-    if path.ends_with("/score") {
+    if path.ends_with("/hold") {
+        Some(json!({"held": false}).to_string().into_bytes())
+    } else if path.ends_with("/score") {
         Some(json!({"score": 100}).to_string().into_bytes())
     } else if path.ends_with("/online") {
         Some(json!({"online": true}).to_string().into_bytes())
@@ -241,8 +243,8 @@ async fn every_documented_route_refuses_no_token_and_a_read_only_token_on_writes
     );
     assert_eq!(
         (writes, open_routes),
-        (3, 3),
-        "3 writes (score, online, election) and the dashboard's 3 files"
+        (4, 3),
+        "4 writes (score, online, hold, election) and the dashboard's 3 files"
     );
     eprintln!("[roles] {reads} read, {writes} write and {open_routes} open routes checked");
 
@@ -381,6 +383,7 @@ fn tcp_reads() -> Vec<Value> {
         json!({"id": "status", "cmd": "status", "group": GROUP}),
         json!({"id": "devices", "cmd": "devices", "group": GROUP}),
         json!({"id": "get_score", "cmd": "get_score", "group": GROUP, "device": DEVICE}),
+        json!({"id": "hold_status", "cmd": "hold_status", "group": GROUP}),
     ]
 }
 
@@ -389,6 +392,7 @@ fn tcp_writes() -> Vec<Value> {
         json!({"id": "set_score", "cmd": "set_score", "group": GROUP, "device": DEVICE, "score": 100}),
         json!({"id": "set_online", "cmd": "set_online", "group": GROUP, "device": DEVICE, "online": true}),
         json!({"id": "trigger", "cmd": "trigger", "group": GROUP}),
+        json!({"id": "hold", "cmd": "hold", "group": GROUP, "held": false}),
     ]
 }
 

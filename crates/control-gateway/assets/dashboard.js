@@ -6,7 +6,9 @@
 //   GET  /api/v1/groups/{g}                              the roster document
 //   PUT  /api/v1/groups/{g}/devices/{d}/score            score editing (admin token)
 //   PUT  /api/v1/groups/{g}/devices/{d}/online           online/offline (admin token)
-//   POST /api/v1/groups/{g}/election                     trigger (admin token)
+//   POST /api/v1/groups/{g}/election[?force=true]        trigger (admin token)
+// The roster document carries the group's show hold (`hold`), shown as a
+// banner while the group is held; a `hold_changed` event re-reads it at once.
 //   GET  /api/v1/groups/{g}/events?client=dashboard      live events (SSE)
 // Every call carries `Authorization: Bearer <token>` once a token is entered
 // (kept in sessionStorage, for this tab only; never in a URL). A gateway with
@@ -428,8 +430,34 @@
     $("#no-devices").hidden = devices.length > 0 || !doc;
   }
 
+  // The show hold banner: shown while the group is held (on, not lapsed),
+  // with the reason, who set it and until when.
+  function renderHold(doc) {
+    const banner = $("#hold-banner");
+    const hold = doc && doc.hold;
+    const held = !!(hold && hold.held);
+    banner.hidden = !held;
+    setAttr(banner, "data-held", held ? "true" : "false");
+    if (!held) {
+      setText($("#hold-detail"), "");
+      return;
+    }
+    const r = hold.record || {};
+    const parts = [];
+    if (r.reason) parts.push(`Reason: ${r.reason}`);
+    parts.push(`set by ${r.set_by || "an unnamed operator"}${typeof r.since_ms === "number" ? ` at ${formatTime(r.since_ms)}` : ""}`);
+    if (typeof r.until_ms === "number") {
+      parts.push(`until ${new Date(r.until_ms).toLocaleString([], { hour12: false })} (in ${formatAgo(r.until_ms - Date.now())})`);
+    } else {
+      parts.push("until lifted");
+    }
+    parts.push("an election trigger needs force");
+    setText($("#hold-detail"), parts.join(" · "));
+  }
+
   function render(doc) {
     state.doc = doc;
+    renderHold(doc);
     renderServer(doc);
     renderCounts(doc);
     renderGroupProblems(doc);
@@ -529,9 +557,14 @@
   async function triggerElection() {
     const button = $("#trigger");
     button.disabled = true;
+    const held = !!(state.doc && state.doc.hold && state.doc.hold.held);
+    if (held && !window.confirm(`Group ${state.group} is under a show hold. Trigger an election anyway (force)?`)) {
+      button.disabled = false;
+      return;
+    }
     try {
-      await send("POST", `${groupPath(state.group)}/election`);
-      showMessage(`Election triggered in ${state.group}.`, true);
+      const reply = await send("POST", `${groupPath(state.group)}/election${held ? "?force=true" : ""}`);
+      showMessage(`Election triggered in ${state.group}${reply && reply.held ? " past the show hold" : ""}.`, true);
     } catch (e) {
       showMessage(`Could not trigger an election: ${e.message}`, false);
     } finally {
@@ -559,6 +592,10 @@
           return `${e.from} handed over to ${e.to} (term ${e.term})`;
         case "no_viable_candidate":
           return "no viable candidate: every online score is 0";
+        case "hold_changed":
+          return e.held
+            ? `show hold ON${e.reason ? `: ${e.reason}` : ""}${e.set_by ? `, by ${e.set_by}` : ""}${e.until_ms ? `, until ${formatTime(e.until_ms)}` : ""}`
+            : `show hold lifted${e.set_by ? ` by ${e.set_by}` : ""}`;
         default:
           break;
       }

@@ -6,6 +6,7 @@
 //! a glance ([`StatusDocument`]).
 
 use serde::Serialize;
+use understudy_protocol::hold::HoldRecord;
 use understudy_protocol::roster::{RosterDevice, RosterReply};
 use understudy_protocol::{DeviceId, GroupName, Problem, Score, StatusColour, Term};
 
@@ -41,6 +42,39 @@ pub struct StatusDocument {
     pub colours: Colours,
     /// Every device's problems.
     pub problems: Vec<DeviceProblem>,
+    /// The group's show hold (`null` when the gateway could not read it).
+    pub hold: Option<HoldState>,
+}
+
+/// Whether a group is under a show hold now, and the hold as last stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HoldState {
+    /// Whether the group is held now: on, and not lapsed.
+    pub held: bool,
+    /// The hold as last stored (`null`: never set); a lifted or lapsed hold
+    /// says who set it and when.
+    pub record: Option<HoldRecord>,
+}
+
+impl HoldState {
+    /// The state at `now_ms` (Unix ms) of a stored hold.
+    pub fn new(record: Option<HoldRecord>, now_ms: u64) -> Self {
+        HoldState {
+            held: record.as_ref().is_some_and(|r| r.in_effect(now_ms)),
+            record,
+        }
+    }
+}
+
+/// `{"group","held","record"}`: a group's show hold (the same document as
+/// `understudy hold status --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HoldAnswer {
+    /// The group.
+    pub group: GroupName,
+    /// Whether it is held now, and the stored record.
+    #[serde(flatten)]
+    pub state: HoldState,
 }
 
 /// How many devices show each colour (B2).
@@ -88,6 +122,7 @@ impl From<RosterReply> for StatusDocument {
             roster,
             colours,
             problems,
+            hold: None,
         }
     }
 }
@@ -135,13 +170,19 @@ pub struct OnlineAnswer {
     pub online: bool,
 }
 
-/// `{"group","triggered":true}`: an election asked for.
+/// `{"group","triggered":true,"held","device"}`: an election asked for and
+/// taken.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TriggerAnswer {
     /// The group.
     pub group: GroupName,
-    /// Always true.
+    /// Always true (a trigger the group does not take is an error, `held`).
     pub triggered: bool,
+    /// Whether the group was under a show hold (so the trigger was forced
+    /// past it).
+    pub held: bool,
+    /// The device whose answer this is (every device acts on a trigger).
+    pub device: DeviceId,
 }
 
 /// `{"authorised":true,"role":"admin"|"read"}`: a TCP connection's token

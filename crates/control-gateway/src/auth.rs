@@ -36,7 +36,7 @@ pub enum Role {
 pub enum Access {
     /// Groups, status, devices, scores, event streams, the OpenAPI document.
     Read,
-    /// Score and online changes, election triggers.
+    /// Score and online changes, the show hold, election triggers.
     Write,
 }
 
@@ -63,7 +63,7 @@ const NO_TOKENS: &str = "this gateway has no token configured, so it refuses eve
 const NEEDS_TOKEN: &str = "this call needs a token: send `Authorization: Bearer <token>` \
      (on TCP: {\"cmd\":\"auth\",\"token\":…} first)";
 const READ_ONLY: &str = "this token may only read: changing a score, taking a device online or \
-     offline and triggering an election need the admin token";
+     offline, putting the show hold on or off and triggering an election need the admin token";
 
 impl Tokens {
     /// The admin token and the read-only tokens; empty strings count as none.

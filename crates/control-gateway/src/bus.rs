@@ -8,14 +8,20 @@
 //! - Somebody is there but does not answer within [`ANSWER_WITHIN`] →
 //!   `device_unavailable` (504).
 //! - A device refuses a control request → by the reply's code
-//!   ([`ControlErrorCode`]), never by its wording: see [`refused`].
+//!   ([`ControlErrorCode`]), never by its wording: see [`refused`]; a hold
+//!   change likewise by its [`SettingsErrorCode`]: see [`settings_refused`].
+//! - A trigger the group does not act on because it is held → `held` (409).
 
 use std::time::Duration;
 
+use async_nats::jetstream::{self, context::GetStreamErrorKind};
 use async_nats::{Client, RequestErrorKind};
+use understudy_protocol::hold::{
+    HoldChange, HoldRecord, SettingsErrorCode, SettingsOp, SettingsReply, SettingsRequest,
+};
 use understudy_protocol::messages::{
     self, ControlErrorCode, ControlOp, ControlReply, ControlRequest, ElectionState, Refusal,
-    Trigger,
+    Trigger, TriggerReply,
 };
 use understudy_protocol::roster::RosterReply;
 use understudy_protocol::{DeviceId, GroupName, SCHEMA_VERSION, subjects};
@@ -158,24 +164,168 @@ impl BusApi {
     }
 
     /// Asks every device of the group to hold an election (after checking
-    /// that the group answers at all).
-    pub async fn trigger(&self, group: &GroupName, by: &str) -> Result<(), ApiError> {
+    /// that the group answers at all), as a request: the first device's
+    /// [`TriggerReply`] says whether the group took it. Without `force`, a
+    /// group under a show hold does not: `held` (409).
+    pub async fn trigger(
+        &self,
+        group: &GroupName,
+        by: &str,
+        force: bool,
+    ) -> Result<TriggerReply, ApiError> {
         self.roster(group).await?;
         let t = Trigger {
             schema: SCHEMA_VERSION,
             by: Some(by.to_owned()),
-            force: false,
+            force,
         };
-        self.client
-            .publish(subjects::trigger(group), messages::encode(&t).into())
+        let payload = self
+            .request(subjects::trigger(group), messages::encode(&t))
             .await
-            .map_err(|e| ApiError::BusUnavailable(format!("publishing the trigger: {e}")))?;
-        tokio::time::timeout(ANSWER_WITHIN, self.client.flush())
+            .map_err(|e| self.no_answer(group, "election trigger", e))?;
+        let reply: TriggerReply = messages::decode(&payload).map_err(|e| {
+            ApiError::DeviceUnavailable(format!(
+                "group {group} answered the trigger unreadably: {e}"
+            ))
+        })?;
+        if !reply.acted {
+            return Err(ApiError::Held(format!(
+                "the group {group} is held (show hold): no election was triggered; \
+                 use force to trigger one anyway, or lift the hold"
+            )));
+        }
+        Ok(reply)
+    }
+
+    /// Puts the group's show hold on or lifts it: a settings request one
+    /// device of the group answers (docs/bus.md, "The show hold"); the hold
+    /// as stored.
+    pub async fn set_hold(
+        &self,
+        group: &GroupName,
+        change: HoldChange,
+    ) -> Result<HoldRecord, ApiError> {
+        self.ensure_connected()?;
+        let req = SettingsRequest {
+            schema: SCHEMA_VERSION,
+            op: SettingsOp::SetHold(change),
+        };
+        let payload = match self
+            .request(subjects::settings(group), messages::encode(&req))
             .await
-            .map_err(|_| {
-                ApiError::BusUnavailable("the bus did not take the trigger in time".into())
-            })?
-            .map_err(|e| ApiError::BusUnavailable(format!("publishing the trigger: {e}")))
+        {
+            Ok(p) => p,
+            Err(NoAnswer::NoResponders) => {
+                // The whole group missing, or only its election services?
+                self.roster(group).await?;
+                return Err(ApiError::DeviceUnavailable(format!(
+                    "group {group} answers, but none of its devices takes settings requests \
+                     (are they older than the show hold?)"
+                )));
+            }
+            Err(e) => return Err(self.no_answer(group, "hold change", e)),
+        };
+        let reply: SettingsReply = messages::decode(&payload).map_err(|e| {
+            ApiError::DeviceUnavailable(format!(
+                "group {group} answered the hold change unreadably: {e}"
+            ))
+        })?;
+        match (reply.ok, reply.hold) {
+            (true, Some(record)) => Ok(record),
+            (true, None) => Err(ApiError::DeviceUnavailable(format!(
+                "group {group} stored the hold but sent no record back"
+            ))),
+            (false, _) => Err(settings_refused(
+                group,
+                reply.code.unwrap_or(SettingsErrorCode::Unknown),
+                reply.error.as_deref().unwrap_or("no reason given"),
+            )),
+        }
+    }
+
+    /// The group's show hold as stored in its settings bucket (`None`:
+    /// never set, or no bucket yet). Read from JetStream, so it works with
+    /// no device running.
+    pub async fn hold(&self, group: &GroupName) -> Result<Option<HoldRecord>, ApiError> {
+        self.ensure_connected()?;
+        let js = self.jetstream();
+        let bucket = subjects::settings_bucket(group);
+        let slow = || {
+            ApiError::BusUnavailable(format!(
+                "JetStream did not answer within {} s reading the hold",
+                ANSWER_WITHIN.as_secs()
+            ))
+        };
+        let stream = tokio::time::timeout(ANSWER_WITHIN, js.get_stream(format!("KV_{bucket}")))
+            .await
+            .map_err(|_| slow())?;
+        match stream {
+            Ok(_) => {}
+            Err(e) => {
+                if let GetStreamErrorKind::JetStream(js_err) = e.kind()
+                    && js_err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                {
+                    // No bucket: no hold was ever set in this group.
+                    return Ok(None);
+                }
+                return Err(ApiError::BusUnavailable(format!(
+                    "cannot read the settings bucket {bucket}: {e}"
+                )));
+            }
+        }
+        let store = tokio::time::timeout(ANSWER_WITHIN, js.get_key_value(&bucket))
+            .await
+            .map_err(|_| slow())?
+            .map_err(|e| {
+                ApiError::BusUnavailable(format!("cannot open the settings bucket {bucket}: {e}"))
+            })?;
+        let entry = tokio::time::timeout(ANSWER_WITHIN, store.entry(subjects::HOLD_KEY))
+            .await
+            .map_err(|_| slow())?
+            .map_err(|e| {
+                ApiError::BusUnavailable(format!("cannot read the hold from {bucket}: {e}"))
+            })?;
+        match entry {
+            Some(e) if e.operation == jetstream::kv::Operation::Put => {
+                messages::decode(&e.value).map(Some).map_err(|e| {
+                    ApiError::DeviceUnavailable(format!(
+                        "the hold stored in {bucket} is unreadable: {e}"
+                    ))
+                })
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The error for a group request (not to one device) nobody answered.
+    fn no_answer(&self, group: &GroupName, what: &str, e: NoAnswer) -> ApiError {
+        match e {
+            NoAnswer::NoResponders => ApiError::UnknownGroup {
+                group: group.to_string(),
+            },
+            NoAnswer::TimedOut => ApiError::DeviceUnavailable(format!(
+                "no device of group {group} answered the {what} within {} s",
+                ANSWER_WITHIN.as_secs()
+            )),
+            NoAnswer::Bus(e) => {
+                ApiError::BusUnavailable(format!("sending group {group} the {what}: {e}"))
+            }
+        }
+    }
+}
+
+/// The answer to a client whose hold change a device refused, chosen by the
+/// reply's code; the device's own words become the message.
+pub fn settings_refused(group: &GroupName, code: SettingsErrorCode, message: &str) -> ApiError {
+    let message = format!("group {group} refused the hold change: {message}");
+    match code {
+        SettingsErrorCode::UntilInPast
+        | SettingsErrorCode::UntilTooFar
+        | SettingsErrorCode::ReasonTooLong => ApiError::InvalidHold(message),
+        SettingsErrorCode::StoreUnavailable => ApiError::BusUnavailable(message),
+        SettingsErrorCode::InvalidRequest
+        | SettingsErrorCode::UnsupportedSchema
+        | SettingsErrorCode::Unknown => ApiError::InvalidJson(message),
     }
 }
 
@@ -199,6 +349,23 @@ mod tests {
         Refusal {
             code,
             message: message.into(),
+        }
+    }
+
+    #[test]
+    fn a_refused_hold_change_is_answered_by_its_code() {
+        let g: GroupName = "stage".parse().expect("a group");
+        for (code, api) in [
+            (SettingsErrorCode::UntilInPast, "invalid_hold"),
+            (SettingsErrorCode::UntilTooFar, "invalid_hold"),
+            (SettingsErrorCode::ReasonTooLong, "invalid_hold"),
+            (SettingsErrorCode::InvalidRequest, "invalid_json"),
+            (SettingsErrorCode::Unknown, "invalid_json"),
+            (SettingsErrorCode::StoreUnavailable, "bus_unavailable"),
+        ] {
+            let e = settings_refused(&g, code, "words");
+            assert_eq!(e.code(), api, "{code}");
+            assert!(e.to_string().ends_with("words"), "{e}");
         }
     }
 

@@ -30,6 +30,15 @@ pub enum ApiError {
     /// A group name or device id that breaks the naming rule.
     #[error("{0}")]
     InvalidName(String),
+    /// A show hold the device would not store as asked: `until` not in the
+    /// future or more than 30 days ahead, `until` when lifting, a reason or
+    /// `by` too long.
+    #[error("{0}")]
+    InvalidHold(String),
+    /// The group is under a show hold and the call did not insist
+    /// (`force`): an election trigger.
+    #[error("{0}")]
+    Held(String),
     /// No device of the group answers.
     #[error(
         "no device of group {group} answers (is the group's name right, and is any device running?)"
@@ -80,6 +89,8 @@ impl ApiError {
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::ScoreOutOfRange(_) => "score_out_of_range",
             ApiError::InvalidName(_) => "invalid_name",
+            ApiError::InvalidHold(_) => "invalid_hold",
+            ApiError::Held(_) => "held",
             ApiError::UnknownGroup { .. } => "unknown_group",
             ApiError::UnknownDevice { .. } => "unknown_device",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -98,7 +109,10 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::InvalidJson(_) | ApiError::InvalidName(_) => StatusCode::BAD_REQUEST,
-            ApiError::ScoreOutOfRange(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::ScoreOutOfRange(_) | ApiError::InvalidHold(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::Held(_) => StatusCode::CONFLICT,
             ApiError::UnknownGroup { .. } | ApiError::UnknownDevice { .. } => StatusCode::NOT_FOUND,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -167,6 +181,8 @@ mod tests {
             ApiError::InvalidJson(String::new()),
             ApiError::ScoreOutOfRange(String::new()),
             ApiError::InvalidName(String::new()),
+            ApiError::InvalidHold(String::new()),
+            ApiError::Held(String::new()),
             ApiError::UnknownGroup { group: "g".into() },
             ApiError::UnknownDevice {
                 group: "g".into(),

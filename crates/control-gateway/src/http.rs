@@ -32,7 +32,8 @@ use understudy_protocol::roster::RosterDevice;
 use understudy_protocol::{DeviceId, GroupName};
 
 use crate::answers::{
-    DeviceList, GroupList, OnlineAnswer, ScoreAnswer, SetScoreAnswer, StatusDocument, TriggerAnswer,
+    DeviceList, GroupList, HoldAnswer, OnlineAnswer, ScoreAnswer, SetScoreAnswer, StatusDocument,
+    TriggerAnswer,
 };
 use crate::auth::Access;
 use crate::events::{self, FeedEvent, Start};
@@ -49,6 +50,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/groups/{group}/devices/{device}/score"),
     ("PUT", "/api/v1/groups/{group}/devices/{device}/score"),
     ("PUT", "/api/v1/groups/{group}/devices/{device}/online"),
+    ("GET", "/api/v1/groups/{group}/hold"),
+    ("PUT", "/api/v1/groups/{group}/hold"),
     ("POST", "/api/v1/groups/{group}/election"),
     ("GET", "/api/v1/groups/{group}/events"),
     ("GET", "/api/v1/groups/{group}/events/ws"),
@@ -81,6 +84,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(get_score).put(put_score),
         )
         .route(&format!("{g}/devices/{{device}}/online"), put(put_online))
+        .route(&format!("{g}/hold"), get(get_hold).put(put_hold))
         .route(&format!("{g}/election"), post(post_election))
         .route(&format!("{g}/events"), get(events_sse))
         .route(&format!("{g}/events/ws"), get(events_ws))
@@ -361,8 +365,52 @@ async fn put_online(
     Ok(Answer::ok(s.set_online(&group, &device, online).await?))
 }
 
-async fn post_election(State(s): St, names: Names) -> Result<Answer<TriggerAnswer>, ApiError> {
-    let answer = s.trigger(&names.group()?).await?;
+async fn get_hold(State(s): St, names: Names) -> Result<Answer<HoldAnswer>, ApiError> {
+    Ok(Answer::ok(s.hold(&names.group()?).await?))
+}
+
+async fn put_hold(
+    State(s): St,
+    names: Names,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Answer<HoldAnswer>, ApiError> {
+    let group = names.group()?;
+    let map = json_body(&headers, body).await?;
+    let change = input::hold(&map)?;
+    Ok(Answer::ok(s.set_hold(&group, change).await?))
+}
+
+/// The query of an election trigger: `force=true` triggers past a show
+/// hold (`force=false`, or none, does not).
+pub fn force_query(query: Option<&str>) -> Result<bool, ApiError> {
+    let mut force = false;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key == "force" {
+            force = match value {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(ApiError::InvalidJson(format!(
+                        "query parameter force={:?} must be true or false",
+                        other.chars().take(32).collect::<String>()
+                    )));
+                }
+            };
+        }
+    }
+    Ok(force)
+}
+
+async fn post_election(
+    State(s): St,
+    names: Names,
+    RawQuery(query): RawQuery,
+) -> Result<Answer<TriggerAnswer>, ApiError> {
+    let group = names.group()?;
+    let force = force_query(query.as_deref())?;
+    let answer = s.trigger(&group, force).await?;
     Ok(Answer {
         status: StatusCode::ACCEPTED,
         body: answer,
@@ -533,6 +581,20 @@ mod tests {
             stream_query(Some("last=-1")).map_err(|e| e.code()),
             Err("invalid_json")
         );
+    }
+
+    #[test]
+    fn force_is_true_or_false() {
+        assert_eq!(force_query(None), Ok(false));
+        assert_eq!(force_query(Some("force=true")), Ok(true));
+        assert_eq!(force_query(Some("x=1&force=false")), Ok(false));
+        for bad in ["force=1", "force=", "force", "force=TRUE"] {
+            assert_eq!(
+                force_query(Some(bad)).map_err(|e| e.code()),
+                Err("invalid_json"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

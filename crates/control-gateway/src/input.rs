@@ -9,6 +9,9 @@
 //! as JSON Schema (and so docs/openapi.json) counts them.
 
 use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use understudy_protocol::hold::{HoldChange, REASON_MAX_CHARS, SET_BY_MAX_CHARS};
 use understudy_protocol::{DeviceId, GroupName, Score};
 
 use crate::ApiError;
@@ -87,6 +90,78 @@ pub fn count(map: &serde_json::Map<String, Value>, name: &str) -> Result<Option<
             ))
         }),
     }
+}
+
+/// An optional boolean field (absent or null: false), e.g. `force`.
+pub fn flag(map: &serde_json::Map<String, Value>, name: &str) -> Result<bool, ApiError> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(_) => boolean(map, name),
+    }
+}
+
+/// An optional string field (absent or null: `None`).
+fn optional_string(
+    map: &serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Option<String>, ApiError> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => string(map, name).map(|s| Some(s.to_owned())),
+    }
+}
+
+/// Who a hold change is kept as set by when the client names nobody.
+pub const DEFAULT_SET_BY: &str = "gateway";
+
+/// A show hold change: `held` (required), `until` (an RFC 3339 time or
+/// null; only with `held: true`), `reason` (at most 200 characters) and
+/// `by` (who asks, at most 64; default [`DEFAULT_SET_BY`]). Whether `until`
+/// lies in the future is the answering device's to say, by its clock.
+pub fn hold(map: &serde_json::Map<String, Value>) -> Result<HoldChange, ApiError> {
+    let held = boolean(map, "held")?;
+    let until_ms = match optional_string(map, "until")? {
+        None => None,
+        Some(text) => Some(rfc3339_ms(&text)?),
+    };
+    if !held && until_ms.is_some() {
+        return Err(ApiError::InvalidHold(
+            "`until` is only for putting a hold on (held: true); lifting takes no end".into(),
+        ));
+    }
+    let reason = optional_string(map, "reason")?;
+    let chars = |s: &Option<String>| s.as_deref().map_or(0, |s| s.chars().count());
+    if chars(&reason) > REASON_MAX_CHARS {
+        return Err(ApiError::InvalidHold(format!(
+            "reason is {} characters long; at most {REASON_MAX_CHARS} are allowed",
+            chars(&reason)
+        )));
+    }
+    let by = optional_string(map, "by")?.filter(|b| !b.trim().is_empty());
+    if chars(&by) > SET_BY_MAX_CHARS {
+        return Err(ApiError::InvalidHold(format!(
+            "by is {} characters long; at most {SET_BY_MAX_CHARS} are allowed",
+            chars(&by)
+        )));
+    }
+    Ok(HoldChange {
+        held,
+        until_ms,
+        reason,
+        set_by: Some(by.unwrap_or_else(|| DEFAULT_SET_BY.to_owned())),
+    })
+}
+
+/// An RFC 3339 time (`2026-12-01T23:30:00Z`) as Unix milliseconds.
+fn rfc3339_ms(text: &str) -> Result<u64, ApiError> {
+    let shown: String = text.chars().take(40).collect();
+    let t = OffsetDateTime::parse(text.trim(), &Rfc3339).map_err(|_| {
+        ApiError::InvalidJson(format!(
+            "`until` must be an RFC 3339 time such as 2026-12-01T23:30:00Z, got {shown:?}"
+        ))
+    })?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| ApiError::InvalidHold(format!("`until` {shown} is before 1970")))
 }
 
 /// A score: a JSON integer 0–255 (`140.0` counts as the integer 140).
@@ -195,6 +270,43 @@ mod tests {
             score(&json!(140.5)).map_err(|e| e.code()),
             Err("invalid_json")
         );
+    }
+
+    #[test]
+    fn a_hold_change_is_checked_at_the_edge() {
+        let obj = |v: Value| v.as_object().cloned().expect("an object");
+        let c = hold(&obj(
+            json!({"held": true, "until": "2026-01-01T01:00:00+01:00",
+            "reason": "show"}),
+        ))
+        .expect("valid");
+        assert_eq!(c.until_ms, Some(1_767_225_600_000));
+        assert_eq!(c.set_by.as_deref(), Some(DEFAULT_SET_BY));
+        let c = hold(&obj(json!({"held": false, "until": null, "by": "desk"}))).expect("valid");
+        assert_eq!(
+            (c.held, c.until_ms, c.set_by.as_deref()),
+            (false, None, Some("desk"))
+        );
+        let long = "x".repeat(REASON_MAX_CHARS + 1);
+        for (bad, code) in [
+            (json!({}), "invalid_json"),
+            (json!({"held": "yes"}), "invalid_json"),
+            (json!({"held": true, "until": "tomorrow"}), "invalid_json"),
+            (json!({"held": true, "until": 5}), "invalid_json"),
+            (json!({"held": true, "reason": 5}), "invalid_json"),
+            (
+                json!({"held": false, "until": "2026-01-01T00:00:00Z"}),
+                "invalid_hold",
+            ),
+            (json!({"held": true, "reason": long}), "invalid_hold"),
+            (json!({"held": true, "by": "y".repeat(65)}), "invalid_hold"),
+        ] {
+            assert_eq!(
+                hold(&obj(bad.clone())).map_err(|e| e.code()).err(),
+                Some(code),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -228,12 +228,42 @@ mod tests {
                 "post",
                 format!("{g}/election"),
                 serde_json::to_value(TriggerAnswer {
-                    group,
+                    group: group.clone(),
                     triggered: true,
+                    held: true,
+                    device: roster.devices[0].device.clone(),
                 })
                 .unwrap(),
             ),
         ];
+        // The hold: never set, held with every field, lifted; and the status
+        // with it.
+        let record = understudy_protocol::hold::HoldRecord {
+            schema: 1,
+            group: group.clone(),
+            held: true,
+            until_ms: Some(1_767_229_200_000),
+            reason: Some("show".into()),
+            set_by: Some("gateway".into()),
+            since_ms: 1_767_225_600_000,
+        };
+        let mut cases = cases;
+        for rec in [None, Some(record.clone())] {
+            let answer = HoldAnswer {
+                group: group.clone(),
+                state: HoldState::new(rec.clone(), 1_767_225_600_001),
+            };
+            for method in ["get", "put"] {
+                cases.push((
+                    method,
+                    format!("{g}/hold"),
+                    serde_json::to_value(&answer).unwrap(),
+                ));
+            }
+            let mut status = StatusDocument::from(roster.clone());
+            status.hold = Some(answer.state.clone());
+            cases.push(("get", g.into(), serde_json::to_value(status).unwrap()));
+        }
         for (method, path, value) in cases {
             let schema = answer_schema(&doc, method, &path);
             assert!(schema.is_object(), "{method} {path} documents its answer");
@@ -252,6 +282,8 @@ mod tests {
             "invalid_json",
             "score_out_of_range",
             "invalid_name",
+            "invalid_hold",
+            "held",
             "unknown_group",
             "unknown_device",
             "unsupported_media_type",

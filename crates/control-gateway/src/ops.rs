@@ -4,17 +4,19 @@
 //! drift apart.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
+use understudy_bus::unix_ms;
+use understudy_protocol::hold::HoldChange;
 use understudy_protocol::messages::ControlOp;
 use understudy_protocol::roster::RosterDevice;
 use understudy_protocol::{DeviceId, GroupName, Score};
 
 use crate::ApiError;
 use crate::answers::{
-    DeviceList, GroupList, GroupSeen, OnlineAnswer, ScoreAnswer, SetScoreAnswer, StatusDocument,
-    TriggerAnswer,
+    DeviceList, GroupList, GroupSeen, HoldAnswer, HoldState, OnlineAnswer, ScoreAnswer,
+    SetScoreAnswer, StatusDocument, TriggerAnswer,
 };
 use crate::auth::Tokens;
 use crate::bus::BusApi;
@@ -47,9 +49,43 @@ impl Shared {
         GroupList { groups }
     }
 
-    /// The roster document plus `term`, `colours` and `problems`.
+    /// The roster document plus `term`, `colours`, `problems` and the
+    /// show hold (`null` if it cannot be read: the status still answers).
     pub async fn status(&self, group: &GroupName) -> Result<StatusDocument, ApiError> {
-        Ok(self.bus.roster(group).await?.into())
+        let (roster, hold) = tokio::join!(self.bus.roster(group), self.bus.hold(group));
+        let mut doc: StatusDocument = roster?.into();
+        doc.hold = match hold {
+            Ok(record) => Some(HoldState::new(record, unix_ms(SystemTime::now()))),
+            Err(e) => {
+                tracing::debug!(%group, error = %e, "status without the hold");
+                None
+            }
+        };
+        Ok(doc)
+    }
+
+    /// The group's show hold, from its settings bucket (works with no
+    /// device running; a group that never had a hold is not held).
+    pub async fn hold(&self, group: &GroupName) -> Result<HoldAnswer, ApiError> {
+        let record = self.bus.hold(group).await?;
+        Ok(HoldAnswer {
+            group: group.clone(),
+            state: HoldState::new(record, unix_ms(SystemTime::now())),
+        })
+    }
+
+    /// Puts the show hold on or lifts it (`change` as validated at the
+    /// edge, [`crate::input::hold`]); the hold as the device stored it.
+    pub async fn set_hold(
+        &self,
+        group: &GroupName,
+        change: HoldChange,
+    ) -> Result<HoldAnswer, ApiError> {
+        let record = self.bus.set_hold(group, change).await?;
+        Ok(HoldAnswer {
+            group: group.clone(),
+            state: HoldState::new(Some(record), unix_ms(SystemTime::now())),
+        })
     }
 
     /// The roster's device entries.
@@ -127,12 +163,15 @@ impl Shared {
         })
     }
 
-    /// Triggers an election.
-    pub async fn trigger(&self, group: &GroupName) -> Result<TriggerAnswer, ApiError> {
-        self.bus.trigger(group, "understudy gateway").await?;
+    /// Triggers an election; while the group is held only with `force`
+    /// (else `held`, 409).
+    pub async fn trigger(&self, group: &GroupName, force: bool) -> Result<TriggerAnswer, ApiError> {
+        let reply = self.bus.trigger(group, "understudy gateway", force).await?;
         Ok(TriggerAnswer {
             group: group.clone(),
             triggered: true,
+            held: reply.held,
+            device: reply.device,
         })
     }
 }

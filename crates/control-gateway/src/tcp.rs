@@ -283,7 +283,19 @@ impl Conn {
             }
             "trigger" => {
                 self.allow(Access::Write)?;
-                s.trigger(&group()?).await.map(document)
+                let g = group()?;
+                let force = input::flag(map, "force")?;
+                s.trigger(&g, force).await.map(document)
+            }
+            "hold_status" => {
+                self.allow(Access::Read)?;
+                s.hold(&group()?).await.map(document)
+            }
+            "hold" => {
+                self.allow(Access::Write)?;
+                let g = group()?;
+                let change = input::hold(map)?;
+                s.set_hold(&g, change).await.map(document)
             }
             "subscribe" => {
                 self.allow(Access::Read)?;
@@ -302,7 +314,7 @@ impl Conn {
             }
             other => Err(ApiError::NotFound(format!(
                 "unknown command {:?}: auth, groups, status, devices, get_score, set_score, \
-                 set_online, trigger, subscribe",
+                 set_online, trigger, hold, hold_status, subscribe",
                 other.chars().take(64).collect::<String>()
             ))),
         }
