@@ -667,6 +667,82 @@ fn a_loss_verdict_about_a_holder_never_heard_serving_restarts_the_wait() {
 }
 
 #[test]
+fn a_holder_declared_lost_that_renews_its_lease_afterwards_is_waited_for() {
+    // Heard serving, then declared lost just as this device was cut off for
+    // seconds; meanwhile the better candidate was lost too (this device's
+    // own silence). Back on the bus, the lease shows the holder renewed it
+    // after the verdict: it is alive and must not be deposed (simulator seed
+    // 50535 of the soak with 1 s client beats, 2026-12-01).
+    let mut m = machine(100, 1, ElectionConfig::default());
+    let s = server_peer("srv", 200, 9, 5);
+    let better = peer("b", 150, 8);
+    m.handle(Event::PeerSeen(better.clone()), ms(2500));
+    m.handle(Event::PeerSeen(s.clone()), ms(2500));
+    m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), ms(2600));
+    run_until(&mut m, ms(2600), ms(4000));
+    let a = m.handle(lost(&s), ms(4000));
+    assert_eq!(claim(&a), None, "b is the rightful one, not this device");
+    // Back from the cut-off: the holder's renewals since, then the
+    // detector's verdict on b (made while this device heard nothing).
+    let back = ms(7000);
+    let a = m.handle(Event::LeaseObserved(Some((17, held_by(&s, Some(5))))), back);
+    assert_eq!(claim(&a), None);
+    let a = m.handle(lost(&better), back + ms(1));
+    assert_eq!(
+        claim(&a),
+        None,
+        "the holder renewed after the verdict: it is waited for"
+    );
+    m.handle(Event::PeerSeen(s), back + ms(100));
+    let a = run_until(&mut m, back + ms(100), back + UNHEARD_HOLDER_WAIT + ms(500));
+    assert_eq!(claim(&a), None, "heard serving again: it holds the lease");
+}
+
+#[test]
+fn a_holder_declared_lost_that_renews_but_stays_unheard_is_replaced_after_the_wait() {
+    let mut m = machine(100, 1, ElectionConfig::default());
+    let s = server_peer("srv", 200, 9, 5);
+    m.handle(Event::PeerSeen(s.clone()), ms(2500));
+    m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), ms(2600));
+    run_until(&mut m, ms(2600), ms(4000));
+    let a = m.handle(lost(&s), ms(4000));
+    assert!(
+        claim(&a).is_some(),
+        "lost and not renewed: replaced at once"
+    );
+    // Another device: the renewal comes first, then silence.
+    let mut m = machine(100, 1, ElectionConfig::default());
+    m.handle(Event::PeerSeen(s.clone()), ms(2500));
+    m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), ms(2600));
+    run_until(&mut m, ms(2600), ms(4000));
+    let better = peer("b", 150, 8);
+    m.handle(Event::PeerSeen(better.clone()), ms(3900));
+    m.handle(lost(&s), ms(4000));
+    let renewed = ms(4100);
+    m.handle(
+        Event::LeaseObserved(Some((6, held_by(&s, Some(5))))),
+        renewed,
+    );
+    let a = m.handle(lost(&better), renewed + ms(1));
+    assert_eq!(claim(&a), None);
+    let early = run_until(
+        &mut m,
+        renewed + ms(1),
+        renewed + UNHEARD_HOLDER_WAIT - ms(1),
+    );
+    assert_eq!(claim(&early), None);
+    let a = run_until(
+        &mut m,
+        renewed + UNHEARD_HOLDER_WAIT - ms(1),
+        renewed + UNHEARD_HOLDER_WAIT + ms(300),
+    );
+    assert!(
+        claim(&a).is_some(),
+        "renewed but never heard: replaced after the wait"
+    );
+}
+
+#[test]
 fn a_holder_known_only_as_its_older_instance_is_waited_for() {
     // Away while the holder's device restarted and took the lease again:
     // the lease names the new instance before its beats are heard.

@@ -160,6 +160,10 @@ struct HolderNews {
     heard_serving: bool,
     /// Whether the failure detector declared it lost since then.
     lost: bool,
+    /// The lease revision this machine knew when it was declared lost: a
+    /// later write of the same lease by the holder (a renewal) shows it
+    /// alive after all.
+    lost_at: u64,
     /// Whether another instance of its device beat since then.
     replaced: bool,
 }
@@ -484,6 +488,7 @@ impl Machine {
         {
             if news.heard_serving {
                 news.lost = true;
+                news.lost_at = self.lease.as_ref().map_or(0, |(rev, _)| *rev);
             } else {
                 // The verdict rests on its client beats: this device may
                 // just be back from a cut-off. Wait for its server beats
@@ -531,6 +536,23 @@ impl Machine {
                         ElectionReason::NoServer
                     });
                 }
+                if let Some(news) = self.holder_news.as_mut()
+                    && news.lost
+                    && rev > news.lost_at
+                    && term == news.term
+                    && rec
+                        .holder
+                        .as_ref()
+                        .is_some_and(|h| h.device == news.device && h.instance == news.instance)
+                {
+                    // The holder renewed its lease after this device declared
+                    // it lost: it is alive, and the silence was this device's
+                    // (back from a cut-off, simulator seed 50535 with 1 s
+                    // client beats). Wait for its beats as for a holder not
+                    // heard yet; if none come, it is replaced after the wait.
+                    news.lost = false;
+                    news.since = now;
+                }
                 self.lease = Some((rev, rec));
                 self.lease_seen_at = now;
             }
@@ -568,6 +590,7 @@ impl Machine {
                 term,
                 since: now,
                 lost: false,
+                lost_at: 0,
                 replaced: false,
             });
         }
