@@ -71,6 +71,9 @@ pub struct Plan {
     pub faults_end: Duration,
     /// The one-way bus delay range.
     pub delay: (Duration, Duration),
+    /// How often devices that are not the server beat (the run's
+    /// [`crate::client_heartbeat`]; a test may set another).
+    pub client_heartbeat: Duration,
 }
 
 impl Plan {
@@ -183,6 +186,7 @@ impl Plan {
             faults,
             faults_end,
             delay: (lo, hi),
+            client_heartbeat: crate::world::client_heartbeat(),
         }
     }
 }

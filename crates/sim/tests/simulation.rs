@@ -7,8 +7,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::thread;
+use std::time::Duration;
 
-use understudy_sim::{Failure, run_seed};
+use understudy_sim::{Failure, Plan, run_plan, run_seed};
 
 /// How many seeds `cargo test` runs.
 const SEEDS: u64 = 2_000;
@@ -48,17 +49,46 @@ fn two_thousand_seeded_fault_schedules_hold_every_invariant() {
 
 /// Seeds beyond [`SEEDS`] that once broke an invariant, each with what it
 /// found; they run on every `cargo test`.
-const FOUND_BY_SOAK: &[(u64, &str)] = &[(
-    181_049,
-    "a device back from a pause got the goodbye of the server's old process \
-     with the lease of its new one, and deposed it (needless takeover)",
-)];
+const FOUND_BY_SOAK: &[(u64, u64, &str)] = &[
+    (
+        181_049,
+        100,
+        "a device back from a pause got the goodbye of the server's old process \
+         with the lease of its new one, and deposed it (needless takeover)",
+    ),
+    (
+        7_975,
+        1_000,
+        "a device back from a cut-off heard the new server's fresh beats, then \
+         its own loss verdict made while away, and deposed it (needless takeover)",
+    ),
+    (
+        30_566,
+        1_000,
+        "a device back from a cut-off deposed a live server it had declared lost \
+         before the cut-off, though the server had renewed its lease since",
+    ),
+    (
+        50_535,
+        1_000,
+        "the same as 30566: a verdict from before a 3.4 s cut-off, the lease \
+         renewed twelve times since",
+    ),
+    (68_531, 1_000, "the same as 30566, after a 2.4 s cut-off"),
+];
 
+/// Each seed a soak once failed, with the clients' cadence it failed at.
 #[test]
 fn seeds_the_soak_once_failed_hold_every_invariant() {
-    for (seed, found) in FOUND_BY_SOAK {
-        if let Err(f) = run_seed(*seed) {
-            panic!("seed {seed} broke again (it once found: {found}):\n{f}");
+    for (seed, client_ms, found) in FOUND_BY_SOAK {
+        let plan = Plan {
+            client_heartbeat: Duration::from_millis(*client_ms),
+            ..Plan::from_seed(*seed)
+        };
+        if let Err(f) = run_plan(plan, false) {
+            panic!(
+                "seed {seed} (clients every {client_ms} ms) broke again (it once found: {found}):\n{f}"
+            );
         }
     }
 }

@@ -53,7 +53,12 @@ fn main() -> ExitCode {
                         Err(f) => {
                             // Said at once: a long soak stopped early still
                             // names what it found.
-                            eprintln!("soak: seed {} FAILED (replay: UNDERSTUDY_SEED={} cargo test -p understudy-sim --test simulation replay_one_seed)", f.seed, f.seed);
+                            eprintln!(
+                                "soak: seed {} FAILED (replay: UNDERSTUDY_SIM_CLIENT_HEARTBEAT_MS={} UNDERSTUDY_SEED={} cargo test -p understudy-sim --test simulation replay_one_seed -- --nocapture)",
+                                f.seed,
+                                client_heartbeat().as_millis(),
+                                f.seed
+                            );
                             if let Ok(mut v) = failures.lock() {
                                 v.push(f);
                             }
