@@ -105,6 +105,25 @@ mod tests {
     }
 
     #[test]
+    fn control_requests_carry_reset_and_who_asks() {
+        use crate::messages::ControlRequest;
+        let req: ControlRequest =
+            decode(br#"{"schema":1,"op":"reset_score","set_by":"ops"}"#).expect("reset");
+        assert_eq!(req.op, ControlOp::ResetScore);
+        assert_eq!(req.set_by.as_deref(), Some("ops"));
+        let long = format!(
+            r#"{{"schema":1,"op":"set_score","score":1,"set_by":"{}"}}"#,
+            "x".repeat(crate::hold::SET_BY_MAX_CHARS + 1)
+        );
+        let e = decode::<ControlRequest>(long.as_bytes()).expect_err("too long");
+        assert_eq!(
+            crate::ControlErrorCode::from(&e),
+            crate::ControlErrorCode::InvalidRequest,
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_reset_returns_the_configured_score_and_keeps_online() {
         let g: GroupName = "stage".parse().unwrap();
         let d: DeviceId = "dev-1".parse().unwrap();
