@@ -308,8 +308,16 @@ pub async fn run(
     let mut d = Driver::new(client.clone(), cfg, tx);
     let js = jetstream::new(client);
     // An operator's stored score and online/offline apply from the first
-    // state this device says, well before its grace ends.
-    d.open_settings(&js, &mut inbox.warned).await;
+    // state this device says, well before its grace ends. Bounded: with
+    // JetStream slow or down the device says its state anyway and the loop
+    // opens the bucket (and applies what is stored) when it can.
+    let first_read = d.store_timeout;
+    if tokio::time::timeout(first_read, d.open_settings(&js, &mut inbox.warned))
+        .await
+        .is_err()
+    {
+        debug!("the settings bucket did not open at start; retrying in the loop");
+    }
     d.publish_state(true).await;
     while d.turn(&mut inbox, &js, &mut shutdown).await {}
     d.shut_down().await;
