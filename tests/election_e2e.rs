@@ -727,3 +727,221 @@ async fn a_hold_with_an_end_lapses_by_itself_and_the_best_device_takes_over() {
     );
     obs.check_one_server().unwrap();
 }
+
+// ---- Durable operator settings: a score or offline set at run time ----
+// ---- survives a restart of the device until the operator resets it ----
+
+const API_TOKEN: &str = "settings-test-token";
+
+/// `understudy settings --group stage --json`, read back.
+async fn stored_settings(url: &str) -> serde_json::Value {
+    let out = run_cli_ok(&["settings", "--group", GROUP, "--json", "--nats", url]).await;
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("settings --json: {e}: {out}"))
+}
+
+/// The stored settings of `device` in `settings --json`.
+fn stored_for<'a>(doc: &'a serde_json::Value, device: &str) -> &'a serde_json::Value {
+    doc["devices"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["device"] == device))
+        .unwrap_or_else(|| panic!("no stored settings for {device}: {doc}"))
+}
+
+/// A gateway call with the write token and a JSON body (if any).
+async fn gateway_call(
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> http::Reply {
+    let auth = format!("Bearer {API_TOKEN}");
+    let body = body.map(|b| b.to_string());
+    http::request(
+        gw.http(),
+        method,
+        path,
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+        ],
+        body.as_deref().map(str::as_bytes),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// Kills `dev` (kill -9) and starts it again with the same flags; returns
+/// once a new instance of it beats, with the time it was restarted.
+async fn restart_device(obs: &Observer, dev: &mut Device) -> tokio::time::Instant {
+    let id = dev.id().to_string();
+    let before = obs.view().device(&id).map(|h| h.instance);
+    dev.kill9();
+    let restarted = tokio::time::Instant::now();
+    dev.restart().unwrap();
+    obs.wait_for(
+        |v: &View| {
+            v.device(&id)
+                .filter(|h| Some(h.instance) != before)
+                .map(|_| ())
+        },
+        secs(5),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{id} did not come back: {e}"));
+    restarted
+}
+
+/// Fails unless, for `window`, `server` serves and every heartbeat of
+/// `device` since `since` shows it as `check` wants (it is past its grace
+/// by the end, so it could have taken over).
+async fn stays_as(
+    obs: &Observer,
+    server: &str,
+    device: &str,
+    since: tokio::time::Instant,
+    window: Duration,
+    check: impl Fn(&understudy_protocol::messages::Heartbeat) -> bool,
+) {
+    let until = tokio::time::Instant::now() + window;
+    loop {
+        let v = obs.view();
+        assert_eq!(
+            v.server().map(|(d, _)| d),
+            Some(server.to_string()),
+            "the server changed: {}",
+            v.summary()
+        );
+        for beat in obs.heartbeats() {
+            if beat.msg.device.as_str() == device && beat.at >= since.into_std() {
+                assert!(
+                    check(&beat.msg),
+                    "{device} after its restart: {:?} (score {}, online {}, role {:?})",
+                    beat.msg.instance,
+                    beat.msg.score,
+                    beat.msg.online,
+                    beat.msg.role
+                );
+            }
+        }
+        if tokio::time::Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let v = obs.view();
+    let d = v
+        .device(device)
+        .unwrap_or_else(|| panic!("{device} is not live: {}", v.summary()));
+    assert!(
+        !d.in_grace,
+        "{device} should be past its grace: {}",
+        v.summary()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_score_set_through_the_gateway_survives_a_restart_until_reset() {
+    let (nats, obs, mut devs) = group_of(&[200, 150], &[]).await;
+    let url = nats.url();
+    let gw = start_gateway(&url, Some(API_TOKEN)).await;
+    obs.wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
+        .await
+        .unwrap();
+
+    // The operator makes dev-1 client-only through the gateway.
+    let path = format!("/api/v1/groups/{GROUP}/devices/dev-1/score");
+    let r = gateway_call(&gw, "PUT", &path, Some(serde_json::json!({"score": 0}))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    obs.wait_converged_on("dev-2", FAILOVER_WITHIN)
+        .await
+        .unwrap();
+    let doc = stored_settings(&url).await;
+    let dev1 = stored_for(&doc, "dev-1");
+    assert_eq!(dev1["score"], 0, "{doc}");
+    assert_eq!(dev1["set_by"], "gateway", "{doc}");
+    assert!(dev1["set_at_ms"].as_u64().is_some_and(|t| t > 0), "{doc}");
+
+    // Restarted with --score 200, dev-1 keeps the operator's 0: a client.
+    let since = restart_device(&obs, &mut devs[0]).await;
+    stays_as(&obs, "dev-2", "dev-1", since, secs(4), |hb| {
+        hb.score.get() == 0 && hb.role == Role::Client
+    })
+    .await;
+
+    // `score reset` gives dev-1 back its configured 200; it takes over
+    // (preemption: it is past its grace).
+    let out = run_cli_ok(&[
+        "score", "reset", "--group", GROUP, "--device", "dev-1", "--nats", &url,
+    ])
+    .await;
+    assert!(
+        out.contains("score of dev-1 reset to its configured 200"),
+        "{out}"
+    );
+    obs.wait_converged_on("dev-1", FAILOVER_WITHIN)
+        .await
+        .unwrap();
+    assert!(
+        stored_for(&stored_settings(&url).await, "dev-1")["score"].is_null(),
+        "the reset forgets the stored score"
+    );
+
+    // The same through the gateway: PUT 0, then DELETE returns dev-1.
+    let r = gateway_call(&gw, "PUT", &path, Some(serde_json::json!({"score": 0}))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    obs.wait_converged_on("dev-2", FAILOVER_WITHIN)
+        .await
+        .unwrap();
+    let r = gateway_call(&gw, "DELETE", &path, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().unwrap()["score"], 200, "{}", r.text());
+    obs.wait_converged_on("dev-1", FAILOVER_WITHIN)
+        .await
+        .unwrap();
+    obs.check_one_server().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_taken_offline_stays_offline_across_a_restart() {
+    let (nats, obs, mut devs) = group_of(&[200, 150], &[]).await;
+    let url = nats.url();
+    obs.wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
+        .await
+        .unwrap();
+    let out = run_cli_ok(&[
+        "offline", "--group", GROUP, "--device", "dev-1", "--by", "lx-op", "--nats", &url,
+    ])
+    .await;
+    assert!(out.contains("is now offline"), "{out}");
+    obs.wait_for(
+        |v: &View| {
+            (v.server().map(|(d, _)| d).as_deref() == Some("dev-2")
+                && v.device("dev-1").is_some_and(|h| !h.online))
+            .then_some(())
+        },
+        FAILOVER_WITHIN,
+    )
+    .await
+    .unwrap();
+    let doc = stored_settings(&url).await;
+    assert_eq!(stored_for(&doc, "dev-1")["online"], false, "{doc}");
+    assert_eq!(stored_for(&doc, "dev-1")["set_by"], "lx-op", "{doc}");
+    let text = run_cli_ok(&["settings", "--group", GROUP, "--nats", &url]).await;
+    assert!(text.contains("offline") && text.contains("lx-op"), "{text}");
+
+    let since = restart_device(&obs, &mut devs[0]).await;
+    stays_as(&obs, "dev-2", "dev-1", since, secs(4), |hb| {
+        !hb.online && hb.role == Role::Client
+    })
+    .await;
+
+    // Taken online again, it is the best device and takes over.
+    run_cli_ok(&[
+        "online", "--group", GROUP, "--device", "dev-1", "--nats", &url,
+    ])
+    .await;
+    obs.wait_converged_on("dev-1", FAILOVER_WITHIN)
+        .await
+        .unwrap();
+    obs.check_one_server().unwrap();
+}

@@ -361,6 +361,17 @@ async fn http_reads_and_controls_a_group() {
     .await
     .unwrap();
 
+    // TCP `reset_score`: dev-3 forgets its stored 250 and returns to its
+    // configured 50; the best device, dev-2, takes over again.
+    let mut tcp = Tcp::connect(gw.tcp()).await;
+    tcp.auth().await;
+    let r = tcp
+        .call(json!({"id": 1, "cmd": "reset_score", "group": GROUP, "device": "dev-3"}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["score"], 50, "{r}");
+    wait_server(&gw, "dev-2").await;
+
     // The OpenAPI document and the dashboard are served.
     let r = get(gw.http(), "/api/v1/openapi.json").await.unwrap();
     assert_eq!(r.status, 200);

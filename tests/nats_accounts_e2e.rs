@@ -240,6 +240,7 @@ async fn an_observer_reads_the_group_but_cannot_change_it() {
         op: ControlOp::SetScore {
             score: Score::new(255),
         },
+        set_by: None,
     };
     let answer = observer
         .request(control.clone(), messages::encode(&req).into())

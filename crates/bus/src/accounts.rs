@@ -6,7 +6,7 @@
 //!
 //! | role | may |
 //! |------|-----|
-//! | **device** of group *g* | everything under `understudy.<g>.` (beats, goodbyes, events, its services' local subjects, control and settings of its own group), network-wide presence; JetStream for *g*'s lease, settings and project buckets and the events stream; read every group's heartbeats and goodbyes (the network-wide counts, B10); reply to requests it receives |
+//! | **device** of group *g* | everything under `understudy.<g>.` (beats, goodbyes, events, its services' local subjects, control and settings of its own group), network-wide presence; JetStream for *g*'s lease, settings (the hold, each device's stored score/online) and project buckets and the events stream; read every group's heartbeats and goodbyes (the network-wide counts, B10); reply to requests it receives |
 //! | **gateway** (and operators' CLI) | ask any group's devices (control, roster, settings such as the show hold), trigger elections, announce its sessions' presence; read heartbeats, goodbyes, events and presence; read (never write) the lease, settings and project buckets (a hold is written by a device of the group, asked on `understudy.<g>.settings`) |
 //! | **observer** | read heartbeats, goodbyes, events and presence, ask for a roster; read the buckets; nothing else — no control, no trigger, no `$KV` write |
 //!
@@ -319,6 +319,7 @@ mod tests {
             "understudy.presence.00000000000000a1",
             "$KV.understudy-lease-stage.lease",
             "$KV.understudy-settings-stage.hold",
+            "$KV.understudy-settings-stage.device.dev-1",
             "$JS.API.STREAM.CREATE.KV_understudy-settings-stage",
             "understudy.stage.settings",
             "$KV.understudy-project-stage.head",
@@ -334,6 +335,7 @@ mod tests {
             "understudy.foyer.control.dev-1",
             "$KV.understudy-lease-foyer.lease",
             "$KV.understudy-settings-foyer.hold",
+            "$KV.understudy-settings-foyer.device.dev-1",
             "understudy.foyer.settings",
             "$KV.understudy-project-foyer.head",
             "$O.understudy-project-foyer.C.abc",
@@ -380,6 +382,7 @@ mod tests {
         assert!(gateway.may_publish("understudy.stage.trigger"));
         assert!(gateway.may_publish("understudy.stage.settings"));
         assert!(!gateway.may_publish("$KV.understudy-settings-stage.hold"));
+        assert!(!gateway.may_publish("$KV.understudy-settings-stage.device.dev-1"));
         assert!(!gateway.may_publish("understudy.stage.heartbeat.dev-1"));
         assert!(!gateway.may_publish("$KV.understudy-lease-stage.lease"));
         assert!(!gateway.may_publish("$JS.API.STREAM.CREATE.KV_understudy-lease-stage"));

@@ -124,6 +124,7 @@ impl BusApi {
         let req = ControlRequest {
             schema: SCHEMA_VERSION,
             op,
+            set_by: Some("gateway".to_owned()),
         };
         let payload = match self
             .request(subjects::control(group, device), messages::encode(&req))
@@ -338,6 +339,7 @@ pub fn refused(device: &DeviceId, refusal: &Refusal) -> ApiError {
         ControlErrorCode::InvalidRequest
         | ControlErrorCode::UnsupportedSchema
         | ControlErrorCode::Unknown => ApiError::InvalidJson(message),
+        ControlErrorCode::StoreUnavailable => ApiError::BusUnavailable(message),
     }
 }
 

@@ -49,6 +49,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/groups/{group}/devices/{device}"),
     ("GET", "/api/v1/groups/{group}/devices/{device}/score"),
     ("PUT", "/api/v1/groups/{group}/devices/{device}/score"),
+    ("DELETE", "/api/v1/groups/{group}/devices/{device}/score"),
     ("PUT", "/api/v1/groups/{group}/devices/{device}/online"),
     ("GET", "/api/v1/groups/{group}/hold"),
     ("PUT", "/api/v1/groups/{group}/hold"),
@@ -81,7 +82,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(&format!("{g}/devices/{{device}}"), get(device))
         .route(
             &format!("{g}/devices/{{device}}/score"),
-            get(get_score).put(put_score),
+            get(get_score).put(put_score).delete(delete_score),
         )
         .route(&format!("{g}/devices/{{device}}/online"), put(put_online))
         .route(&format!("{g}/hold"), get(get_hold).put(put_hold))
@@ -351,6 +352,13 @@ async fn put_score(
     let map = json_body(&headers, body).await?;
     let score = input::score(input::field(&map, "score")?)?;
     Ok(Answer::ok(s.set_score(&group, &device, score).await?))
+}
+
+/// Forgets the score an operator stored for the device: it returns to its
+/// configured score and an election follows.
+async fn delete_score(State(s): St, names: Names) -> Result<Answer<SetScoreAnswer>, ApiError> {
+    let (group, device) = (names.group()?, names.device()?);
+    Ok(Answer::ok(s.reset_score(&group, &device).await?))
 }
 
 async fn put_online(

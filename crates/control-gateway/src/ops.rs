@@ -145,6 +145,26 @@ impl Shared {
         })
     }
 
+    /// Forgets the score an operator stored for a device, which returns to
+    /// its configured score; the score and the server the device knew right
+    /// after.
+    pub async fn reset_score(
+        &self,
+        group: &GroupName,
+        device: &DeviceId,
+    ) -> Result<SetScoreAnswer, ApiError> {
+        let state = self
+            .bus
+            .control(group, device, ControlOp::ResetScore)
+            .await?;
+        Ok(SetScoreAnswer {
+            group: group.clone(),
+            device: device.clone(),
+            score: state.score,
+            server: state.server,
+        })
+    }
+
     /// Takes a device online or offline.
     pub async fn set_online(
         &self,

@@ -275,6 +275,11 @@ impl Conn {
                 let score = input::score(input::field(map, "score")?)?;
                 s.set_score(&g, &d, score).await.map(document)
             }
+            "reset_score" => {
+                self.allow(Access::Write)?;
+                let (g, d) = (group()?, device()?);
+                s.reset_score(&g, &d).await.map(document)
+            }
             "set_online" => {
                 self.allow(Access::Write)?;
                 let (g, d) = (group()?, device()?);
@@ -314,7 +319,7 @@ impl Conn {
             }
             other => Err(ApiError::NotFound(format!(
                 "unknown command {:?}: auth, groups, status, devices, get_score, set_score, \
-                 set_online, trigger, hold, hold_status, subscribe",
+                 reset_score, set_online, trigger, hold, hold_status, subscribe",
                 other.chars().take(64).collect::<String>()
             ))),
         }

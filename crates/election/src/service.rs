@@ -25,6 +25,7 @@ use understudy_bus::{
     Inbox, Request, SubscribeError, Subscription, connected, flush, publish, stopped, ticker,
     unix_ms,
 };
+use understudy_protocol::device_setting::DeviceSetting;
 use understudy_protocol::hold::{
     HoldChange, HoldRecord, SettingsErrorCode, SettingsOp, SettingsReply, SettingsRequest,
 };
@@ -32,13 +33,18 @@ use understudy_protocol::messages::{
     self, ControlOp, ControlReply, ControlRequest, ElectionEvent, ElectionEventKind, ElectionState,
     Heartbeat, LeaseRecord, PeerChangeKind, PeerNotice, Trigger, TriggerReply,
 };
-use understudy_protocol::{DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, Score, subjects};
+use understudy_protocol::{
+    ControlErrorCode, DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, Score, subjects,
+};
 use understudy_telemetry::{ElectionMetrics, ServerWatch};
 
 use crate::core::{
     Action, ElectionConfig, Event, Expect, Ignored, Input, InputStage, Machine, OpId, StoreOutcome,
 };
-use crate::settings::{next_hold, open_settings_bucket, read_hold, write_hold};
+use crate::settings::{
+    next_device_setting, next_hold, open_settings_bucket, read_device_setting, read_hold,
+    write_device_setting, write_hold,
+};
 
 /// What the election service needs to run for one device.
 #[derive(Debug, Clone)]
@@ -147,6 +153,9 @@ struct Driver {
     /// The show hold as last stored, with its KV revision (`None`: never
     /// set, or not read yet).
     hold: Option<(u64, Option<HoldRecord>)>,
+    /// This device's operator settings as last stored, with their KV
+    /// revision (`None`: never set, or not read yet).
+    device_setting: Option<(u64, Option<DeviceSetting>)>,
 }
 
 /// Everything the loop waits on besides the shutdown signal.
@@ -164,6 +173,8 @@ struct Sources {
     settings: Subscription,
     /// The watch of the show hold, when open.
     hold_watch: Option<kv::Watch>,
+    /// The watch of this device's operator settings, when open.
+    setting_watch: Option<kv::Watch>,
     /// Replies of store calls running in the background.
     replies: mpsc::Receiver<(OpId, StoreOutcome)>,
     /// The lease watch, when open.
@@ -199,6 +210,7 @@ impl Sources {
             )
             .await?,
             hold_watch: None,
+            setting_watch: None,
             replies,
             watch: None,
             resync: ticker(Duration::from_secs(1)),
@@ -294,8 +306,19 @@ pub async fn run(
     let (tx, rx) = mpsc::channel(64);
     let mut inbox = Sources::subscribe(&client, &cfg, rx).await?;
     let mut d = Driver::new(client.clone(), cfg, tx);
-    d.publish_state(true).await;
     let js = jetstream::new(client);
+    // An operator's stored score and online/offline apply from the first
+    // state this device says, well before its grace ends. Bounded: with
+    // JetStream slow or down the device says its state anyway and the loop
+    // opens the bucket (and applies what is stored) when it can.
+    let first_read = d.store_timeout;
+    if tokio::time::timeout(first_read, d.open_settings(&js, &mut inbox.warned))
+        .await
+        .is_err()
+    {
+        debug!("the settings bucket did not open at start; retrying in the loop");
+    }
+    d.publish_state(true).await;
     while d.turn(&mut inbox, &js, &mut shutdown).await {}
     d.shut_down().await;
     Ok(())
@@ -411,6 +434,7 @@ impl Driver {
             events_task: Some(events_task),
             settings: None,
             hold: None,
+            device_setting: None,
         }
     }
 
@@ -466,6 +490,9 @@ impl Driver {
         if inbox.hold_watch.is_none() {
             self.open_hold_watch(inbox).await;
         }
+        if inbox.setting_watch.is_none() {
+            self.open_setting_watch(inbox).await;
+        }
     }
 
     /// Opens the settings bucket and reads the hold at once: a device that
@@ -487,6 +514,7 @@ impl Driver {
                 info!(bucket = %subjects::settings_bucket(group), "settings bucket open");
                 self.settings = Some(store);
                 self.reread_hold().await;
+                self.reread_device_setting().await;
             }
             Err(e) => {
                 if warned.insert("settings") {
@@ -513,6 +541,122 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Opens the watch of this device's settings, once the settings bucket
+    /// is open.
+    async fn open_setting_watch(&self, inbox: &mut Sources) {
+        let Some(store) = &self.settings else { return };
+        let key = subjects::device_setting_key(&self.cfg.device);
+        let watch = tokio::time::timeout(self.store_timeout * 2, store.watch_with_history(key))
+            .await
+            .unwrap_or_else(|_| Err(kv::WatchError::new(kv::WatchErrorKind::TimedOut)));
+        match watch {
+            Ok(w) => inbox.setting_watch = Some(w),
+            Err(e) => {
+                if inbox.warned.insert("setting watch") {
+                    warn!("cannot watch this device's operator settings: {e}; retrying");
+                }
+            }
+        }
+    }
+
+    /// Reads this device's operator settings and applies them; `false` if
+    /// the store did not answer.
+    async fn reread_device_setting(&mut self) -> bool {
+        let Some(store) = self.settings.clone() else {
+            return false;
+        };
+        let read = tokio::time::timeout(
+            self.store_timeout,
+            read_device_setting(&store, &self.cfg.device),
+        )
+        .await;
+        match read {
+            Ok(Ok(Some(obs))) => {
+                self.observe_device_setting(obs).await;
+                true
+            }
+            Ok(Ok(None)) => true,
+            _ => false,
+        }
+    }
+
+    /// A value of this device's settings seen in the bucket (watched, read
+    /// or written): kept unless older than the one known, then applied over
+    /// the configured score and online (an unset field means "as
+    /// configured").
+    async fn observe_device_setting(&mut self, (revision, record): (u64, Option<DeviceSetting>)) {
+        if self
+            .device_setting
+            .as_ref()
+            .is_some_and(|(known, _)| *known > revision)
+        {
+            return;
+        }
+        let (score, online) = match &record {
+            Some(r) => (r.score_or(self.cfg.score), r.online_or(self.cfg.online)),
+            None => (self.cfg.score, self.cfg.online),
+        };
+        self.device_setting = Some((revision, record));
+        let st = self.machine.status(self.now());
+        if st.score != score {
+            info!(%score, configured = %self.cfg.score, "applying the operator's stored score");
+            self.feed(Event::SetScore(score)).await;
+        }
+        if st.online != online {
+            info!(online, "applying the operator's stored online/offline");
+            self.feed(Event::SetOnline(online)).await;
+        }
+    }
+
+    /// Stores the change `op` of this device's settings (read fresh first,
+    /// so the other field is kept), then applies it. Refused, and not
+    /// applied, when the store does not answer: an operator's choice is
+    /// never applied without being kept.
+    async fn store_control(
+        &mut self,
+        op: &ControlOp,
+        set_by: Option<String>,
+        js: &jetstream::Context,
+    ) -> Result<(), String> {
+        if matches!(op, ControlOp::Get) {
+            return Ok(());
+        }
+        if self.settings.is_none() {
+            let mut warned = BTreeSet::new();
+            self.open_settings(js, &mut warned).await;
+        }
+        let bucket = subjects::settings_bucket(&self.cfg.group);
+        let Some(store) = self.settings.clone() else {
+            return Err(format!(
+                "cannot open the settings bucket {bucket} (is JetStream up?); nothing changed"
+            ));
+        };
+        let current = tokio::time::timeout(
+            self.store_timeout * 2,
+            read_device_setting(&store, &self.cfg.device),
+        )
+        .await
+        .unwrap_or_else(|_| Err("JetStream did not answer in time".to_string()))
+        .map_err(|e| {
+            format!("cannot read this device's settings from {bucket}: {e}; nothing changed")
+        })?;
+        let base = current
+            .and_then(|(_, r)| r)
+            .unwrap_or_else(|| DeviceSetting::empty(&self.cfg.group, &self.cfg.device));
+        let Some(next) = base.changed(op, set_by, unix_ms(SystemTime::now())) else {
+            return Ok(());
+        };
+        let revision =
+            tokio::time::timeout(self.store_timeout * 2, write_device_setting(&store, &next))
+                .await
+                .unwrap_or_else(|_| Err("JetStream did not answer in time".to_string()))
+                .map_err(|e| format!("{e}; nothing changed"))?;
+        info!(score = ?next.score, online = ?next.online, set_by = ?next.set_by,
+            revision, "operator setting stored");
+        self.observe_device_setting((revision, Some(next))).await;
+        Ok(())
     }
 
     /// Reads the hold from the bucket and applies it; `false` if the store
@@ -623,12 +767,13 @@ impl Driver {
         let missing = self.store.is_none()
             || inbox.watch.is_none()
             || self.settings.is_none()
-            || inbox.hold_watch.is_none();
+            || inbox.hold_watch.is_none()
+            || inbox.setting_watch.is_none();
         tokio::select! {
             () = stopped(shutdown) => return false,
             hb = inbox.heartbeats.next() => self.on_heartbeat(&hb).await,
             notice = inbox.notices.next() => self.on_notice(&notice).await,
-            msg = inbox.control.next() => self.on_control(msg).await,
+            msg = inbox.control.next() => self.on_control(msg, js).await,
             req = inbox.triggers.next_request() => self.on_trigger(req).await,
             msg = inbox.settings.next() => self.on_settings(msg, js).await,
             obs = next_hold(&mut inbox.hold_watch) => match obs {
@@ -636,6 +781,13 @@ impl Driver {
                 None => {
                     debug!("hold watch ended; reopening");
                     inbox.hold_watch = None;
+                }
+            },
+            obs = next_device_setting(&mut inbox.setting_watch) => match obs {
+                Some(obs) => self.observe_device_setting(obs).await,
+                None => {
+                    debug!("device setting watch ended; reopening");
+                    inbox.setting_watch = None;
                 }
             },
             Some((op, outcome)) = inbox.replies.recv() => {
@@ -655,8 +807,13 @@ impl Driver {
             _ = inbox.resync.tick() => {
                 // The hold only when the store answered for the lease: a
                 // store that does not answer holds the loop up once, not twice.
-                if self.resync(&mut inbox.watch).await && !self.reread_hold().await {
-                    inbox.hold_watch = None;
+                if self.resync(&mut inbox.watch).await {
+                    if !self.reread_hold().await {
+                        inbox.hold_watch = None;
+                    }
+                    if !self.reread_device_setting().await {
+                        inbox.setting_watch = None;
+                    }
                 }
             }
             _ = inbox.state_tick.tick() => {
@@ -959,34 +1116,45 @@ impl Driver {
         SettingsReply::ok(record)
     }
 
-    async fn on_control(&mut self, msg: async_nats::Message) {
+    async fn on_control(&mut self, msg: async_nats::Message, js: &jetstream::Context) {
         // A gateway call's trace goes on here (its context in the headers).
         let span =
             tracing::info_span!("control", group = %self.cfg.group, device = %self.cfg.device);
         understudy_telemetry::trace::follow_nats(&span, msg.headers.as_ref());
-        tracing::Instrument::instrument(self.answer_control(msg), span).await;
+        tracing::Instrument::instrument(self.answer_control(msg, js), span).await;
     }
 
-    async fn answer_control(&mut self, msg: async_nats::Message) {
+    /// Carries out an operator's control request: a change of score or
+    /// online is stored first ([`Self::store_control`]) and applied from
+    /// what was stored.
+    async fn answer_control(&mut self, msg: async_nats::Message, js: &jetstream::Context) {
         let reply = match messages::decode::<ControlRequest>(&msg.payload) {
             Err(e) => ControlReply::unreadable(&e, Some(self.state())),
             Ok(req) => {
-                match req.op {
-                    ControlOp::SetScore { score } => {
-                        info!(%score, "score set by an operator");
-                        self.feed(Event::SetScore(score)).await;
-                    }
-                    ControlOp::SetOnline { online } => {
-                        info!(
-                            online,
-                            "taken {} by an operator",
-                            if online { "online" } else { "offline" }
-                        );
-                        self.feed(Event::SetOnline(online)).await;
-                    }
+                match &req.op {
+                    ControlOp::SetScore { score } => info!(%score, "score set by an operator"),
+                    ControlOp::ResetScore => info!(
+                        configured = %self.cfg.score,
+                        "score reset to the configured one by an operator"
+                    ),
+                    ControlOp::SetOnline { online } => info!(
+                        online,
+                        "taken {} by an operator",
+                        if *online { "online" } else { "offline" }
+                    ),
                     ControlOp::Get => {}
                 }
-                ControlReply::ok(self.state())
+                match self.store_control(&req.op, req.set_by, js).await {
+                    Ok(()) => ControlReply::ok(self.state()),
+                    Err(e) => {
+                        warn!("operator change refused: {e}");
+                        ControlReply::refused(
+                            ControlErrorCode::StoreUnavailable,
+                            e,
+                            Some(self.state()),
+                        )
+                    }
+                }
             }
         };
         if let Some(to) = msg.reply {

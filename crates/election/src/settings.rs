@@ -1,17 +1,19 @@
 //! The group's settings bucket (JetStream KV `understudy-settings-<group>`)
-//! and the show hold kept in it (key `hold`, a [`HoldRecord`]).
+//! and what is kept in it: the show hold (key `hold`, a [`HoldRecord`]) and
+//! each device's operator settings (key `device.<id>`, a [`DeviceSetting`]).
 //!
 //! Plumbing for the driver: open or create the bucket, read, watch and
-//! write the hold. Whether the group is held at a given moment is the
+//! write the hold and this device's settings. Whether the group is held at a given moment is the
 //! record's to say ([`HoldRecord::in_effect`]); what a hold means for the
 //! election is the core's ([`crate::Event::SetHold`]).
 
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use tracing::{debug, warn};
+use understudy_protocol::device_setting::DeviceSetting;
 use understudy_protocol::hold::HoldRecord;
 use understudy_protocol::messages;
-use understudy_protocol::{GroupName, subjects};
+use understudy_protocol::{DeviceId, GroupName, subjects};
 
 /// How many values of each key the settings bucket keeps, so who set and
 /// lifted the last holds, and when, can be looked up.
@@ -94,6 +96,76 @@ pub async fn next_hold(w: &mut Option<kv::Watch>) -> Option<(u64, Option<HoldRec
             }
             Some(Ok(entry)) => {
                 if let Some(obs) = hold_entry(&entry) {
+                    return Some(obs);
+                }
+            }
+        }
+    }
+}
+
+/// A device's settings as a KV entry gives them, with the entry's revision
+/// (the record is `None` for a deleted key); `None` for an undecodable
+/// value, which is skipped with a warning.
+pub fn device_setting_entry(entry: &kv::Entry) -> Option<(u64, Option<DeviceSetting>)> {
+    match entry.operation {
+        kv::Operation::Delete | kv::Operation::Purge => Some((entry.revision, None)),
+        kv::Operation::Put => match messages::decode::<DeviceSetting>(&entry.value) {
+            Ok(rec) => Some((entry.revision, Some(rec))),
+            Err(e) => {
+                warn!(
+                    key = %entry.key,
+                    revision = entry.revision,
+                    "ignoring a device setting: {e}"
+                );
+                None
+            }
+        },
+    }
+}
+
+/// Reads `device`'s settings: `Ok(None)` when none were ever stored.
+pub async fn read_device_setting(
+    store: &kv::Store,
+    device: &DeviceId,
+) -> Result<Option<(u64, Option<DeviceSetting>)>, String> {
+    match store.entry(subjects::device_setting_key(device)).await {
+        Ok(None) => Ok(None),
+        Ok(Some(entry)) => Ok(device_setting_entry(&entry)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Stores `record` as its device's settings; returns the entry's revision.
+pub async fn write_device_setting(
+    store: &kv::Store,
+    record: &DeviceSetting,
+) -> Result<u64, String> {
+    store
+        .put(
+            subjects::device_setting_key(&record.device),
+            messages::encode(record).into(),
+        )
+        .await
+        .map_err(|e| format!("cannot store the setting of device {}: {e}", record.device))
+}
+
+/// The next change of a device's settings on `watch`; `None` when the
+/// watch ended (it is reopened). Waits forever without a watch.
+pub async fn next_device_setting(
+    w: &mut Option<kv::Watch>,
+) -> Option<(u64, Option<DeviceSetting>)> {
+    let Some(watch) = w.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match watch.next().await {
+            None => return None,
+            Some(Err(e)) => {
+                debug!("device setting watch error: {e}");
+                return None;
+            }
+            Some(Ok(entry)) => {
+                if let Some(obs) = device_setting_entry(&entry) {
                     return Some(obs);
                 }
             }

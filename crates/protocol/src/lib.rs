@@ -9,6 +9,7 @@
 //! Validation happens at the edge — `FromStr`, `TryFrom` and `Deserialize` —
 //! so code further in can trust a value once it has the type.
 
+pub mod device_setting;
 mod error;
 pub mod grpc;
 pub mod hold;

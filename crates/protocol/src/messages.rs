@@ -496,6 +496,9 @@ pub enum ControlOp {
         /// Online when true.
         online: bool,
     },
+    /// Forget the score an operator set: the device returns to its
+    /// configured score; an election follows.
+    ResetScore,
     /// Answer with the device's election state.
     Get,
 }
@@ -508,6 +511,10 @@ pub struct ControlRequest {
     /// What to do.
     #[serde(flatten)]
     pub op: ControlOp,
+    /// Who asks (a person, a tool), kept with the stored setting; at most
+    /// [`crate::hold::SET_BY_MAX_CHARS`] characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_by: Option<String>,
 }
 
 impl BusMessage for ControlRequest {
@@ -522,6 +529,7 @@ impl BusMessage for ControlRequest {
         enum LooseOp {
             SetScore { score: serde_json::Number },
             SetOnline { online: bool },
+            ResetScore,
             Get,
         }
         #[derive(Deserialize)]
@@ -529,6 +537,8 @@ impl BusMessage for ControlRequest {
             schema: u32,
             #[serde(flatten)]
             op: LooseOp,
+            #[serde(default)]
+            set_by: Option<String>,
         }
         let loose: Loose = serde_json::from_slice(bytes).map_err(|e| malformed::<Self>(&e))?;
         let op = match loose.op {
@@ -536,11 +546,25 @@ impl BusMessage for ControlRequest {
                 score: control_score(&score)?,
             },
             LooseOp::SetOnline { online } => ControlOp::SetOnline { online },
+            LooseOp::ResetScore => ControlOp::ResetScore,
             LooseOp::Get => ControlOp::Get,
         };
+        if let Some(by) = &loose.set_by
+            && by.chars().count() > crate::hold::SET_BY_MAX_CHARS
+        {
+            return Err(ProtocolError::Malformed {
+                kind: Self::KIND,
+                detail: format!(
+                    "set_by is {} characters long; at most {} are allowed",
+                    by.chars().count(),
+                    crate::hold::SET_BY_MAX_CHARS
+                ),
+            });
+        }
         Ok(ControlRequest {
             schema: loose.schema,
             op,
+            set_by: loose.set_by,
         })
     }
 }
@@ -574,6 +598,9 @@ pub enum ControlErrorCode {
     InvalidRequest,
     /// The request carried a schema version this device does not speak.
     UnsupportedSchema,
+    /// The device could not store the change in its group's settings
+    /// bucket (JetStream unavailable), so it did not apply it either.
+    StoreUnavailable,
     /// A code this build does not know (a newer device sent it).
     #[serde(other)]
     Unknown,
@@ -586,6 +613,7 @@ impl ControlErrorCode {
             ControlErrorCode::ScoreOutOfRange => "score_out_of_range",
             ControlErrorCode::InvalidRequest => "invalid_request",
             ControlErrorCode::UnsupportedSchema => "unsupported_schema",
+            ControlErrorCode::StoreUnavailable => "store_unavailable",
             ControlErrorCode::Unknown => "unknown",
         }
     }

@@ -128,6 +128,15 @@ pub fn settings_bucket(group: &GroupName) -> String {
 /// The key of the show hold in a group's settings bucket.
 pub const HOLD_KEY: &str = "hold";
 
+/// The prefix of the per-device keys in a group's settings bucket.
+pub const DEVICE_SETTING_PREFIX: &str = "device.";
+
+/// The key of one device's operator settings (its run-time score and
+/// online/offline) in its group's settings bucket: `device.<id>`.
+pub fn device_setting_key(device: &DeviceId) -> String {
+    format!("{DEVICE_SETTING_PREFIX}{device}")
+}
+
 /// `understudy.<group>.local.<device>.election`: the election service's state,
 /// for the other services of the same device.
 pub fn local_election(group: &GroupName, device: &DeviceId) -> String {

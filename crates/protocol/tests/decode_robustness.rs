@@ -86,6 +86,7 @@ fn seeds() -> Vec<Vec<u8>> {
             op: ControlOp::SetScore {
                 score: Score::new(150),
             },
+            set_by: None,
         }),
         messages::encode(&LeaseRecord {
             schema: SCHEMA_VERSION,

@@ -297,11 +297,13 @@ fn control_requests_round_trip() {
     for op in [
         ControlOp::SetScore { score: Score::MAX },
         ControlOp::SetOnline { online: false },
+        ControlOp::ResetScore,
         ControlOp::Get,
     ] {
         let req = ControlRequest {
             schema: SCHEMA_VERSION,
             op,
+            set_by: None,
         };
         assert_eq!(decode::<ControlRequest>(&encode(&req)).unwrap(), req);
     }

@@ -29,6 +29,10 @@ pub struct DeviceArgs {
     /// The device.
     #[arg(long)]
     pub device: String,
+    /// Who makes the change, as kept with the device's stored setting
+    /// (default: `$USER`).
+    #[arg(long = "by", env = "UNDERSTUDY_OPERATOR")]
+    pub by: Option<String>,
     #[command(flatten)]
     pub bus: Bus,
 }
@@ -36,13 +40,21 @@ pub struct DeviceArgs {
 /// `understudy score …`
 #[derive(Debug, Subcommand)]
 pub enum ScoreCmd {
-    /// Set a device's score (0–255); an election follows at once.
+    /// Set a device's score (0–255); an election follows at once. The
+    /// device stores it in its group's settings bucket, so it survives a
+    /// restart of the device (until `score reset`).
     Set {
         #[command(flatten)]
         device: DeviceArgs,
         /// The new score, 0–255 (0 = client only).
         #[arg(allow_negative_numbers = true)]
         score: String,
+    },
+    /// Forget the score an operator set: the device returns to its
+    /// configured score (`--score` at start-up) and an election follows.
+    Reset {
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Print a device's score.
     Get {
@@ -75,9 +87,14 @@ fn names(group: &str, device: &str) -> Result<(GroupName, DeviceId)> {
 async fn control(d: &DeviceArgs, op: ControlOp) -> Result<ControlReply> {
     let (group, device) = names(&d.group, &d.device)?;
     let client = connect_once(&d.bus.settings(), "understudy-ctl").await?;
+    let set_by =
+        d.by.clone()
+            .or_else(|| std::env::var("USER").ok())
+            .filter(|s| !s.is_empty());
     let req = ControlRequest {
         schema: SCHEMA_VERSION,
         op,
+        set_by,
     };
     let subject = subjects::control(&group, &device);
     let msg = tokio::time::timeout(
@@ -116,6 +133,19 @@ pub async fn score(cmd: ScoreCmd) -> Result<()> {
             println!(
                 "score of {} set to {score}; an election follows (server now: {server})",
                 device.device
+            );
+        }
+        ScoreCmd::Reset { device } => {
+            let reply = control(&device, ControlOp::ResetScore).await?;
+            let state = reply
+                .state
+                .ok_or_else(|| anyhow!("the device sent no state"))?;
+            let server = state
+                .server
+                .map_or("none yet".to_string(), |d| d.to_string());
+            println!(
+                "score of {} reset to its configured {}; an election follows (server now: {server})",
+                device.device, state.score
             );
         }
         ScoreCmd::Get { device } => {

@@ -15,6 +15,7 @@ mod nic;
 mod node;
 mod project;
 mod settings;
+mod stored;
 
 use std::process::ExitCode;
 
@@ -79,6 +80,19 @@ enum Command {
     Hold {
         #[command(subcommand)]
         action: hold::HoldCmd,
+    },
+    /// List the operator settings a group keeps (they survive restarts):
+    /// the show hold and every device's stored score and online/offline,
+    /// with who set them and when.
+    Settings {
+        /// The project group.
+        #[arg(long, env = "UNDERSTUDY_GROUP")]
+        group: String,
+        /// Print the stable JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        bus: Bus,
     },
     /// Take a device online.
     Online(ctl::DeviceArgs),
@@ -185,6 +199,9 @@ where
             Command::Score { action } => ctl::score(action).await,
             Command::Election { action } => ctl::election(action).await,
             Command::Hold { action } => hold::run(action).await,
+            Command::Settings { group, json, bus } => {
+                stored::run(&bus.settings(), &group, json).await
+            }
             Command::Online(d) => ctl::set_online(d, true).await,
             Command::Offline(d) => ctl::set_online(d, false).await,
             Command::Events {

@@ -36,7 +36,10 @@ pub struct NodeArgs {
     /// MAC address, the election tie-breaker [default: the first real NIC's].
     #[arg(long, env = "UNDERSTUDY_MAC")]
     mac: Option<String>,
-    /// Election score 0–255; 0 = client only [default: 0].
+    /// Election score 0–255; 0 = client only [default: 0]. Applies only
+    /// while no operator setting is stored for this device: a score set at
+    /// run time (`understudy score set`, the gateway) survives a restart
+    /// until `understudy score reset`.
     #[arg(long, env = "UNDERSTUDY_SCORE", allow_negative_numbers = true)]
     score: Option<String>,
     /// NATS server(s), comma-separated [default: nats://127.0.0.1:4222].
@@ -72,7 +75,9 @@ pub struct NodeArgs {
     /// ~/.local/state/understudy/<group>/<device>].
     #[arg(long, env = "UNDERSTUDY_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Start offline (out of the group until taken online).
+    /// Start offline (out of the group until taken online). An operator's
+    /// stored online/offline (`understudy online|offline`, the gateway)
+    /// overrides it.
     #[arg(long, env = "UNDERSTUDY_OFFLINE")]
     offline: bool,
     /// Which of this device's services to run in this process, comma-separated
