@@ -182,6 +182,9 @@ struct Sources {
     /// Reads the lease every second besides watching it (an expiry is not
     /// watched).
     resync: tokio::time::Interval,
+    /// Lease reads so far (the settings are read again every
+    /// [`SETTINGS_REREAD_EVERY`]th).
+    resyncs: u64,
     /// Lets the machine see the time and says the state four times a second.
     state_tick: tokio::time::Interval,
     /// Paces opening the lease bucket and its watch while either is missing
@@ -214,6 +217,7 @@ impl Sources {
             replies,
             watch: None,
             resync: ticker(Duration::from_secs(1)),
+            resyncs: 0,
             state_tick: ticker(Duration::from_millis(250)),
             reopen: ticker(REOPEN_PACE),
             warned: BTreeSet::new(),
@@ -223,6 +227,10 @@ impl Sources {
 
 /// An election span still open this long is closed (`no_server_yet`).
 const ELECTION_SPAN_LIMIT: Duration = Duration::from_secs(10);
+
+/// The hold and this device's settings are read again (besides watched)
+/// at every this many lease reads (one a second).
+const SETTINGS_REREAD_EVERY: u64 = 10;
 
 /// How often opening the lease bucket or its watch is retried while missing.
 const REOPEN_PACE: Duration = Duration::from_millis(250);
@@ -806,8 +814,15 @@ impl Driver {
             }
             _ = inbox.resync.tick() => {
                 // The hold only when the store answered for the lease: a
-                // store that does not answer holds the loop up once, not twice.
-                if self.resync(&mut inbox.watch).await {
+                // store that does not answer holds the loop up once, not
+                // twice. The settings are watched; reading them again is a
+                // safety net, every SETTINGS_REREAD_EVERY-th lease read
+                // (each read is a JetStream request: at 200 devices, every
+                // second would be 400 more requests a second).
+                inbox.resyncs = inbox.resyncs.wrapping_add(1);
+                if self.resync(&mut inbox.watch).await
+                    && inbox.resyncs % SETTINGS_REREAD_EVERY == 0
+                {
                     if !self.reread_hold().await {
                         inbox.hold_watch = None;
                     }
