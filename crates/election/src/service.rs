@@ -821,7 +821,7 @@ impl Driver {
                 // second would be 400 more requests a second).
                 inbox.resyncs = inbox.resyncs.wrapping_add(1);
                 if self.resync(&mut inbox.watch).await
-                    && inbox.resyncs % SETTINGS_REREAD_EVERY == 0
+                    && inbox.resyncs.is_multiple_of(SETTINGS_REREAD_EVERY)
                 {
                     if !self.reread_hold().await {
                         inbox.hold_watch = None;
