@@ -97,14 +97,7 @@ pub async fn open_lease_bucket(
     lease: Duration,
     replicas: usize,
 ) -> Result<kv::Store, String> {
-    let name = subjects::lease_bucket(group);
-    match js.get_key_value(&name).await {
-        Ok(store) => Ok(store),
-        Err(_) => js
-            .create_key_value(lease_bucket_config(group, lease, replicas))
-            .await
-            .map_err(|e| format!("cannot open or create KV bucket {name}: {e}")),
-    }
+    crate::settings::open_or_create(js, lease_bucket_config(group, lease, replicas)).await
 }
 
 /// Makes sure the stream that keeps election events exists.

@@ -38,13 +38,23 @@ pub async fn open_settings_bucket(
     group: &GroupName,
     replicas: usize,
 ) -> Result<kv::Store, String> {
-    let name = subjects::settings_bucket(group);
-    match js.get_key_value(&name).await {
+    open_or_create(js, settings_bucket_config(group, replicas)).await
+}
+
+/// Opens the bucket `config` names, creating it with `config` if it does not
+/// exist.
+pub async fn open_or_create(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, String> {
+    match js.get_key_value(&config.bucket).await {
         Ok(store) => Ok(store),
-        Err(_) => js
-            .create_key_value(settings_bucket_config(group, replicas))
-            .await
-            .map_err(|e| format!("cannot open or create KV bucket {name}: {e}")),
+        Err(_) => {
+            let name = config.bucket.clone();
+            js.create_key_value(config)
+                .await
+                .map_err(|e| format!("cannot open or create KV bucket {name}: {e}"))
+        }
     }
 }
 
@@ -84,6 +94,21 @@ pub async fn write_hold(store: &kv::Store, record: &HoldRecord) -> Result<u64, S
 /// The next change of the hold on `watch`; `None` when the watch ended
 /// (it is reopened). Waits forever without a watch.
 pub async fn next_hold(w: &mut Option<kv::Watch>) -> Option<(u64, Option<HoldRecord>)> {
+    next_decoded(w, "hold", hold_entry).await
+}
+
+/// A KV entry read as a `T` with its revision (`T` is `None` for a deleted
+/// key); `None` for an entry skipped.
+type Decode<T> = fn(&kv::Entry) -> Option<(u64, Option<T>)>;
+
+/// The next entry of `watch` that `decode` reads, with its revision; `None`
+/// when the watch ended or failed (it is reopened; `what` names it in the
+/// log). Waits forever without a watch.
+async fn next_decoded<T>(
+    w: &mut Option<kv::Watch>,
+    what: &str,
+    decode: Decode<T>,
+) -> Option<(u64, Option<T>)> {
     let Some(watch) = w.as_mut() else {
         return std::future::pending().await;
     };
@@ -91,11 +116,11 @@ pub async fn next_hold(w: &mut Option<kv::Watch>) -> Option<(u64, Option<HoldRec
         match watch.next().await {
             None => return None,
             Some(Err(e)) => {
-                debug!("hold watch error: {e}");
+                debug!("{what} watch error: {e}");
                 return None;
             }
             Some(Ok(entry)) => {
-                if let Some(obs) = hold_entry(&entry) {
+                if let Some(obs) = decode(&entry) {
                     return Some(obs);
                 }
             }
@@ -154,21 +179,5 @@ pub async fn write_device_setting(
 pub async fn next_device_setting(
     w: &mut Option<kv::Watch>,
 ) -> Option<(u64, Option<DeviceSetting>)> {
-    let Some(watch) = w.as_mut() else {
-        return std::future::pending().await;
-    };
-    loop {
-        match watch.next().await {
-            None => return None,
-            Some(Err(e)) => {
-                debug!("device setting watch error: {e}");
-                return None;
-            }
-            Some(Ok(entry)) => {
-                if let Some(obs) = device_setting_entry(&entry) {
-                    return Some(obs);
-                }
-            }
-        }
-    }
+    next_decoded(w, "device setting", device_setting_entry).await
 }
