@@ -267,7 +267,8 @@ async fn two_devices_with_one_id_are_reported_not_merged() {
     wait_until("status to show the duplicate", secs(5), || {
         let url = url.clone();
         async move {
-            let out = run_cli_ok(&["status", "--group", GROUP, "--nats", &url, "--json"]).await;
+            let out =
+                run_cli_checked(&["status", "--group", GROUP, "--nats", &url, "--json"]).await?;
             let doc: RosterReply = serde_json::from_str(&out)?;
             let dup = doc
                 .devices
@@ -319,7 +320,10 @@ async fn devices_of_another_group_are_counted_network_wide() {
     let status = || {
         let url = url.clone();
         async move {
-            let out = run_cli_ok(&["status", "--group", GROUP, "--nats", &url, "--json"]).await;
+            // Retried by the waits: right after the start no device of
+            // the group may answer yet.
+            let out =
+                run_cli_checked(&["status", "--group", GROUP, "--nats", &url, "--json"]).await?;
             anyhow::Ok(serde_json::from_str::<RosterReply>(&out)?)
         }
     };

@@ -225,6 +225,20 @@ pub async fn run_cli<S: AsRef<OsStr>>(args: &[S]) -> Output {
     }
 }
 
+/// Runs the CLI; its stdout when it succeeded, else an error with its exit
+/// status and stderr — for a call retried inside a wait (a device that has
+/// just started may not answer yet).
+pub async fn run_cli_checked<S: AsRef<OsStr>>(args: &[S]) -> anyhow::Result<String> {
+    let output = run_cli(args).await;
+    anyhow::ensure!(
+        output.status.success(),
+        "understudy failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// Runs the `understudy` CLI like [`run_cli`], panics unless it exits with
 /// success, and returns its standard output.
 pub async fn run_cli_ok<S: AsRef<OsStr>>(args: &[S]) -> String {
