@@ -243,8 +243,8 @@ async fn every_documented_route_refuses_no_token_and_a_read_only_token_on_writes
     );
     assert_eq!(
         (writes, open_routes),
-        (4, 3),
-        "4 writes (score, online, hold, election) and the dashboard's 3 files"
+        (5, 3),
+        "5 writes (score, score reset, online, hold, election) and the dashboard's 3 files"
     );
     eprintln!("[roles] {reads} read, {writes} write and {open_routes} open routes checked");
 
