@@ -156,6 +156,7 @@ fn device(group: &GroupName) -> Permissions {
     let settings = format!("KV_{}", subjects::settings_bucket(group));
     let head = format!("KV_{}", subjects::project_bucket(group));
     let content = format!("OBJ_{}", subjects::project_bucket(group));
+    let ledger = subjects::ledger_stream(group);
     let mut publish = vec![
         format!("understudy.{group}.>"),
         subjects::PRESENCE_ALL.to_string(),
@@ -166,9 +167,11 @@ fn device(group: &GroupName) -> Permissions {
         // Pruning old revisions purges their chunks.
         format!("$JS.API.STREAM.PURGE.{content}"),
         format!("$JS.API.STREAM.CREATE.{}", subjects::EVENTS_STREAM),
+        // The ledger's retention is set again when a device finds it differs.
+        format!("$JS.API.STREAM.UPDATE.{ledger}"),
     ];
     publish.extend(common_reads());
-    for stream in [&lease, &settings, &head, &content] {
+    for stream in [&lease, &settings, &head, &content, &ledger] {
         publish.extend(own_stream(stream));
     }
     let mut subscribe = common_subscriptions();

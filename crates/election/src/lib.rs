@@ -18,5 +18,5 @@ pub mod settings;
 
 pub use crate::core::{
     Action, Candidate, ElectionConfig, Event, Expect, Ignored, Input, InputStage, Machine,
-    MachineStatus, OpId, PeerStatus, StoreOutcome, UNHEARD_HOLDER_WAIT, winner,
+    MachineStatus, OpId, PeerStatus, StoreOutcome, UNHEARD_HOLDER_WAIT, deciding_rule, winner,
 };

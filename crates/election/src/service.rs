@@ -34,7 +34,7 @@ use understudy_protocol::messages::{
     Heartbeat, LeaseRecord, PeerChangeKind, PeerNotice, Trigger, TriggerReply,
 };
 use understudy_protocol::{
-    ControlErrorCode, DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, Score, subjects,
+    ControlErrorCode, DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, Score, Term, subjects,
 };
 use understudy_telemetry::{ElectionMetrics, ServerWatch};
 
@@ -68,6 +68,9 @@ pub struct ElectionServiceConfig {
     pub replicas: usize,
     /// How long election events are kept for late subscribers.
     pub events_max_age: Duration,
+    /// How long the group's election ledger keeps its entries (set when
+    /// this device creates the ledger stream, or finds it set otherwise).
+    pub ledger_max_age: Duration,
     /// Where this device's project-sync gRPC service can be reached
     /// (`host:port`); written into the lease while this device serves.
     pub project_addr: Option<String>,
@@ -120,6 +123,78 @@ pub async fn ensure_events_stream(
     .map_err(|e| format!("cannot create stream {}: {e}", subjects::EVENTS_STREAM))
 }
 
+/// The config of a group's election ledger stream: one per group, file
+/// storage, entries kept for `max_age` and at most
+/// [`ledger::MAX_ENTRIES`](understudy_protocol::ledger::MAX_ENTRIES).
+pub fn ledger_stream_config(group: &GroupName, replicas: usize, max_age: Duration) -> stream::Config {
+    stream::Config {
+        name: subjects::ledger_stream(group),
+        description: Some(format!("understudy election ledger of group {group}")),
+        subjects: vec![subjects::ledger(group)],
+        max_age,
+        max_messages: understudy_protocol::ledger::MAX_ENTRIES,
+        discard: stream::DiscardPolicy::Old,
+        storage: stream::StorageType::File,
+        num_replicas: replicas.max(1),
+        ..Default::default()
+    }
+}
+
+/// Makes sure the group's ledger stream exists and keeps entries for
+/// `max_age`: created when absent; its age limit set again when it differs
+/// (the devices of a group should agree on `--ledger-retention-days`).
+pub async fn ensure_ledger_stream(
+    js: &jetstream::Context,
+    group: &GroupName,
+    replicas: usize,
+    max_age: Duration,
+) -> Result<(), String> {
+    let config = ledger_stream_config(group, replicas, max_age);
+    let name = config.name.clone();
+    let mut stream = js
+        .get_or_create_stream(config.clone())
+        .await
+        .map_err(|e| format!("cannot create stream {name}: {e}"))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| format!("cannot read stream {name}: {e}"))?;
+    if info.config.max_age != max_age {
+        info!(
+            stream = %name,
+            was_days = info.config.max_age.as_secs() / 86_400,
+            now_days = max_age.as_secs() / 86_400,
+            "setting the ledger's retention"
+        );
+        let updated = stream::Config {
+            max_age,
+            ..info.config.clone()
+        };
+        js.update_stream(updated)
+            .await
+            .map_err(|e| format!("cannot set the retention of stream {name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A message on its way to a JetStream stream (see [`publish_events`]).
+struct Outgoing {
+    /// The `Nats-Msg-Id`; `None`: this instance and a sequence number.
+    id: Option<String>,
+    payload: Vec<u8>,
+    /// Whether it is a ledger entry (else an election event).
+    ledger: bool,
+}
+
+/// Where [`publish_events`] sends and which streams it (re)creates.
+struct Streams {
+    group: GroupName,
+    instance: InstanceId,
+    replicas: usize,
+    events_max_age: Duration,
+    ledger_max_age: Duration,
+}
+
 struct Driver {
     cfg: ElectionServiceConfig,
     client: async_nats::Client,
@@ -131,8 +206,12 @@ struct Driver {
     replies: mpsc::Sender<(OpId, StoreOutcome)>,
     store: Option<kv::Store>,
     store_timeout: Duration,
-    /// Election events, encoded, on their way to the stream (in order).
-    events: Option<mpsc::Sender<Vec<u8>>>,
+    /// Election events and ledger entries, encoded, on their way to their
+    /// streams (in order).
+    events: Option<mpsc::Sender<Outgoing>>,
+    /// How long the lost server had been silent when this device gave it
+    /// up, by device (for the ledger entry of the election that follows).
+    detections: Vec<(DeviceId, Term, u64)>,
     events_task: Option<tokio::task::JoinHandle<()>>,
     /// This device's election figures for `/metrics`.
     metrics: ElectionMetrics,
@@ -239,25 +318,38 @@ const EVENTS_RETRY: Duration = Duration::from_millis(250);
 /// stored.
 const EVENTS_DRAIN: Duration = Duration::from_secs(1);
 
-/// Publishes election events to the events stream one at a time, in order,
-/// each until JetStream acknowledges it: an event made while the bus was
-/// silently gone (before the client noticed) is not lost but sent again once
-/// it is back. Each carries a `Nats-Msg-Id` of this instance and a sequence
-/// number, so a retry after a lost acknowledgement is stored once.
+/// Publishes election events (to the events stream) and ledger entries (to
+/// the group's ledger stream) one at a time, in order, each until JetStream
+/// acknowledges it: an event made while the bus was silently gone (before
+/// the client noticed) is not lost but sent again once it is back. Each
+/// carries a `Nats-Msg-Id` — an event one of this instance and a sequence
+/// number, a ledger entry one of its term — so a retry after a lost
+/// acknowledgement is stored once.
 ///
 /// A refusal (no stream answers: it could not be made at start, or was
 /// deleted) makes it create the stream again before the next try.
-async fn publish_events(
-    js: jetstream::Context,
-    subject: String,
-    instance: InstanceId,
-    stream: (usize, Duration),
-    mut rx: mpsc::Receiver<Vec<u8>>,
-) {
+async fn publish_events(js: jetstream::Context, streams: Streams, mut rx: mpsc::Receiver<Outgoing>) {
+    let events_subject = subjects::election_events(&streams.group);
+    let ledger_subject = subjects::ledger(&streams.group);
     let mut seq: u64 = 0;
-    while let Some(payload) = rx.recv().await {
-        seq += 1;
-        let id = format!("{instance}-{seq}");
+    while let Some(out) = rx.recv().await {
+        let id = match out.id {
+            Some(id) => id,
+            None => {
+                seq += 1;
+                format!("{}-{seq}", streams.instance)
+            }
+        };
+        let subject = if out.ledger {
+            &ledger_subject
+        } else {
+            &events_subject
+        };
+        let what = if out.ledger {
+            "ledger entry"
+        } else {
+            "election event"
+        };
         // Retries are paced by this task's own timer; each attempt is also
         // bounded by the 2 s acknowledgement timeout below.
         let mut retry = understudy_bus::ticker(EVENTS_RETRY);
@@ -267,7 +359,7 @@ async fn publish_events(
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", id.as_str());
             let sent = tokio::time::timeout(Duration::from_secs(2), async {
-                js.publish_with_headers(subject.clone(), headers, payload.clone().into())
+                js.publish_with_headers(subject.clone(), headers, out.payload.clone().into())
                     .await?
                     .await
             })
@@ -275,22 +367,31 @@ async fn publish_events(
             match sent {
                 Ok(Ok(_ack)) => break,
                 Ok(Err(e)) => {
-                    debug!(%id, error = %e, "election event not stored yet; retrying");
-                    let (replicas, max_age) = stream;
-                    let made = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        ensure_events_stream(&js, replicas, max_age),
-                    )
+                    debug!(%id, error = %e, "{what} not stored yet; retrying");
+                    let made = tokio::time::timeout(Duration::from_secs(2), async {
+                        if out.ledger {
+                            ensure_ledger_stream(
+                                &js,
+                                &streams.group,
+                                streams.replicas,
+                                streams.ledger_max_age,
+                            )
+                            .await
+                        } else {
+                            ensure_events_stream(&js, streams.replicas, streams.events_max_age)
+                                .await
+                        }
+                    })
                     .await;
                     if let Ok(Err(e)) = made {
                         debug!("{e}");
                     }
                 }
-                Err(_) => debug!(%id, "election event not acknowledged in time; retrying"),
+                Err(_) => debug!(%id, "{what} not acknowledged in time; retrying"),
             }
             attempts += 1;
             if attempts == 5 {
-                warn!(%id, "an election event is waiting for the bus");
+                warn!(%id, "an {what} is waiting for the bus");
             }
             retry.tick().await;
         }
@@ -413,9 +514,13 @@ impl Driver {
             understudy_telemetry::metrics().election(cfg.group.as_str(), cfg.device.as_str());
         let events_task = tokio::spawn(publish_events(
             jetstream::new(client.clone()),
-            subjects::election_events(&cfg.group),
-            cfg.instance,
-            (cfg.replicas, cfg.events_max_age),
+            Streams {
+                group: cfg.group.clone(),
+                instance: cfg.instance,
+                replicas: cfg.replicas,
+                events_max_age: cfg.events_max_age,
+                ledger_max_age: cfg.ledger_max_age,
+            },
             events_rx,
         ));
         Self {
@@ -432,6 +537,7 @@ impl Driver {
             server_watch: ServerWatch::new(),
             election_span: None,
             events: Some(events_tx),
+            detections: Vec::new(),
             events_task: Some(events_task),
             settings: None,
             hold: None,
@@ -464,6 +570,16 @@ impl Driver {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => warn!("{e}"),
                     Err(_) => warn!("JetStream did not answer creating the event stream"),
+                }
+                match tokio::time::timeout(
+                    self.store_timeout * 2,
+                    ensure_ledger_stream(js, group, replicas, self.cfg.ledger_max_age),
+                )
+                .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!("{e}"),
+                    Err(_) => warn!("JetStream did not answer creating the ledger stream"),
                 }
                 self.store = Some(store);
                 warned.clear();
@@ -953,15 +1069,56 @@ impl Driver {
                     info!(%term, ?reason, "stepped down");
                     self.metrics.stepped_down(reason.as_str());
                 }
+                Action::Ledger(mut entry) => {
+                    entry.at_ms = unix_ms(SystemTime::now());
+                    if let Some(prev) = &entry.previous
+                        && let Some(device) = &prev.device
+                        && let Some((_, _, silent)) = self
+                            .detections
+                            .iter()
+                            .find(|(d, t, _)| d == device && *t == prev.term)
+                    {
+                        entry.timings.detection_ms = Some(*silent);
+                        entry.timings.without_server_ms = entry
+                            .timings
+                            .without_server_ms
+                            .map(|v| v.saturating_add(*silent));
+                    }
+                    info!(
+                        term = %entry.term,
+                        cause = ?entry.cause,
+                        rule = entry.rule.as_str(),
+                        "ledger entry"
+                    );
+                    let out = Outgoing {
+                        id: Some(entry.msg_id()),
+                        payload: messages::encode(&entry),
+                        ledger: true,
+                    };
+                    if let Some(events) = &self.events
+                        && events.try_send(out).is_err()
+                    {
+                        warn!("ledger entry dropped: {EVENTS_QUEUE} messages are waiting for the bus");
+                    }
+                }
                 Action::Publish(mut kind) => {
                     if let ElectionEventKind::ServerLost {
-                        device, silent_ms, ..
+                        device,
+                        silent_ms,
+                        term,
                     } = &mut kind
                     {
                         let now = self.now();
                         *silent_ms = self.server_watch.last_heard(device).map(|t| {
                             u64::try_from(now.saturating_sub(t).as_millis()).unwrap_or(u64::MAX)
                         });
+                        if let Some(silent) = *silent_ms {
+                            self.detections.retain(|(d, _, _)| d != device);
+                            self.detections.push((device.clone(), *term, silent));
+                            if self.detections.len() > 16 {
+                                self.detections.remove(0);
+                            }
+                        }
                     }
                     let event = ElectionEvent {
                         schema: SCHEMA_VERSION,
@@ -974,8 +1131,13 @@ impl Driver {
                     if let ElectionEventKind::ElectionStarted { .. } = &event.kind {
                         self.metrics.elections_started.inc();
                     }
+                    let out = Outgoing {
+                        id: None,
+                        payload: messages::encode(&event),
+                        ledger: false,
+                    };
                     if let Some(events) = &self.events
-                        && events.try_send(messages::encode(&event)).is_err()
+                        && events.try_send(out).is_err()
                     {
                         warn!("election event dropped: {EVENTS_QUEUE} are waiting for the bus");
                     }

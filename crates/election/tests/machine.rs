@@ -8,6 +8,7 @@ use understudy_election::{
     Action, ElectionConfig, Event, Expect, Machine, OpId, PeerStatus, StoreOutcome,
     UNHEARD_HOLDER_WAIT,
 };
+use understudy_protocol::ledger::{LedgerEntry, LedgerKind, LedgerRule};
 use understudy_protocol::messages::{
     ElectionEventKind, ElectionReason, LeaseHolder, LeaseRecord, StepDownReason,
 };
@@ -82,6 +83,7 @@ fn held_by(p: &PeerStatus, term: Option<u64>) -> LeaseRecord {
         }),
         term: term.map(Term::from_revision),
         handover_to: None,
+        released: None,
     }
 }
 
@@ -879,4 +881,161 @@ fn a_held_group_still_fails_over_at_once_when_its_server_is_lost() {
     );
     let a = m.handle(lost(&s), ms(3000));
     assert!(claim(&a).is_some(), "the hold never delays a failover");
+}
+
+// ----- the election ledger (issue 16) -----
+
+fn ledger(actions: &[Action]) -> Vec<LedgerEntry> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Ledger(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Wins the claim found in `a` at revision `rev`, returning what winning did.
+fn win(m: &mut Machine, a: &[Action], rev: u64, at: Duration) -> Vec<Action> {
+    let (op, _, _) = claim(a).expect("a claim");
+    m.handle(
+        Event::StoreReply {
+            op,
+            outcome: StoreOutcome::Written { revision: rev },
+        },
+        at,
+    )
+}
+
+#[test]
+fn the_winner_of_a_lost_server_writes_who_was_lost_the_candidates_and_the_rule() {
+    let mut m = machine(100, 0x10, ElectionConfig::default());
+    let s = server_peer("srv", 200, 9, 5);
+    m.handle(Event::PeerSeen(s.clone()), ms(10));
+    m.handle(Event::PeerSeen(peer("twin", 100, 0x20)), ms(10));
+    m.handle(Event::PeerSeen(peer("zero", 0, 3)), ms(10));
+    m.handle(
+        Event::LeaseObserved(Some((6, held_by(&s, Some(5))))),
+        ms(20),
+    );
+    let a = m.handle(lost(&s), ms(3000));
+    assert!(ledger(&a).is_empty(), "nothing is written before the claim wins");
+    let a = win(&mut m, &a, 9, ms(3004));
+    let entries = ledger(&a);
+    assert_eq!(entries.len(), 1, "{a:?}");
+    let e = &entries[0];
+    assert_eq!(e.kind, LedgerKind::Elected);
+    assert_eq!(e.server, id(ME));
+    assert_eq!(e.term, Term::from_revision(9));
+    assert_eq!(e.cause, ElectionReason::ServerLost);
+    assert_eq!(e.rule, LedgerRule::LowerMac, "equal score 100, MAC 0x10 < 0x20");
+    let prev = e.previous.as_ref().expect("the previous server");
+    assert_eq!(prev.device, Some(id("srv")));
+    assert_eq!(prev.term, Term::from_revision(5));
+    assert_eq!(prev.stepped_down, None, "it was lost, not stepped down");
+    let names: Vec<&str> = e.candidates.iter().map(|c| c.device.as_str()).collect();
+    assert_eq!(
+        names,
+        ["me", "twin", "zero"],
+        "the candidates heard at the claim, best first; the lost server is gone"
+    );
+    assert_eq!(e.timings.claim_ms, Some(4));
+    assert_eq!(e.timings.vacant_ms, Some(4), "vacant from the verdict");
+    assert!(!e.held);
+}
+
+#[test]
+fn a_hand_over_for_a_better_score_says_so_in_the_successors_entry() {
+    let (mut old, at) = serving(100, 1, ElectionConfig::default());
+    old.handle(Event::PeerSeen(peer("next", 100, 9)), at + ms(10));
+    // Its score rises above the server's: the server hands over to it.
+    let a = old.handle(Event::PeerSeen(peer("next", 150, 9)), at + ms(20));
+    let (rev, record) = release(&a).expect("the server hands over");
+    let released = record.released.clone().expect("the release says why");
+    assert_eq!(released.by, id(ME));
+    assert_eq!(released.reason, StepDownReason::HandOver);
+    assert_eq!(released.cause, ElectionReason::ScoreChanged);
+
+    // The successor, named, claims and writes the cause it was given.
+    let mut next = Machine::new(
+        ElectionConfig::default(),
+        "stage".parse().unwrap(),
+        id("next"),
+        InstanceId::new(109),
+        mac(9),
+        Score::new(150),
+        true,
+        ms(0),
+    );
+    let mut old_peer = server_peer(ME, 100, 1, 7);
+    old_peer.instance = InstanceId::new(1);
+    next.handle(Event::PeerSeen(old_peer), ms(10));
+    let mut release_rec = record;
+    release_rec.term = Some(Term::from_revision(7));
+    let a = next.handle(Event::LeaseObserved(Some((rev + 1, release_rec))), at + ms(30));
+    let a = win(&mut next, &a, rev + 2, at + ms(32));
+    let e = ledger(&a).pop().expect("an entry");
+    assert_eq!(e.cause, ElectionReason::ScoreChanged);
+    assert_eq!(e.rule, LedgerRule::HighestScore);
+    let prev = e.previous.expect("previous");
+    assert_eq!(prev.device, Some(id(ME)));
+    assert_eq!(prev.term, Term::from_revision(7));
+    assert_eq!(prev.stepped_down, Some(StepDownReason::HandOver));
+}
+
+#[test]
+fn shutdown_and_offline_hand_overs_carry_their_reason() {
+    let (mut m, at) = serving(100, 1, ElectionConfig::default());
+    m.handle(Event::PeerSeen(peer("next", 50, 9)), at + ms(10));
+    let a = m.handle(Event::Shutdown, at + ms(20));
+    let released = release(&a).unwrap().1.released.unwrap();
+    assert_eq!(released.reason, StepDownReason::Shutdown);
+    assert_eq!(released.cause, ElectionReason::HandOver);
+
+    let (mut m, at) = serving(100, 1, ElectionConfig::default());
+    m.handle(Event::PeerSeen(peer("next", 50, 9)), at + ms(10));
+    let a = m.handle(Event::SetScore(Score::new(0)), at + ms(20));
+    let released = release(&a).unwrap().1.released.unwrap();
+    assert_eq!(released.reason, StepDownReason::ScoreZero);
+    assert_eq!(released.cause, ElectionReason::ScoreChanged);
+
+    let (mut m, at) = serving(100, 1, ElectionConfig::default());
+    m.handle(Event::PeerSeen(peer("next", 50, 9)), at + ms(10));
+    let a = m.handle(Event::TriggerElection { force: false }, at + ms(15));
+    assert!(release(&a).is_none(), "the server is the rightful one");
+    let e = ledger(&a).pop().expect("a kept election is in the ledger too");
+    assert_eq!(e.kind, LedgerKind::Kept);
+    assert_eq!(e.cause, ElectionReason::Operator);
+    assert_eq!(e.term, Term::from_revision(7));
+    assert_eq!(e.rule, LedgerRule::HighestScore);
+}
+
+#[test]
+fn a_better_device_joining_is_a_preemption_and_an_operator_trigger_is_the_operators() {
+    let (mut m, at) = serving(100, 1, ElectionConfig::default());
+    let a = m.handle(Event::PeerSeen(peer("better", 200, 9)), at + ms(10));
+    let released = release(&a).unwrap().1.released.unwrap();
+    assert_eq!(released.cause, ElectionReason::Preemption);
+
+    let cfg = ElectionConfig {
+        preempt_delay: Duration::from_secs(60),
+        ..ElectionConfig::default()
+    };
+    let (mut m, at) = serving(100, 1, cfg);
+    m.handle(Event::PeerSeen(peer("better", 200, 9)), at + ms(10));
+    let a = m.handle(Event::TriggerElection { force: false }, at + ms(20));
+    let released = release(&a).unwrap().1.released.unwrap();
+    assert_eq!(released.cause, ElectionReason::Operator);
+}
+
+#[test]
+fn a_lone_device_at_start_up_is_the_only_candidate() {
+    let mut m = machine(100, 1, ElectionConfig::default());
+    let a = run_until(&mut m, ms(0), ms(2000));
+    let a = win(&mut m, &a, 1, ms(2003));
+    let e = ledger(&a).pop().expect("an entry");
+    assert_eq!(e.cause, ElectionReason::Startup);
+    assert_eq!(e.rule, LedgerRule::OnlyCandidate);
+    assert_eq!(e.previous, None);
+    assert_eq!(e.timings.vacant_ms, Some(2003), "no server since it started");
 }

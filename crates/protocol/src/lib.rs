@@ -14,6 +14,7 @@ mod error;
 pub mod grpc;
 pub mod hold;
 mod ids;
+pub mod ledger;
 mod mac;
 pub mod messages;
 pub mod roster;

@@ -369,6 +369,23 @@ pub struct LeaseRecord {
     /// On a release: the device the lease is handed to.
     #[serde(default)]
     pub handover_to: Option<DeviceId>,
+    /// On a release: who let go and why (for the successor's ledger entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<Released>,
+}
+
+/// Why a server released its lease, written into the release record so the
+/// device that claims next can say it in the election ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    /// The server that released.
+    pub by: DeviceId,
+    /// How it stopped serving (`hand_over`, `shutdown`, `offline`,
+    /// `score_zero`).
+    pub reason: StepDownReason,
+    /// What led to it: `preemption` or `score_changed` (a better device),
+    /// `operator` (a trigger), `hand_over` (shutdown, offline).
+    pub cause: ElectionReason,
 }
 
 impl LeaseRecord {

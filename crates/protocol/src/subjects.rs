@@ -94,6 +94,17 @@ pub fn matches(pattern: &str, subject: &str) -> bool {
     subject.next().is_none()
 }
 
+/// `understudy.<group>.ledger`: the group's election ledger entries.
+pub fn ledger(group: &GroupName) -> String {
+    format!("understudy.{group}.ledger")
+}
+
+/// The JetStream stream that keeps a group's election ledger (one stream
+/// per group, so each has its own retention): `UNDERSTUDY_LEDGER_<group>`.
+pub fn ledger_stream(group: &GroupName) -> String {
+    format!("UNDERSTUDY_LEDGER_{group}")
+}
+
 /// `understudy.<group>.control.<device>`: requests to one device (request/reply).
 pub fn control(group: &GroupName, device: &DeviceId) -> String {
     format!("understudy.{group}.control.{device}")

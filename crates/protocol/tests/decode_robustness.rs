@@ -100,6 +100,7 @@ fn seeds() -> Vec<Vec<u8>> {
             }),
             term: Some(Term::from_revision(3)),
             handover_to: None,
+            released: None,
         }),
         messages::encode(&ElectionEvent {
             schema: SCHEMA_VERSION,

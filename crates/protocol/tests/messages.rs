@@ -188,6 +188,7 @@ fn the_claiming_write_takes_its_revision_as_term() {
         holder: None,
         term: None,
         handover_to: None,
+        released: None,
     };
     assert_eq!(r.term_at(41), Term::from_revision(41));
     r.term = Some(Term::from_revision(41));

@@ -27,10 +27,15 @@
 //!   hold the group for a while (`schedule::holds`); with the core's hold
 //!   check removed, 40 of the 2,000 suite seeds broke H1, the first seed 72
 //!   (2026-12-01, then reverted).
+//! - Ledger (in the world's step): every win of the lease writes exactly
+//!   one ledger entry of that term naming the winner, whose candidates
+//!   hold the winner online with a non-zero score and rank it first unless
+//!   the rule says it was a named successor.
 
 use std::time::Duration;
 
-use understudy_election::{Candidate, winner};
+use understudy_election::{Action, Candidate, winner};
+use understudy_protocol::ledger::{LedgerEntry, LedgerKind, LedgerRule};
 use understudy_protocol::messages::LeaseRecord;
 use understudy_protocol::timing::LIVENESS_WINDOW;
 use understudy_protocol::{DeviceId, Term};
@@ -44,6 +49,61 @@ const DETECTION: Duration = Duration::from_millis(3 * HEARTBEAT.as_millis() as u
 
 /// How soon after coming back a device acts on what it decided while away.
 const SETTLE: Duration = Duration::from_millis(500);
+
+/// The ledger check of one step's actions by device `id` (see the module
+/// docs).
+pub(crate) fn ledger(id: &DeviceId, acts: &[Action]) -> Result<(), String> {
+    let won: Vec<Term> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::BecomeServer { term } => Some(*term),
+            _ => None,
+        })
+        .collect();
+    let entries: Vec<&LedgerEntry> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::Ledger(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    for term in &won {
+        let n = entries
+            .iter()
+            .filter(|e| e.kind == LedgerKind::Elected && e.term == *term)
+            .count();
+        if n != 1 {
+            return Err(format!("{id} won term {term} and wrote {n} ledger entries of it"));
+        }
+    }
+    for e in entries {
+        if &e.server != id {
+            return Err(format!("{id} wrote an entry naming {}", e.server));
+        }
+        if e.kind == LedgerKind::Elected && !won.contains(&e.term) {
+            return Err(format!("{id} wrote an elected entry of term {} it did not win", e.term));
+        }
+        let Some(w) = e.winner() else {
+            return Err(format!("{id} is not among the candidates of its entry, term {}", e.term));
+        };
+        if !w.online || !w.score.is_candidate() {
+            return Err(format!("{id} won term {} offline or with score 0", e.term));
+        }
+        let first = e.candidates.first().map(|c| &c.device);
+        if e.kind == LedgerKind::Elected
+            && e.rule != LedgerRule::NamedSuccessor
+            && first != Some(id)
+        {
+            return Err(format!(
+                "{id} won term {} by rule {} but ranks {:?} first",
+                e.term,
+                e.rule.as_str(),
+                first.map(|d| d.to_string())
+            ));
+        }
+    }
+    Ok(())
+}
 
 pub(crate) fn after_step(w: &mut World, i: usize) -> Result<(), Failure> {
     if let Some(r) = &w.store.regression {

@@ -143,6 +143,8 @@ pub struct Report {
     pub stale_verdicts_ignored: u64,
     /// Project changes acknowledged to writers.
     pub changes_acknowledged: u64,
+    /// Election ledger entries written.
+    pub ledger_entries: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -781,6 +783,7 @@ impl World {
                 )
             });
         let beat = p.heartbeat(local, wall_ms);
+        let ledger = check::ledger(&self.devs[i].id, &fx.acts);
         for n in fx.notes {
             self.note(n);
         }
@@ -793,6 +796,9 @@ impl World {
             self.broadcast(i, Msg::Beat(hb));
         }
         self.reschedule(i);
+        if let Err(e) = ledger {
+            return Err(self.fail(format!("ledger: {e}")));
+        }
         if preempted_while_held {
             let id = self.devs[i].id.clone();
             return Err(self.fail(format!(
@@ -860,6 +866,16 @@ impl World {
                 Action::Publish(kind) => {
                     self.report.events_published += 1;
                     self.note(format!("{id} publishes {kind:?}"));
+                }
+                Action::Ledger(entry) => {
+                    self.report.ledger_entries += 1;
+                    self.note(format!(
+                        "{id} writes the ledger: {:?} term {} cause {:?} rule {}",
+                        entry.kind,
+                        entry.term,
+                        entry.cause,
+                        entry.rule.as_str()
+                    ));
                 }
             }
         }

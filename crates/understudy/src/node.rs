@@ -90,6 +90,10 @@ pub struct NodeArgs {
     /// cluster) [default: 1].
     #[arg(long, env = "UNDERSTUDY_REPLICAS")]
     replicas: Option<usize>,
+    /// How many days the group's election ledger keeps its entries (1–3650;
+    /// give every device of a group the same) [default: 30].
+    #[arg(long, env = "UNDERSTUDY_LEDGER_RETENTION_DAYS")]
+    ledger_retention_days: Option<u64>,
     /// Where the project-sync gRPC service listens [default: 127.0.0.1:0, a
     /// free port].
     #[arg(long, env = "UNDERSTUDY_PROJECT_LISTEN")]
@@ -138,6 +142,7 @@ struct Node {
     lease: Duration,
     offline: bool,
     replicas: usize,
+    ledger_retention: Duration,
     data_dir: PathBuf,
     services: Services,
     project_listen: String,
@@ -282,6 +287,18 @@ fn resolve(a: NodeArgs) -> Result<Node> {
             r @ 1..=5 => r,
             r => return Err(anyhow!("--replicas must be 1 to 5, not {r}")),
         },
+        ledger_retention: match a
+            .ledger_retention_days
+            .or(f.ledger_retention_days)
+            .unwrap_or(understudy_protocol::ledger::DEFAULT_RETENTION_SECS / 86_400)
+        {
+            d @ 1..=3650 => Duration::from_secs(d * 86_400),
+            d => {
+                return Err(anyhow!(
+                    "--ledger-retention-days must be 1 to 3650, not {d}"
+                ));
+            }
+        },
         data_dir,
         services: parse_services(a.services.or(f.services))?,
         project_listen: a
@@ -386,6 +403,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         election,
         replicas: n.replicas,
         events_max_age: Duration::from_secs(7 * 24 * 3600),
+        ledger_max_age: n.ledger_retention,
         project_addr: project_addr.clone(),
     };
     let project_cfg = ProjectSyncConfig {

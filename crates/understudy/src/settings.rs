@@ -63,6 +63,7 @@ pub struct FileNode {
     pub data_dir: Option<PathBuf>,
     pub offline: Option<bool>,
     pub replicas: Option<usize>,
+    pub ledger_retention_days: Option<u64>,
     pub services: Option<String>,
     pub project_listen: Option<String>,
     pub project_advertise: Option<String>,

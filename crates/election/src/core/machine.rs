@@ -33,15 +33,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use understudy_protocol::ledger::{
+    LedgerCandidate, LedgerEntry, LedgerKind, LedgerRule, LedgerTimings, PreviousServer,
+};
 use understudy_protocol::messages::{
-    ElectionEventKind, ElectionReason, LeaseHolder, LeaseRecord, StepDownReason,
+    ElectionEventKind, ElectionReason, LeaseHolder, LeaseRecord, Released, StepDownReason,
 };
 use understudy_protocol::{
     DeviceId, GroupName, InstanceId, Mac, Role, SCHEMA_VERSION, Score, Term,
 };
 
 use super::config::ElectionConfig;
-use super::ranking::{Candidate, winner};
+use super::ranking::{Candidate, deciding_rule, winner};
 use super::types::{Action, Event, Expect, OpId, PeerStatus, StoreOutcome};
 
 /// A store call awaiting its reply.
@@ -141,6 +144,28 @@ pub struct Machine {
     /// The instant of the last event handled.
     now: Duration,
     out: Vec<Action>,
+    /// The last holder seen in a lease record, with its term: the previous
+    /// server of the next ledger entry when the lease has since run out.
+    last_holder: Option<(DeviceId, Term)>,
+    /// While serving: what last made another device look better (a new or
+    /// newly online device, or a score change), the cause a hand-over to
+    /// it gives its successor's ledger entry.
+    preempt_cause: Option<ElectionReason>,
+    /// Since when this client has seen the group without a server.
+    vacant_since: Option<Duration>,
+    /// What the claim under way will write into the ledger if it wins.
+    claim_note: Option<ClaimNote>,
+}
+
+/// What a claim saw, kept until it wins: the ledger entry's body.
+#[derive(Debug, Clone)]
+struct ClaimNote {
+    cause: ElectionReason,
+    rule: LedgerRule,
+    candidates: Vec<LedgerCandidate>,
+    previous: Option<PreviousServer>,
+    claimed_at: Duration,
+    vacant_since: Option<Duration>,
 }
 
 /// What this machine has heard of the current lease holder.
@@ -224,6 +249,10 @@ impl Machine {
             project_addr: None,
             now,
             out: Vec::new(),
+            last_holder: None,
+            preempt_cause: None,
+            vacant_since: None,
+            claim_note: None,
         }
     }
 
@@ -303,7 +332,7 @@ impl Machine {
                 }
             }
             Event::Shutdown => {
-                self.hand_over(StepDownReason::Shutdown, now);
+                self.hand_over(StepDownReason::Shutdown, ElectionReason::HandOver, now);
                 self.stopped = true;
                 return std::mem::take(&mut self.out);
             }
@@ -467,10 +496,16 @@ impl Machine {
         match self.peers.get(&p.device) {
             None if self.lease.is_some() => {
                 self.reason.get_or_insert(ElectionReason::Preemption);
+                self.preempt_cause = Some(ElectionReason::Preemption);
             }
-            None => {}
+            None => self.preempt_cause = Some(ElectionReason::Preemption),
             Some(old) if old.score != p.score || old.online != p.online => {
                 self.reason = Some(ElectionReason::ScoreChanged);
+                self.preempt_cause = Some(if old.score != p.score {
+                    ElectionReason::ScoreChanged
+                } else {
+                    ElectionReason::Preemption
+                });
             }
             Some(_) => {}
         }
@@ -553,6 +588,9 @@ impl Machine {
                     news.lost = false;
                     news.since = now;
                 }
+                if let Some(h) = &rec.holder {
+                    self.last_holder = Some((h.device.clone(), term));
+                }
                 self.lease = Some((rev, rec));
                 self.lease_seen_at = now;
             }
@@ -602,8 +640,9 @@ impl Machine {
         }
         self.score = score;
         self.reason = Some(ElectionReason::ScoreChanged);
+        self.preempt_cause = Some(ElectionReason::ScoreChanged);
         if !score.is_candidate() && self.is_server() {
-            self.hand_over(StepDownReason::ScoreZero, now);
+            self.hand_over(StepDownReason::ScoreZero, ElectionReason::ScoreChanged, now);
         }
     }
 
@@ -616,7 +655,7 @@ impl Machine {
             // Joining again: give peers a chance to be compared (B6).
             self.grace_until = Some(now + self.cfg.grace_period);
         } else if self.is_server() {
-            self.hand_over(StepDownReason::Offline, now);
+            self.hand_over(StepDownReason::Offline, ElectionReason::HandOver, now);
         }
     }
 
@@ -674,7 +713,8 @@ impl Machine {
                     (OpKind::Release, _, Some((rev, t))) => {
                         self.observe_lease(current, now);
                         let to = pending.record.handover_to.clone();
-                        self.send_release(rev, t, to, now);
+                        let released = pending.record.released.clone();
+                        self.send_release(rev, t, to, released, now);
                     }
                     (OpKind::Renew, RoleState::Server { term, .. }, _) => {
                         let term = *term;
@@ -740,7 +780,12 @@ impl Machine {
                 let since = *self.better_since.get_or_insert(now);
                 let due = now >= since + self.cfg.preempt_delay;
                 if operator || (due && !self.held) {
-                    self.hand_over(StepDownReason::HandOver, now);
+                    let cause = if operator {
+                        ElectionReason::Operator
+                    } else {
+                        self.preempt_cause.unwrap_or(ElectionReason::Preemption)
+                    };
+                    self.hand_over(StepDownReason::HandOver, cause, now);
                     return;
                 }
             }
@@ -755,6 +800,7 @@ impl Machine {
                         term,
                         reason: ElectionReason::Operator,
                     });
+                    self.ledger_kept(term);
                 }
             }
         }
@@ -775,6 +821,7 @@ impl Machine {
         let state = self.lease_state(now);
         if let LeaseState::Held { .. } = state {
             // B6: a server is live; join it as a client at once.
+            self.vacant_since = None;
             self.grace_until = None;
             self.no_viable_reported = false;
             self.reason = None;
@@ -787,6 +834,7 @@ impl Machine {
         else {
             return;
         };
+        self.vacant_since.get_or_insert(now);
         if self.op.is_some() || now < self.claim_not_before {
             return;
         }
@@ -817,6 +865,7 @@ impl Machine {
         } else {
             self.reason.unwrap_or(ElectionReason::NoServer)
         };
+        let holder_lost = lost_holder.is_some();
         if let Some((device, term)) = lost_holder
             && term > self.lost_reported
         {
@@ -829,6 +878,7 @@ impl Machine {
             });
         }
         self.publish(ElectionEventKind::ElectionStarted { reason });
+        self.claim_note = Some(self.claim_note(reason, holder_lost, named, now));
         let expect = match &self.lease {
             Some((rev, _)) => Expect::Revision(*rev),
             None => Expect::Absent,
@@ -861,13 +911,43 @@ impl Machine {
             term,
             reason,
         });
+        if let Some(note) = self.claim_note.take() {
+            let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            let vacant_ms = note.vacant_since.map(|v| ms(now.saturating_sub(v)));
+            let entry = LedgerEntry {
+                schema: SCHEMA_VERSION,
+                group: self.group.clone(),
+                kind: LedgerKind::Elected,
+                server: self.device.clone(),
+                term,
+                at_ms: 0,
+                cause: note.cause,
+                rule: note.rule,
+                candidates: note.candidates,
+                previous: note.previous,
+                held: self.held,
+                timings: LedgerTimings {
+                    detection_ms: None,
+                    vacant_ms,
+                    claim_ms: Some(ms(now.saturating_sub(note.claimed_at))),
+                    without_server_ms: vacant_ms,
+                },
+            };
+            self.out.push(Action::Ledger(entry));
+        }
+        self.vacant_since = None;
     }
 
     /// Planned hand-over (B5, and SIGTERM): stop serving first, then release
     /// the lease by compare-and-set, naming the best remaining candidate.
-    fn hand_over(&mut self, reason: StepDownReason, now: Duration) {
+    fn hand_over(&mut self, reason: StepDownReason, cause: ElectionReason, now: Duration) {
         let RoleState::Server { term, revision, .. } = self.role else {
             return;
+        };
+        let released = Released {
+            by: self.device.clone(),
+            reason,
+            cause,
         };
         let to = self.successor();
         self.step_down(term, reason);
@@ -878,11 +958,19 @@ impl Machine {
                 term,
             });
         }
-        self.send_release(revision, term, to, now);
+        self.send_release(revision, term, to, Some(released), now);
     }
 
-    fn send_release(&mut self, revision: u64, term: Term, to: Option<DeviceId>, now: Duration) {
-        let record = self.record(Some(term), to, false);
+    fn send_release(
+        &mut self,
+        revision: u64,
+        term: Term,
+        to: Option<DeviceId>,
+        released: Option<Released>,
+        now: Duration,
+    ) {
+        let mut record = self.record(Some(term), to, false);
+        record.released = released;
         let op = self.start_op(OpKind::Release, &record, now);
         self.out.push(Action::Release {
             op,
@@ -1028,7 +1116,131 @@ impl Machine {
             }),
             term,
             handover_to,
+            released: None,
         }
+    }
+
+    // ----- the ledger -----
+
+    /// Every device this one hears, itself included, best ranked first
+    /// (online devices with a non-zero score before the others).
+    fn ledger_candidates(&self) -> Vec<LedgerCandidate> {
+        let mut all: Vec<(bool, Candidate)> = self
+            .peers
+            .values()
+            .map(|p| (p.online, candidate(p)))
+            .collect();
+        all.push((self.online, self.me_candidate()));
+        all.sort_by(|(a_on, a), (b_on, b)| {
+            let a_viable = *a_on && a.score.is_candidate();
+            let b_viable = *b_on && b.score.is_candidate();
+            b_viable.cmp(&a_viable).then_with(|| b.rank_cmp(a))
+        });
+        all.into_iter()
+            .map(|(online, c)| LedgerCandidate {
+                device: c.device,
+                score: c.score,
+                mac: c.mac,
+                online,
+            })
+            .collect()
+    }
+
+    /// The rule that makes this device the rightful one against the other
+    /// live, online candidates `others`.
+    fn rule_against<'a>(&self, others: impl IntoIterator<Item = &'a PeerStatus>) -> LedgerRule {
+        let others: Vec<Candidate> = others
+            .into_iter()
+            .filter(|p| p.online && p.score.is_candidate())
+            .map(candidate)
+            .collect();
+        deciding_rule(&self.me_candidate(), &others)
+    }
+
+    /// What a claim about to be sent will say in the ledger if it wins.
+    fn claim_note(
+        &self,
+        reason: ElectionReason,
+        holder_lost: bool,
+        named: bool,
+        now: Duration,
+    ) -> ClaimNote {
+        let lease = self.lease.as_ref();
+        let released = lease.and_then(|(_, r)| r.released.as_ref());
+        let previous = match lease {
+            Some((rev, rec)) => {
+                let term = rec.term_at(*rev);
+                let device = match (&rec.holder, released) {
+                    (Some(h), _) => Some(h.device.clone()),
+                    (None, Some(r)) => Some(r.by.clone()),
+                    (None, None) => self
+                        .last_holder
+                        .as_ref()
+                        .filter(|(_, t)| *t == term)
+                        .map(|(d, _)| d.clone()),
+                };
+                Some(PreviousServer {
+                    device,
+                    term,
+                    stepped_down: released.map(|r| r.reason),
+                })
+            }
+            None => self.last_holder.as_ref().map(|(d, t)| PreviousServer {
+                device: Some(d.clone()),
+                term: *t,
+                stepped_down: None,
+            }),
+        };
+        let previous_gone = previous
+            .as_ref()
+            .and_then(|p| p.device.as_ref())
+            .is_some_and(|d| d != &self.device && !self.peers.contains_key(d));
+        let cause = match released {
+            Some(r) if lease.is_some_and(|(_, rec)| rec.holder.is_none()) => r.cause,
+            _ if holder_lost => ElectionReason::ServerLost,
+            // The lease ran out and its holder is not heard any more.
+            _ if previous_gone && matches!(reason, ElectionReason::NoServer) => {
+                ElectionReason::ServerLost
+            }
+            _ => reason,
+        };
+        let rule = if named && self.rightful().as_ref() != Some(&self.device) {
+            LedgerRule::NamedSuccessor
+        } else {
+            self.rule_against(self.peers.values())
+        };
+        ClaimNote {
+            cause,
+            rule,
+            candidates: self.ledger_candidates(),
+            previous,
+            claimed_at: now,
+            vacant_since: self.vacant_since,
+        }
+    }
+
+    /// An operator's election kept this server: say so in the ledger.
+    fn ledger_kept(&mut self, term: Term) {
+        let entry = LedgerEntry {
+            schema: SCHEMA_VERSION,
+            group: self.group.clone(),
+            kind: LedgerKind::Kept,
+            server: self.device.clone(),
+            term,
+            at_ms: 0,
+            cause: ElectionReason::Operator,
+            // Devices still in their grace do not compete yet.
+            rule: self.rule_against(self.peers.values().filter(|p| !p.in_grace)),
+            candidates: self.ledger_candidates(),
+            previous: Some(PreviousServer {
+                device: Some(self.device.clone()),
+                term,
+                stepped_down: None,
+            }),
+            held: self.held,
+            timings: LedgerTimings::default(),
+        };
+        self.out.push(Action::Ledger(entry));
     }
 
     /// Records a store call about to be sent (one at a time) and names it.

@@ -9,5 +9,5 @@ mod types;
 pub use config::ElectionConfig;
 pub use input::{Ignored, Input, InputStage};
 pub use machine::{Machine, MachineStatus, UNHEARD_HOLDER_WAIT};
-pub use ranking::{Candidate, winner};
+pub use ranking::{Candidate, deciding_rule, winner};
 pub use types::{Action, Event, Expect, OpId, PeerStatus, StoreOutcome};

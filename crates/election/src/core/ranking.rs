@@ -7,6 +7,7 @@
 
 use std::cmp::Ordering;
 
+use understudy_protocol::ledger::LedgerRule;
 use understudy_protocol::{DeviceId, Mac, Score};
 
 /// A device as the election ranks it.
@@ -47,6 +48,30 @@ where
         .max_by(|a, b| a.rank_cmp(b))
 }
 
+/// The rule by which `winner` ranks above every candidate in `others` (the
+/// other online devices with a non-zero score), for the election ledger:
+/// alone, by score, by the lower MAC at equal score, or by device id at
+/// equal score and MAC. When some other candidate outranks the winner (the
+/// winner was named by a hand-over), [`LedgerRule::NamedSuccessor`].
+pub fn deciding_rule(winner: &Candidate, others: &[Candidate]) -> LedgerRule {
+    let Some(runner_up) = others
+        .iter()
+        .filter(|c| c.device != winner.device && c.score.is_candidate())
+        .max_by(|a, b| a.rank_cmp(b))
+    else {
+        return LedgerRule::OnlyCandidate;
+    };
+    if runner_up.outranks(winner) {
+        LedgerRule::NamedSuccessor
+    } else if winner.score != runner_up.score {
+        LedgerRule::HighestScore
+    } else if winner.mac != runner_up.mac {
+        LedgerRule::LowerMac
+    } else {
+        LedgerRule::DeviceId
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +95,33 @@ mod tests {
     fn lower_mac_breaks_a_tie() {
         let c = [cand("a", 0x0200, 50), cand("b", 0x0002, 50)];
         assert_eq!(winner(&c).unwrap().device.as_str(), "b");
+    }
+
+    #[test]
+    fn the_deciding_rule_names_what_separated_the_winner() {
+        let w = cand("w", 0x10, 100);
+        assert_eq!(deciding_rule(&w, &[]), LedgerRule::OnlyCandidate);
+        assert_eq!(
+            deciding_rule(&w, &[cand("z", 0x01, 0)]),
+            LedgerRule::OnlyCandidate,
+            "a score-0 device is no candidate"
+        );
+        assert_eq!(
+            deciding_rule(&w, &[cand("a", 0x01, 50), cand("b", 0x02, 99)]),
+            LedgerRule::HighestScore
+        );
+        assert_eq!(
+            deciding_rule(&w, &[cand("a", 0x20, 100), cand("b", 0x02, 99)]),
+            LedgerRule::LowerMac
+        );
+        assert_eq!(
+            deciding_rule(&w, &[cand("x", 0x10, 100)]),
+            LedgerRule::DeviceId
+        );
+        assert_eq!(
+            deciding_rule(&w, &[cand("a", 0x01, 200)]),
+            LedgerRule::NamedSuccessor
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The events a [`Machine`](super::Machine) is fed and the actions it returns.
 
+use understudy_protocol::ledger::LedgerEntry;
 use understudy_protocol::messages::StepDownReason;
 use understudy_protocol::messages::{ElectionEventKind, LeaseRecord};
 use understudy_protocol::{DeviceId, InstanceId, Mac, Role, Score, Term};
@@ -142,4 +143,9 @@ pub enum Action {
     },
     /// Publish an election event on the bus.
     Publish(ElectionEventKind),
+    /// Append this entry to the group's election ledger. The machine
+    /// leaves to the driver what only it knows: the wall-clock time
+    /// (`at_ms`, 0 here) and, for a lost server, how long it had been
+    /// silent (`timings.detection_ms`, to be added to `without_server_ms`).
+    Ledger(LedgerEntry),
 }
