@@ -66,6 +66,7 @@ pub mod connect;
 pub mod feed;
 pub mod follow;
 pub mod inbox;
+pub mod ledger;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -126,7 +126,11 @@ pub async fn ensure_events_stream(
 /// The config of a group's election ledger stream: one per group, file
 /// storage, entries kept for `max_age` and at most
 /// [`ledger::MAX_ENTRIES`](understudy_protocol::ledger::MAX_ENTRIES).
-pub fn ledger_stream_config(group: &GroupName, replicas: usize, max_age: Duration) -> stream::Config {
+pub fn ledger_stream_config(
+    group: &GroupName,
+    replicas: usize,
+    max_age: Duration,
+) -> stream::Config {
     stream::Config {
         name: subjects::ledger_stream(group),
         description: Some(format!("understudy election ledger of group {group}")),
@@ -328,7 +332,11 @@ const EVENTS_DRAIN: Duration = Duration::from_secs(1);
 ///
 /// A refusal (no stream answers: it could not be made at start, or was
 /// deleted) makes it create the stream again before the next try.
-async fn publish_events(js: jetstream::Context, streams: Streams, mut rx: mpsc::Receiver<Outgoing>) {
+async fn publish_events(
+    js: jetstream::Context,
+    streams: Streams,
+    mut rx: mpsc::Receiver<Outgoing>,
+) {
     let events_subject = subjects::election_events(&streams.group);
     let ledger_subject = subjects::ledger(&streams.group);
     let mut seq: u64 = 0;
@@ -1098,7 +1106,9 @@ impl Driver {
                     if let Some(events) = &self.events
                         && events.try_send(out).is_err()
                     {
-                        warn!("ledger entry dropped: {EVENTS_QUEUE} messages are waiting for the bus");
+                        warn!(
+                            "ledger entry dropped: {EVENTS_QUEUE} messages are waiting for the bus"
+                        );
                     }
                 }
                 Action::Publish(mut kind) => {

@@ -919,7 +919,10 @@ fn the_winner_of_a_lost_server_writes_who_was_lost_the_candidates_and_the_rule()
         ms(20),
     );
     let a = m.handle(lost(&s), ms(3000));
-    assert!(ledger(&a).is_empty(), "nothing is written before the claim wins");
+    assert!(
+        ledger(&a).is_empty(),
+        "nothing is written before the claim wins"
+    );
     let a = win(&mut m, &a, 9, ms(3004));
     let entries = ledger(&a);
     assert_eq!(entries.len(), 1, "{a:?}");
@@ -928,7 +931,11 @@ fn the_winner_of_a_lost_server_writes_who_was_lost_the_candidates_and_the_rule()
     assert_eq!(e.server, id(ME));
     assert_eq!(e.term, Term::from_revision(9));
     assert_eq!(e.cause, ElectionReason::ServerLost);
-    assert_eq!(e.rule, LedgerRule::LowerMac, "equal score 100, MAC 0x10 < 0x20");
+    assert_eq!(
+        e.rule,
+        LedgerRule::LowerMac,
+        "equal score 100, MAC 0x10 < 0x20"
+    );
     let prev = e.previous.as_ref().expect("the previous server");
     assert_eq!(prev.device, Some(id("srv")));
     assert_eq!(prev.term, Term::from_revision(5));
@@ -972,7 +979,10 @@ fn a_hand_over_for_a_better_score_says_so_in_the_successors_entry() {
     next.handle(Event::PeerSeen(old_peer), ms(10));
     let mut release_rec = record;
     release_rec.term = Some(Term::from_revision(7));
-    let a = next.handle(Event::LeaseObserved(Some((rev + 1, release_rec))), at + ms(30));
+    let a = next.handle(
+        Event::LeaseObserved(Some((rev + 1, release_rec))),
+        at + ms(30),
+    );
     let a = win(&mut next, &a, rev + 2, at + ms(32));
     let e = ledger(&a).pop().expect("an entry");
     assert_eq!(e.cause, ElectionReason::ScoreChanged);
@@ -1003,7 +1013,9 @@ fn shutdown_and_offline_hand_overs_carry_their_reason() {
     m.handle(Event::PeerSeen(peer("next", 50, 9)), at + ms(10));
     let a = m.handle(Event::TriggerElection { force: false }, at + ms(15));
     assert!(release(&a).is_none(), "the server is the rightful one");
-    let e = ledger(&a).pop().expect("a kept election is in the ledger too");
+    let e = ledger(&a)
+        .pop()
+        .expect("a kept election is in the ledger too");
     assert_eq!(e.kind, LedgerKind::Kept);
     assert_eq!(e.cause, ElectionReason::Operator);
     assert_eq!(e.term, Term::from_revision(7));
@@ -1037,5 +1049,9 @@ fn a_lone_device_at_start_up_is_the_only_candidate() {
     assert_eq!(e.cause, ElectionReason::Startup);
     assert_eq!(e.rule, LedgerRule::OnlyCandidate);
     assert_eq!(e.previous, None);
-    assert_eq!(e.timings.vacant_ms, Some(2003), "no server since it started");
+    assert_eq!(
+        e.timings.vacant_ms,
+        Some(2003),
+        "no server since it started"
+    );
 }

@@ -259,7 +259,11 @@ mod tests {
         let a = entry();
         let mut b = entry();
         b.at_ms += 5;
-        assert_eq!(a.msg_id(), b.msg_id(), "a retry of the same term is one entry");
+        assert_eq!(
+            a.msg_id(),
+            b.msg_id(),
+            "a retry of the same term is one entry"
+        );
         b.kind = LedgerKind::Kept;
         assert_ne!(a.msg_id(), b.msg_id());
     }

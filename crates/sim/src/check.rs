@@ -73,7 +73,9 @@ pub(crate) fn ledger(id: &DeviceId, acts: &[Action]) -> Result<(), String> {
             .filter(|e| e.kind == LedgerKind::Elected && e.term == *term)
             .count();
         if n != 1 {
-            return Err(format!("{id} won term {term} and wrote {n} ledger entries of it"));
+            return Err(format!(
+                "{id} won term {term} and wrote {n} ledger entries of it"
+            ));
         }
     }
     for e in entries {
@@ -81,10 +83,16 @@ pub(crate) fn ledger(id: &DeviceId, acts: &[Action]) -> Result<(), String> {
             return Err(format!("{id} wrote an entry naming {}", e.server));
         }
         if e.kind == LedgerKind::Elected && !won.contains(&e.term) {
-            return Err(format!("{id} wrote an elected entry of term {} it did not win", e.term));
+            return Err(format!(
+                "{id} wrote an elected entry of term {} it did not win",
+                e.term
+            ));
         }
         let Some(w) = e.winner() else {
-            return Err(format!("{id} is not among the candidates of its entry, term {}", e.term));
+            return Err(format!(
+                "{id} is not among the candidates of its entry, term {}",
+                e.term
+            ));
         };
         if !w.online || !w.score.is_candidate() {
             return Err(format!("{id} won term {} offline or with score 0", e.term));

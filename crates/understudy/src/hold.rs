@@ -292,7 +292,7 @@ pub fn parse_until(text: &str, now: SystemTime) -> Result<u64> {
 }
 
 /// `1h30m`, `45m`, `90s`, `1d`: `None` for anything else (or zero).
-fn parse_span(text: &str) -> Option<Duration> {
+pub(crate) fn parse_span(text: &str) -> Option<Duration> {
     let mut total: u64 = 0;
     let mut digits = String::new();
     for c in text.chars() {

@@ -11,6 +11,7 @@ mod ctl;
 mod hold;
 mod lab;
 mod lab_prometheus;
+mod ledger;
 mod nic;
 mod node;
 mod project;
@@ -89,6 +90,36 @@ enum Command {
         #[arg(long, env = "UNDERSTUDY_GROUP")]
         group: String,
         /// Print the stable JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        bus: Bus,
+    },
+    /// The group's election ledger: every election with its cause, the
+    /// candidates, the rule that decided and the timings (kept 30 days).
+    Ledger {
+        /// The project group.
+        #[arg(long, env = "UNDERSTUDY_GROUP")]
+        group: String,
+        /// Only entries since then: an RFC 3339 time or how long ago (30m,
+        /// 2h, 1d) [default: the latest entries].
+        #[arg(long)]
+        since: Option<String>,
+        /// How many entries at most (1–1000).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print the entries as a JSON array.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        bus: Bus,
+    },
+    /// Why the current server serves, in one paragraph (from the ledger).
+    Why {
+        /// The project group.
+        #[arg(long, env = "UNDERSTUDY_GROUP")]
+        group: String,
+        /// Print the explanation and the ledger entry as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -201,6 +232,16 @@ where
             Command::Hold { action } => hold::run(action).await,
             Command::Settings { group, json, bus } => {
                 stored::run(&bus.settings(), &group, json).await
+            }
+            Command::Ledger {
+                group,
+                since,
+                limit,
+                json,
+                bus,
+            } => ledger::run_ledger(&bus.settings(), &group, since.as_deref(), limit, json).await,
+            Command::Why { group, json, bus } => {
+                ledger::run_why(&bus.settings(), &group, json).await
             }
             Command::Online(d) => ctl::set_online(d, true).await,
             Command::Offline(d) => ctl::set_online(d, false).await,
