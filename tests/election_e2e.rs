@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use harness::*;
 use understudy_protocol::hold::{SettingsErrorCode, SettingsReply};
+use understudy_protocol::ledger::{LedgerEntry, LedgerKind, LedgerRule};
 use understudy_protocol::messages::{
     self, ControlErrorCode, ControlReply, ElectionEventKind, ElectionReason, StepDownReason,
 };
@@ -943,5 +944,171 @@ async fn a_device_taken_offline_stays_offline_across_a_restart() {
     obs.wait_converged_on("dev-1", FAILOVER_WITHIN)
         .await
         .unwrap();
+    obs.check_one_server().unwrap();
+}
+
+// ---- The election ledger (`understudy ledger`, `understudy why`) ----
+
+/// `understudy ledger --json`, read back.
+async fn ledger_entries(url: &str) -> anyhow::Result<Vec<LedgerEntry>> {
+    let out = run_cli_checked(&["ledger", "--group", GROUP, "--json", "--nats", url]).await?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+/// Waits until the ledger's last entry is of `kind` and names `server`
+/// (entries are stored a moment after the election they describe); returns
+/// every entry.
+async fn wait_ledger(url: &str, server: &str, kind: LedgerKind) -> Vec<LedgerEntry> {
+    wait_until(
+        &format!("a ledger entry naming {server}"),
+        secs(5),
+        || async {
+            let entries = ledger_entries(url).await?;
+            match entries.last() {
+                Some(e) if e.server.as_str() == server && e.kind == kind => Ok(entries),
+                other => anyhow::bail!("last entry: {other:?}"),
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn candidate_names(e: &LedgerEntry) -> Vec<&str> {
+    e.candidates.iter().map(|c| c.device.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_explains_a_failover_a_score_change_a_trigger_and_a_hand_over() {
+    let (nats, obs, mut devs) = group_of(&[200, 150, 100, 50], &[]).await;
+    let url = nats.url();
+    let (_, t1) = obs
+        .wait_converged_on("dev-1", FIRST_SERVER_WITHIN)
+        .await
+        .unwrap();
+    let start = wait_ledger(&url, "dev-1", LedgerKind::Elected).await;
+    let first = start.last().unwrap();
+    assert_eq!(first.term, t1);
+    let n0 = start.len();
+
+    // 1. kill -9 of the server: dev-2, the best remaining, by score.
+    devs[0].kill9();
+    let (_, t2) = obs
+        .wait_converged_on("dev-2", FAILOVER_WITHIN)
+        .await
+        .unwrap();
+    let after_kill = wait_ledger(&url, "dev-2", LedgerKind::Elected).await;
+    let e = after_kill.last().unwrap();
+    assert_eq!(e.term, t2);
+    assert_eq!(e.cause, ElectionReason::ServerLost, "{e:?}");
+    assert_eq!(e.rule, LedgerRule::HighestScore, "{e:?}");
+    let prev = e.previous.as_ref().expect("the lost server");
+    assert_eq!(prev.device.as_ref().map(|d| d.as_str()), Some("dev-1"));
+    assert_eq!(prev.term, t1);
+    assert_eq!(candidate_names(e), ["dev-2", "dev-3", "dev-4"], "{e:?}");
+    let detection = e.timings.detection_ms.expect("how long dev-1 was silent");
+    assert!((200..=2000).contains(&detection), "{e:?}");
+    assert!(e.timings.without_server_ms.unwrap() >= detection, "{e:?}");
+
+    // 2. A score change: dev-3 raised above dev-2 takes over.
+    set_score(&url, GROUP, "dev-3", 255).await;
+    let (_, t3) = obs
+        .wait_converged_on("dev-3", FAILOVER_WITHIN)
+        .await
+        .unwrap();
+    let after_score = wait_ledger(&url, "dev-3", LedgerKind::Elected).await;
+    let e = after_score.last().unwrap();
+    assert_eq!(e.term, t3);
+    assert_eq!(e.cause, ElectionReason::ScoreChanged, "{e:?}");
+    assert_eq!(e.rule, LedgerRule::HighestScore, "{e:?}");
+    let prev = e.previous.as_ref().unwrap();
+    assert_eq!(prev.device.as_ref().map(|d| d.as_str()), Some("dev-2"));
+    assert_eq!(prev.stepped_down, Some(StepDownReason::HandOver));
+    assert_eq!(e.winner().unwrap().score.get(), 255, "{e:?}");
+
+    // 3. An operator's trigger: dev-3 is the rightful server and keeps it.
+    let out = run_cli_ok(&["election", "trigger", "--group", GROUP, "--nats", &url]).await;
+    assert!(out.contains("election triggered"), "{out}");
+    let after_trigger = wait_ledger(&url, "dev-3", LedgerKind::Kept).await;
+    let e = after_trigger.last().unwrap();
+    assert_eq!(e.term, t3, "a kept server keeps its term");
+    assert_eq!(e.cause, ElectionReason::Operator, "{e:?}");
+
+    // 4. SIGTERM of the server: it hands over to dev-2.
+    devs[2].signal(Signal::Term).unwrap();
+    let (_, t4) = obs
+        .wait_converged_on("dev-2", FAILOVER_WITHIN)
+        .await
+        .unwrap();
+    let all = wait_ledger(&url, "dev-2", LedgerKind::Elected).await;
+    let e = all.last().unwrap();
+    assert_eq!(e.term, t4);
+    assert_eq!(
+        e.cause,
+        ElectionReason::HandOver,
+        "{e:?}\n{:?} t1 {t1} t2 {t2} t3 {t3}",
+        all.iter()
+            .map(|e| (
+                e.server.as_str(),
+                e.term.get(),
+                e.cause,
+                e.previous
+                    .as_ref()
+                    .map(|p| (p.device.clone(), p.term.get(), p.stepped_down)),
+                candidate_names(e)
+            ))
+            .collect::<Vec<_>>()
+    );
+    let prev = e.previous.as_ref().unwrap();
+    assert_eq!(prev.device.as_ref().map(|d| d.as_str()), Some("dev-3"));
+    assert_eq!(prev.stepped_down, Some(StepDownReason::Shutdown));
+    assert_eq!(candidate_names(e), ["dev-2", "dev-4"], "{e:?}");
+
+    // Four entries since the group's start, in order, nothing doubled.
+    let since_start: Vec<(&str, LedgerKind, ElectionReason)> = all[n0..]
+        .iter()
+        .map(|e| (e.server.as_str(), e.kind, e.cause))
+        .collect();
+    assert_eq!(
+        since_start,
+        [
+            ("dev-2", LedgerKind::Elected, ElectionReason::ServerLost),
+            ("dev-3", LedgerKind::Elected, ElectionReason::ScoreChanged),
+            ("dev-3", LedgerKind::Kept, ElectionReason::Operator),
+            ("dev-2", LedgerKind::Elected, ElectionReason::HandOver),
+        ]
+    );
+
+    // `why` names the server, the cause and the rule.
+    let why = run_cli_ok(&["why", "--group", GROUP, "--nats", &url]).await;
+    assert!(
+        why.contains(&format!("dev-2 serves group stage (term {t4})")),
+        "{why}"
+    );
+    assert!(why.contains("shut down and handed over"), "{why}");
+    assert!(why.contains("rule: highest_score"), "{why}");
+
+    // The table and a window: `--since` a time after the last entry is empty.
+    let table = run_cli_ok(&["ledger", "--group", GROUP, "--nats", &url]).await;
+    assert!(
+        table.contains("server_lost") && table.contains("hand_over"),
+        "{table}"
+    );
+    let later = understudy_bus::unix_ms(std::time::SystemTime::now()) + 60_000;
+    let later = time::OffsetDateTime::from_unix_timestamp((later / 1000) as i64)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let out = run_cli_ok(&[
+        "ledger", "--group", GROUP, "--json", "--since", &later, "--nats", &url,
+    ])
+    .await;
+    assert_eq!(out.trim(), "[]", "{out}");
+    let out = run_cli(&[
+        "ledger", "--group", GROUP, "--since", "soon", "--nats", &url,
+    ])
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("neither an RFC 3339 time"));
     obs.check_one_server().unwrap();
 }

@@ -10,7 +10,7 @@ use understudy_election::{
 };
 use understudy_protocol::ledger::{LedgerEntry, LedgerKind, LedgerRule};
 use understudy_protocol::messages::{
-    ElectionEventKind, ElectionReason, LeaseHolder, LeaseRecord, StepDownReason,
+    ElectionEventKind, ElectionReason, LeaseHolder, LeaseRecord, Released, StepDownReason,
 };
 use understudy_protocol::{DeviceId, InstanceId, Mac, Role, SCHEMA_VERSION, Score, Term};
 
@@ -1054,4 +1054,46 @@ fn a_lone_device_at_start_up_is_the_only_candidate() {
         Some(2003),
         "no server since it started"
     );
+}
+
+#[test]
+fn a_successor_does_not_hand_back_to_a_server_that_shut_down() {
+    // Found by the ledger's e2e test: the successor of a SIGTERM hand-over
+    // still heard the leaving server's last beats (better score, online)
+    // and handed straight back to it, leaving the group without a server
+    // for the hand-over timeout.
+    let mut m = machine(100, 5, ElectionConfig::default());
+    let old = server_peer("old", 200, 9, 5);
+    m.handle(Event::PeerSeen(old.clone()), ms(10));
+    let mut released = held_by(&old, Some(5));
+    released.holder = None;
+    released.handover_to = Some(id(ME));
+    released.released = Some(Released {
+        by: id("old"),
+        instance: old.instance,
+        reason: StepDownReason::Shutdown,
+        cause: ElectionReason::HandOver,
+    });
+    let a = m.handle(Event::LeaseObserved(Some((8, released))), ms(20));
+    let a = win(&mut m, &a, 9, ms(22));
+    assert!(m.is_server());
+    let e = ledger(&a).pop().unwrap();
+    assert_eq!(
+        candidate_names(&e),
+        ["me"],
+        "the leaving server is no candidate"
+    );
+    // Its last beat, sent before it stopped, arrives now.
+    let a = m.handle(Event::PeerSeen(old.clone()), ms(30));
+    assert_eq!(release(&a), None, "handed back to a leaving device: {a:?}");
+    assert!(m.is_server());
+    // The same device restarted (a new instance) is a candidate again.
+    let mut back = peer("old", 200, 9);
+    back.instance = InstanceId::new(999);
+    let a = m.handle(Event::PeerSeen(back), ms(40));
+    assert!(release(&a).is_some(), "a restarted better device preempts");
+}
+
+fn candidate_names(e: &LedgerEntry) -> Vec<&str> {
+    e.candidates.iter().map(|c| c.device.as_str()).collect()
 }

@@ -380,6 +380,9 @@ pub struct LeaseRecord {
 pub struct Released {
     /// The server that released.
     pub by: DeviceId,
+    /// Its process instance: after a shutdown, the successor counts that
+    /// instance out at once, though its last beats may still be arriving.
+    pub instance: InstanceId,
     /// How it stopped serving (`hand_over`, `shutdown`, `offline`,
     /// `score_zero`).
     pub reason: StepDownReason,

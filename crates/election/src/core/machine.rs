@@ -155,6 +155,10 @@ pub struct Machine {
     vacant_since: Option<Duration>,
     /// What the claim under way will write into the ledger if it wins.
     claim_note: Option<ClaimNote>,
+    /// A server that released the lease because it shuts down: its last
+    /// beats, still on their way, must not make it a candidate again (the
+    /// successor would hand straight back to a device that is leaving).
+    departed: Option<(DeviceId, InstanceId)>,
 }
 
 /// What a claim saw, kept until it wins: the ledger entry's body.
@@ -253,6 +257,7 @@ impl Machine {
             preempt_cause: None,
             vacant_since: None,
             claim_note: None,
+            departed: None,
         }
     }
 
@@ -478,7 +483,12 @@ impl Machine {
     // ----- inputs -----
 
     fn peer_seen(&mut self, p: PeerStatus) {
-        if p.device == self.device {
+        if p.device == self.device
+            || self
+                .departed
+                .as_ref()
+                .is_some_and(|(d, i)| *d == p.device && *i == p.instance)
+        {
             return;
         }
         if let Some(news) = self.holder_news.as_mut()
@@ -564,6 +574,11 @@ impl Machine {
                     // Someone wrote over our lease: we are deposed (S1).
                     self.step_down(mine, StepDownReason::Deposed);
                 }
+                if rec.holder.is_none()
+                    && let Some(r) = &rec.released
+                {
+                    self.released_by(r);
+                }
                 if rec.holder.is_none() {
                     self.reason = Some(if rec.handover_to.is_some() {
                         ElectionReason::HandOver
@@ -631,6 +646,32 @@ impl Machine {
                 lost_at: 0,
                 replaced: false,
             });
+        }
+    }
+
+    /// A server released the lease saying why: a device that shuts down,
+    /// goes offline or drops to score 0 is no candidate any more, whatever
+    /// its beats still on their way say (they were sent before). A later
+    /// beat of it (a new instance, or news after the release) counts again.
+    fn released_by(&mut self, r: &Released) {
+        let Some(p) = self
+            .peers
+            .get_mut(&r.by)
+            .filter(|p| p.instance == r.instance)
+        else {
+            if r.reason == StepDownReason::Shutdown {
+                self.departed = Some((r.by.clone(), r.instance));
+            }
+            return;
+        };
+        match r.reason {
+            StepDownReason::Shutdown => {
+                self.peers.remove(&r.by);
+                self.departed = Some((r.by.clone(), r.instance));
+            }
+            StepDownReason::Offline => p.online = false,
+            StepDownReason::ScoreZero => p.score = Score::new(0),
+            _ => {}
         }
     }
 
@@ -903,6 +944,7 @@ impl Machine {
         self.grace_until = None;
         self.reason = None;
         self.better_since = None;
+        self.preempt_cause = None;
         self.out.push(Action::BecomeServer { term });
         self.publish(ElectionEventKind::ServerElected {
             device: self.device.clone(),
@@ -946,6 +988,7 @@ impl Machine {
         };
         let released = Released {
             by: self.device.clone(),
+            instance: self.instance,
             reason,
             cause,
         };
