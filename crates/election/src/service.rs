@@ -29,9 +29,11 @@ use understudy_protocol::device_setting::DeviceSetting;
 use understudy_protocol::hold::{
     HoldChange, HoldRecord, SettingsErrorCode, SettingsOp, SettingsReply, SettingsRequest,
 };
+use understudy_protocol::ledger::LedgerEntry;
 use understudy_protocol::messages::{
-    self, ControlOp, ControlReply, ControlRequest, ElectionEvent, ElectionEventKind, ElectionState,
-    Heartbeat, LeaseRecord, PeerChangeKind, PeerNotice, Trigger, TriggerReply,
+    self, ControlOp, ControlReply, ControlRequest, ElectionEvent, ElectionEventKind,
+    ElectionReason, ElectionState, Heartbeat, LeaseRecord, PeerChangeKind, PeerNotice, Trigger,
+    TriggerReply,
 };
 use understudy_protocol::{
     ControlErrorCode, DeviceId, GroupName, InstanceId, Mac, SCHEMA_VERSION, Score, Term, subjects,
@@ -1079,19 +1081,7 @@ impl Driver {
                 }
                 Action::Ledger(mut entry) => {
                     entry.at_ms = unix_ms(SystemTime::now());
-                    if let Some(prev) = &entry.previous
-                        && let Some(device) = &prev.device
-                        && let Some((_, _, silent)) = self
-                            .detections
-                            .iter()
-                            .find(|(d, t, _)| d == device && *t == prev.term)
-                    {
-                        entry.timings.detection_ms = Some(*silent);
-                        entry.timings.without_server_ms = entry
-                            .timings
-                            .without_server_ms
-                            .map(|v| v.saturating_add(*silent));
-                    }
+                    self.ledger_timings(&mut entry);
                     info!(
                         term = %entry.term,
                         cause = ?entry.cause,
@@ -1154,6 +1144,35 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Adds to a ledger entry what only the driver knows: for a lost
+    /// server, how long it had been silent when this device gave it up
+    /// (from the `server_lost` report, else its last beat less the
+    /// vacancy), and how long the group was without a server (since the
+    /// lost server's last beat).
+    fn ledger_timings(&self, entry: &mut LedgerEntry) {
+        if entry.cause != ElectionReason::ServerLost {
+            return;
+        }
+        let Some(prev) = &entry.previous else { return };
+        let Some(device) = &prev.device else { return };
+        let reported = self
+            .detections
+            .iter()
+            .find(|(d, t, _)| d == device && *t == prev.term)
+            .map(|(_, _, silent)| *silent);
+        let now = self.now();
+        let since_last_beat = self
+            .server_watch
+            .last_heard(device)
+            .map(|t| u64::try_from(now.saturating_sub(t).as_millis()).unwrap_or(u64::MAX));
+        let t = &mut entry.timings;
+        let vacant = t.vacant_ms.unwrap_or(0);
+        t.detection_ms = reported.or(since_last_beat.map(|s| s.saturating_sub(vacant)));
+        t.without_server_ms = since_last_beat
+            .or(reported.map(|d| d.saturating_add(vacant)))
+            .or(t.vacant_ms);
     }
 
     /// Runs one store call in the background; its reply comes back as an event.
