@@ -459,20 +459,30 @@ async fn hold_status(url: &str) -> serde_json::Value {
 }
 
 /// Fails unless `server` serves in the same `term` on every heartbeat the
-/// observer hears for the whole `window`, with `also` live and past its
-/// grace by the end (so it could have preempted, had the group not been
-/// held).
+/// observer hears for the whole `window` — no other device reports server
+/// in any of them — with `also` live and past its grace by the end (so it
+/// could have preempted, had the group not been held).
 async fn keeps_serving(obs: &Observer, server: &str, term: Term, also: &str, window: Duration) {
-    let until = tokio::time::Instant::now() + window;
-    while tokio::time::Instant::now() < until {
-        let v = obs.view();
-        assert_eq!(
-            v.servers(),
-            vec![(server.to_string(), term)],
-            "the server changed while the group was held: {}",
-            v.summary()
+    let from = std::time::Instant::now();
+    // The wait ends early only if the server changes; it running out is
+    // the success.
+    let changed = obs
+        .wait_for(
+            |v: &View| (v.servers() != [(server.to_string(), term)]).then(|| v.summary()),
+            window,
+        )
+        .await;
+    if let Ok(summary) = changed {
+        panic!("the server changed while the group was held: {summary}");
+    }
+    for beat in obs.heartbeats().iter().filter(|b| b.at >= from) {
+        let b = &beat.msg;
+        assert!(
+            b.role != Role::Server || (b.device.as_str() == server && b.term == term),
+            "{} reported server (term {}) while {server} held term {term}",
+            b.device,
+            b.term
         );
-        tokio::time::sleep(POLL).await;
     }
     let v = obs.view();
     let other = v
@@ -803,31 +813,28 @@ async fn stays_as(
     window: Duration,
     check: impl Fn(&understudy_protocol::messages::Heartbeat) -> bool,
 ) {
-    let until = tokio::time::Instant::now() + window;
-    loop {
-        let v = obs.view();
-        assert_eq!(
-            v.server().map(|(d, _)| d),
-            Some(server.to_string()),
-            "the server changed: {}",
-            v.summary()
-        );
-        for beat in obs.heartbeats() {
-            if beat.msg.device.as_str() == device && beat.at >= since.into_std() {
-                assert!(
-                    check(&beat.msg),
-                    "{device} after its restart: {:?} (score {}, online {}, role {:?})",
-                    beat.msg.instance,
-                    beat.msg.score,
-                    beat.msg.online,
-                    beat.msg.role
-                );
-            }
+    let changed = obs
+        .wait_for(
+            |v: &View| {
+                (v.server().map(|(d, _)| d) != Some(server.to_string())).then(|| v.summary())
+            },
+            window,
+        )
+        .await;
+    if let Ok(summary) = changed {
+        panic!("the server changed: {summary}");
+    }
+    for beat in obs.heartbeats() {
+        if beat.msg.device.as_str() == device && beat.at >= since.into_std() {
+            assert!(
+                check(&beat.msg),
+                "{device} after its restart: {:?} (score {}, online {}, role {:?})",
+                beat.msg.instance,
+                beat.msg.score,
+                beat.msg.online,
+                beat.msg.role
+            );
         }
-        if tokio::time::Instant::now() >= until {
-            break;
-        }
-        tokio::time::sleep(POLL).await;
     }
     let v = obs.view();
     let d = v
