@@ -721,10 +721,11 @@ impl Driver {
         {
             return;
         }
-        let (score, online) = match &record {
-            Some(r) => (r.score_or(self.cfg.score), r.online_or(self.cfg.online)),
-            None => (self.cfg.score, self.cfg.online),
-        };
+        let (score, online) = understudy_protocol::device_setting::effective(
+            record.as_ref(),
+            self.cfg.score,
+            self.cfg.online,
+        );
         self.device_setting = Some((revision, record));
         let st = self.machine.status(self.now());
         if st.score != score {

@@ -90,6 +90,20 @@ impl DeviceSetting {
     }
 }
 
+/// What a device runs with: the operator's stored settings where set,
+/// the start-up configuration (`--score`, `--offline`) elsewhere. This is
+/// the whole precedence rule; the election driver applies its result.
+pub fn effective(
+    stored: Option<&DeviceSetting>,
+    configured_score: Score,
+    configured_online: bool,
+) -> (Score, bool) {
+    match stored {
+        Some(r) => (r.score_or(configured_score), r.online_or(configured_online)),
+        None => (configured_score, configured_online),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +158,36 @@ mod tests {
         assert!(!reset.online_or(true));
         assert_eq!(reset.set_at_ms, 7);
         assert!(set.changed(&ControlOp::Get, None, 8).is_none());
+    }
+
+    #[test]
+    fn stored_settings_win_field_by_field_over_the_configuration() {
+        let g: GroupName = "g".parse().unwrap();
+        let d: DeviceId = "d".parse().unwrap();
+        let (cfg_score, cfg_online) = (Score::new(200), true);
+        assert_eq!(effective(None, cfg_score, cfg_online), (cfg_score, true));
+        let mut r = DeviceSetting::empty(&g, &d);
+        assert_eq!(
+            effective(Some(&r), cfg_score, cfg_online),
+            (cfg_score, true),
+            "nothing set: as configured"
+        );
+        r.score = Some(Score::new(0));
+        assert_eq!(
+            effective(Some(&r), cfg_score, cfg_online),
+            (Score::new(0), true),
+            "a stored score 0 wins over --score 200; online stays as configured"
+        );
+        r.online = Some(false);
+        assert_eq!(
+            effective(Some(&r), cfg_score, cfg_online),
+            (Score::new(0), false)
+        );
+        r.score = None;
+        assert_eq!(
+            effective(Some(&r), cfg_score, cfg_online),
+            (cfg_score, false),
+            "after a score reset the configured score is back; offline stays"
+        );
     }
 }
