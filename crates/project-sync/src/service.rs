@@ -206,10 +206,10 @@ impl Driver {
                     let events = self.svc.feed(Input::Tick, None);
                     self.svc.publish(events).await;
                 }
-                _ = tick.tick() => {
-                    if self.lease_watch.is_none() {
-                        self.lease_watch = open_lease_watch(&self.js, &self.cfg).await;
-                    }
+                // Only while the lease watch is missing: an idle device
+                // wakes for nothing else here (issue 15, idle cost).
+                _ = tick.tick(), if self.lease_watch.is_none() => {
+                    self.lease_watch = open_lease_watch(&self.js, &self.cfg).await;
                 }
                 _ = report.tick() => self.report().await,
             }
