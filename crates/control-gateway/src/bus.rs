@@ -11,11 +11,16 @@
 //!   ([`ControlErrorCode`]), never by its wording: see [`refused`]; a hold
 //!   change likewise by its [`SettingsErrorCode`]: see [`settings_refused`].
 //! - A trigger the group does not act on because it is held → `held` (409).
+//!
+//! The show hold and the election ledger are read from JetStream, not asked
+//! of a device: they answer with no device running, and a group that never
+//! had one has none (not `unknown_group`).
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::GetStreamErrorKind};
 use async_nats::{Client, RequestErrorKind};
+use understudy_bus::ledger::{LedgerError, LedgerPage, LedgerQuery, read_ledger};
 use understudy_protocol::hold::{
     HoldChange, HoldRecord, SettingsErrorCode, SettingsOp, SettingsReply, SettingsRequest,
 };
@@ -295,6 +300,29 @@ impl BusApi {
                 })
             }
             _ => Ok(None),
+        }
+    }
+
+    /// Entries of the group's election ledger, as `query` asks (read from
+    /// its stream, so it works with no device running). A group with no
+    /// ledger stream yet has no entries.
+    pub async fn ledger(
+        &self,
+        group: &GroupName,
+        query: LedgerQuery,
+    ) -> Result<LedgerPage, ApiError> {
+        self.ensure_connected()?;
+        match read_ledger(&self.jetstream(), group, query).await {
+            Ok(page) => Ok(page),
+            Err(LedgerError::NoLedger(_)) => Ok(LedgerPage {
+                entries: Vec::new(),
+                more: false,
+                unreadable: 0,
+            }),
+            Err(e @ LedgerError::BadLimit(_)) => Err(ApiError::InvalidJson(e.to_string())),
+            Err(e @ LedgerError::Unavailable { .. }) => {
+                Err(ApiError::BusUnavailable(e.to_string()))
+            }
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
+use understudy_bus::ledger::LedgerQuery;
 use understudy_bus::unix_ms;
 use understudy_protocol::hold::HoldChange;
 use understudy_protocol::messages::ControlOp;
@@ -15,8 +16,8 @@ use understudy_protocol::{DeviceId, GroupName, Score};
 
 use crate::ApiError;
 use crate::answers::{
-    DeviceList, GroupList, GroupSeen, HoldAnswer, HoldState, OnlineAnswer, ScoreAnswer,
-    SetScoreAnswer, StatusDocument, TriggerAnswer,
+    DeviceList, GroupList, GroupSeen, HoldAnswer, HoldState, LedgerAnswer, OnlineAnswer,
+    ScoreAnswer, SetScoreAnswer, StatusDocument, TriggerAnswer,
 };
 use crate::auth::Tokens;
 use crate::bus::BusApi;
@@ -85,6 +86,28 @@ impl Shared {
         Ok(HoldAnswer {
             group: group.clone(),
             state: HoldState::new(Some(record), unix_ms(SystemTime::now())),
+        })
+    }
+
+    /// Entries of the group's election ledger (`query` as validated at the
+    /// edge, [`crate::input::ledger`]); none for a group without a ledger.
+    pub async fn ledger(
+        &self,
+        group: &GroupName,
+        query: LedgerQuery,
+    ) -> Result<LedgerAnswer, ApiError> {
+        let page = self.bus.ledger(group, query).await?;
+        if page.unreadable > 0 {
+            tracing::debug!(
+                %group,
+                unreadable = page.unreadable,
+                "ledger entries this build cannot read were left out"
+            );
+        }
+        Ok(LedgerAnswer {
+            group: group.clone(),
+            entries: page.entries,
+            more: page.more,
         })
     }
 
