@@ -1079,10 +1079,10 @@ fn rfc3339_ms(ms: u64) -> String {
 /// with SIGKILL) is the last entry: cause `server_lost`, the new server, the
 /// killed one as the previous server, the candidates the winner heard; the
 /// gateway answers the same entries as `understudy ledger --json`, on HTTP
-/// and TCP, from a time and with a limit; bad input is a 400 with the
-/// error document.
+/// and TCP, from a time and with a limit, and `…/why` the same document as
+/// `understudy why --json`; bad input is a 400 with the error document.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_ledger_names_a_failover_its_cause_and_the_lost_server_as_the_cli_does() {
+async fn the_ledger_and_why_name_a_failover_its_cause_and_the_lost_server_as_the_cli_does() {
     let (nats, mut devices, gw) = lab(&[200, 150, 100]).await;
     wait_server(&gw, "dev-1").await;
     let first_term = status_doc(&gw).await.unwrap()["term"].as_u64().unwrap();
@@ -1178,6 +1178,44 @@ async fn the_ledger_names_a_failover_its_cause_and_the_lost_server_as_the_cli_do
         "the CLI and the gateway agree"
     );
 
+    // Why dev-2 serves: the same document as `understudy why --json`.
+    let r = get(gw.http(), &format!("/api/v1/groups/{GROUP}/why"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let why = r.json().unwrap();
+    assert_eq!(
+        (&why["group"], &why["server"], &why["term"], &why["entry"]),
+        (&json!(GROUP), &json!("dev-2"), &json!(term), last),
+        "{why}"
+    );
+    let paragraph = why["paragraph"].as_str().unwrap();
+    let previous_term = &last["previous"]["term"];
+    for words in [
+        format!("dev-2 serves group {GROUP} (term {term})"),
+        format!("dev-1 (term {previous_term}) was lost"),
+        "rule: highest_score".to_string(),
+    ] {
+        assert!(paragraph.contains(&words), "no {words:?} in {paragraph:?}");
+    }
+    let cli = run_cli_ok(&["why", "--group", GROUP, "--json", "--nats", &nats.url()]).await;
+    let cli: Value = serde_json::from_str(&cli).unwrap();
+    assert_eq!(cli, why, "the CLI and the gateway explain it alike");
+    let r = get(gw.http(), "/api/v1/groups/nosuch/why").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let doc = r.json().unwrap();
+    assert_eq!(
+        (&doc["server"], &doc["entry"]),
+        (&Value::Null, &Value::Null),
+        "{doc}"
+    );
+    assert!(
+        doc["paragraph"]
+            .as_str()
+            .is_some_and(|p| p.contains("has no server now")),
+        "{doc}"
+    );
+
     // The latest entry alone; from a time (Unix ms or RFC 3339), with more
     // to follow when the limit cuts the read short.
     let doc = ledger_doc(&gw, "?limit=1").await.unwrap();
@@ -1254,6 +1292,10 @@ async fn the_ledger_names_a_failover_its_cause_and_the_lost_server_as_the_cli_do
         .call(json!({"id": "l2", "cmd": "ledger", "group": GROUP, "since": rfc3339_ms(at)}))
         .await;
     assert_eq!(r["result"]["entries"], json!([last]), "{r}");
+    let r = tcp
+        .call(json!({"id": "w", "cmd": "why", "group": GROUP}))
+        .await;
+    assert_eq!(r["result"], why, "{r}");
     for bad in [
         json!({"limit": 0}),
         json!({"limit": "abc"}),

@@ -12,15 +12,16 @@
 //!   change likewise by its [`SettingsErrorCode`]: see [`settings_refused`].
 //! - A trigger the group does not act on because it is held → `held` (409).
 //!
-//! The show hold and the election ledger are read from JetStream, not asked
-//! of a device: they answer with no device running, and a group that never
-//! had one has none (not `unknown_group`).
+//! The show hold, the election ledger and `why` are read from JetStream,
+//! not asked of a device: they answer with no device running, and a group
+//! that never had a hold or a ledger has none (not `unknown_group`).
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::GetStreamErrorKind};
 use async_nats::{Client, RequestErrorKind};
 use understudy_bus::ledger::{LedgerError, LedgerPage, LedgerQuery, read_ledger};
+use understudy_bus::why::Why;
 use understudy_protocol::hold::{
     HoldChange, HoldRecord, SettingsErrorCode, SettingsOp, SettingsReply, SettingsRequest,
 };
@@ -319,11 +320,17 @@ impl BusApi {
                 more: false,
                 unreadable: 0,
             }),
-            Err(e @ LedgerError::BadLimit(_)) => Err(ApiError::InvalidJson(e.to_string())),
-            Err(e @ LedgerError::Unavailable { .. }) => {
-                Err(ApiError::BusUnavailable(e.to_string()))
-            }
+            Err(e) => Err(ledger_error(e)),
         }
+    }
+
+    /// Why the group's server serves, as of `now_ms`: its lease, hold and
+    /// ledger, read and explained as `understudy why` does.
+    pub async fn why(&self, group: &GroupName, now_ms: u64) -> Result<Why, ApiError> {
+        self.ensure_connected()?;
+        understudy_bus::why::why(&self.jetstream(), group, now_ms)
+            .await
+            .map_err(ledger_error)
     }
 
     /// The error for a group request (not to one device) nobody answered.
@@ -339,6 +346,17 @@ impl BusApi {
             NoAnswer::Bus(e) => {
                 ApiError::BusUnavailable(format!("sending group {group} the {what}: {e}"))
             }
+        }
+    }
+}
+
+/// A failed ledger read as told to the client: JetStream's failure is the
+/// bus's (503).
+fn ledger_error(e: LedgerError) -> ApiError {
+    match e {
+        LedgerError::BadLimit(_) => ApiError::InvalidJson(e.to_string()),
+        LedgerError::NoLedger(_) | LedgerError::Unavailable { .. } => {
+            ApiError::BusUnavailable(e.to_string())
         }
     }
 }

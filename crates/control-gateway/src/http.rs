@@ -29,6 +29,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use understudy_bus::ledger::LedgerQuery;
+use understudy_bus::why::Why;
 use understudy_protocol::messages::InstanceKind;
 use understudy_protocol::roster::RosterDevice;
 use understudy_protocol::{DeviceId, GroupName};
@@ -56,6 +57,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/groups/{group}/hold"),
     ("PUT", "/api/v1/groups/{group}/hold"),
     ("GET", "/api/v1/groups/{group}/ledger"),
+    ("GET", "/api/v1/groups/{group}/why"),
     ("POST", "/api/v1/groups/{group}/election"),
     ("GET", "/api/v1/groups/{group}/events"),
     ("GET", "/api/v1/groups/{group}/events/ws"),
@@ -90,6 +92,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(&format!("{g}/devices/{{device}}/online"), put(put_online))
         .route(&format!("{g}/hold"), get(get_hold).put(put_hold))
         .route(&format!("{g}/ledger"), get(get_ledger))
+        .route(&format!("{g}/why"), get(get_why))
         .route(&format!("{g}/election"), post(post_election))
         .route(&format!("{g}/events"), get(events_sse))
         .route(&format!("{g}/events/ws"), get(events_ws))
@@ -437,6 +440,11 @@ async fn get_ledger(
     let group = names.group()?;
     let query = ledger_query(query.as_deref())?;
     Ok(Answer::ok(s.ledger(&group, query).await?))
+}
+
+/// Why the group's server serves: `understudy why --json`'s document.
+async fn get_why(State(s): St, names: Names) -> Result<Answer<Why>, ApiError> {
+    Ok(Answer::ok(s.why(&names.group()?).await?))
 }
 
 /// The query of an election trigger: `force=true` triggers past a show

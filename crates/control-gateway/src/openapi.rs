@@ -283,6 +283,19 @@ mod tests {
                 .unwrap(),
             ));
         }
+        // Why: a server with its entry, and nobody serving.
+        let g_name: understudy_protocol::GroupName = group.clone();
+        let lease = ("dev-2".parse().unwrap(), ledger_entry().term);
+        for why in [
+            understudy_bus::why::explain(&g_name, Some(&lease), &[ledger_entry()], None, 0),
+            understudy_bus::why::explain(&g_name, None, &[], None, 0),
+        ] {
+            cases.push((
+                "get",
+                format!("{g}/why"),
+                serde_json::to_value(why).unwrap(),
+            ));
+        }
         for (method, path, value) in cases {
             let schema = answer_schema(&doc, method, &path);
             assert!(schema.is_object(), "{method} {path} documents its answer");

@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::watch;
 use understudy_bus::ledger::LedgerQuery;
 use understudy_bus::unix_ms;
+use understudy_bus::why::Why;
 use understudy_protocol::hold::HoldChange;
 use understudy_protocol::messages::ControlOp;
 use understudy_protocol::roster::RosterDevice;
@@ -109,6 +110,12 @@ impl Shared {
             entries: page.entries,
             more: page.more,
         })
+    }
+
+    /// Why the group's server serves, in one paragraph, with the ledger
+    /// entry of its term (`understudy why --json`'s document).
+    pub async fn why(&self, group: &GroupName) -> Result<Why, ApiError> {
+        self.bus.why(group, unix_ms(SystemTime::now())).await
     }
 
     /// The roster's device entries.

@@ -302,6 +302,10 @@ impl Conn {
                 let query = input::ledger(map)?;
                 s.ledger(&g, query).await.map(document)
             }
+            "why" => {
+                self.allow(Access::Read)?;
+                s.why(&group()?).await.map(document)
+            }
             "hold" => {
                 self.allow(Access::Write)?;
                 let g = group()?;
@@ -325,7 +329,7 @@ impl Conn {
             }
             other => Err(ApiError::NotFound(format!(
                 "unknown command {:?}: auth, groups, status, devices, get_score, set_score, \
-                 reset_score, set_online, trigger, hold, hold_status, ledger, subscribe",
+                 reset_score, set_online, trigger, hold, hold_status, ledger, why, subscribe",
                 other.chars().take(64).collect::<String>()
             ))),
         }
