@@ -16,9 +16,11 @@
 //! page resume the stream after the last event it showed: the missed
 //! election appears once, nothing is doubled. Last, a show hold put on
 //! through the gateway brings up the hold banner (reason, who, until) and
-//! lifting it takes the banner away. Screenshots go to
-//! `target/test-artifacts/` (`dashboard-before.png`, `dashboard.png`,
-//! `dashboard-hold.png`, `dashboard-hold-lifted.png`).
+//! lifting it takes the banner away. And the Ledger panel lists the
+//! elections the test caused, newest first, naming each server with its
+//! term and cause, under the paragraph saying why dev-1 serves. Screenshots
+//! go to `target/test-artifacts/` (`dashboard-before.png`, `dashboard.png`,
+//! `dashboard-hold.png`, `dashboard-hold-lifted.png`, `dashboard-ledger.png`).
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian's `chromium`
 //! and `chromium-driver`; `scripts/test.sh` installs them). Without
@@ -167,8 +169,13 @@ impl Session {
     }
 
     async fn screenshot(&self, path: &Path) -> Result<()> {
-        use base64::Engine as _;
         self.execute("window.scrollTo(0, 0); return true;").await?;
+        self.screenshot_here(path).await
+    }
+
+    /// A screenshot of the window as it is scrolled now.
+    async fn screenshot_here(&self, path: &Path) -> Result<()> {
+        use base64::Engine as _;
         let png = self.call("GET", "/screenshot", None).await?;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(png.as_str().unwrap_or_default())
@@ -724,6 +731,55 @@ async fn dashboard_shows_the_group_follows_a_score_change_and_resumes_its_events
         .screenshot(&artifacts.join("dashboard-hold-lifted.png"))
         .await
         .unwrap();
+
+    // The Ledger panel: the elections the test caused, newest first —
+    // dev-1 taking the server back on top, with the lease's term (a
+    // renewal stalled under load may have moved it on since), dev-3's
+    // election below — and why dev-1 serves, read again after the hold's
+    // events.
+    wait_until(
+        "the Ledger panel to list the elections",
+        ON_SCREEN_WITHIN,
+        || async move {
+            let (server, term) = o
+                .view()
+                .converged()
+                .ok_or_else(|| anyhow!("the group has not converged"))?;
+            ensure!(server == "dev-1", "{server} serves");
+            let rows = ledger_rows(s).await?;
+            let top = rows.first().ok_or_else(|| anyhow!("no ledger rows"))?;
+            ensure!(
+                top.server == "dev-1" && top.term == term.get().to_string(),
+                "the newest row is {top:?}, not dev-1's term {term}: {rows:?}"
+            );
+            ensure!(
+                rows.iter().any(|r| r.server == "dev-3"),
+                "no row of dev-3's election: {rows:?}"
+            );
+            ensure!(
+                rows.iter().all(|r| !r.cause.is_empty() && r.cause != "?"),
+                "a row without its cause: {rows:?}"
+            );
+            let why = s.text_of("#why").await?;
+            ensure!(
+                why.starts_with(&format!("dev-1 serves group {GROUP} (term {term})")),
+                "#why says {why:?}"
+            );
+            // Read again after the hold was lifted: no hold in it.
+            ensure!(!why.contains("show hold"), "#why says {why:?}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    session
+        .execute("document.querySelector('#ledger-heading').scrollIntoView(); return true;")
+        .await
+        .unwrap();
+    session
+        .screenshot_here(&artifacts.join("dashboard-ledger.png"))
+        .await
+        .unwrap();
     session.close().await.unwrap();
 }
 
@@ -757,6 +813,41 @@ async fn hold_banner(s: &Session) -> Result<(bool, String)> {
         v[0].as_bool().unwrap_or(false),
         v[1].as_str().unwrap_or_default().to_string(),
     ))
+}
+
+/// One row of the Ledger panel as shown.
+#[derive(Debug)]
+struct LedgerRow {
+    term: String,
+    server: String,
+    cause: String,
+}
+
+/// The Ledger panel's rows, in page order (newest first).
+async fn ledger_rows(s: &Session) -> Result<Vec<LedgerRow>> {
+    let v = s
+        .execute(
+            "return Array.from(document.querySelectorAll('#ledger-rows tr')).map((tr) =>
+                 Array.from(tr.cells).map((td) => td.innerText.trim()));",
+        )
+        .await?;
+    let rows = v.as_array().ok_or_else(|| anyhow!("not a list: {v}"))?;
+    Ok(rows
+        .iter()
+        .map(|cells| {
+            let cell = |i: usize| cells[i].as_str().unwrap_or_default().to_string();
+            LedgerRow {
+                term: cell(1),
+                // The server's cell may add "held".
+                server: cell(2)
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+                cause: cell(3),
+            }
+        })
+        .collect())
 }
 
 /// The event stream's state and transport as the page shows them.

@@ -1054,3 +1054,257 @@ async fn a_hold_set_through_the_gateway_survives_a_restart_of_every_device_and_o
     .await
     .unwrap();
 }
+
+// ------------------------------------------------------------- the ledger
+
+fn ledger_path(query: &str) -> String {
+    format!("/api/v1/groups/{GROUP}/ledger{query}")
+}
+
+/// `GET …/ledger<query>`, checked to be a 200.
+async fn ledger_doc(gw: &Gateway, query: &str) -> Result<Value> {
+    let r = get(gw.http(), &ledger_path(query)).await?;
+    ensure!(r.status == 200, "status {}: {}", r.status, r.text());
+    r.json()
+}
+
+/// The `at_ms` of a ledger entry as an RFC 3339 time with milliseconds.
+fn rfc3339_ms(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap();
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// Issue 16: the ledger through the gateway. A failover (the server killed
+/// with SIGKILL) is the last entry: cause `server_lost`, the new server, the
+/// killed one as the previous server, the candidates the winner heard; the
+/// gateway answers the same entries as `understudy ledger --json`, on HTTP
+/// and TCP, from a time and with a limit, and `…/why` the same document as
+/// `understudy why --json`; bad input is a 400 with the error document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ledger_and_why_name_a_failover_its_cause_and_the_lost_server_as_the_cli_does() {
+    let (nats, mut devices, gw) = lab(&[200, 150, 100]).await;
+    wait_server(&gw, "dev-1").await;
+    let first_term = status_doc(&gw).await.unwrap()["term"].as_u64().unwrap();
+    // The winner writes its entry just after it serves.
+    wait_until("dev-1's entry in the ledger", ANSWER_WITHIN, || async {
+        let doc = ledger_doc(&gw, "").await?;
+        let last = doc["entries"].as_array().and_then(|e| e.last()).cloned();
+        let last = last.unwrap_or(Value::Null);
+        ensure!(
+            last["server"] == "dev-1" && last["term"] == first_term,
+            "last entry {last}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    devices[0].kill9();
+    wait_server(&gw, "dev-2").await;
+    let term = status_doc(&gw).await.unwrap()["term"].as_u64().unwrap();
+    let doc = wait_until(
+        "the failover's entry in the ledger",
+        ANSWER_WITHIN,
+        || async {
+            let doc = ledger_doc(&gw, "").await?;
+            let last = doc["entries"].as_array().and_then(|e| e.last()).cloned();
+            ensure!(
+                last.is_some_and(|l| l["term"] == term),
+                "no entry of term {term} yet: {doc}"
+            );
+            Ok(doc)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (&doc["group"], &doc["more"]),
+        (&json!(GROUP), &json!(false))
+    );
+    let entries = doc["entries"].as_array().unwrap().clone();
+    assert!(
+        entries.len() >= 2,
+        "dev-1's election and the failover: {doc}"
+    );
+    let last = entries.last().unwrap();
+    assert_eq!(last["kind"], "elected", "{last}");
+    assert_eq!(last["cause"], "server_lost", "{last}");
+    assert_eq!(last["server"], "dev-2", "{last}");
+    assert_eq!(last["previous"]["device"], "dev-1", "{last}");
+    assert!(
+        last["previous"]["term"].as_u64().unwrap() < term,
+        "the previous term is older: {last}"
+    );
+    assert_eq!(last["rule"], "highest_score", "{last}");
+    // Every device the winner heard, best first; the lost server is not
+    // among them.
+    let candidates: Vec<(&str, u64, bool)> = last["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert!(c["mac"].as_str().is_some(), "{c}");
+            let device = c["device"].as_str().unwrap();
+            (device, c["score"].as_u64().unwrap(), c["online"] == true)
+        })
+        .collect();
+    assert_eq!(
+        candidates,
+        [("dev-2", 150, true), ("dev-3", 100, true)],
+        "the winner first, then the runner-up: {last}"
+    );
+    assert!(
+        last["timings"]["without_server_ms"].as_u64().is_some(),
+        "how long the group was without a server: {last}"
+    );
+
+    // The same entries as the CLI reads.
+    let cli = run_cli_ok(&[
+        "ledger",
+        "--group",
+        GROUP,
+        "--json",
+        "--limit",
+        "100",
+        "--nats",
+        &nats.url(),
+    ])
+    .await;
+    let cli: Value = serde_json::from_str(&cli).unwrap();
+    assert_eq!(
+        cli,
+        Value::Array(entries.clone()),
+        "the CLI and the gateway agree"
+    );
+
+    // Why dev-2 serves: the same document as `understudy why --json`.
+    let r = get(gw.http(), &format!("/api/v1/groups/{GROUP}/why"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let why = r.json().unwrap();
+    assert_eq!(
+        (&why["group"], &why["server"], &why["term"], &why["entry"]),
+        (&json!(GROUP), &json!("dev-2"), &json!(term), last),
+        "{why}"
+    );
+    let paragraph = why["paragraph"].as_str().unwrap();
+    let previous_term = &last["previous"]["term"];
+    for words in [
+        format!("dev-2 serves group {GROUP} (term {term})"),
+        format!("dev-1 (term {previous_term}) was lost"),
+        "rule: highest_score".to_string(),
+    ] {
+        assert!(paragraph.contains(&words), "no {words:?} in {paragraph:?}");
+    }
+    let cli = run_cli_ok(&["why", "--group", GROUP, "--json", "--nats", &nats.url()]).await;
+    let cli: Value = serde_json::from_str(&cli).unwrap();
+    assert_eq!(cli, why, "the CLI and the gateway explain it alike");
+    let r = get(gw.http(), "/api/v1/groups/nosuch/why").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let doc = r.json().unwrap();
+    assert_eq!(
+        (&doc["server"], &doc["entry"]),
+        (&Value::Null, &Value::Null),
+        "{doc}"
+    );
+    assert!(
+        doc["paragraph"]
+            .as_str()
+            .is_some_and(|p| p.contains("has no server now")),
+        "{doc}"
+    );
+
+    // The latest entry alone; from a time (Unix ms or RFC 3339), with more
+    // to follow when the limit cuts the read short.
+    let doc = ledger_doc(&gw, "?limit=1").await.unwrap();
+    assert_eq!(doc["entries"], json!([last]), "{doc}");
+    let at = last["at_ms"].as_u64().unwrap();
+    for since in [at.to_string(), rfc3339_ms(at)] {
+        let doc = ledger_doc(&gw, &format!("?since={since}")).await.unwrap();
+        assert_eq!(doc["entries"], json!([last]), "since={since}: {doc}");
+        assert_eq!(doc["more"], false);
+    }
+    let first_at = entries[0]["at_ms"].as_u64().unwrap();
+    let doc = ledger_doc(&gw, &format!("?since={first_at}&limit=1"))
+        .await
+        .unwrap();
+    assert_eq!(doc["entries"], json!([entries[0]]), "{doc}");
+    assert_eq!(doc["more"], true, "{doc}");
+    let doc = ledger_doc(&gw, &format!("?since={}", at + 3_600_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        doc["entries"],
+        json!([]),
+        "nothing after the last entry: {doc}"
+    );
+
+    // A group without a ledger has no entries (as a group without a hold
+    // is not held); a bad name is refused.
+    let r = get(gw.http(), "/api/v1/groups/nosuch/ledger")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json().unwrap(),
+        json!({"group": "nosuch", "entries": [], "more": false})
+    );
+    let r = get(gw.http(), "/api/v1/groups/a%2Eb/ledger").await.unwrap();
+    assert_eq!((r.status, error_code(&r).as_str()), (400, "invalid_name"));
+
+    // Bad input: 400 invalid_json with the error document, saying what.
+    for (query, words) in [
+        ("?limit=0", "1 to 1000"),
+        ("?limit=1001", "1 to 1000"),
+        ("?limit=abc", "integer from 1 to 1000"),
+        ("?since=garbage", "RFC 3339"),
+        ("?since=-5", "RFC 3339"),
+    ] {
+        let r = get(gw.http(), &ledger_path(query)).await.unwrap();
+        assert_eq!(
+            (r.status, error_code(&r).as_str()),
+            (400, "invalid_json"),
+            "{query}"
+        );
+        let message = r.json().unwrap()["error"]["message"].to_string();
+        assert!(message.contains(words), "{query}: {message}");
+    }
+
+    // TCP: the same entries, the same refusals.
+    let mut tcp = Tcp::connect(gw.tcp()).await;
+    tcp.auth().await;
+    let r = tcp
+        .call(json!({"id": "l", "cmd": "ledger", "group": GROUP}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["entries"], Value::Array(entries.clone()));
+    let r = tcp
+        .call(json!({"id": "l1", "cmd": "ledger", "group": GROUP, "since": first_at, "limit": 1}))
+        .await;
+    assert_eq!(
+        (&r["result"]["entries"], &r["result"]["more"]),
+        (&json!([entries[0]]), &json!(true)),
+        "{r}"
+    );
+    let r = tcp
+        .call(json!({"id": "l2", "cmd": "ledger", "group": GROUP, "since": rfc3339_ms(at)}))
+        .await;
+    assert_eq!(r["result"]["entries"], json!([last]), "{r}");
+    let r = tcp
+        .call(json!({"id": "w", "cmd": "why", "group": GROUP}))
+        .await;
+    assert_eq!(r["result"], why, "{r}");
+    for bad in [
+        json!({"limit": 0}),
+        json!({"limit": "abc"}),
+        json!({"since": "garbage"}),
+    ] {
+        let mut req = bad.clone();
+        req["id"] = json!("bad");
+        req["cmd"] = json!("ledger");
+        req["group"] = json!(GROUP);
+        assert_eq!(tcp.error(req).await, "invalid_json", "{bad}");
+    }
+}

@@ -242,9 +242,11 @@ async fn every_documented_route_refuses_no_token_and_a_read_only_token_on_writes
         "the document and the router list the same routes"
     );
     assert_eq!(
-        (writes, open_routes),
-        (5, 3),
-        "5 writes (score, score reset, online, hold, election) and the dashboard's 3 files"
+        (reads, writes, open_routes),
+        (11, 5, 3),
+        "11 reads (groups, status, devices, device, score, hold, ledger, why, the two event \
+         streams, the document), 5 writes (score, score reset, online, hold, election) and the \
+         dashboard's 3 files"
     );
     eprintln!("[roles] {reads} read, {writes} write and {open_routes} open routes checked");
 
@@ -269,6 +271,26 @@ async fn every_documented_route_refuses_no_token_and_a_read_only_token_on_writes
     .await
     .unwrap();
     assert_eq!((r.status, &r.body["score"]), (200, &json!(100)), "{r:?}");
+    // …and reads the ledger: dev-1's election is in it (once the winner
+    // has written it).
+    let ledger = format!("/api/v1/groups/{GROUP}/ledger");
+    wait_until(
+        "a read-only token to read dev-1's election",
+        ANSWER_WITHIN,
+        || async {
+            let r = call(addr, "GET", &ledger, Some(DESK)).await?;
+            ensure!(r.status == 200, "{r:?}");
+            ensure!(
+                r.body["entries"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e["server"] == "dev-1")),
+                "{r:?}"
+            );
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
 
     // A read-only token over WebSocket: the upgrade carries the header.
     {
@@ -384,6 +406,8 @@ fn tcp_reads() -> Vec<Value> {
         json!({"id": "devices", "cmd": "devices", "group": GROUP}),
         json!({"id": "get_score", "cmd": "get_score", "group": GROUP, "device": DEVICE}),
         json!({"id": "hold_status", "cmd": "hold_status", "group": GROUP}),
+        json!({"id": "ledger", "cmd": "ledger", "group": GROUP, "limit": 5}),
+        json!({"id": "why", "cmd": "why", "group": GROUP}),
     ]
 }
 

@@ -67,6 +67,7 @@ pub mod feed;
 pub mod follow;
 pub mod inbox;
 pub mod ledger;
+pub mod why;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -10,6 +10,12 @@
 // The roster document carries the group's show hold (`hold`), shown as a
 // banner while the group is held; a `hold_changed` event re-reads it at once.
 //   GET  /api/v1/groups/{g}/events?client=dashboard      live events (SSE)
+//   GET  /api/v1/groups/{g}/ledger?limit=20              the Ledger panel
+//   GET  /api/v1/groups/{g}/why                          its paragraph
+// The ledger is read when a group is chosen and after election events. The
+// winner writes its entry just after its `server_elected` event, so when
+// the roster shows a newer term than the ledger's newest entry, the ledger
+// is read again (a few times per term at most).
 // Every call carries `Authorization: Bearer <token>` once a token is entered
 // (kept in sessionStorage, for this tab only; never in a URL). A gateway with
 // tokens configured wants one on reads too: then the page asks for it. The
@@ -25,6 +31,10 @@
   const POLL_MS = 2000;
   const GROUPS_POLL_MS = 5000;
   const LOG_MAX = 300;
+  const LEDGER_LIMIT = 20;
+  // Reads of the ledger one newer term may cause before the page waits for
+  // the next event.
+  const LEDGER_TRIES = 5;
   const TOKEN_KEY = "understudy.apiToken";
   const ASK_FOR_TOKEN = "This gateway needs a token: enter it at the top and press Use token.";
 
@@ -50,6 +60,13 @@
     // matched into a change, by term.
     ends: [],
     elections: [],
+    // The ledger panel: the read in flight, the refresh pending, the newest
+    // term it shows, and the term the roster is ahead with (and how often
+    // the ledger was read for it).
+    ledgerSeq: 0,
+    ledgerTimer: null,
+    ledgerTerm: null,
+    ledgerWant: { term: null, tries: 0 },
   };
 
   // ---- small helpers -------------------------------------------------------
@@ -490,6 +507,7 @@
       const reporter = doc.reporter ? ` (as seen by ${doc.reporter})` : "";
       setText($("#group-note"), `Group ${group}${reporter}, updated ${formatTime(Date.now())}`);
       render(doc);
+      ledgerCatchUp(doc);
     } catch (e) {
       if (seq !== state.statusSeq) return;
       setText($("#group-note"), `Cannot reach the gateway: ${e.message || e}`);
@@ -503,6 +521,141 @@
       state.refreshTimer = null;
       refreshStatus();
     }, 50);
+  }
+
+  // ---- the election ledger -------------------------------------------------
+
+  const RULES = {
+    only_candidate: "only candidate",
+    highest_score: "highest score",
+    lower_mac: "lower MAC (tie)",
+    device_id: "lower device id (tie)",
+    named_successor: "named successor",
+  };
+
+  function words(code) {
+    return typeof code === "string" && code ? code.replace(/_/g, " ") : "?";
+  }
+
+  function previousText(p) {
+    if (!p || typeof p !== "object") return "—";
+    const how = p.stepped_down ? ` — ${words(p.stepped_down)}` : "";
+    return `${p.device || "?"} (term ${p.term})${how}`;
+  }
+
+  function candidatesText(e) {
+    const list = Array.isArray(e.candidates) ? e.candidates : [];
+    return list
+      .map((c) => `${c.device} score ${c.score}${c.online ? "" : " offline"} (${c.mac})`)
+      .join(", ");
+  }
+
+  function ledgerRow(e) {
+    const kept = e.kind === "kept";
+    const t = e.timings || {};
+    const server = el("td", {}, [el("span", { className: "ledger-server", text: e.server })]);
+    if (e.held) server.append(el("span", { className: "held-mark", text: "held", title: "the show hold was on" }));
+    const row = el(
+      "tr",
+      {
+        "data-term": e.term,
+        "data-server": e.server,
+        "data-kind": e.kind,
+        "data-cause": e.cause,
+        title: `Candidates heard: ${candidatesText(e) || "none"}` +
+          (typeof t.detection_ms === "number" ? `\nLost server silent for ${t.detection_ms} ms when given up` : "") +
+          (typeof t.claim_ms === "number" ? `\nClaim took ${t.claim_ms} ms` : ""),
+      },
+      [
+        el("td", { className: "num", text: formatTime(e.at_ms), title: new Date(e.at_ms).toLocaleString() }),
+        el("td", { className: "num", text: kept ? `${e.term} (kept)` : String(e.term) }),
+        server,
+        el("td", { "data-field": "cause", text: words(e.cause) }),
+        el("td", { "data-field": "rule", text: RULES[e.rule] || words(e.rule) }),
+        el("td", { "data-field": "previous", text: previousText(e.previous) }),
+        el("td", { className: "num", text: typeof t.without_server_ms === "number" ? formatAgo(t.without_server_ms) : "—" }),
+      ]
+    );
+    return row;
+  }
+
+  function renderLedger(entries) {
+    const body = $("#ledger-rows");
+    const key = JSON.stringify(entries);
+    if (body.dataset.key !== key) {
+      body.dataset.key = key;
+      body.replaceChildren(...entries.slice().reverse().map(ledgerRow));
+    }
+    const terms = entries.map((e) => e.term).filter((t) => typeof t === "number");
+    state.ledgerTerm = terms.length ? Math.max(...terms) : null;
+    setText($("#ledger-note"), entries.length ? "" : "No election recorded in this group's ledger yet.");
+  }
+
+  function renderWhy(why) {
+    const node = $("#why");
+    setText(node, (why && why.paragraph) || "No election recorded yet.");
+    setAttr(node, "data-server", (why && why.server) || "");
+  }
+
+  function clearLedger() {
+    state.ledgerSeq += 1;
+    state.ledgerTerm = null;
+    state.ledgerWant = { term: null, tries: 0 };
+    const body = $("#ledger-rows");
+    delete body.dataset.key;
+    body.replaceChildren();
+    renderWhy(null);
+    setText($("#ledger-note"), "");
+  }
+
+  async function refreshLedger() {
+    const group = state.group;
+    if (!group) return;
+    const seq = ++state.ledgerSeq;
+    const current = () => seq === state.ledgerSeq && group === state.group;
+    try {
+      const [ledger, why] = await Promise.all([
+        fetch(`${groupPath(group)}/ledger?limit=${LEDGER_LIMIT}`, { headers: authHeaders() }),
+        fetch(`${groupPath(group)}/why`, { headers: authHeaders() }),
+      ]);
+      if (!current()) return;
+      if (!ledger.ok) {
+        const text = await errorText(ledger);
+        if (current()) setText($("#ledger-note"), `Cannot read the ledger: ${text}`);
+        return;
+      }
+      const body = await ledger.json();
+      const explained = why.ok ? await why.json() : null;
+      if (!current()) return;
+      renderLedger(Array.isArray(body.entries) ? body.entries : []);
+      renderWhy(explained);
+    } catch (e) {
+      if (current()) setText($("#ledger-note"), `Cannot read the ledger: ${e.message || e}`);
+    }
+  }
+
+  // Coalesces the ledger reads a burst of election events asks for.
+  function scheduleLedger(delay) {
+    if (state.ledgerTimer !== null) return;
+    state.ledgerTimer = setTimeout(() => {
+      state.ledgerTimer = null;
+      refreshLedger();
+    }, delay);
+  }
+
+  // The roster shows a newer term than the ledger: its entry is on its way.
+  function ledgerCatchUp(doc) {
+    const term = doc && doc.server && doc.server.term;
+    if (typeof term !== "number" || (state.ledgerTerm !== null && term <= state.ledgerTerm)) return;
+    const want = state.ledgerWant;
+    if (want.term !== term) {
+      want.term = term;
+      want.tries = 0;
+    }
+    if (want.tries >= LEDGER_TRIES) return;
+    want.tries += 1;
+    // A moment for the winner to store it.
+    scheduleLedger(250);
   }
 
   // ---- actions -------------------------------------------------------------
@@ -746,7 +899,10 @@
       if (state.lastEventId !== null && numeric <= state.lastEventId) return; // already shown
       state.lastEventId = numeric;
     }
-    if (type === "election") noteChange(ev);
+    if (type === "election") {
+      noteChange(ev);
+      scheduleLedger(300);
+    }
     const log = $("#event-log");
     const placeholder = log.querySelector(".empty");
     if (placeholder) placeholder.remove();
@@ -937,6 +1093,7 @@
     $("#group").value = group;
     $("#event-log").replaceChildren(el("li", { className: "empty", text: "No events yet." }));
     $("#device-rows").replaceChildren();
+    clearLedger();
     render(null);
     const url = new URL(location.href);
     url.searchParams.set("group", group);
@@ -944,6 +1101,7 @@
     else history.replaceState(null, "", url);
     document.title = `understudy — ${group} — Network Discovery`;
     refreshStatus();
+    refreshLedger();
     connectEvents();
   }
 
@@ -962,6 +1120,7 @@
     showMessage("", true);
     refreshGroups();
     refreshStatus();
+    refreshLedger();
     connectEvents();
   }
 

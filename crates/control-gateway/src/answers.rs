@@ -7,6 +7,7 @@
 
 use serde::Serialize;
 use understudy_protocol::hold::HoldRecord;
+use understudy_protocol::ledger::LedgerEntry;
 use understudy_protocol::roster::{RosterDevice, RosterReply};
 use understudy_protocol::{DeviceId, GroupName, Problem, Score, StatusColour, Term};
 
@@ -75,6 +76,20 @@ pub struct HoldAnswer {
     /// Whether it is held now, and the stored record.
     #[serde(flatten)]
     pub state: HoldState,
+}
+
+/// `{"group","entries","more"}`: entries of a group's election ledger,
+/// oldest first (the entries `understudy ledger --json` prints).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LedgerAnswer {
+    /// The group.
+    pub group: GroupName,
+    /// The entries: the latest `limit`, or the first `limit` at or after
+    /// `since`; empty when the group has no ledger yet.
+    pub entries: Vec<LedgerEntry>,
+    /// Whether more entries follow the last one (a read `since` a time that
+    /// hit its limit): read on from the last entry's `at_ms`.
+    pub more: bool,
 }
 
 /// How many devices show each colour (B2).

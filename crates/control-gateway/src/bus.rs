@@ -11,11 +11,17 @@
 //!   ([`ControlErrorCode`]), never by its wording: see [`refused`]; a hold
 //!   change likewise by its [`SettingsErrorCode`]: see [`settings_refused`].
 //! - A trigger the group does not act on because it is held → `held` (409).
+//!
+//! The show hold, the election ledger and `why` are read from JetStream,
+//! not asked of a device: they answer with no device running, and a group
+//! that never had a hold or a ledger has none (not `unknown_group`).
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::GetStreamErrorKind};
 use async_nats::{Client, RequestErrorKind};
+use understudy_bus::ledger::{LedgerError, LedgerPage, LedgerQuery, read_ledger};
+use understudy_bus::why::Why;
 use understudy_protocol::hold::{
     HoldChange, HoldRecord, SettingsErrorCode, SettingsOp, SettingsReply, SettingsRequest,
 };
@@ -298,6 +304,35 @@ impl BusApi {
         }
     }
 
+    /// Entries of the group's election ledger, as `query` asks (read from
+    /// its stream, so it works with no device running). A group with no
+    /// ledger stream yet has no entries.
+    pub async fn ledger(
+        &self,
+        group: &GroupName,
+        query: LedgerQuery,
+    ) -> Result<LedgerPage, ApiError> {
+        self.ensure_connected()?;
+        match read_ledger(&self.jetstream(), group, query).await {
+            Ok(page) => Ok(page),
+            Err(LedgerError::NoLedger(_)) => Ok(LedgerPage {
+                entries: Vec::new(),
+                more: false,
+                unreadable: 0,
+            }),
+            Err(e) => Err(ledger_error(e)),
+        }
+    }
+
+    /// Why the group's server serves, as of `now_ms`: its lease, hold and
+    /// ledger, read and explained as `understudy why` does.
+    pub async fn why(&self, group: &GroupName, now_ms: u64) -> Result<Why, ApiError> {
+        self.ensure_connected()?;
+        understudy_bus::why::why(&self.jetstream(), group, now_ms)
+            .await
+            .map_err(ledger_error)
+    }
+
     /// The error for a group request (not to one device) nobody answered.
     fn no_answer(&self, group: &GroupName, what: &str, e: NoAnswer) -> ApiError {
         match e {
@@ -311,6 +346,17 @@ impl BusApi {
             NoAnswer::Bus(e) => {
                 ApiError::BusUnavailable(format!("sending group {group} the {what}: {e}"))
             }
+        }
+    }
+}
+
+/// A failed ledger read as told to the client: JetStream's failure is the
+/// bus's (503).
+fn ledger_error(e: LedgerError) -> ApiError {
+    match e {
+        LedgerError::BadLimit(_) => ApiError::InvalidJson(e.to_string()),
+        LedgerError::NoLedger(_) | LedgerError::Unavailable { .. } => {
+            ApiError::BusUnavailable(e.to_string())
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Nothing axum would answer in plain text reaches a client: bodies are read
 //! by [`json_body`] (content type, 16 KiB limit, JSON), path names by
-//! [`Names`], queries by [`stream_query`], and unknown paths and methods get
+//! [`Names`], queries by [`stream_query`], [`force_query`] and
+//! [`ledger_query`], and unknown paths and methods get
 //! JSON fallbacks. Every failure is an [`ApiError`].
 
 use std::convert::Infallible;
@@ -27,13 +28,15 @@ use axum::routing::{get, post, put};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use understudy_bus::ledger::LedgerQuery;
+use understudy_bus::why::Why;
 use understudy_protocol::messages::InstanceKind;
 use understudy_protocol::roster::RosterDevice;
 use understudy_protocol::{DeviceId, GroupName};
 
 use crate::answers::{
-    DeviceList, GroupList, HoldAnswer, OnlineAnswer, ScoreAnswer, SetScoreAnswer, StatusDocument,
-    TriggerAnswer,
+    DeviceList, GroupList, HoldAnswer, LedgerAnswer, OnlineAnswer, ScoreAnswer, SetScoreAnswer,
+    StatusDocument, TriggerAnswer,
 };
 use crate::auth::Access;
 use crate::events::{self, FeedEvent, Start};
@@ -53,6 +56,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/api/v1/groups/{group}/devices/{device}/online"),
     ("GET", "/api/v1/groups/{group}/hold"),
     ("PUT", "/api/v1/groups/{group}/hold"),
+    ("GET", "/api/v1/groups/{group}/ledger"),
+    ("GET", "/api/v1/groups/{group}/why"),
     ("POST", "/api/v1/groups/{group}/election"),
     ("GET", "/api/v1/groups/{group}/events"),
     ("GET", "/api/v1/groups/{group}/events/ws"),
@@ -86,6 +91,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route(&format!("{g}/devices/{{device}}/online"), put(put_online))
         .route(&format!("{g}/hold"), get(get_hold).put(put_hold))
+        .route(&format!("{g}/ledger"), get(get_ledger))
+        .route(&format!("{g}/why"), get(get_why))
         .route(&format!("{g}/election"), post(post_election))
         .route(&format!("{g}/events"), get(events_sse))
         .route(&format!("{g}/events/ws"), get(events_ws))
@@ -389,6 +396,57 @@ async fn put_hold(
     Ok(Answer::ok(s.set_hold(&group, change).await?))
 }
 
+/// The query of a ledger read: `since` (Unix milliseconds or an RFC 3339
+/// time, percent-encoded as a URL needs: `%2B01:00` for `+01:00`; a `+`
+/// left as it is stays a plus) and `limit` (1–1000, default
+/// [`input::DEFAULT_LEDGER_LIMIT`]); unknown parameters are ignored.
+pub fn ledger_query(query: Option<&str>) -> Result<LedgerQuery, ApiError> {
+    let mut q = LedgerQuery {
+        since_ms: None,
+        limit: input::DEFAULT_LEDGER_LIMIT,
+    };
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "since" && key != "limit" {
+            continue;
+        }
+        let value = percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| {
+                ApiError::InvalidJson(format!("query parameter {key} is not UTF-8 text"))
+            })?;
+        if key == "since" {
+            q.since_ms = Some(input::since(&value)?);
+        } else {
+            let n = value.parse::<u64>().map_err(|_| {
+                ApiError::InvalidJson(format!(
+                    "query parameter limit={:?} must be an integer from 1 to {}",
+                    value.chars().take(32).collect::<String>(),
+                    understudy_bus::ledger::MAX_LIMIT
+                ))
+            })?;
+            q.limit = input::ledger_limit(n)?;
+        }
+    }
+    Ok(q)
+}
+
+/// The group's election ledger: the latest entries, or those from a time.
+async fn get_ledger(
+    State(s): St,
+    names: Names,
+    RawQuery(query): RawQuery,
+) -> Result<Answer<LedgerAnswer>, ApiError> {
+    let group = names.group()?;
+    let query = ledger_query(query.as_deref())?;
+    Ok(Answer::ok(s.ledger(&group, query).await?))
+}
+
+/// Why the group's server serves: `understudy why --json`'s document.
+async fn get_why(State(s): St, names: Names) -> Result<Answer<Why>, ApiError> {
+    Ok(Answer::ok(s.why(&names.group()?).await?))
+}
+
 /// The query of an election trigger: `force=true` triggers past a show
 /// hold (`force=false`, or none, does not).
 pub fn force_query(query: Option<&str>) -> Result<bool, ApiError> {
@@ -599,6 +657,45 @@ mod tests {
         for bad in ["force=1", "force=", "force", "force=TRUE"] {
             assert_eq!(
                 force_query(Some(bad)).map_err(|e| e.code()),
+                Err("invalid_json"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn ledger_queries_take_milliseconds_or_a_percent_encoded_time() {
+        let q = |since_ms, limit| Ok(LedgerQuery { since_ms, limit });
+        assert_eq!(ledger_query(None), q(None, input::DEFAULT_LEDGER_LIMIT));
+        assert_eq!(ledger_query(Some("limit=1&x=y")), q(None, 1));
+        assert_eq!(
+            ledger_query(Some("since=1767225600000&limit=1000")),
+            q(Some(1_767_225_600_000), 1000)
+        );
+        for time in [
+            "2026-01-01T01%3A00%3A00%2B01%3A00",
+            "2026-01-01T01:00:00+01:00",
+            "2026-01-01T00:00:00Z",
+        ] {
+            assert_eq!(
+                ledger_query(Some(&format!("since={time}"))),
+                q(Some(1_767_225_600_000), input::DEFAULT_LEDGER_LIMIT),
+                "{time}"
+            );
+        }
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=abc",
+            "limit=",
+            "limit=-1",
+            "since=garbage",
+            "since=",
+            "since=%FF",
+            "since=2h",
+        ] {
+            assert_eq!(
+                ledger_query(Some(bad)).map_err(|e| e.code()),
                 Err("invalid_json"),
                 "{bad}"
             );

@@ -7,10 +7,15 @@
 //! integer out of 0–255 (`256`, `-1`) is `score_out_of_range` (422). A whole
 //! number written with a fraction or exponent (`140.0`, `1e2`) is an integer,
 //! as JSON Schema (and so docs/openapi.json) counts them.
+//!
+//! A ledger read's `since` is an RFC 3339 time or Unix milliseconds and its
+//! `limit` 1–[`MAX_LIMIT`]; anything else is `invalid_json` (400), like
+//! every other bad query parameter.
 
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use understudy_bus::ledger::{LedgerQuery, MAX_LIMIT};
 use understudy_protocol::hold::{HoldChange, REASON_MAX_CHARS, SET_BY_MAX_CHARS};
 use understudy_protocol::{DeviceId, GroupName, Score};
 
@@ -164,6 +169,73 @@ fn rfc3339_ms(text: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::InvalidHold(format!("`until` {shown} is before 1970")))
 }
 
+/// How many ledger entries a read returns when it does not say.
+pub const DEFAULT_LEDGER_LIMIT: usize = 100;
+
+/// The latest `since` a ledger read may name, in Unix milliseconds: the
+/// last millisecond of the year 9999 (`9999-12-31T23:59:59.999Z`), the last
+/// an RFC 3339 time can write.
+pub const SINCE_MAX_MS: u64 = 253_402_300_799_999;
+
+/// A ledger read's `since`, as text: Unix milliseconds (digits only, at most
+/// [`SINCE_MAX_MS`]) or an RFC 3339 time. A time before 1970 reads from
+/// the start, one after 9999 (by its offset) from [`SINCE_MAX_MS`].
+pub fn since(text: &str) -> Result<u64, ApiError> {
+    let shown: String = text.chars().take(40).collect();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| *ms <= SINCE_MAX_MS)
+            .ok_or_else(|| {
+                ApiError::InvalidJson(format!(
+                    "`since` {shown} is past the last time it may name \
+                     ({SINCE_MAX_MS}, 9999-12-31T23:59:59.999Z)"
+                ))
+            });
+    }
+    let t = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
+        ApiError::InvalidJson(format!(
+            "`since` must be an RFC 3339 time such as 2026-12-01T20:00:00Z or Unix \
+             milliseconds, got {shown:?}"
+        ))
+    })?;
+    let ms = (t.unix_timestamp_nanos() / 1_000_000).max(0);
+    Ok(u64::try_from(ms).map_or(SINCE_MAX_MS, |ms| ms.min(SINCE_MAX_MS)))
+}
+
+/// A ledger read's `limit`: 1–[`MAX_LIMIT`].
+pub fn ledger_limit(n: u64) -> Result<usize, ApiError> {
+    usize::try_from(n)
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| ApiError::InvalidJson(format!("`limit` must be 1 to {MAX_LIMIT}, not {n}")))
+}
+
+/// A TCP `ledger` command's `since` (a string as for [`since`], or a JSON
+/// integer of milliseconds; absent or null: none) and `limit` (an integer;
+/// absent or null: [`DEFAULT_LEDGER_LIMIT`]).
+pub fn ledger(map: &serde_json::Map<String, Value>) -> Result<LedgerQuery, ApiError> {
+    let since_ms = match map.get("since") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(since(text)?),
+        Some(v) => match v.as_u64() {
+            Some(ms) => Some(since(&ms.to_string())?),
+            None => {
+                return Err(ApiError::InvalidJson(format!(
+                    "field `since` must be an RFC 3339 time or Unix milliseconds, got {}",
+                    kind(v)
+                )));
+            }
+        },
+    };
+    let limit = match count(map, "limit")? {
+        None => DEFAULT_LEDGER_LIMIT,
+        Some(n) => ledger_limit(n)?,
+    };
+    Ok(LedgerQuery { since_ms, limit })
+}
+
 /// A score: a JSON integer 0–255 (`140.0` counts as the integer 140).
 pub fn score(value: &Value) -> Result<Score, ApiError> {
     let out_of_range =
@@ -304,6 +376,77 @@ mod tests {
             assert_eq!(
                 hold(&obj(bad.clone())).map_err(|e| e.code()).err(),
                 Some(code),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn since_is_unix_milliseconds_or_an_rfc_3339_time() {
+        assert_eq!(since("0"), Ok(0));
+        assert_eq!(since("1767225600000"), Ok(1_767_225_600_000));
+        assert_eq!(since("2026-01-01T01:00:00+01:00"), Ok(1_767_225_600_000));
+        assert_eq!(since("2026-01-01t00:00:00.5z"), Ok(1_767_225_600_500));
+        // Before 1970: from the start; past 9999 by its offset: the last.
+        assert_eq!(since("0001-01-01T00:00:00+00:00"), Ok(0));
+        assert_eq!(since("9999-12-31T23:59:59-23:59"), Ok(SINCE_MAX_MS));
+        assert_eq!(since(&SINCE_MAX_MS.to_string()), Ok(SINCE_MAX_MS));
+        for bad in [
+            "",
+            "garbage",
+            "-1",
+            "1.5",
+            "2h",
+            "2026-01-01",
+            "253402300800000",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(
+                since(bad).map_err(|e| e.code()),
+                Err("invalid_json"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_ledger_command_takes_since_and_limit() {
+        let obj = |v: Value| v.as_object().cloned().expect("an object");
+        assert_eq!(
+            ledger(&obj(json!({}))),
+            Ok(LedgerQuery {
+                since_ms: None,
+                limit: DEFAULT_LEDGER_LIMIT
+            })
+        );
+        assert_eq!(
+            ledger(&obj(json!({"since": 5, "limit": 1000}))),
+            Ok(LedgerQuery {
+                since_ms: Some(5),
+                limit: 1000
+            })
+        );
+        assert_eq!(
+            ledger(&obj(
+                json!({"since": "1970-01-01T00:00:01Z", "limit": null})
+            )),
+            Ok(LedgerQuery {
+                since_ms: Some(1000),
+                limit: DEFAULT_LEDGER_LIMIT
+            })
+        );
+        for bad in [
+            json!({"limit": 0}),
+            json!({"limit": 1001}),
+            json!({"limit": "10"}),
+            json!({"limit": -1}),
+            json!({"since": "yesterday"}),
+            json!({"since": -5}),
+            json!({"since": true}),
+        ] {
+            assert_eq!(
+                ledger(&obj(bad.clone())).map_err(|e| e.code()),
+                Err("invalid_json"),
                 "{bad}"
             );
         }

@@ -264,10 +264,134 @@ mod tests {
             status.hold = Some(answer.state.clone());
             cases.push(("get", g.into(), serde_json::to_value(status).unwrap()));
         }
+        // The ledger: an entry with every field, one with none of the
+        // optional ones, and a group without a ledger.
+        let full = ledger_entry();
+        let mut bare = ledger_entry();
+        bare.kind = understudy_protocol::ledger::LedgerKind::Kept;
+        bare.previous = None;
+        bare.timings = Default::default();
+        for entries in [vec![full, bare], vec![]] {
+            cases.push((
+                "get",
+                format!("{g}/ledger"),
+                serde_json::to_value(LedgerAnswer {
+                    group: group.clone(),
+                    entries,
+                    more: true,
+                })
+                .unwrap(),
+            ));
+        }
+        // Why: a server with its entry, and nobody serving.
+        let g_name: understudy_protocol::GroupName = group.clone();
+        let lease = ("dev-2".parse().unwrap(), ledger_entry().term);
+        for why in [
+            understudy_bus::why::explain(&g_name, Some(&lease), &[ledger_entry()], None, 0),
+            understudy_bus::why::explain(&g_name, None, &[], None, 0),
+        ] {
+            cases.push((
+                "get",
+                format!("{g}/why"),
+                serde_json::to_value(why).unwrap(),
+            ));
+        }
         for (method, path, value) in cases {
             let schema = answer_schema(&doc, method, &path);
             assert!(schema.is_object(), "{method} {path} documents its answer");
             conforms(&doc, schema, &value, &format!("{method} {path}"));
+        }
+    }
+
+    /// A ledger entry with every field set.
+    fn ledger_entry() -> understudy_protocol::ledger::LedgerEntry {
+        use understudy_protocol::ledger::*;
+        use understudy_protocol::messages::{ElectionReason, StepDownReason};
+        use understudy_protocol::{Mac, Score, Term};
+        let candidate = |d: &str, score: u8, mac: u64| LedgerCandidate {
+            device: d.parse().unwrap(),
+            score: Score::new(score),
+            mac: Mac::from_u64(mac).unwrap(),
+            online: true,
+        };
+        LedgerEntry {
+            schema: 1,
+            group: "stage".parse().unwrap(),
+            kind: LedgerKind::Elected,
+            server: "dev-2".parse().unwrap(),
+            term: Term::from_revision(41),
+            at_ms: 1_767_225_600_000,
+            cause: ElectionReason::ServerLost,
+            rule: LedgerRule::LowerMac,
+            candidates: vec![candidate("dev-2", 200, 1), candidate("dev-3", 200, 2)],
+            previous: Some(PreviousServer {
+                device: Some("dev-1".parse().unwrap()),
+                term: Term::from_revision(37),
+                stepped_down: Some(StepDownReason::Shutdown),
+            }),
+            held: true,
+            timings: LedgerTimings {
+                detection_ms: Some(612),
+                vacant_ms: Some(40),
+                claim_ms: Some(3),
+                without_server_ms: Some(652),
+            },
+        }
+    }
+
+    /// Every cause, rule, kind and step-down reason an entry can carry is
+    /// one the document lists.
+    #[test]
+    fn the_ledger_entry_schema_lists_every_value_of_its_enums() {
+        use understudy_protocol::ledger::{LedgerKind, LedgerRule};
+        use understudy_protocol::messages::{ElectionReason, StepDownReason};
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let listed = |schema: &str, field: &str, value: Value| {
+            let values = schemas[schema]["properties"][field]["enum"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{schema}.{field} has an enum"));
+            assert!(values.contains(&value), "{schema}.{field}: {value}");
+        };
+        for cause in [
+            ElectionReason::Startup,
+            ElectionReason::ServerLost,
+            ElectionReason::NoServer,
+            ElectionReason::ScoreChanged,
+            ElectionReason::Preemption,
+            ElectionReason::HandOver,
+            ElectionReason::Operator,
+            ElectionReason::Other,
+        ] {
+            listed("LedgerEntry", "cause", serde_json::to_value(cause).unwrap());
+        }
+        for rule in [
+            LedgerRule::OnlyCandidate,
+            LedgerRule::HighestScore,
+            LedgerRule::LowerMac,
+            LedgerRule::DeviceId,
+            LedgerRule::NamedSuccessor,
+            LedgerRule::Other,
+        ] {
+            listed("LedgerEntry", "rule", serde_json::to_value(rule).unwrap());
+        }
+        for kind in [LedgerKind::Elected, LedgerKind::Kept, LedgerKind::Other] {
+            listed("LedgerEntry", "kind", serde_json::to_value(kind).unwrap());
+        }
+        for reason in [
+            StepDownReason::HandOver,
+            StepDownReason::LeaseLost,
+            StepDownReason::Deposed,
+            StepDownReason::Offline,
+            StepDownReason::ScoreZero,
+            StepDownReason::Shutdown,
+            StepDownReason::Other,
+        ] {
+            listed(
+                "PreviousServer",
+                "stepped_down",
+                serde_json::to_value(reason).unwrap(),
+            );
         }
     }
 
@@ -511,6 +635,30 @@ mod tests {
                 vec![],
                 426,
                 "upgrade_required",
+            ),
+            (
+                "GET",
+                "/api/v1/groups/stage/ledger?limit=0",
+                vec![read],
+                vec![],
+                400,
+                "invalid_json",
+            ),
+            (
+                "GET",
+                "/api/v1/groups/stage/ledger?since=garbage",
+                vec![read],
+                vec![],
+                400,
+                "invalid_json",
+            ),
+            (
+                "GET",
+                "/api/v1/groups/stage/ledger?limit=5&since=2026-01-01T00:00:00Z",
+                vec![read],
+                vec![],
+                503,
+                "bus_unavailable",
             ),
             (
                 "GET",

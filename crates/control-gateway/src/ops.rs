@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
+use understudy_bus::ledger::LedgerQuery;
 use understudy_bus::unix_ms;
+use understudy_bus::why::Why;
 use understudy_protocol::hold::HoldChange;
 use understudy_protocol::messages::ControlOp;
 use understudy_protocol::roster::RosterDevice;
@@ -15,8 +17,8 @@ use understudy_protocol::{DeviceId, GroupName, Score};
 
 use crate::ApiError;
 use crate::answers::{
-    DeviceList, GroupList, GroupSeen, HoldAnswer, HoldState, OnlineAnswer, ScoreAnswer,
-    SetScoreAnswer, StatusDocument, TriggerAnswer,
+    DeviceList, GroupList, GroupSeen, HoldAnswer, HoldState, LedgerAnswer, OnlineAnswer,
+    ScoreAnswer, SetScoreAnswer, StatusDocument, TriggerAnswer,
 };
 use crate::auth::Tokens;
 use crate::bus::BusApi;
@@ -86,6 +88,34 @@ impl Shared {
             group: group.clone(),
             state: HoldState::new(Some(record), unix_ms(SystemTime::now())),
         })
+    }
+
+    /// Entries of the group's election ledger (`query` as validated at the
+    /// edge, [`crate::input::ledger`]); none for a group without a ledger.
+    pub async fn ledger(
+        &self,
+        group: &GroupName,
+        query: LedgerQuery,
+    ) -> Result<LedgerAnswer, ApiError> {
+        let page = self.bus.ledger(group, query).await?;
+        if page.unreadable > 0 {
+            tracing::debug!(
+                %group,
+                unreadable = page.unreadable,
+                "ledger entries this build cannot read were left out"
+            );
+        }
+        Ok(LedgerAnswer {
+            group: group.clone(),
+            entries: page.entries,
+            more: page.more,
+        })
+    }
+
+    /// Why the group's server serves, in one paragraph, with the ledger
+    /// entry of its term (`understudy why --json`'s document).
+    pub async fn why(&self, group: &GroupName) -> Result<Why, ApiError> {
+        self.bus.why(group, unix_ms(SystemTime::now())).await
     }
 
     /// The roster's device entries.

@@ -296,6 +296,16 @@ impl Conn {
                 self.allow(Access::Read)?;
                 s.hold(&group()?).await.map(document)
             }
+            "ledger" => {
+                self.allow(Access::Read)?;
+                let g = group()?;
+                let query = input::ledger(map)?;
+                s.ledger(&g, query).await.map(document)
+            }
+            "why" => {
+                self.allow(Access::Read)?;
+                s.why(&group()?).await.map(document)
+            }
             "hold" => {
                 self.allow(Access::Write)?;
                 let g = group()?;
@@ -319,7 +329,7 @@ impl Conn {
             }
             other => Err(ApiError::NotFound(format!(
                 "unknown command {:?}: auth, groups, status, devices, get_score, set_score, \
-                 reset_score, set_online, trigger, hold, hold_status, subscribe",
+                 reset_score, set_online, trigger, hold, hold_status, ledger, why, subscribe",
                 other.chars().take(64).collect::<String>()
             ))),
         }
