@@ -316,45 +316,14 @@ fn rfc3339(ms: u64) -> String {
 mod tests {
     use super::*;
     use understudy_protocol::SCHEMA_VERSION;
-    use understudy_protocol::ledger::{LedgerCandidate, LedgerTimings, PreviousServer};
-    use understudy_protocol::{Mac, Score};
-
-    fn cand(d: &str, score: u8, mac: u64) -> LedgerCandidate {
-        LedgerCandidate {
-            device: d.parse().unwrap(),
-            score: Score::new(score),
-            mac: Mac::from_u64(mac).unwrap(),
-            online: true,
-        }
-    }
 
     fn entry(term: u64, cause: ElectionReason, rule: LedgerRule) -> LedgerEntry {
         LedgerEntry {
-            schema: SCHEMA_VERSION,
             group: "show".parse().unwrap(),
-            kind: LedgerKind::Elected,
-            server: "dev-2".parse().unwrap(),
             term: Term::from_revision(term),
-            at_ms: 1_764_637_384_000,
             cause,
             rule,
-            candidates: vec![
-                cand("dev-2", 200, 1),
-                cand("dev-3", 200, 2),
-                cand("dev-4", 100, 3),
-            ],
-            previous: Some(PreviousServer {
-                device: Some("dev-1".parse().unwrap()),
-                term: Term::from_revision(37),
-                stepped_down: None,
-            }),
-            held: false,
-            timings: LedgerTimings {
-                detection_ms: Some(612),
-                vacant_ms: Some(40),
-                claim_ms: Some(3),
-                without_server_ms: Some(652),
-            },
+            ..LedgerEntry::example()
         }
     }
 

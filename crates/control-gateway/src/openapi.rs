@@ -305,38 +305,16 @@ mod tests {
 
     /// A ledger entry with every field set.
     fn ledger_entry() -> understudy_protocol::ledger::LedgerEntry {
-        use understudy_protocol::ledger::*;
-        use understudy_protocol::messages::{ElectionReason, StepDownReason};
-        use understudy_protocol::{Mac, Score, Term};
-        let candidate = |d: &str, score: u8, mac: u64| LedgerCandidate {
-            device: d.parse().unwrap(),
-            score: Score::new(score),
-            mac: Mac::from_u64(mac).unwrap(),
-            online: true,
-        };
-        LedgerEntry {
-            schema: 1,
-            group: "stage".parse().unwrap(),
-            kind: LedgerKind::Elected,
-            server: "dev-2".parse().unwrap(),
-            term: Term::from_revision(41),
-            at_ms: 1_767_225_600_000,
-            cause: ElectionReason::ServerLost,
-            rule: LedgerRule::LowerMac,
-            candidates: vec![candidate("dev-2", 200, 1), candidate("dev-3", 200, 2)],
-            previous: Some(PreviousServer {
-                device: Some("dev-1".parse().unwrap()),
-                term: Term::from_revision(37),
-                stepped_down: Some(StepDownReason::Shutdown),
-            }),
-            held: true,
-            timings: LedgerTimings {
-                detection_ms: Some(612),
-                vacant_ms: Some(40),
-                claim_ms: Some(3),
-                without_server_ms: Some(652),
-            },
-        }
+        use understudy_protocol::ledger::{LedgerEntry, PreviousServer};
+        use understudy_protocol::messages::StepDownReason;
+        let mut e = LedgerEntry::example();
+        e.group = "stage".parse().unwrap();
+        e.held = true;
+        e.previous = Some(PreviousServer {
+            stepped_down: Some(StepDownReason::Shutdown),
+            ..e.previous.clone().unwrap()
+        });
+        e
     }
 
     /// Every cause, rule, kind and step-down reason an entry can carry is

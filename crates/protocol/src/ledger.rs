@@ -178,6 +178,49 @@ impl LedgerEntry {
     }
 }
 
+impl LedgerEntry {
+    /// An example entry with every field set, as docs/bus.md shows one:
+    /// dev-2 elected at term 41 in group `show` after dev-1 (term 37) was
+    /// lost, winning the tie at score 200 over dev-3 by the lower MAC (a
+    /// third device, dev-4, had score 100). For documentation and tests.
+    pub fn example() -> LedgerEntry {
+        let id = |s: &str| s.parse::<DeviceId>().expect("a valid device id");
+        let candidate = |device: &str, score: u8, mac: u64| LedgerCandidate {
+            device: id(device),
+            score: Score::new(score),
+            mac: Mac::from_u64(mac).expect("a 48-bit MAC"),
+            online: true,
+        };
+        LedgerEntry {
+            schema: crate::SCHEMA_VERSION,
+            group: "show".parse().expect("a valid group name"),
+            kind: LedgerKind::Elected,
+            server: id("dev-2"),
+            term: Term::from_revision(41),
+            at_ms: 1_764_637_384_000,
+            cause: ElectionReason::ServerLost,
+            rule: LedgerRule::LowerMac,
+            candidates: vec![
+                candidate("dev-2", 200, 1),
+                candidate("dev-3", 200, 2),
+                candidate("dev-4", 100, 3),
+            ],
+            previous: Some(PreviousServer {
+                device: Some(id("dev-1")),
+                term: Term::from_revision(37),
+                stepped_down: None,
+            }),
+            held: false,
+            timings: LedgerTimings {
+                detection_ms: Some(612),
+                vacant_ms: Some(40),
+                claim_ms: Some(3),
+                without_server_ms: Some(652),
+            },
+        }
+    }
+}
+
 impl BusMessage for LedgerEntry {
     const KIND: &'static str = "ledger entry";
 }
@@ -192,45 +235,10 @@ pub const MAX_ENTRIES: i64 = 100_000;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::{SCHEMA_VERSION, decode, encode};
+    use crate::messages::{decode, encode};
 
     fn entry() -> LedgerEntry {
-        LedgerEntry {
-            schema: SCHEMA_VERSION,
-            group: "show".parse().unwrap(),
-            kind: LedgerKind::Elected,
-            server: "dev-2".parse().unwrap(),
-            term: Term::from_revision(41),
-            at_ms: 1_700_000_000_000,
-            cause: ElectionReason::ServerLost,
-            rule: LedgerRule::LowerMac,
-            candidates: vec![
-                LedgerCandidate {
-                    device: "dev-2".parse().unwrap(),
-                    score: Score::new(200),
-                    mac: "02:00:00:00:00:01".parse().unwrap(),
-                    online: true,
-                },
-                LedgerCandidate {
-                    device: "dev-3".parse().unwrap(),
-                    score: Score::new(200),
-                    mac: "02:00:00:00:00:02".parse().unwrap(),
-                    online: true,
-                },
-            ],
-            previous: Some(PreviousServer {
-                device: Some("dev-1".parse().unwrap()),
-                term: Term::from_revision(37),
-                stepped_down: None,
-            }),
-            held: false,
-            timings: LedgerTimings {
-                detection_ms: Some(612),
-                vacant_ms: Some(40),
-                claim_ms: Some(3),
-                without_server_ms: Some(652),
-            },
-        }
+        LedgerEntry::example()
     }
 
     #[test]
