@@ -1117,5 +1117,19 @@ async fn the_ledger_explains_a_failover_a_score_change_a_trigger_and_a_hand_over
     .await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("neither an RFC 3339 time"));
+
+    // The gateway's ledger answers the very same entries; bad input is a 400.
+    let gw = start_gateway(&url, None).await;
+    let path = format!("/api/v1/groups/{GROUP}/ledger?limit=100");
+    let r = harness::http::get(gw.http(), &path).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let doc: serde_json::Value = r.json().unwrap();
+    let via_gateway: Vec<LedgerEntry> = serde_json::from_value(doc["entries"].clone()).unwrap();
+    assert_eq!(via_gateway, ledger_entries(&url).await.unwrap());
+    for bad in ["?limit=0", "?limit=many", "?since=soon"] {
+        let path = format!("/api/v1/groups/{GROUP}/ledger{bad}");
+        let r = harness::http::get(gw.http(), &path).await.unwrap();
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
     obs.check_one_server().unwrap();
 }
