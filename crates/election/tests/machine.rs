@@ -1097,3 +1097,30 @@ fn a_successor_does_not_hand_back_to_a_server_that_shut_down() {
 fn candidate_names(e: &LedgerEntry) -> Vec<&str> {
     e.candidates.iter().map(|c| c.device.as_str()).collect()
 }
+
+#[test]
+fn a_renewal_of_a_holder_not_heard_starts_the_wait_again() {
+    // Simulator seed 198737 at 1 s client beats: cut off past the wait for
+    // an unheard holder, this device saw the renewed lease on its return
+    // and deposed a server that had served throughout.
+    let mut m = machine(200, 1, ElectionConfig::default());
+    let s = server_peer("srv", 100, 9, 5);
+    m.handle(Event::LeaseObserved(Some((5, held_by(&s, None)))), ms(2500));
+    // Not heard for longer than the wait (this device was cut off)...
+    let late = ms(2500) + UNHEARD_HOLDER_WAIT + ms(500);
+    // ...then the holder's renewal arrives: it is alive; wait for its beats.
+    let a = m.handle(Event::LeaseObserved(Some((14, held_by(&s, Some(5))))), late);
+    assert_eq!(claim(&a), None, "deposed a holder that just renewed: {a:?}");
+    let a = run_until(&mut m, late, late + UNHEARD_HOLDER_WAIT - ms(10));
+    assert_eq!(claim(&a), None, "the wait starts again from the renewal");
+    // No beat and no renewal for the whole wait: it is gone.
+    let a = run_until(
+        &mut m,
+        late + UNHEARD_HOLDER_WAIT - ms(10),
+        late + UNHEARD_HOLDER_WAIT + ms(10),
+    );
+    assert!(
+        claim(&a).is_some(),
+        "an unheard holder is replaced after the wait"
+    );
+}

@@ -75,6 +75,19 @@ const FOUND_BY_SOAK: &[(u64, u64, &str)] = &[
          renewed twelve times since",
     ),
     (68_531, 1_000, "the same as 30566, after a 2.4 s cut-off"),
+    (
+        161_759,
+        1_000,
+        "a device back from a cut-off got its own 'joined' verdict about the \
+         old process of a device that had restarted since and now served; the \
+         old process's 3 s old beat was fed and made the server look replaced",
+    ),
+    (
+        198_737,
+        1_000,
+        "a device cut off past the unheard-holder wait saw, back on the bus, \
+         the server's renewed lease and deposed it on the old wait",
+    ),
 ];
 
 /// Each seed a soak once failed, with the clients' cadence it failed at.

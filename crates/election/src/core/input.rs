@@ -77,6 +77,9 @@ pub enum Ignored {
     },
     /// A `Lost` verdict made before a beat of that instance was heard.
     Superseded,
+    /// A verdict that the peer is live whose newest beat is older than
+    /// [`LIVENESS_WINDOW`]: the peer counts as live, its next beat is fed.
+    StaleBeat,
 }
 
 /// The newest heartbeat of one device.
@@ -147,7 +150,7 @@ impl InputStage {
             return Input::Ignored(Ignored::NotOurs);
         }
         match notice.change {
-            PeerChangeKind::Joined | PeerChangeKind::Restarted => self.now_live(notice),
+            PeerChangeKind::Joined | PeerChangeKind::Restarted => self.now_live(notice, now_ms),
             PeerChangeKind::Lost => match stale_age(notice, now_ms) {
                 Some(age) => Input::Ignored(Ignored::Stale { age }),
                 None if self.heard_since(notice) => Input::Ignored(Ignored::Superseded),
@@ -173,12 +176,23 @@ impl InputStage {
             .is_some_and(|l| l.status.instance == notice.instance && l.heard_ms > made)
     }
 
-    fn now_live(&mut self, notice: &PeerNotice) -> Input {
+    fn now_live(&mut self, notice: &PeerNotice, now_ms: u64) -> Input {
         self.live.insert(notice.device.clone(), notice.instance);
         match self.latest.get(&notice.device) {
-            Some(l) if l.status.instance == notice.instance => {
+            // Only a beat heard lately: a verdict that waited for the bus
+            // (made before a cut-off) may name an instance whose last beat
+            // is seconds old — an older instance of a device that has
+            // restarted since and now holds the lease (simulator seed
+            // 161759 at 1 s client beats: fed, it made the holder look
+            // replaced, and a needless takeover followed). Its next beat,
+            // if it still beats, is fed.
+            Some(l)
+                if l.status.instance == notice.instance
+                    && now_ms.saturating_sub(l.heard_ms) <= LIVENESS_WINDOW.as_millis() as u64 =>
+            {
                 Input::Feed(Event::PeerSeen(l.status.clone()))
             }
+            Some(l) if l.status.instance == notice.instance => Input::Ignored(Ignored::StaleBeat),
             // Its beat reaches this service a moment later, and is fed then.
             _ => Input::Ignored(Ignored::NotLive),
         }
@@ -310,6 +324,26 @@ mod tests {
         assert_eq!(
             fed(s.notice(&notice(PeerChangeKind::Lost, "p", 1, NOW - 600), NOW + 5)),
             lost_p()
+        );
+    }
+
+    #[test]
+    fn a_live_verdict_that_waited_for_the_bus_does_not_feed_a_beat_seconds_old() {
+        // Simulator seed 161759 at 1 s client beats: a device back from a
+        // cut-off gets its detector's "joined" verdict about an instance of
+        // a peer that has restarted since; feeding that instance's old beat
+        // made the peer's new, serving instance look replaced.
+        let mut s = stage();
+        s.heartbeat(&beat("p", 1, 1), NOW - 3_000);
+        let late = s.notice(&notice(PeerChangeKind::Joined, "p", 1, NOW - 3_000), NOW);
+        assert_eq!(late, Input::Ignored(Ignored::StaleBeat));
+        assert!(s.is_live(&id("p")), "the verdict still counts");
+        assert!(
+            matches!(
+                fed(s.heartbeat(&beat("p", 1, 2), NOW + 10)),
+                Event::PeerSeen(_)
+            ),
+            "its next beat is fed"
         );
     }
 

@@ -586,22 +586,40 @@ impl Machine {
                         ElectionReason::NoServer
                     });
                 }
+                let heard = |news: &HolderNews, peers: &BTreeMap<DeviceId, PeerStatus>| {
+                    peers
+                        .get(&news.device)
+                        .is_some_and(|p| p.instance == news.instance)
+                };
+                let previous_rev = self.lease.as_ref().map_or(0, |(r, _)| *r);
                 if let Some(news) = self.holder_news.as_mut()
-                    && news.lost
-                    && rev > news.lost_at
                     && term == news.term
                     && rec
                         .holder
                         .as_ref()
                         .is_some_and(|h| h.device == news.device && h.instance == news.instance)
                 {
-                    // The holder renewed its lease after this device declared
-                    // it lost: it is alive, and the silence was this device's
-                    // (back from a cut-off, simulator seed 50535 with 1 s
-                    // client beats). Wait for its beats as for a holder not
-                    // heard yet; if none come, it is replaced after the wait.
-                    news.lost = false;
-                    news.since = now;
+                    if news.lost && rev > news.lost_at {
+                        // The holder renewed its lease after this device
+                        // declared it lost: it is alive, and the silence was
+                        // this device's (back from a cut-off, simulator seed
+                        // 50535 with 1 s client beats). Wait for its beats as
+                        // for a holder not heard yet; if none come, it is
+                        // replaced after the wait.
+                        news.lost = false;
+                        news.since = now;
+                    } else if !news.lost
+                        && !news.replaced
+                        && rev > previous_rev
+                        && !heard(news, &self.peers)
+                    {
+                        // A renewal of a holder not heard (yet): news that it
+                        // is alive, so the wait for its beats starts again
+                        // (seed 198737 at 1 s client beats: a device cut off
+                        // past the wait, back on the bus, saw the renewed
+                        // lease and deposed the server on the old wait).
+                        news.since = now;
+                    }
                 }
                 if let Some(h) = &rec.holder {
                     self.last_holder = Some((h.device.clone(), term));
