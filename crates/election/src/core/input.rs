@@ -18,7 +18,9 @@
 //!   `Joined` or `Restarted` notice naming that very instance) reaches the
 //!   machine. The newest beat of any other peer is kept, not fed: so a late
 //!   beat cannot bring back a peer declared lost, and when the detector
-//!   declares a peer live, its newest beat is fed at once.
+//!   declares a peer live, its newest beat is fed at once — if it was heard
+//!   within [`LIVENESS_WINDOW`]; an older one (the notice waited for the
+//!   bus) is not, and the instance's next beat is.
 //! - **Lost and left.** A `Lost` or `Left` notice about the live instance
 //!   ends its liveness and feeds [`Event::PeerLost`] (B5: a device that leaves
 //!   upsets the status quo; L1: a lost server is replaced at once). A notice

@@ -21,7 +21,10 @@
 //!   detector declared lost, or whose device beat as another instance, after
 //!   the lease naming it was seen; from a holder it has not heard of yet (or
 //!   knows only as an older instance) after [`UNHEARD_HOLDER_WAIT`]: the
-//!   lease and the peers' liveness travel apart.
+//!   lease and the peers' liveness travel apart. A renewal of the lease by
+//!   a holder not heard starts that wait again, and one by a holder
+//!   declared lost makes it a holder not heard: a lease written since is
+//!   news that its holder is alive.
 //! - B7/B8: nobody claims when no online device has a non-zero score.
 //! - S1: the lease changes only by compare-and-set; a claim that wins makes
 //!   its revision the term; a server renews by compare-and-set on its own last
