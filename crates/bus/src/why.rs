@@ -303,8 +303,9 @@ fn rule_sentence(e: &LedgerEntry) -> String {
     }
 }
 
-/// Unix milliseconds as an RFC 3339 time, to the second (UTC).
-fn rfc3339(ms: u64) -> String {
+/// Unix milliseconds as an RFC 3339 time, to the second (UTC); the
+/// milliseconds themselves when out of range.
+pub fn rfc3339(ms: u64) -> String {
     let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
     OffsetDateTime::from_unix_timestamp(secs)
         .ok()

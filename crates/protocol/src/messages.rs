@@ -224,6 +224,22 @@ pub enum StepDownReason {
     Other,
 }
 
+impl ElectionReason {
+    /// The reason as it is serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ElectionReason::Startup => "startup",
+            ElectionReason::ServerLost => "server_lost",
+            ElectionReason::NoServer => "no_server",
+            ElectionReason::ScoreChanged => "score_changed",
+            ElectionReason::Preemption => "preemption",
+            ElectionReason::HandOver => "hand_over",
+            ElectionReason::Operator => "operator",
+            ElectionReason::Other => "other",
+        }
+    }
+}
+
 impl StepDownReason {
     /// The reason as it is serialised (and as metric labels spell it).
     pub fn as_str(self) -> &'static str {

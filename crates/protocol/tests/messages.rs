@@ -323,3 +323,19 @@ fn a_step_down_reason_reads_as_its_serialised_name() {
         assert_eq!(serde_json::to_value(r).unwrap(), r.as_str(), "{r:?}");
     }
 }
+
+#[test]
+fn election_reasons_spell_as_they_serialise() {
+    use understudy_protocol::messages::ElectionReason as R;
+    for r in [
+        R::Startup,
+        R::ServerLost,
+        R::NoServer,
+        R::ScoreChanged,
+        R::Preemption,
+        R::HandOver,
+        R::Operator,
+    ] {
+        assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+    }
+}

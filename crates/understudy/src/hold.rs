@@ -253,14 +253,7 @@ pub fn describe(r: &HoldRecord, now_ms: u64) -> String {
     }
 }
 
-/// Unix milliseconds as RFC 3339 (UTC, whole seconds).
-pub(crate) fn rfc3339(ms: u64) -> String {
-    let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
-    OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| format!("{ms} ms"))
-}
+pub(crate) use understudy_bus::why::rfc3339;
 
 /// A span of milliseconds as people say it: `1h 5m`, `45m`, `30s`.
 fn span(ms: u64) -> String {

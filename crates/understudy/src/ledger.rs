@@ -14,7 +14,6 @@ use understudy_bus::why::why;
 use understudy_bus::{NatsSettings, unix_ms};
 use understudy_protocol::GroupName;
 use understudy_protocol::ledger::{LedgerEntry, LedgerKind};
-use understudy_protocol::messages::ElectionReason;
 
 use crate::hold::{parse_span, rfc3339};
 use crate::settings::connect_once;
@@ -116,24 +115,11 @@ pub fn row(e: &LedgerEntry) -> String {
         rfc3339(e.at_ms),
         term,
         e.server.as_str(),
-        cause_word(e.cause),
+        e.cause.as_str(),
         e.rule.as_str(),
         previous,
         no_server
     )
-}
-
-fn cause_word(c: ElectionReason) -> &'static str {
-    match c {
-        ElectionReason::Startup => "startup",
-        ElectionReason::ServerLost => "server_lost",
-        ElectionReason::NoServer => "no_server",
-        ElectionReason::ScoreChanged => "score_changed",
-        ElectionReason::Preemption => "preemption",
-        ElectionReason::HandOver => "hand_over",
-        ElectionReason::Operator => "operator",
-        ElectionReason::Other => "other",
-    }
 }
 
 /// `understudy why --group G [--json]`: the paragraph of
