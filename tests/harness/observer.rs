@@ -2,7 +2,7 @@
 //! with monotonic timestamps, waits for conditions on what it heard, and checks
 //! the one-server invariant over the whole recording.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
-use understudy_protocol::messages::{ElectionEvent, ElectionEventKind, Heartbeat, decode};
+use understudy_protocol::messages::{ElectionEvent, ElectionEventKind, Heartbeat, Leave, decode};
 use understudy_protocol::{GroupName, Role, Term, subjects};
 
 use super::{POLL, connect};
@@ -47,6 +47,8 @@ pub struct Recording {
     pub heartbeats: Vec<Timed<Heartbeat>>,
     /// Every decoded election event of the group.
     pub events: Vec<Timed<ElectionEvent>>,
+    /// Every decoded goodbye of the group (a device stopping cleanly).
+    pub leaves: Vec<Timed<Leave>>,
     /// Messages that did not decode: subject and error.
     pub undecodable: Vec<Timed<String>>,
 }
@@ -81,18 +83,25 @@ pub struct View {
     /// Time since the observer started.
     pub elapsed: Duration,
     latest: BTreeMap<String, Timed<Heartbeat>>,
+    /// Devices whose latest heartbeat's instance has said goodbye since.
+    left: BTreeSet<String>,
     events: Vec<Timed<ElectionEvent>>,
 }
 
 impl View {
     /// The latest heartbeat of every live device (heard within its
-    /// [`live_window`]), by device id.
+    /// [`live_window`] and not followed by that instance's goodbye), by
+    /// device id.
     pub fn live(&self) -> Vec<&Heartbeat> {
         self.latest
-            .values()
-            .filter(|t| self.now.saturating_duration_since(t.at) <= live_window(&t.msg))
-            .map(|t| &t.msg)
+            .iter()
+            .filter(|(id, t)| self.is_live_beat(id, t))
+            .map(|(_, t)| &t.msg)
             .collect()
+    }
+
+    fn is_live_beat(&self, id: &str, t: &Timed<Heartbeat>) -> bool {
+        !self.left.contains(id) && self.now.saturating_duration_since(t.at) <= live_window(&t.msg)
     }
 
     /// The ids of the live devices, sorted.
@@ -109,7 +118,7 @@ impl View {
     pub fn device(&self, device: &str) -> Option<&Heartbeat> {
         self.latest
             .get(device)
-            .filter(|t| self.now.saturating_duration_since(t.at) <= live_window(&t.msg))
+            .filter(|t| self.is_live_beat(device, t))
             .map(|t| &t.msg)
     }
 
@@ -177,7 +186,9 @@ impl View {
                 if t.msg.online { "" } else { " offline" },
                 if t.msg.in_grace { " in grace" } else { "" },
                 age.as_millis(),
-                if age <= live_window(&t.msg) {
+                if self.left.contains(id) {
+                    ", left"
+                } else if age <= live_window(&t.msg) {
                     ""
                 } else {
                     ", not live"
@@ -228,6 +239,13 @@ impl Observer {
             .subscribe(events_subject.clone())
             .await
             .unwrap_or_else(|e| panic!("observer: subscribe to election events: {e}"));
+        let leaves = client
+            .subscribe(subjects::leaves(&group_name))
+            .await
+            .unwrap_or_else(|e| panic!("observer: subscribe to goodbyes: {e}"));
+        let leave_prefix = subjects::leaves(&group_name)
+            .trim_end_matches('*')
+            .to_owned();
         client
             .flush()
             .await
@@ -235,7 +253,7 @@ impl Observer {
         let rec = Arc::new(Mutex::new(Recording::default()));
         let sink = Arc::clone(&rec);
         let task = tokio::spawn(async move {
-            let mut all = futures::stream::select(beats, events);
+            let mut all = futures::stream::select(futures::stream::select(beats, events), leaves);
             while let Some(message) = all.next().await {
                 let at = Instant::now();
                 let subject = message.subject.to_string();
@@ -243,6 +261,14 @@ impl Observer {
                 if subject == events_subject {
                     match decode::<ElectionEvent>(&message.payload) {
                         Ok(msg) => rec.events.push(Timed { at, msg }),
+                        Err(e) => rec.undecodable.push(Timed {
+                            at,
+                            msg: format!("{subject}: {e}"),
+                        }),
+                    }
+                } else if subject.starts_with(&leave_prefix) {
+                    match decode::<Leave>(&message.payload) {
+                        Ok(msg) => rec.leaves.push(Timed { at, msg }),
                         Err(e) => rec.undecodable.push(Timed {
                             at,
                             msg: format!("{subject}: {e}"),
@@ -291,10 +317,21 @@ impl Observer {
         for beat in &rec.heartbeats {
             latest.insert(beat.msg.device.to_string(), beat.clone());
         }
+        let left = rec
+            .leaves
+            .iter()
+            .filter(|l| {
+                latest
+                    .get(l.msg.device.as_str())
+                    .is_some_and(|t| t.msg.instance == l.msg.instance && t.at <= l.at)
+            })
+            .map(|l| l.msg.device.to_string())
+            .collect();
         View {
             now,
             elapsed: now.saturating_duration_since(self.started),
             latest,
+            left,
             events: rec.events.clone(),
         }
     }

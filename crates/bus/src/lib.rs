@@ -62,6 +62,7 @@
 //! ```
 
 pub mod accounts;
+pub mod beats;
 pub mod connect;
 pub mod feed;
 pub mod follow;
@@ -78,6 +79,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::debug;
 use understudy_protocol::messages::{self, BusMessage};
 
+pub use beats::{Beats, SharedBeats};
 pub use connect::{ConnectFailed, NatsAuthArgs, NatsSettings, Refused, SettingsError, refusal};
 pub use feed::ElectionFeed;
 pub use follow::{ElectionFollower, Followed, LocalElection};

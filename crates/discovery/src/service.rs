@@ -30,12 +30,10 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Interval};
 use tracing::{debug, info, warn};
 use understudy_bus::{
-    ElectionFeed, Inbox, SubscribeError, Subscription, connected, publish, publish_bytes, stopped,
-    ticker,
+    Beats, ElectionFeed, Inbox, SubscribeError, Subscription, connected, publish, publish_bytes,
+    stopped, ticker,
 };
-use understudy_protocol::messages::{
-    DeviceStatus, ElectionState, Heartbeat, Leave, Presence, ProjectState,
-};
+use understudy_protocol::messages::{DeviceStatus, ElectionState, Leave, Presence, ProjectState};
 use understudy_protocol::timing::check_interval;
 use understudy_protocol::{DeviceId, GroupName, InstanceId, SCHEMA_VERSION, subjects};
 
@@ -68,6 +66,10 @@ pub struct DiscoveryConfig {
     /// first election service to report is followed, and another only once
     /// that one falls silent (`understudy_bus::follow`).
     pub election_instance: Option<InstanceId>,
+    /// The group's heartbeats as the process's services share them (one
+    /// subscription, decoded once: `understudy_bus::beats`). `None`: this
+    /// service subscribes on its own.
+    pub shared_beats: Option<understudy_bus::SharedBeats>,
 }
 
 impl DiscoveryConfig {
@@ -79,6 +81,7 @@ impl DiscoveryConfig {
             instance,
             publish_interval: DEFAULT_PUBLISH_INTERVAL,
             election_instance: None,
+            shared_beats: None,
         }
     }
 
@@ -152,7 +155,7 @@ pub async fn run(
 
 /// Everything the discovery service listens to.
 struct Inputs {
-    beats: Inbox<Heartbeat>,
+    beats: Beats,
     leaves: Inbox<Leave>,
     presence: Inbox<Presence>,
     election: ElectionFeed,
@@ -165,7 +168,12 @@ impl Inputs {
     async fn subscribe(client: &Client, cfg: &DiscoveryConfig) -> Result<Self, SubscribeError> {
         let (group, device) = (&cfg.group, &cfg.device);
         Ok(Self {
-            beats: Inbox::subscribe(client, subjects::heartbeats(group)).await?,
+            beats: Beats::subscribe(
+                client,
+                subjects::heartbeats(group),
+                cfg.shared_beats.as_ref(),
+            )
+            .await?,
             leaves: Inbox::subscribe(client, subjects::ALL_LEAVES).await?,
             presence: Inbox::subscribe(client, subjects::PRESENCE_ALL).await?,
             election: ElectionFeed::subscribe(client, group, device, cfg.election_instance).await?,

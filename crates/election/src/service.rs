@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use understudy_bus::{
-    Inbox, Request, SubscribeError, Subscription, connected, flush, publish, stopped, ticker,
-    unix_ms,
+    Beats, Inbox, Request, SubscribeError, Subscription, connected, flush, publish, stopped,
+    ticker, unix_ms,
 };
 use understudy_protocol::device_setting::DeviceSetting;
 use understudy_protocol::hold::{
@@ -76,6 +76,10 @@ pub struct ElectionServiceConfig {
     /// Where this device's project-sync gRPC service can be reached
     /// (`host:port`); written into the lease while this device serves.
     pub project_addr: Option<String>,
+    /// The group's heartbeats as the process's services share them (one
+    /// subscription, decoded once: `understudy_bus::beats`). `None`: this
+    /// service subscribes on its own.
+    pub shared_beats: Option<understudy_bus::SharedBeats>,
 }
 
 /// Why the election service could not start (the shared [`understudy_bus::StartError`]:
@@ -239,7 +243,7 @@ struct Driver {
 /// Everything the loop waits on besides the shutdown signal.
 struct Sources {
     /// The group's heartbeats.
-    heartbeats: Inbox<Heartbeat>,
+    heartbeats: Beats,
     /// This device's heartbeat service's verdicts.
     notices: Inbox<PeerNotice>,
     /// Operator requests; raw, so an unreadable one still gets an answer.
@@ -280,7 +284,12 @@ impl Sources {
     ) -> Result<Self, SubscribeError> {
         let (group, device) = (&cfg.group, &cfg.device);
         Ok(Self {
-            heartbeats: Inbox::subscribe(client, subjects::heartbeats(group)).await?,
+            heartbeats: Beats::subscribe(
+                client,
+                subjects::heartbeats(group),
+                cfg.shared_beats.as_ref(),
+            )
+            .await?,
             notices: Inbox::subscribe(client, subjects::local_peers(group, device)).await?,
             control: Subscription::subscribe(client, subjects::control(group, device)).await?,
             triggers: Inbox::subscribe(client, subjects::trigger(group)).await?,

@@ -29,7 +29,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use understudy_bus::{
-    Inbox, LocalElection, SubscribeError, connected, flush, publish, stopped, ticker, unix_ms,
+    Beats, Inbox, LocalElection, SubscribeError, connected, flush, publish, stopped, ticker,
+    unix_ms,
 };
 use understudy_protocol::messages::{
     DeviceStatus, ElectionState, Heartbeat, InstanceKind, Leave, Presence,
@@ -70,7 +71,7 @@ pub struct HeartbeatConfig {
     /// [`MIN_INTERVAL`](crate::MIN_INTERVAL)`..=`[`MAX_INTERVAL`](crate::MAX_INTERVAL).
     pub interval: Duration,
     /// How often to beat while this device is not the server (a client, a
-    /// candidate in grace, offline); [`DEFAULT_CLIENT_INTERVAL`] (100 ms) by
+    /// candidate in grace, offline); [`DEFAULT_CLIENT_INTERVAL`] (1 s) by
     /// default. Every beat goes to every device of the group, so a group of
     /// N costs about N × N / `client_interval` deliveries a second; peers
     /// judge each beat by the interval it advertises. Changes that rank or
@@ -90,6 +91,10 @@ pub struct HeartbeatConfig {
     /// first election service to report is followed, and another only once
     /// that one falls silent (`understudy_bus::follow`).
     pub election_instance: Option<InstanceId>,
+    /// The group's heartbeats as the process's services share them (one
+    /// subscription, decoded once: `understudy_bus::beats`). `None`: this
+    /// service subscribes on its own.
+    pub shared_beats: Option<understudy_bus::SharedBeats>,
 }
 
 impl HeartbeatConfig {
@@ -105,6 +110,7 @@ impl HeartbeatConfig {
             misses: DetectorConfig::DEFAULT_MISSES,
             presence_interval: DEFAULT_PRESENCE_INTERVAL,
             election_instance: None,
+            shared_beats: None,
         }
     }
 
@@ -150,7 +156,7 @@ struct Subscriptions {
     /// This device's status (discovery).
     status: Inbox<DeviceStatus>,
     /// The group's heartbeats.
-    beats: Inbox<Heartbeat>,
+    beats: Beats,
     /// The group's goodbyes.
     leaves: Inbox<Leave>,
 }
@@ -161,7 +167,12 @@ impl Subscriptions {
         Ok(Self {
             election: Inbox::subscribe(client, subjects::local_election(group, device)).await?,
             status: Inbox::subscribe(client, subjects::local_status(group, device)).await?,
-            beats: Inbox::subscribe(client, subjects::heartbeats(group)).await?,
+            beats: Beats::subscribe(
+                client,
+                subjects::heartbeats(group),
+                cfg.shared_beats.as_ref(),
+            )
+            .await?,
             leaves: Inbox::subscribe(client, subjects::leaves(group)).await?,
         })
     }
@@ -559,7 +570,7 @@ mod tests {
             (1, StatusColour::Grey, vec![])
         );
         assert_eq!(
-            first.interval_ms, 100,
+            first.interval_ms, 1_000,
             "a client beats at the client cadence"
         );
         assert_eq!(first.mac, cfg().mac);

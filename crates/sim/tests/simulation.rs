@@ -14,18 +14,34 @@ use understudy_sim::{Failure, Plan, run_plan, run_seed};
 /// How many seeds `cargo test` runs.
 const SEEDS: u64 = 2_000;
 
-fn run_range(seeds: std::ops::Range<u64>) -> Vec<Failure> {
-    seeds.filter_map(|s| run_seed(s).err()).collect()
+/// How many of the same seeds run again with clients beating every 100 ms
+/// (the default before 2026-12-02, still a supported setting).
+const SEEDS_AT_100_MS: u64 = 500;
+
+fn run_range(seeds: std::ops::Range<u64>, client: Option<Duration>) -> Vec<Failure> {
+    seeds
+        .filter_map(|s| match client {
+            None => run_seed(s).err(),
+            Some(client_heartbeat) => run_plan(
+                Plan {
+                    client_heartbeat,
+                    ..Plan::from_seed(s)
+                },
+                false,
+            )
+            .err(),
+        })
+        .collect()
 }
 
-fn run_many(first: u64, count: u64) {
+fn run_many(first: u64, count: u64, client: Option<Duration>) {
     let threads = thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     let chunk = count.div_ceil(threads);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let lo = first + t * chunk;
             let hi = (lo + chunk).min(first + count);
-            thread::spawn(move || run_range(lo..hi))
+            thread::spawn(move || run_range(lo..hi, client))
         })
         .collect();
     let mut failures: Vec<Failure> = handles
@@ -44,7 +60,14 @@ fn run_many(first: u64, count: u64) {
 
 #[test]
 fn two_thousand_seeded_fault_schedules_hold_every_invariant() {
-    run_many(0, SEEDS);
+    run_many(0, SEEDS, None);
+}
+
+/// Clients may still be set to beat as fast as the server: the first
+/// [`SEEDS_AT_100_MS`] seeds hold every invariant that way too.
+#[test]
+fn seeded_fault_schedules_hold_every_invariant_with_clients_at_100_ms() {
+    run_many(0, SEEDS_AT_100_MS, Some(Duration::from_millis(100)));
 }
 
 /// Seeds beyond [`SEEDS`] that once broke an invariant, each with what it

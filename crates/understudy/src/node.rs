@@ -57,8 +57,9 @@ pub struct NodeArgs {
     /// How often a device that is not the server publishes a heartbeat (a
     /// lost client is noticed after three missed; changes of role, term,
     /// score, online or grace go out at once); never faster than
-    /// --heartbeat-interval. 1s cuts a large group's load several times but
-    /// is not the default yet (docs/BENCHMARKS.md, "Scale") [default: 100ms].
+    /// --heartbeat-interval. Every beat reaches every device of the group, so
+    /// this sets a large group's load (docs/BENCHMARKS.md, "Scale")
+    /// [default: 1s].
     #[arg(long, env = "UNDERSTUDY_CLIENT_HEARTBEAT_INTERVAL")]
     client_heartbeat_interval: Option<String>,
     /// Start-up grace before claiming the server [default: 2s].
@@ -378,6 +379,17 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     info!(group = %n.group, device = %n.device, mac = %n.mac, score = %n.score, %instance, nats = %n.nats.servers, "starting");
     let (client, mut refused) =
         settings::connect(&n.nats, &format!("understudy-node-{}", n.device)).await?;
+    // One subscription to the group's heartbeats for the three services
+    // below (nats-server would otherwise deliver every beat three times to
+    // this connection, and the process decode it three times).
+    let shared_beats = Some(
+        understudy_bus::SharedBeats::subscribe(
+            &client,
+            understudy_protocol::subjects::heartbeats(&n.group),
+        )
+        .await
+        .context("subscribing to the group's heartbeats")?,
+    );
 
     let election = ElectionConfig {
         grace_period: n.grace,
@@ -405,6 +417,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         events_max_age: Duration::from_secs(7 * 24 * 3600),
         ledger_max_age: n.ledger_retention,
         project_addr: project_addr.clone(),
+        shared_beats: shared_beats.clone(),
     };
     let project_cfg = ProjectSyncConfig {
         group: n.group.clone(),
@@ -427,6 +440,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         misses: 3,
         presence_interval: Duration::from_secs(1),
         election_instance,
+        shared_beats: shared_beats.clone(),
     };
     let discovery_cfg = DiscoveryConfig {
         group: n.group.clone(),
@@ -434,6 +448,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         instance,
         publish_interval: Duration::from_secs(1),
         election_instance,
+        shared_beats,
     };
     let (c1, c2, c3) = (client.clone(), client.clone(), client.clone());
     if let Some(listener) = metrics_listener {
