@@ -11,7 +11,8 @@
 //!   online flag, score or grace changes, so a new server is announced without
 //!   waiting for the tick (L1);
 //! - announces the device's presence every `presence_interval` on
-//!   `understudy.presence.<instance>` (B10);
+//!   `understudy.presence.<instance>`, and at once when its role or online
+//!   state changes (B10);
 //! - feeds the group's heartbeats and goodbyes to the [`Detector`], polls it at
 //!   its deadline and publishes each verdict as a
 //!   [`PeerNotice`](understudy_protocol::messages::PeerNotice) on
@@ -47,8 +48,13 @@ use crate::core::notice::peer_notice;
 
 pub use crate::core::detector::DEFAULT_CLIENT_INTERVAL;
 
-/// How often presence is announced unless configured otherwise.
-pub const DEFAULT_PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often presence is announced unless configured otherwise (and at once
+/// when the device's role or online state changes). Every device hears every
+/// presence on the bus, whatever its group, so this sets a large network's
+/// load as the client cadence does (docs/BENCHMARKS.md, "Scale"); devices of
+/// other groups count a device from it (B10), and one that vanishes without
+/// a goodbye leaves their counts after three of these.
+pub const DEFAULT_PRESENCE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How long to wait for the election service's first state before warning
 /// that this device cannot beat yet.
@@ -82,7 +88,7 @@ pub struct HeartbeatConfig {
     /// A peer is lost after this many of its own intervals without a beat
     /// ([`DetectorConfig::DEFAULT_MISSES`], 3, by default).
     pub misses: u32,
-    /// How often to announce presence; [`DEFAULT_PRESENCE_INTERVAL`] (1 s) by
+    /// How often to announce presence; [`DEFAULT_PRESENCE_INTERVAL`] (5 s) by
     /// default. Must lie in
     /// [`MIN_INTERVAL`](crate::MIN_INTERVAL)`..=`[`MAX_INTERVAL`](crate::MAX_INTERVAL).
     pub presence_interval: Duration,
@@ -235,6 +241,10 @@ impl Service {
                         // Beat at once; the next one after the cadence of the
                         // new state (faster as server, slower otherwise).
                         self.beat().await;
+                        // Presence too: other groups count roles and online
+                        // devices from it.
+                        self.announce_presence().await;
+                        presence_tick.reset();
                         if self.me.cadence() != cadence {
                             cadence = self.me.cadence();
                             beat_tick = ticker(cadence);

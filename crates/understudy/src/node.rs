@@ -438,7 +438,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         interval: n.heartbeat,
         client_interval: n.client_heartbeat,
         misses: 3,
-        presence_interval: Duration::from_secs(1),
+        presence_interval: understudy_heartbeat::service::DEFAULT_PRESENCE_INTERVAL,
         election_instance,
         shared_beats: shared_beats.clone(),
     };
