@@ -199,15 +199,7 @@ mod tests {
     }
 
     fn message(payload: Vec<u8>) -> async_nats::Message {
-        async_nats::Message {
-            subject: "understudy.stage.heartbeat.x".into(),
-            reply: None,
-            length: payload.len(),
-            payload: payload.into(),
-            headers: None,
-            status: None,
-            description: None,
-        }
+        crate::inbox::test_message("understudy.stage.heartbeat.x", payload, None)
     }
 
     type Feed = futures::channel::mpsc::UnboundedSender<async_nats::Message>;

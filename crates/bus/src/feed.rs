@@ -118,15 +118,7 @@ mod tests {
             in_grace: false,
             server: None,
         });
-        Message {
-            subject: "understudy.g.local.me.election".into(),
-            reply: None,
-            length: payload.len(),
-            payload: payload.into(),
-            headers: None,
-            status: None,
-            description: None,
-        }
+        crate::inbox::test_message("understudy.g.local.me.election", payload, None)
     }
 
     #[tokio::test]

@@ -162,6 +162,20 @@ impl<M: BusMessage, S: Stream<Item = Message> + Unpin> Inbox<M, S> {
     }
 }
 
+/// A message as the client would yield it, for the crate's tests.
+#[cfg(test)]
+pub(crate) fn test_message(subject: &str, payload: Vec<u8>, reply: Option<&str>) -> Message {
+    Message {
+        subject: subject.into(),
+        reply: reply.map(Subject::from),
+        length: payload.len(),
+        payload: payload.into(),
+        headers: None,
+        status: None,
+        description: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use futures::{FutureExt, stream};
@@ -170,15 +184,7 @@ mod tests {
     use super::*;
 
     fn message(payload: Vec<u8>, reply: Option<&str>) -> Message {
-        Message {
-            subject: "understudy.g.trigger".into(),
-            reply: reply.map(Subject::from),
-            length: payload.len(),
-            payload: payload.into(),
-            headers: None,
-            status: None,
-            description: None,
-        }
+        test_message("understudy.g.trigger", payload, reply)
     }
 
     fn trigger(by: &str) -> Trigger {
