@@ -16,7 +16,7 @@ const SEEDS: u64 = 2_000;
 
 /// How many of the same seeds run again with clients beating every 100 ms
 /// (the default before 2026-12-02, still a supported setting).
-const SEEDS_AT_100_MS: u64 = 500;
+const SEEDS_AT_100_MS: u64 = 200;
 
 fn run_range(seeds: std::ops::Range<u64>, client: Option<Duration>) -> Vec<Failure> {
     seeds
