@@ -11,8 +11,8 @@
 //!   online flag, score or grace changes, so a new server is announced without
 //!   waiting for the tick (L1);
 //! - announces the device's presence every `presence_interval` on
-//!   `understudy.presence.<instance>`, and at once when its role or online
-//!   state changes (B10);
+//!   `understudy.presence.<instance>`, and at once with every beat sent at
+//!   once (B10);
 //! - feeds the group's heartbeats and goodbyes to the [`Detector`], polls it at
 //!   its deadline and publishes each verdict as a
 //!   [`PeerNotice`](understudy_protocol::messages::PeerNotice) on
@@ -49,7 +49,8 @@ use crate::core::notice::peer_notice;
 pub use crate::core::detector::DEFAULT_CLIENT_INTERVAL;
 
 /// How often presence is announced unless configured otherwise (and at once
-/// when the device's role or online state changes). Every device hears every
+/// with every beat sent at once: a change of role, term, score, online
+/// state or grace). Every device hears every
 /// presence on the bus, whatever its group, so this sets a large network's
 /// load as the client cadence does (docs/BENCHMARKS.md, "Scale"); devices of
 /// other groups count a device from it (B10), and one that vanishes without
